@@ -1,0 +1,10 @@
+"""The C{twistd uacregistrant} plugin."""
+
+from twisted.application.service import ServiceMaker
+
+uacregistrant = ServiceMaker(
+    "uacregistrant",
+    "uacregistrant.tap",
+    "Keep SIP accounts from a database table registered at their registrars.",
+    "uacregistrant",
+)

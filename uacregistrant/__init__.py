@@ -1,0 +1,3 @@
+"""uacregistrant: keeps SIP accounts registered at remote registrars."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,216 @@
+# -*- test-case-name: tests.unit.test_client -*-
+"""
+Carries out what the registrants ask for: resolves the next hop, renders
+the REGISTER, opens a client transaction on the record's socket, and
+feeds the final response (or the timeout) back to the registrant.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Callable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from . import __version__
+from .account import Account
+from .registrant import Outgoing, RegState, Registrant
+from .resolver import Address, SipResolver
+from .sip.message import Response, render_request
+from .transaction import TransactionLayer
+from .transport import SipTransport
+
+_log = Logger()
+
+USER_AGENT = f"uacregistrant/{__version__}"
+_FAILURE_STATES = frozenset(
+    {
+        RegState.REGISTER_TIMEOUT_STATE,
+        RegState.INTERNAL_ERROR_STATE,
+        RegState.WRONG_CREDENTIALS_STATE,
+        RegState.REGISTRAR_ERROR_STATE,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One record moved from C{old} to C{new} at C{time}."""
+
+    registrant: Registrant
+    old: RegState
+    new: RegState
+    time: float
+
+
+def render_register(
+    account: Account,
+    call_id: str,
+    from_tag: str,
+    out: Outgoing,
+    via: tuple[str, int],
+    branch: str,
+    user_agent: str = USER_AGENT,
+) -> bytes:
+    """The REGISTER (or un-REGISTER) for one attempt, as bytes."""
+    host, port = via
+    sent_by = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    headers = [
+        ("Via", f"SIP/2.0/UDP {sent_by};rport;branch={branch}"),
+        ("Max-Forwards", "70"),
+        ("To", f"<{account.aor}>"),
+        ("From", f"<{account.third_party_registrant or account.aor}>;tag={from_tag}"),
+        ("Call-ID", call_id),
+        ("CSeq", f"{out.cseq} REGISTER"),
+        ("Contact", f"<{account.binding_uri}>{account.binding_params};expires={out.expires}"),
+    ]
+    headers.extend(out.authorization)
+    headers.append(("User-Agent", user_agent))
+    return render_request("REGISTER", account.registrar, headers)
+
+
+class RegistrationClient:
+    """
+    The transaction user for every registrant.
+
+    @ivar observers: called with each L{StateChange}.
+    @ivar reschedule: called with a registrant whose next send time may
+        have changed (the walker wires itself in here).
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        transactions: TransactionLayer,
+        resolver: SipResolver,
+        transports: dict[str, SipTransport],
+        user_agent: str = USER_AGENT,
+    ) -> None:
+        self._clock = clock
+        self._transactions = transactions
+        self._resolver = resolver
+        self._transports = transports
+        self._default = next(iter(transports.values()))
+        self.user_agent = user_agent
+        self.observers: list[Callable[[StateChange], None]] = [_log_change]
+        self.reschedule: Callable[[Registrant], None] = lambda registrant: None
+
+    def transport_for(self, account: Account) -> SipTransport:
+        """The socket a record sends from."""
+        if account.forced_socket is None:
+            return self._default
+        return self._transports[account.forced_socket]
+
+    def send(self, registrant: Registrant) -> None:
+        """Start a new attempt for a due record (the pacer calls this)."""
+        before = registrant.state
+        out = registrant.start(self._clock.seconds())
+        self._changed(registrant, before)
+        self._dispatch(registrant, out)
+
+    def _dispatch(self, registrant: Registrant, out: Outgoing) -> None:
+        hop = registrant.account.next_hop
+        address = self._resolver.cached(hop)
+        if address is not None:
+            self._transmit(registrant, out, address)
+            return
+        d = self._resolver.resolve(hop)
+
+        def resolved(address: Address) -> None:
+            if not registrant.removed and registrant.cseq == out.cseq:
+                self._transmit(registrant, out, address)
+
+        def failed(reason: Failure) -> None:
+            if not registrant.removed and registrant.cseq == out.cseq:
+                self._fail(registrant, f"cannot resolve {hop.host}: {reason.getErrorMessage()}")
+
+        d.addCallbacks(resolved, failed)
+
+    def _transmit(self, registrant: Registrant, out: Outgoing, address: Address) -> None:
+        account = registrant.account
+        transport = self.transport_for(account)
+        branch = "z9hG4bK" + secrets.token_hex(10)
+        data = render_register(
+            account,
+            registrant.call_id,
+            registrant.from_tag,
+            out,
+            (transport.via_host(address[0]), transport.spec.port),
+            branch,
+            self.user_agent,
+        )
+        try:
+            self._transactions.start(
+                transport,
+                address,
+                data,
+                branch,
+                out.cseq,
+                lambda response: self._on_final(registrant, response),
+                lambda: self._on_timeout(registrant),
+            )
+        except OSError as e:
+            self._fail(registrant, f"sending to {address[0]}:{address[1]} failed: {e}")
+
+    def _on_final(self, registrant: Registrant, response: Response) -> None:
+        if registrant.removed:
+            return
+        before = registrant.state
+        follow = registrant.on_response(response, self._clock.seconds())
+        self._changed(registrant, before)
+        if follow is not None:
+            self._dispatch(registrant, follow)
+        else:
+            self.reschedule(registrant)
+
+    def _on_timeout(self, registrant: Registrant) -> None:
+        if registrant.removed:
+            return
+        before = registrant.state
+        registrant.on_timeout(self._clock.seconds())
+        self._changed(registrant, before)
+        self.reschedule(registrant)
+
+    def _fail(self, registrant: Registrant, reason: str) -> None:
+        before = registrant.state
+        registrant.on_send_error(self._clock.seconds(), reason)
+        self._changed(registrant, before)
+        self.reschedule(registrant)
+
+    def _changed(self, registrant: Registrant, before: RegState) -> None:
+        after = registrant.state
+        if after == before and after not in _FAILURE_STATES:
+            return
+        change = StateChange(registrant, before, after, self._clock.seconds())
+        for observer in self.observers:
+            try:
+                observer(change)
+            except Exception:
+                _log.failure("state observer failed")
+
+
+def _log_change(change: StateChange) -> None:
+    registrant = change.registrant
+    account = registrant.account
+    if change.new in _FAILURE_STATES:
+        _log.warn(
+            "{aor} ({binding} at {registrar}, id {row_id}): {state}: {error}; retry in {retry:.0f}s",
+            aor=account.aor,
+            binding=account.binding_uri,
+            registrar=account.registrar,
+            row_id=account.row_id,
+            state=change.new.name,
+            error=registrant.last_error,
+            retry=(registrant.next_at or change.time) - change.time,
+        )
+    elif change.new == RegState.REGISTERED_STATE and change.old != RegState.REGISTERED_STATE:
+        _log.debug(
+            "{aor} ({binding} at {registrar}): registered for {expires}s",
+            aor=account.aor,
+            binding=account.binding_uri,
+            registrar=account.registrar,
+            expires=registrant.expires,
+        )

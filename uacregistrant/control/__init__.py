@@ -1,0 +1,1 @@
+"""The admin console: a line protocol, its commands and the ctl client."""

@@ -1,0 +1,119 @@
+# -*- test-case-name: tests.integration.test_daemon -*-
+"""
+C{uacregistrant-ctl}: send one command to a running daemon and print the
+reply's body; the exit status is 0 for a 2xx status line, 1 otherwise,
+2 when the daemon cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+
+DEFAULT_CONTROL = "unix:uacregistrant.ctl"
+
+
+def _split(description: str) -> list[str]:
+    parts: list[str] = []
+    current = ""
+    escaped = False
+    for c in description:
+        if escaped:
+            current += c
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += c
+    parts.append(current)
+    return parts
+
+
+def connect(description: str, timeout: float = 10.0) -> socket.socket:
+    """
+    Connect to a control endpoint given in the daemon's own syntax
+    (C{unix:PATH[:mode=600]}, C{tcp:PORT[:interface=IP]}) or as
+    C{tcp:HOST:PORT}.
+    """
+    parts = _split(description)
+    kind, args = parts[0].lower(), parts[1:]
+    positional = [a for a in args if "=" not in a]
+    named = dict(a.split("=", 1) for a in args if "=" in a)
+    if kind == "unix":
+        path = named.get("address") or (positional[0] if positional else "")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(path)
+        return sock
+    if kind in ("tcp", "tcp6"):
+        host = named.get("interface") or named.get("host") or ("::1" if kind == "tcp6" else "127.0.0.1")
+        port = named.get("port")
+        if len(positional) == 2:
+            host, port = positional
+        elif positional:
+            port = positional[0]
+        if port is None:
+            raise ValueError(f"no port in {description!r}")
+        return socket.create_connection((host, int(port)), timeout=timeout)
+    raise ValueError(f"unsupported control endpoint {description!r}")
+
+
+def request(description: str, command: str, timeout: float = 10.0) -> tuple[str, list[str]]:
+    """Send one command; return the status line and the body lines."""
+    with connect(description, timeout) as sock:
+        sock.sendall(command.encode("utf-8") + b"\n")
+        buffer = b""
+        while True:
+            lines = buffer.split(b"\n")
+            if len(lines) >= 2 and b"" in (line.rstrip(b"\r") for line in lines[1:-1]):
+                break
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            buffer += chunk
+        try:
+            sock.sendall(b"quit\n")
+        except OSError:
+            pass
+    text = buffer.decode("utf-8", errors="replace").split("\n")
+    status = text[0].rstrip("\r")
+    body: list[str] = []
+    for line in text[1:]:
+        line = line.rstrip("\r")
+        if line == "":
+            break
+        body.append(line)
+    return status, body
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    parser = argparse.ArgumentParser(prog="uacregistrant-ctl", description="Send one command to uacregistrant.")
+    parser.add_argument(
+        "--control",
+        default=os.environ.get("UACREG_CONTROL", DEFAULT_CONTROL),
+        help="control endpoint (default: $UACREG_CONTROL or %(default)s)",
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default %(default)s)")
+    parser.add_argument("command", nargs="+", help="e.g. reg_list json")
+    options = parser.parse_args(argv)
+    try:
+        status, body = request(options.control, " ".join(options.command), options.timeout)
+    except (OSError, ValueError) as e:
+        print(f"uacregistrant-ctl: cannot reach {options.control}: {e}", file=sys.stderr)
+        return 2
+    ok = status[:1] == "2"
+    for line in body:
+        print(line)
+    if not ok:
+        print(status, file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,368 @@
+# -*- test-case-name: tests.unit.test_registrant -*-
+"""
+One registration's state machine (the seed's states 0-9).
+
+Pure: it receives the time and the responses, and returns the requests it
+wants sent (L{Outgoing}); it never touches a socket or a clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from .account import Account
+from .sip.digest import Challenge, Credentials, authorization_value, choose_challenge, parse_challenges
+from .sip.errors import SipParseError
+from .sip.message import Response, parse_name_addr
+from .sip.uri import parse_uri, uris_equal
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+
+class RegState(enum.IntEnum):
+    """Registration states, numbered as in OpenSIPS uac_registrant."""
+
+    NOT_REGISTERED_STATE = 0
+    REGISTERING_STATE = 1
+    AUTHENTICATING_STATE = 2
+    REGISTERED_STATE = 3
+    REGISTER_TIMEOUT_STATE = 4
+    INTERNAL_ERROR_STATE = 5
+    WRONG_CREDENTIALS_STATE = 6
+    REGISTRAR_ERROR_STATE = 7
+    UNREGISTERING_STATE = 8
+    AUTHENTICATING_UNREGISTER_STATE = 9
+
+
+#: States in which a transaction is outstanding.
+IN_TRANSACTION = frozenset(
+    {
+        RegState.REGISTERING_STATE,
+        RegState.AUTHENTICATING_STATE,
+        RegState.UNREGISTERING_STATE,
+        RegState.AUTHENTICATING_UNREGISTER_STATE,
+    }
+)
+_UNREGISTER_STATES = frozenset({RegState.UNREGISTERING_STATE, RegState.AUTHENTICATING_UNREGISTER_STATE})
+#: Stale-nonce answers allowed within one attempt.
+MAX_STALE_ANSWERS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """
+    Timing and randomness shared by all registrants.
+
+    @ivar retry_base: first retry delay after a failure (seconds).
+    @ivar retry_max: cap on the retry delay (seconds).
+    @ivar transaction_timeout: Timer F (seconds); refreshes start at least
+        this long before the registration expires when they can.
+    """
+
+    retry_base: float = 30.0
+    retry_max: float = 1800.0
+    transaction_timeout: float = 32.0
+    rng: random.Random = field(default_factory=random.SystemRandom)
+    token: Callable[[int], str] = secrets.token_hex
+
+    def backoff(self, failures: int) -> float:
+        """Exponential back-off with equal jitter, capped at C{retry_max}."""
+        delay = min(self.retry_max, self.retry_base * 2 ** min(failures - 1, 32))
+        return delay / 2 + self.rng.uniform(0, delay / 2)
+
+    def refresh_lead(self, granted: int) -> float:
+        """How long before expiry a registration of C{granted} s is refreshed."""
+        return min(granted / 2, max(self.transaction_timeout, granted / 10))
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """
+    A REGISTER the registrant wants sent.
+
+    @ivar expires: the Contact's expires value (0 un-registers).
+    @ivar authorization: C{(header name, value)} pairs to include.
+    """
+
+    cseq: int
+    expires: int
+    authorization: tuple[tuple[str, str], ...] = ()
+
+
+class _Auth:
+    __slots__ = ("challenge", "nc")
+
+    def __init__(self, challenge: Challenge) -> None:
+        self.challenge = challenge
+        self.nc = 0
+
+
+class Registrant:
+    """
+    The live state of one account's registration.
+
+    @ivar next_at: when the record next wants to send (refresh or retry
+        time; 0 = as soon as possible), or C{None} when it waits for a
+        response or has nothing to do.
+    @ivar registered_until: when the binding we hold at the registrar
+        expires, or C{None} if we hold none.
+    """
+
+    __slots__ = (
+        "account",
+        "policy",
+        "state",
+        "call_id",
+        "from_tag",
+        "cseq",
+        "expires",
+        "wanted_expires",
+        "last_register_sent",
+        "next_at",
+        "registered_until",
+        "last_reply",
+        "last_error",
+        "failures",
+        "_auth",
+        "_sent_auth",
+        "_stale_answers",
+        "queued",
+        "wake",
+        "removed",
+    )
+
+    def __init__(self, account: Account, policy: Policy) -> None:
+        self.account = account
+        self.policy = policy
+        self.state = RegState.NOT_REGISTERED_STATE
+        self.call_id = policy.token(16)
+        self.from_tag = policy.token(5)
+        self.cseq = 0
+        self.expires = account.expiry
+        self.wanted_expires = account.expiry
+        self.last_register_sent: float | None = None
+        self.next_at: float | None = 0.0 if account.enabled else None
+        self.registered_until: float | None = None
+        self.last_reply: tuple[int, str] | None = None
+        self.last_error = ""
+        self.failures = 0
+        self._auth: dict[str, _Auth] = {}
+        self._sent_auth: frozenset[str] = frozenset()
+        self._stale_answers = 0
+        # Scheduling marks owned by the walker and the pacer.
+        self.queued = False
+        self.wake: IDelayedCall | None = None
+        self.removed = False
+
+    def __repr__(self) -> str:
+        return f"<Registrant {self.account.aor} {self.state.name}>"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the account is enabled."""
+        return self.account.enabled
+
+    def due(self, now: float) -> bool:
+        """Whether the record wants to send a request now."""
+        return self.next_at is not None and now >= self.next_at
+
+    def start(self, now: float) -> Outgoing:
+        """
+        Begin a new attempt: a REGISTER if enabled, else an un-REGISTER.
+        """
+        self._auth.clear()
+        self._stale_answers = 0
+        self.last_register_sent = now
+        self.next_at = None
+        if self.enabled:
+            self.state = RegState.REGISTERING_STATE
+            return self._request(self.wanted_expires)
+        self.state = RegState.UNREGISTERING_STATE
+        return self._request(0)
+
+    def _request(self, expires: int) -> Outgoing:
+        self.cseq += 1
+        auth = []
+        for header, state in self._auth.items():
+            state.nc += 1
+            auth.append((header, self._answer(state)))
+        self._sent_auth = frozenset(self._auth)
+        return Outgoing(self.cseq, expires, tuple(auth))
+
+    def _answer(self, state: _Auth) -> str:
+        account = self.account
+        assert account.username is not None and account.password is not None
+        return authorization_value(
+            state.challenge,
+            Credentials(account.username, account.password),
+            "REGISTER",
+            account.registrar,
+            self.policy.token(8),
+            state.nc,
+        )
+
+    def on_response(self, response: Response, now: float) -> Outgoing | None:
+        """
+        Handle a final response to the outstanding request.
+
+        @return: a follow-up request to send at once (a digest answer, a
+            retry with Min-Expires, an un-REGISTER), or C{None}.
+        """
+        status = response.status
+        if status < 200 or self.state not in IN_TRANSACTION:
+            return None
+        self.last_reply = (status, response.reason)
+        if status < 300:
+            return self._on_success(response, now)
+        if status in (401, 407):
+            return self._on_challenge(response, now)
+        if status == 423:
+            return self._on_too_brief(response, now)
+        if status == 408:
+            self._fail(RegState.REGISTER_TIMEOUT_STATE, now, f"{status} {response.reason}", response)
+            return None
+        self._fail(RegState.REGISTRAR_ERROR_STATE, now, f"registrar answered {status} {response.reason}", response)
+        return None
+
+    def on_timeout(self, now: float) -> None:
+        """The outstanding transaction timed out (Timer F)."""
+        if self.state in IN_TRANSACTION:
+            self._fail(RegState.REGISTER_TIMEOUT_STATE, now, "no final response before Timer F")
+
+    def on_send_error(self, now: float, reason: str) -> None:
+        """The request could not be sent (resolution or socket error)."""
+        self._fail(RegState.INTERNAL_ERROR_STATE, now, reason)
+
+    def _on_success(self, response: Response, now: float) -> Outgoing | None:
+        self._stale_answers = 0
+        if self.state in _UNREGISTER_STATES:
+            self.registered_until = None
+            self.failures = 0
+            if self.enabled:
+                return self.start(now)
+            self.state = RegState.NOT_REGISTERED_STATE
+            self.next_at = None
+            self.last_error = ""
+            return None
+        granted = self._granted(response)
+        if granted <= 0:
+            self._fail(RegState.REGISTRAR_ERROR_STATE, now, "200 OK granted no time to our binding")
+            return None
+        self.registered_until = now + granted
+        if not self.enabled:
+            return self.start(now)
+        self.state = RegState.REGISTERED_STATE
+        self.expires = granted
+        self.failures = 0
+        self.last_error = ""
+        self.next_at = now + granted - self.policy.refresh_lead(granted)
+        return None
+
+    def _granted(self, response: Response) -> int:
+        """The expiry granted to our binding (RFC 3261 §10.2.4)."""
+        binding = self.account.binding
+        for value in response.get_all("contact"):
+            try:
+                contact = parse_name_addr(value)
+                if contact.uri == "*" or not uris_equal(parse_uri(contact.uri), binding):
+                    continue
+                expires = contact.params.get("expires")
+                if expires is not None and expires.isdigit():
+                    return min(int(expires), 2**32 - 1)
+            except SipParseError:
+                continue
+            break
+        try:
+            header = response.int_header("expires")
+        except SipParseError:
+            header = None
+        return header if header is not None else self.wanted_expires
+
+    def _on_challenge(self, response: Response, now: float) -> Outgoing | None:
+        account = self.account
+        header = "Authorization" if response.status == 401 else "Proxy-Authorization"
+        if not account.has_credentials:
+            self._fail(
+                RegState.WRONG_CREDENTIALS_STATE,
+                now,
+                f"{response.status} challenge but the record has no username or password",
+            )
+            return None
+        source = "www-authenticate" if response.status == 401 else "proxy-authenticate"
+        challenges: list[Challenge] = []
+        try:
+            for value in response.get_all(source):
+                challenges.extend(parse_challenges(value))
+        except SipParseError as e:
+            self._fail(RegState.INTERNAL_ERROR_STATE, now, f"unparsable {source}: {e}")
+            return None
+        assert account.username is not None and account.password is not None
+        chosen = choose_challenge(challenges, Credentials(account.username, account.password))
+        if chosen is None:
+            offered = ", ".join(sorted({c.algorithm for c in challenges if c.is_digest})) or "none"
+            self._fail(
+                RegState.INTERNAL_ERROR_STATE,
+                now,
+                f"no digest challenge we can answer in {response.status} (algorithms offered: {offered})",
+            )
+            return None
+        if header in self._sent_auth:
+            if not chosen.stale or self._stale_answers >= MAX_STALE_ANSWERS:
+                self._fail(
+                    RegState.WRONG_CREDENTIALS_STATE,
+                    now,
+                    f"credentials rejected: {response.status} {response.reason}",
+                )
+                return None
+            self._stale_answers += 1
+        self._auth[header] = _Auth(chosen)
+        if self.state in _UNREGISTER_STATES:
+            self.state = RegState.AUTHENTICATING_UNREGISTER_STATE
+            return self._request(0)
+        self.state = RegState.AUTHENTICATING_STATE
+        return self._request(self.wanted_expires)
+
+    def _on_too_brief(self, response: Response, now: float) -> Outgoing | None:
+        try:
+            minimum = response.int_header("min-expires")
+        except SipParseError:
+            minimum = None
+        if minimum is None or minimum <= self.wanted_expires or self.state in _UNREGISTER_STATES:
+            self._fail(
+                RegState.REGISTRAR_ERROR_STATE,
+                now,
+                f"423 without a usable Min-Expires (got {minimum}, asked {self.wanted_expires})",
+            )
+            return None
+        self.wanted_expires = minimum
+        self._auth.clear()
+        self.state = RegState.REGISTERING_STATE
+        return self._request(minimum)
+
+    def _fail(self, state: RegState, now: float, error: str, response: Response | None = None) -> None:
+        self.state = state
+        self.failures += 1
+        self.last_error = error
+        retry_after = None
+        if response is not None:
+            try:
+                retry_after = response.retry_after
+            except SipParseError:
+                retry_after = None
+        delay = float(retry_after) if retry_after is not None else self.policy.backoff(self.failures)
+        if not self.enabled and (self.registered_until is None or self.registered_until <= now):
+            # Nothing left to un-register: stop here.
+            self.registered_until = None
+            self.next_at = None
+            return
+        self.next_at = now + delay
+
+    def replace_account(self, account: Account) -> None:
+        """Swap in new configuration, keeping Call-ID, CSeq and state."""
+        self.account = account
+        self.wanted_expires = account.expiry

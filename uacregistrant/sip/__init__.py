@@ -1,0 +1,1 @@
+"""The SIP codec: URIs, messages and digest authentication, free of I/O."""

@@ -1,0 +1,276 @@
+# -*- test-case-name: tests.unit.test_digest -*-
+"""
+HTTP digest authentication for SIP (RFC 3261 §22, RFC 7616, RFC 8760).
+
+Challenge parsing and credential computation; the caller supplies the
+cnonce, so everything here is deterministic and free of I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import SipParseError
+from .message import _is_token, quote_string, unquote_string
+
+_HASHES: dict[str, Callable[[bytes], str]] = {
+    "MD5": lambda data: hashlib.md5(data).hexdigest(),
+    "SHA-256": lambda data: hashlib.sha256(data).hexdigest(),
+    "SHA-512-256": lambda data: hashlib.new("sha512_256", data).hexdigest(),
+}
+_HEX_LENGTH = {"MD5": 32, "SHA-256": 64, "SHA-512-256": 64}
+#: Every algorithm name the client answers, upper-cased.
+SUPPORTED_ALGORITHMS = frozenset(
+    [name for name in _HASHES] + [name + "-SESS" for name in _HASHES]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """One challenge from a WWW-Authenticate or Proxy-Authenticate header."""
+
+    scheme: str
+    params: dict[str, str]
+
+    @property
+    def realm(self) -> str:
+        """The realm (empty if absent)."""
+        return self.params.get("realm", "")
+
+    @property
+    def nonce(self) -> str:
+        """The nonce (empty if absent)."""
+        return self.params.get("nonce", "")
+
+    @property
+    def algorithm(self) -> str:
+        """The algorithm, upper-cased; MD5 when absent (RFC 7616 §3.3)."""
+        return self.params.get("algorithm", "MD5").upper()
+
+    @property
+    def qop_options(self) -> list[str]:
+        """The qop options offered, lower-cased."""
+        return [q.strip().lower() for q in self.params.get("qop", "").split(",") if q.strip()]
+
+    @property
+    def stale(self) -> bool:
+        """Whether the challenge says C{stale=true}."""
+        return self.params.get("stale", "").lower() == "true"
+
+    @property
+    def is_digest(self) -> bool:
+        """Whether this is a Digest challenge with a nonce."""
+        return self.scheme.lower() == "digest" and bool(self.nonce)
+
+
+def parse_challenges(value: str) -> list[Challenge]:
+    """
+    Parse a WWW-Authenticate/Proxy-Authenticate value into challenges.
+
+    One header may carry several challenges; a bare token that is not
+    followed by C{=} starts a new one.
+    """
+    challenges: list[Challenge] = []
+    scheme: str | None = None
+    params: dict[str, str] = {}
+    pos = 0
+    n = len(value)
+    while True:
+        while pos < n and value[pos] in " \t,":
+            pos += 1
+        if pos >= n:
+            break
+        start = pos
+        while pos < n and value[pos] not in " \t=,":
+            pos += 1
+        token = value[start:pos]
+        look = pos
+        while look < n and value[look] in " \t":
+            look += 1
+        if look < n and value[look] == "=" and scheme is not None:
+            pos = look + 1
+            while pos < n and value[pos] in " \t":
+                pos += 1
+            if pos < n and value[pos] == '"':
+                end = pos + 1
+                while end < n and value[end] != '"':
+                    end += 2 if value[end] == "\\" else 1
+                if end >= n:
+                    raise SipParseError("unterminated quoted string in challenge")
+                param = unquote_string(value[pos : end + 1])
+                pos = end + 1
+            else:
+                end = pos
+                while end < n and value[end] not in " \t,":
+                    end += 1
+                param = value[pos:end]
+                pos = end
+            if not _is_token(token):
+                raise SipParseError(f"invalid auth-param name {token!r}")
+            params[token.lower()] = param
+        else:
+            if not _is_token(token):
+                raise SipParseError(f"invalid auth scheme {token!r}")
+            if scheme is not None:
+                challenges.append(Challenge(scheme, params))
+            scheme, params = token, {}
+    if scheme is not None:
+        challenges.append(Challenge(scheme, params))
+    return challenges
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """
+    A username and a secret: a password, or an HA1 written C{0x<hex>}.
+
+    The secret never appears in C{repr}.
+    """
+
+    username: str
+    secret: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, secret=<hidden>)"
+
+    @property
+    def ha1_hex(self) -> str | None:
+        """The HA1 if the secret is written C{0x<hex>}, else C{None}."""
+        s = self.secret
+        if len(s) > 2 and s[:2] in ("0x", "0X") and len(s) - 2 in (32, 64):
+            try:
+                int(s[2:], 16)
+            except ValueError:
+                return None
+            return s[2:].lower()
+        return None
+
+    def can_answer(self, algorithm: str) -> bool:
+        """Whether these credentials can answer a challenge of C{algorithm}."""
+        algorithm = algorithm.upper()
+        if algorithm not in SUPPORTED_ALGORITHMS:
+            return False
+        ha1 = self.ha1_hex
+        return ha1 is None or len(ha1) == _HEX_LENGTH[_base(algorithm)]
+
+
+def _base(algorithm: str) -> str:
+    return algorithm[:-5] if algorithm.endswith("-SESS") else algorithm
+
+
+def choose_challenge(challenges: list[Challenge], credentials: Credentials) -> Challenge | None:
+    """The topmost Digest challenge these credentials can answer."""
+    for challenge in challenges:
+        if challenge.is_digest and credentials.can_answer(challenge.algorithm):
+            return challenge
+    return None
+
+
+def compute_response(
+    challenge: Challenge,
+    credentials: Credentials,
+    method: str,
+    uri: str,
+    cnonce: str,
+    nc: int,
+    body: bytes = b"",
+) -> tuple[str, str | None]:
+    """
+    Compute the digest response.
+
+    @return: C{(response, qop)}, qop being C{None} for an RFC 2069 answer.
+    """
+    algorithm = challenge.algorithm
+    if not credentials.can_answer(algorithm):
+        raise SipParseError(f"cannot answer algorithm {algorithm}")
+    digest = _HASHES[_base(algorithm)]
+    realm, nonce = challenge.realm, challenge.nonce
+    ha1 = credentials.ha1_hex or digest(
+        f"{credentials.username}:{realm}:{credentials.secret}".encode()
+    )
+    if algorithm.endswith("-SESS"):
+        ha1 = digest(f"{ha1}:{nonce}:{cnonce}".encode())
+    offered = challenge.qop_options
+    qop = "auth" if "auth" in offered else "auth-int" if "auth-int" in offered else None
+    if qop == "auth-int":
+        ha2 = digest(f"{method}:{uri}:{digest(body)}".encode())
+    else:
+        ha2 = digest(f"{method}:{uri}".encode())
+    if qop is None:
+        return digest(f"{ha1}:{nonce}:{ha2}".encode()), None
+    return digest(f"{ha1}:{nonce}:{nc:08x}:{cnonce}:{qop}:{ha2}".encode()), qop
+
+
+def authorization_value(
+    challenge: Challenge,
+    credentials: Credentials,
+    method: str,
+    uri: str,
+    cnonce: str,
+    nc: int,
+    body: bytes = b"",
+) -> str:
+    """The value of an Authorization/Proxy-Authorization header."""
+    response, qop = compute_response(challenge, credentials, method, uri, cnonce, nc, body)
+    parts = [
+        f"username={quote_string(credentials.username)}",
+        f"realm={quote_string(challenge.realm)}",
+        f"nonce={quote_string(challenge.nonce)}",
+        f"uri={quote_string(uri)}",
+        f"response={quote_string(response)}",
+        f"algorithm={challenge.params.get('algorithm', 'MD5')}",
+    ]
+    if qop is not None:
+        parts.append(f"qop={qop}")
+        parts.append(f"nc={nc:08x}")
+        parts.append(f"cnonce={quote_string(cnonce)}")
+    if "opaque" in challenge.params:
+        parts.append(f"opaque={quote_string(challenge.params['opaque'])}")
+    return "Digest " + ", ".join(parts)
+
+
+def parse_authorization(value: str) -> dict[str, str]:
+    """Parse an Authorization value into its parameters (for registrars)."""
+    challenges = parse_challenges(value)
+    if len(challenges) != 1 or challenges[0].scheme.lower() != "digest":
+        raise SipParseError("not a single Digest credential")
+    return challenges[0].params
+
+
+def verify_authorization(
+    params: dict[str, str],
+    password: str,
+    method: str,
+    body: bytes = b"",
+) -> bool:
+    """
+    Check a client's digest answer against C{password} (registrar side).
+
+    The challenge parameters come from the answer itself; the caller
+    checks that the nonce is one it issued.
+    """
+    try:
+        challenge = Challenge(
+            "Digest",
+            {
+                "realm": params["realm"],
+                "nonce": params["nonce"],
+                "algorithm": params.get("algorithm", "MD5"),
+                **({"qop": params["qop"]} if "qop" in params else {}),
+            },
+        )
+        nc = int(params.get("nc", "1"), 16)
+        expected, _ = compute_response(
+            challenge,
+            Credentials(params["username"], password),
+            method,
+            params["uri"],
+            params.get("cnonce", ""),
+            nc,
+            body,
+        )
+    except (KeyError, ValueError):
+        return False
+    return expected == params.get("response", "").lower()

@@ -1,0 +1,454 @@
+# -*- test-case-name: tests.unit.test_message -*-
+"""
+SIP message parsing and rendering (RFC 3261 §7, §20, §25).
+
+Bytes in, bytes out: no sockets, no clocks.  The parser extracts what a
+registrant (and the test registrar) needs and raises L{SipParseError} for
+anything else it cannot accept; it never raises another exception type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from .errors import SipParseError
+
+#: The largest message the parser accepts (bytes).
+MAX_MESSAGE_SIZE = 65535
+#: The most header fields the parser accepts in one message.
+MAX_HEADERS = 256
+
+_COMPACT = {
+    "v": "via",
+    "f": "from",
+    "t": "to",
+    "m": "contact",
+    "i": "call-id",
+    "l": "content-length",
+    "c": "content-type",
+    "k": "supported",
+    "e": "content-encoding",
+    "s": "subject",
+    "o": "event",
+    "r": "refer-to",
+    "u": "allow-events",
+}
+_TOKEN_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+)
+# Headers whose values are comma-separated lists (RFC 3261 §7.3.1).
+_LIST_HEADERS = frozenset({"via", "contact", "route", "record-route", "supported", "allow", "require"})
+_MAX_UINT32 = 2**32 - 1
+
+
+def _is_token(text: str) -> bool:
+    return bool(text) and all(c in _TOKEN_CHARS for c in text)
+
+
+@dataclass(slots=True)
+class SipMessage:
+    """
+    A parsed SIP message.
+
+    @ivar headers: C{(name, value)} pairs in order; names are lower-cased
+        long forms, values unfolded and stripped.
+    """
+
+    headers: list[tuple[str, str]]
+    body: bytes
+    _index: dict[str, list[str]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for name, value in self.headers:
+            self._index.setdefault(name, []).append(value)
+
+    def get_all(self, name: str) -> list[str]:
+        """All values of header C{name}, list headers split at commas."""
+        values = self._index.get(name.lower(), [])
+        if name.lower() in _LIST_HEADERS:
+            return [item for value in values for item in split_list(value)]
+        return list(values)
+
+    def get(self, name: str) -> str | None:
+        """The first value of header C{name}, or C{None}."""
+        values = self.get_all(name)
+        return values[0] if values else None
+
+    def has(self, name: str) -> bool:
+        """Whether header C{name} is present."""
+        return name.lower() in self._index
+
+    @property
+    def call_id(self) -> str:
+        """The Call-ID header (required)."""
+        value = self.get("call-id")
+        if not value:
+            raise SipParseError("missing Call-ID")
+        return value
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        """CSeq as C{(number, METHOD)}."""
+        value = self.get("cseq")
+        if value is None:
+            raise SipParseError("missing CSeq")
+        number, _, method = value.partition(" ")
+        method = method.strip()
+        if not number.isdigit() or int(number) > _MAX_UINT32 or not _is_token(method):
+            raise SipParseError(f"invalid CSeq {value!r}")
+        return int(number), method.upper()
+
+    @property
+    def top_via(self) -> "Via":
+        """The topmost Via."""
+        value = self.get("via")
+        if value is None:
+            raise SipParseError("missing Via")
+        return parse_via(value)
+
+    def int_header(self, name: str) -> int | None:
+        """A header holding a non-negative integer (Expires, Min-Expires)."""
+        value = self.get(name)
+        if value is None:
+            return None
+        return parse_delta_seconds(value, name)
+
+
+@dataclass(slots=True)
+class Request(SipMessage):
+    """A SIP request."""
+
+    method: str = ""
+    uri: str = ""
+
+
+@dataclass(slots=True)
+class Response(SipMessage):
+    """A SIP response."""
+
+    status: int = 0
+    reason: str = ""
+
+    @property
+    def retry_after(self) -> int | None:
+        """Retry-After seconds, or C{None}."""
+        value = self.get("retry-after")
+        if value is None:
+            return None
+        head = value.split(";", 1)[0].split("(", 1)[0].strip()
+        return parse_delta_seconds(head, "Retry-After")
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """One Via value."""
+
+    transport: str
+    host: str
+    port: int | None
+    params: dict[str, str | None]
+
+    @property
+    def branch(self) -> str | None:
+        """The branch parameter."""
+        return self.params.get("branch")
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """A Contact/From/To value: the URI text and the header parameters."""
+
+    uri: str
+    params: dict[str, str | None]
+    display: str = ""
+
+
+def parse_delta_seconds(value: str, name: str) -> int:
+    """Parse a delta-seconds value, clamping to 2**32-1 as RFC 3261 says."""
+    value = value.strip()
+    if not value.isdigit():
+        raise SipParseError(f"invalid {name} value {value!r}")
+    if len(value) > 10:
+        return _MAX_UINT32
+    return min(int(value), _MAX_UINT32)
+
+
+def split_list(value: str) -> list[str]:
+    """Split a comma-separated header value, respecting quotes and <>."""
+    items: list[str] = []
+    start = 0
+    quoted = False
+    angle = False
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == "<":
+            angle = True
+        elif c == ">":
+            angle = False
+        elif c == "," and not angle:
+            items.append(value[start:i].strip())
+            start = i + 1
+        i += 1
+    if quoted:
+        raise SipParseError("unterminated quoted string")
+    items.append(value[start:].strip())
+    return [item for item in items if item]
+
+
+def parse_params(text: str) -> dict[str, str | None]:
+    """Parse C{;name=value;flag} parameters (leading C{;} optional)."""
+    params: dict[str, str | None] = {}
+    for item in _split_outside_quotes(text, ";"):
+        item = item.strip()
+        if not item:
+            continue
+        name, eq, value = item.partition("=")
+        name = name.strip().lower()
+        if not _is_token(name):
+            raise SipParseError(f"invalid parameter {item!r}")
+        value = value.strip()
+        if eq and value.startswith('"'):
+            value = unquote_string(value)
+        params[name] = value if eq else None
+    return params
+
+
+def _split_outside_quotes(text: str, sep: str) -> Iterator[str]:
+    start = 0
+    quoted = False
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == sep:
+            yield text[start:i]
+            start = i + 1
+        i += 1
+    if quoted:
+        raise SipParseError("unterminated quoted string")
+    yield text[start:]
+
+
+def unquote_string(text: str) -> str:
+    """Undo a quoted-string (RFC 3261 §25.1): strip quotes, unescape."""
+    text = text.strip()
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        raise SipParseError(f"invalid quoted string {text!r}")
+    out: list[str] = []
+    i = 1
+    end = len(text) - 1
+    while i < end:
+        c = text[i]
+        if c == "\\":
+            if i + 1 >= end:
+                raise SipParseError(f"dangling escape in {text!r}")
+            i += 1
+            c = text[i]
+        elif c == '"':
+            raise SipParseError(f"stray quote in {text!r}")
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def quote_string(text: str) -> str:
+    """Render C{text} as a quoted-string."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def parse_via(value: str) -> Via:
+    """Parse one Via value: C{SIP/2.0/UDP host[:port];params}."""
+    protocol, _, rest = value.strip().partition(" ")
+    parts = [p.strip() for p in protocol.split("/")]
+    if len(parts) != 3 or parts[0].upper() != "SIP" or parts[1] != "2.0" or not _is_token(parts[2]):
+        raise SipParseError(f"invalid Via {value!r}")
+    rest = rest.strip()
+    sent_by, _, paramtext = rest.partition(";")
+    sent_by = sent_by.strip()
+    if not sent_by:
+        raise SipParseError(f"Via without sent-by: {value!r}")
+    port: int | None = None
+    if sent_by.startswith("["):
+        end = sent_by.find("]")
+        if end == -1:
+            raise SipParseError(f"invalid Via host {value!r}")
+        host, tail = sent_by[1:end], sent_by[end + 1 :]
+        if tail:
+            port = _via_port(tail.lstrip(":"), value) if tail.startswith(":") else None
+            if port is None:
+                raise SipParseError(f"invalid Via port {value!r}")
+    else:
+        host, colon, porttext = sent_by.partition(":")
+        if colon:
+            port = _via_port(porttext, value)
+    return Via(parts[2].upper(), host.lower(), port, parse_params(paramtext))
+
+
+def _via_port(text: str, value: str) -> int:
+    text = text.strip()
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise SipParseError(f"invalid Via port {value!r}")
+    return int(text)
+
+
+def parse_name_addr(value: str) -> NameAddr:
+    """
+    Parse a Contact, From or To value.
+
+    Without angle brackets, everything after the first C{;} is a header
+    parameter, not part of the URI (RFC 3261 §20.10).
+    """
+    value = value.strip()
+    if value == "*":
+        return NameAddr("*", {})
+    lt = _find_unquoted(value, "<")
+    if lt != -1:
+        gt = value.find(">", lt)
+        if gt == -1:
+            raise SipParseError(f"unterminated '<' in {value!r}")
+        display = value[:lt].strip()
+        if display.startswith('"'):
+            display = unquote_string(display)
+        uri = value[lt + 1 : gt].strip()
+        params = parse_params(value[gt + 1 :].strip())
+    else:
+        display = ""
+        uri, _, paramtext = value.partition(";")
+        uri = uri.strip()
+        params = parse_params(paramtext)
+    if not uri:
+        raise SipParseError(f"empty URI in {value!r}")
+    return NameAddr(uri, params, display)
+
+
+def _find_unquoted(text: str, char: str) -> int:
+    quoted = False
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == char:
+            return i
+        i += 1
+    return -1
+
+
+def parse_message(data: bytes) -> Request | Response:
+    """
+    Parse one SIP message from a datagram.
+
+    @raise SipParseError: for anything malformed, truncated or oversized.
+    """
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise SipParseError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
+    data = data.lstrip(b"\r\n")
+    end = data.find(b"\r\n\r\n")
+    if end != -1:
+        head, body = data[:end], data[end + 4 :]
+    else:
+        end = data.find(b"\n\n")
+        if end == -1:
+            raise SipParseError("truncated message: no end of headers")
+        head, body = data[:end], data[end + 2 :]
+    text = head.decode("utf-8", errors="replace")
+    lines = text.replace("\r\n", "\n").split("\n")
+    start_line = lines[0]
+    headers = _parse_header_lines(lines[1:])
+    length_values = [v for n, v in headers if n == "content-length"]
+    if length_values:
+        length = parse_delta_seconds(length_values[0], "Content-Length")
+        if length > len(body):
+            raise SipParseError(f"truncated body: Content-Length {length}, have {len(body)}")
+        body = body[:length]
+    if start_line.startswith("SIP/") or start_line[:4].upper() == "SIP/":
+        version, _, rest = start_line.partition(" ")
+        if version.upper() != "SIP/2.0":
+            raise SipParseError(f"unsupported version in {start_line!r}")
+        code, _, reason = rest.partition(" ")
+        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+            raise SipParseError(f"invalid status line {start_line!r}")
+        return Response(headers, body, status=int(code), reason=reason.strip())
+    parts = start_line.split(" ")
+    if len(parts) != 3 or not _is_token(parts[0]) or parts[2].upper() != "SIP/2.0" or not parts[1]:
+        raise SipParseError(f"invalid start line {start_line[:80]!r}")
+    return Request(headers, body, method=parts[0].upper(), uri=parts[1])
+
+
+def _parse_header_lines(lines: list[str]) -> list[tuple[str, str]]:
+    headers: list[tuple[str, str]] = []
+    for line in lines:
+        if line[:1] in (" ", "\t"):
+            if not headers:
+                raise SipParseError("continuation line before any header")
+            name, value = headers[-1]
+            headers[-1] = (name, value + " " + line.strip())
+            continue
+        name, colon, value = line.partition(":")
+        name = name.strip().lower()
+        if not colon or not _is_token(name):
+            raise SipParseError(f"invalid header line {line[:80]!r}")
+        headers.append((_COMPACT.get(name, name), value.strip()))
+        if len(headers) > MAX_HEADERS:
+            raise SipParseError(f"more than {MAX_HEADERS} header fields")
+    return headers
+
+
+def render_request(
+    method: str,
+    uri: str,
+    headers: list[tuple[str, str]],
+    body: bytes = b"",
+) -> bytes:
+    """Render a request; C{Content-Length} is appended."""
+    lines = [f"{method} {uri} SIP/2.0"]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
+
+
+def render_response(
+    request: Request,
+    status: int,
+    reason: str,
+    extra: Sequence[tuple[str, str]] = (),
+    to_tag: str | None = None,
+) -> bytes:
+    """
+    Render a response to C{request} (RFC 3261 §8.2.6): Via, From, To,
+    Call-ID and CSeq copied, a To tag added when given.
+    """
+    lines = [f"SIP/2.0 {status} {reason}"]
+    for value in request.get_all("via"):
+        lines.append(f"Via: {value}")
+    to = request.get("to") or ""
+    if to_tag and "tag" not in parse_name_addr(to).params:
+        to = f"{to};tag={to_tag}"
+    lines.append(f"From: {request.get('from') or ''}")
+    lines.append(f"To: {to}")
+    lines.append(f"Call-ID: {request.get('call-id') or ''}")
+    lines.append(f"CSeq: {request.get('cseq') or ''}")
+    lines.extend(f"{name}: {value}" for name, value in extra)
+    lines.append("Content-Length: 0")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")

@@ -1,0 +1,190 @@
+# -*- test-case-name: tests.unit.test_uri -*-
+"""
+SIP URI parsing and comparison (RFC 3261 §19.1).
+
+Free of I/O: strings in, values out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from .errors import SipParseError
+
+# Parameters that must match whenever either URI has them (§19.1.4).
+_SIGNIFICANT_PARAMS = ("user", "ttl", "method", "maddr", "transport")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9\-.]*[A-Za-z0-9])?\.?$")
+_USER_CHARS = re.compile(r"^[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class SipUri:
+    """
+    A parsed C{sip:} or C{sips:} URI.
+
+    @ivar host: lower-cased host; IPv6 addresses without brackets.
+    @ivar params: URI parameters, names lower-cased; a flag parameter maps to
+        C{None}.
+    """
+
+    scheme: str
+    user: str | None
+    password: str | None
+    host: str
+    port: int | None
+    params: dict[str, str | None] = field(default_factory=dict)
+    headers: str = ""
+    text: str = ""
+
+    @property
+    def is_ip(self) -> bool:
+        """Whether the host is an IPv4 or IPv6 literal."""
+        return _is_ip(self.host)
+
+    @property
+    def host_for_uri(self) -> str:
+        """The host as written in a URI (IPv6 in brackets)."""
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def strip_angle_brackets(text: str) -> str:
+    """Take the URI out of C{<...>} (and a display name) if present."""
+    text = text.strip()
+    start = text.find("<")
+    if start != -1:
+        end = text.find(">", start)
+        if end == -1:
+            raise SipParseError(f"unterminated '<' in {text!r}")
+        return text[start + 1 : end].strip()
+    return text
+
+
+def parse_uri(text: str) -> SipUri:
+    """
+    Parse a SIP URI.
+
+    @raise SipParseError: if C{text} is not a C{sip:}/C{sips:} URI with a
+        valid host and port.
+    """
+    raw = strip_angle_brackets(text)
+    scheme, sep, rest = raw.partition(":")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("sip", "sips"):
+        raise SipParseError(f"not a sip: or sips: URI: {text!r}")
+    rest, _, headers = rest.partition("?")
+    user: str | None = None
+    password: str | None = None
+    at = rest.rfind("@")
+    if at != -1:
+        userinfo, rest = rest[:at], rest[at + 1 :]
+        if not userinfo:
+            raise SipParseError(f"empty user part in {text!r}")
+        user, colon, pw = userinfo.partition(":")
+        if not user or not _USER_CHARS.match(user):
+            raise SipParseError(f"invalid user part in {text!r}")
+        password = pw if colon else None
+    hostport, _, paramtext = rest.partition(";")
+    host, port = _parse_hostport(hostport, text)
+    params: dict[str, str | None] = {}
+    if paramtext:
+        for item in paramtext.split(";"):
+            if not item:
+                continue
+            name, eq, value = item.partition("=")
+            name = unquote(name).strip().lower()
+            if not name:
+                raise SipParseError(f"empty parameter name in {text!r}")
+            params[name] = unquote(value).strip() if eq else None
+    return SipUri(scheme, user, password, host, port, params, headers, raw)
+
+
+def _parse_hostport(hostport: str, original: str) -> tuple[str, int | None]:
+    port: int | None = None
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end == -1:
+            raise SipParseError(f"unterminated IPv6 reference in {original!r}")
+        host = hostport[1:end]
+        tail = hostport[end + 1 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise SipParseError(f"invalid IPv6 address in {original!r}") from None
+        if tail:
+            if not tail.startswith(":"):
+                raise SipParseError(f"junk after IPv6 reference in {original!r}")
+            port = _parse_port(tail[1:], original)
+    else:
+        host, colon, porttext = hostport.partition(":")
+        if colon:
+            port = _parse_port(porttext, original)
+        if not host or not (_HOSTNAME.match(host) or _is_ip(host)):
+            raise SipParseError(f"invalid host in {original!r}")
+    return host.lower(), port
+
+
+def _parse_port(text: str, original: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise SipParseError(f"invalid port in {original!r}")
+    return int(text)
+
+
+def _param_equal(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.lower() == b.lower()
+
+
+def uris_equal(a: SipUri, b: SipUri) -> bool:
+    """
+    Compare two URIs by the rules of RFC 3261 §19.1.4.
+
+    User and password compare case-sensitively after unescaping; the host
+    case-insensitively; a missing port differs from an explicit default
+    port; C{user}, C{ttl}, C{method}, C{maddr} and C{transport} must match
+    when either URI has them; other parameters only when both have them;
+    header components must be the same set.
+    """
+    if a.scheme != b.scheme or a.host != b.host or a.port != b.port:
+        return False
+    if _unescape(a.user) != _unescape(b.user):
+        return False
+    if _unescape(a.password) != _unescape(b.password):
+        return False
+    for name in _SIGNIFICANT_PARAMS:
+        in_a, in_b = name in a.params, name in b.params
+        if in_a != in_b:
+            return False
+        if in_a and not _param_equal(a.params[name], b.params[name]):
+            return False
+    for name in a.params.keys() & b.params.keys():
+        if not _param_equal(a.params[name], b.params[name]):
+            return False
+    return _header_set(a.headers) == _header_set(b.headers)
+
+
+def _unescape(value: str | None) -> str | None:
+    return None if value is None else unquote(value)
+
+
+def _header_set(headers: str) -> frozenset[tuple[str, str]]:
+    items = set()
+    for item in headers.split("&"):
+        if item:
+            name, _, value = item.partition("=")
+            items.add((unquote(name).lower(), unquote(value)))
+    return frozenset(items)

@@ -1,0 +1,28 @@
+"""Counters of what the SIP layer sent, received, dropped and why."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(slots=True)
+class SipCounters:
+    """Monotonic counters shared by the transports and the transactions."""
+
+    requests_sent: int = 0
+    retransmissions: int = 0
+    send_errors: int = 0
+    timeouts: int = 0
+    datagrams_received: int = 0
+    responses_accepted: int = 0
+    dropped_oversized: int = 0
+    dropped_malformed: int = 0
+    dropped_requests: int = 0
+    dropped_no_transaction: int = 0
+    dropped_wrong_source: int = 0
+    dropped_cseq_mismatch: int = 0
+    absorbed_retransmissions: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters by name."""
+        return asdict(self)

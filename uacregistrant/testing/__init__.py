@@ -1,0 +1,1 @@
+"""Test peers shipped with the package (the digest-checking test registrar)."""

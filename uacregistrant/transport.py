@@ -1,0 +1,101 @@
+# -*- test-case-name: tests.unit.test_transport -*-
+"""
+One UDP socket: a L{DatagramProtocol} that sends requests and hands
+parsed responses to the transaction layer.
+
+Whatever arrives, nothing escapes C{datagramReceived}: garbage, requests,
+oversized or truncated datagrams are counted and dropped.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from .sip.errors import SipParseError
+from .sip.message import Response, parse_message
+from .sockets import SocketSpec
+from .stats import SipCounters
+from .transaction import Address, TransactionLayer
+
+#: Datagrams larger than this are dropped unparsed.
+MAX_DATAGRAM = 16384
+
+_log = Logger()
+
+
+class SipTransport(DatagramProtocol):
+    """
+    A listening UDP socket shared by every record that sends from it.
+
+    @ivar spec: the configured socket (port 0 is replaced once bound).
+    """
+
+    def __init__(self, spec: SocketSpec, transactions: TransactionLayer, counters: SipCounters) -> None:
+        self.spec = spec
+        self.configured_name = spec.name
+        self._transactions = transactions
+        self._counters = counters
+        self._local_ips: dict[str, str] = {}
+
+    def startProtocol(self) -> None:
+        """Learn the bound port (for port 0)."""
+        assert self.transport is not None
+        host = self.transport.getHost()
+        self.spec = SocketSpec(self.spec.host, host.port)
+
+    def send(self, data: bytes, dest: Address) -> None:
+        """Send a datagram; raises L{OSError} when the socket refuses."""
+        if self.transport is None:
+            raise OSError("socket is not listening")
+        self.transport.write(data, dest)
+
+    def via_host(self, dest_ip: str) -> str:
+        """
+        The address to put in Via for a request to C{dest_ip}: the bound
+        address, or for a wildcard socket the source address the kernel
+        would pick (found with an unsent, connected UDP socket; cached).
+        """
+        host = self.spec.host
+        if host not in ("0.0.0.0", "::"):
+            return host
+        cached = self._local_ips.get(dest_ip)
+        if cached is None:
+            family = socket.AF_INET6 if ":" in dest_ip else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.connect((dest_ip, 9))
+                    cached = str(probe.getsockname()[0])
+                except OSError:
+                    cached = "127.0.0.1" if family == socket.AF_INET else "::1"
+            self._local_ips[dest_ip] = cached
+        return cached
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        """Parse, filter and dispatch one datagram."""
+        counters = self._counters
+        counters.datagrams_received += 1
+        if len(datagram) > MAX_DATAGRAM:
+            counters.dropped_oversized += 1
+            return
+        if not datagram.strip():
+            return  # keep-alive (RFC 5626 CRLF)
+        try:
+            message = parse_message(datagram)
+        except SipParseError:
+            counters.dropped_malformed += 1
+            return
+        except Exception:
+            counters.dropped_malformed += 1
+            _log.failure("parser failed on a datagram from {source}", source=addr)
+            return
+        if not isinstance(message, Response):
+            counters.dropped_requests += 1
+            return
+        try:
+            self._transactions.receive(message, (addr[0], addr[1]))
+        except Exception:
+            _log.failure("handling a response from {source} failed", source=addr)

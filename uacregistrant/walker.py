@@ -1,0 +1,166 @@
+# -*- test-case-name: tests.unit.test_walker -*-
+"""
+The bucket walk and the send pacer.
+
+Every C{timer_interval / 2^hash_size} seconds the walker visits the next
+bucket.  A record due now goes to the pacer; a record due before the
+bucket's next visit (a refresh or a retry) gets a precise wake-up, so no
+registration lapses between visits whatever the registrar granted.  Large
+buckets are scanned in slices, one reactor turn each, and the pacer
+releases at most C{rate} first requests per second.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from .registrant import Registrant
+from .registry import Registry
+
+_log = Logger()
+
+
+class Pacer:
+    """
+    A token bucket that releases queued registrants at C{rate} per second.
+
+    @param send: called with each released registrant that is still due.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        rate: float,
+        send: Callable[[Registrant], None],
+        quantum: float = 0.01,
+    ) -> None:
+        self._clock = clock
+        self._rate = rate
+        self._send = send
+        self._quantum = quantum
+        self._burst = max(1.0, rate * quantum * 2)
+        self._tokens = self._burst
+        self._last = clock.seconds()
+        self._queue: deque[Registrant] = deque()
+        self._call: IDelayedCall | None = None
+        self.released = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def push(self, registrant: Registrant) -> None:
+        """Queue a registrant unless it is queued already."""
+        if registrant.queued:
+            return
+        registrant.queued = True
+        self._queue.append(registrant)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self._drain)
+
+    def stop(self) -> None:
+        """Cancel the pending drain; queued records stay queued."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _drain(self) -> None:
+        self._call = None
+        now = self._clock.seconds()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        queue = self._queue
+        while queue and self._tokens >= 1:
+            registrant = queue.popleft()
+            registrant.queued = False
+            if registrant.removed or not registrant.due(now):
+                continue
+            self._tokens -= 1
+            self.released += 1
+            try:
+                self._send(registrant)
+            except Exception:
+                _log.failure("sending for {aor} failed", aor=registrant.account.aor)
+        if queue:
+            wait = max(self._quantum, (1 - self._tokens) / self._rate)
+            self._call = self._clock.callLater(wait, self._drain)
+
+
+class BucketWalker:
+    """
+    Visits one bucket per L{tick}, in order, and feeds due records to the
+    pacer.
+
+    @param bucket_interval: seconds between two ticks.
+    @param slice_size: records examined per reactor turn.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        clock: IReactorTime,
+        bucket_interval: float,
+        pacer: Pacer,
+        slice_size: int = 2000,
+    ) -> None:
+        self._registry = registry
+        self._clock = clock
+        self._pacer = pacer
+        self._slice = slice_size
+        self.bucket_interval = bucket_interval
+        self.cycle = bucket_interval * registry.bucket_count
+        self.next_bucket = 0
+        self.visits = 0
+
+    def tick(self) -> None:
+        """Visit the next bucket (never raises: the loop must not stop)."""
+        index = self.next_bucket
+        self.next_bucket = (index + 1) % self._registry.bucket_count
+        self.visits += 1
+        try:
+            self._scan(self._registry.bucket(index), 0)
+        except Exception:
+            _log.failure("walking bucket {bucket} failed", bucket=index)
+
+    def _scan(self, records: list[Registrant], start: int) -> None:
+        now = self._clock.seconds()
+        horizon = now + self.cycle
+        end = min(start + self._slice, len(records))
+        for i in range(start, end):
+            self.consider(records[i], now, horizon)
+        if end < len(records):
+            self._clock.callLater(0, self._scan, records, end)
+
+    def consider(self, registrant: Registrant, now: float, horizon: float | None = None) -> None:
+        """Queue the record if due, or wake it when it will be due before C{horizon}."""
+        at = registrant.next_at
+        if at is None or registrant.removed:
+            return
+        if at <= now:
+            self._pacer.push(registrant)
+        elif at < (horizon if horizon is not None else now + self.cycle):
+            wake = registrant.wake
+            if wake is not None:
+                if wake.active() and wake.getTime() <= at:
+                    return
+                if wake.active():
+                    wake.cancel()
+            registrant.wake = self._clock.callLater(at - now, self._wake, registrant)
+
+    def poke(self, registrant: Registrant) -> None:
+        """Re-examine a record whose schedule just changed."""
+        now = self._clock.seconds()
+        self.consider(registrant, now)
+
+    def _wake(self, registrant: Registrant) -> None:
+        registrant.wake = None
+        self.consider(registrant, self._clock.seconds())
+
+    def forget(self, registrant: Registrant) -> None:
+        """Cancel a record's wake-up (it is being removed)."""
+        wake, registrant.wake = registrant.wake, None
+        if wake is not None and wake.active():
+            wake.cancel()

@@ -73,7 +73,7 @@ class Policy:
     def backoff(self, failures: int) -> float:
         """Exponential back-off with equal jitter, capped at C{retry_max}."""
         delay = min(self.retry_max, self.retry_base * 2 ** min(failures - 1, 32))
-        return delay / 2 + self.rng.uniform(0, delay / 2)
+        return float(delay / 2 + self.rng.uniform(0, delay / 2))
 
     def refresh_lead(self, granted: int) -> float:
         """How long before expiry a registration of C{granted} s is refreshed."""

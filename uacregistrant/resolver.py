@@ -20,6 +20,8 @@ from .sip.uri import SipUri
 Address = tuple[str, int]
 MIN_TTL = 30
 MAX_TTL = 3600
+#: Per-query retry timeouts (seconds): a registration should not wait a minute for DNS.
+LOOKUP_TIMEOUT = (1, 3, 6)
 
 
 class ResolutionError(Exception):
@@ -54,7 +56,7 @@ class SipResolver:
         host, port = uri.host, uri.port
         if port is None:
             try:
-                answers, _, _ = await self._resolver.lookupService(f"_sip._udp.{host}")
+                answers, _, _ = await cast(Any, self._resolver).lookupService(f"_sip._udp.{host}", LOOKUP_TIMEOUT)
             except Exception:  # no SRV (or no answer): fall back to A/AAAA
                 answers = []
             records = [a for a in answers if a.type == dns.SRV]
@@ -76,12 +78,13 @@ class SipResolver:
         return address
 
     async def _address(self, host: str) -> tuple[str, int]:
-        for lookup, rtype in (
+        lookups: tuple[tuple[Any, int], ...] = (
             (self._resolver.lookupAddress, dns.A),
             (self._resolver.lookupIPV6Address, dns.AAAA),
-        ):
+        )
+        for lookup, rtype in lookups:
             try:
-                answers, _, _ = await lookup(host)
+                answers, _, _ = await cast(Any, lookup)(host, LOOKUP_TIMEOUT)
             except Exception:
                 continue
             for answer in answers:

@@ -11,7 +11,7 @@ from typing import Any, cast
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IReactorCore, IReactorTime, IReactorUDP, IResolver, IUDPTransport
+from twisted.internet.interfaces import IReactorCore, IReactorTime, IResolver
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.names import client as dns_client
@@ -77,7 +77,7 @@ class RegistrantService(MultiService):
         self.transports = {
             spec.name: SipTransport(spec, self.transactions, self.counters) for spec in settings.listen
         }
-        self.ports: list[IUDPTransport] = []
+        self.ports: list[Any] = []
         self.client = RegistrationClient(
             clock,
             self.transactions,
@@ -99,7 +99,7 @@ class RegistrantService(MultiService):
 
     def privilegedStartService(self) -> None:
         """Bind the UDP sockets and the control endpoints (may need root)."""
-        udp = cast(IReactorUDP, self.reactor)
+        udp = self.reactor
         for transport in self.transports.values():
             spec = transport.spec
             self.ports.append(udp.listenUDP(spec.port, transport, interface=spec.host))

@@ -290,17 +290,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with open(options.users) as f:
         users = {name: UserPolicy.from_dict(data) for name, data in json.load(f).items()}
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
-    registrar = TestRegistrar(reactor, users, default_delay=options.delay)  # type: ignore[arg-type]
-    listening = reactor.listenUDP(int(port), registrar, interface=host.strip("[]"))  # type: ignore[attr-defined]
+    registrar = TestRegistrar(reactor, users, default_delay=options.delay)
+    listening = reactor.listenUDP(int(port), registrar, interface=host.strip("[]"))
     if options.port_file:
         with open(options.port_file + ".tmp", "w") as f:
             f.write(str(listening.getHost().port))
         os.replace(options.port_file + ".tmp", options.port_file)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     return 0
 
 

@@ -1,0 +1,117 @@
+"""Tests for L{uacregistrant.sip.digest}."""
+
+import hashlib
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from uacregistrant.sip.digest import (
+    Challenge,
+    Credentials,
+    authorization_value,
+    choose_challenge,
+    compute_response,
+    parse_authorization,
+    parse_challenges,
+    verify_authorization,
+)
+from uacregistrant.sip.errors import SipParseError
+
+# RFC 7616 §3.9.1
+RFC_CHALLENGE = {
+    "realm": "http-auth@example.org",
+    "qop": "auth, auth-int",
+    "nonce": "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v",
+    "opaque": "FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS",
+}
+RFC_CNONCE = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ"
+MUFASA = Credentials("Mufasa", "Circle of Life")
+
+
+class VectorTests(SynchronousTestCase):
+    def test_rfc7616_md5(self) -> None:
+        """The RFC 7616 MD5 example response."""
+        challenge = Challenge("Digest", dict(RFC_CHALLENGE, algorithm="MD5"))
+        response, qop = compute_response(challenge, MUFASA, "GET", "/dir/index.html", RFC_CNONCE, 1)
+        self.assertEqual((response, qop), ("8ca523f5e9506fed4657c9700eebdbec", "auth"))
+
+    def test_rfc7616_sha256(self) -> None:
+        """The RFC 7616 SHA-256 example response."""
+        challenge = Challenge("Digest", dict(RFC_CHALLENGE, algorithm="SHA-256"))
+        response, _ = compute_response(challenge, MUFASA, "GET", "/dir/index.html", RFC_CNONCE, 1)
+        self.assertEqual(response, "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1")
+
+    def test_sha512_256_sess_by_hand(self) -> None:
+        """SHA-512-256-sess follows RFC 7616 §3.4.2 (computed independently)."""
+        h = lambda s: hashlib.new("sha512_256", s.encode()).hexdigest()  # noqa: E731
+        challenge = Challenge("Digest", {"realm": "r", "nonce": "n", "qop": "auth", "algorithm": "SHA-512-256-sess"})
+        ha1 = h(f"{h('u:r:p')}:n:c")
+        expected = h(f"{ha1}:n:00000002:c:auth:{h('REGISTER:sip:x')}")
+        self.assertEqual(compute_response(challenge, Credentials("u", "p"), "REGISTER", "sip:x", "c", 2)[0], expected)
+
+    def test_rfc2069_and_auth_int(self) -> None:
+        """No qop gives the RFC 2069 form; auth-int hashes the (empty) body."""
+        md5 = lambda s: hashlib.md5(s.encode()).hexdigest()  # noqa: E731
+        plain = Challenge("Digest", {"realm": "r", "nonce": "n"})
+        self.assertEqual(
+            compute_response(plain, Credentials("u", "p"), "REGISTER", "sip:x", "c", 1),
+            (md5(f"{md5('u:r:p')}:n:{md5('REGISTER:sip:x')}"), None),
+        )
+        integrity = Challenge("Digest", {"realm": "r", "nonce": "n", "qop": "auth-int"})
+        ha2 = md5(f"REGISTER:sip:x:{hashlib.md5(b'').hexdigest()}")
+        self.assertEqual(
+            compute_response(integrity, Credentials("u", "p"), "REGISTER", "sip:x", "c", 1),
+            (md5(f"{md5('u:r:p')}:n:00000001:c:auth-int:{ha2}"), "auth-int"),
+        )
+
+    def test_ha1_password(self) -> None:
+        """A 0x<hex> secret is used as HA1, for its own algorithm only."""
+        ha1 = hashlib.md5(b"u:r:p").hexdigest()
+        challenge = Challenge("Digest", {"realm": "r", "nonce": "n", "qop": "auth"})
+        self.assertEqual(
+            compute_response(challenge, Credentials("u", "0x" + ha1.upper()), "REGISTER", "sip:x", "c", 1),
+            compute_response(challenge, Credentials("u", "p"), "REGISTER", "sip:x", "c", 1),
+        )
+        self.assertFalse(Credentials("u", "0x" + ha1).can_answer("SHA-256"))
+        self.assertTrue(Credentials("u", "0xnothex").can_answer("SHA-256"))
+
+
+class ParseTests(SynchronousTestCase):
+    def test_several_challenges_in_one_header(self) -> None:
+        """Quoted commas and escapes survive; a bare token starts a new challenge."""
+        challenges = parse_challenges(
+            'Digest realm="a,b", nonce="x\\"y", qop="auth", Digest realm="r", nonce=n2, algorithm=SHA-256, stale=TRUE'
+        )
+        self.assertEqual([c.params["realm"] for c in challenges], ["a,b", "r"])
+        self.assertEqual(challenges[0].nonce, 'x"y')
+        self.assertEqual((challenges[1].algorithm, challenges[1].stale), ("SHA-256", True))
+        self.assertEqual(challenges[0].qop_options, ["auth"])
+
+    def test_malformed(self) -> None:
+        """Unterminated quotes raise the codec's error."""
+        with self.assertRaises(SipParseError):
+            parse_challenges('Digest realm="abc')
+
+    def test_choose_topmost_supported(self) -> None:
+        """The topmost challenge with a supported algorithm wins."""
+        challenges = [
+            Challenge("Digest", {"nonce": "1", "algorithm": "AKAv1-MD5"}),
+            Challenge("Basic", {"realm": "x"}),
+            Challenge("Digest", {"nonce": "2", "algorithm": "SHA-256"}),
+            Challenge("Digest", {"nonce": "3", "algorithm": "MD5"}),
+        ]
+        self.assertEqual(choose_challenge(challenges, Credentials("u", "p")), challenges[2])
+        self.assertEqual(choose_challenge(challenges, Credentials("u", "0x" + "a" * 32)), challenges[3])
+        self.assertIsNone(choose_challenge(challenges[:2], Credentials("u", "p")))
+
+
+class RoundTripTests(SynchronousTestCase):
+    def test_answer_verifies(self) -> None:
+        """A rendered answer verifies with the right password only, and echoes opaque."""
+        for algorithm in ["MD5", "MD5-sess", "SHA-256", "SHA-256-sess", "SHA-512-256", "SHA-512-256-sess"]:
+            challenge = Challenge("Digest", {"realm": "r", "nonce": "n", "qop": "auth", "opaque": "o", "algorithm": algorithm})
+            value = authorization_value(challenge, Credentials('we"ird', "pw"), "REGISTER", "sip:reg", "cn", 3)
+            params = parse_authorization(value)
+            self.assertEqual((params["username"], params["opaque"], params["nc"]), ('we"ird', "o", "00000003"))
+            self.assertTrue(verify_authorization(params, "pw", "REGISTER"), algorithm)
+            self.assertFalse(verify_authorization(params, "other", "REGISTER"), algorithm)
+            self.assertNotIn("pw", value)

@@ -1,0 +1,119 @@
+"""Tests for L{uacregistrant.sip.message}."""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from uacregistrant.sip.errors import SipParseError
+from uacregistrant.sip.message import (
+    MAX_MESSAGE_SIZE,
+    Request,
+    Response,
+    parse_message,
+    parse_name_addr,
+    render_request,
+    render_response,
+    split_list,
+)
+
+OK = (
+    b"SIP/2.0 200 OK\r\n"
+    b"v: SIP/2.0/UDP 127.0.0.1:5060;rport=5060;branch=z9hG4bKabc;received=127.0.0.1\r\n"
+    b"Via: SIP/2.0/UDP proxy.invalid;branch=z9hG4bKother\r\n"
+    b"To: <sip:alice@example.com>;tag=xyz\r\n"
+    b"f: <sip:alice@example.com>;tag=1\r\n"
+    b"i: call-1\r\n"
+    b"CSeq:   7   REGISTER\r\n"
+    b'm: "Alice, Home" <sip:alice@192.0.2.1:5060;ob>;expires=120, <sip:alice@10.0.0.1>\r\n'
+    b"Contact: sip:alice@192.0.2.9;expires=60\r\n"
+    b"Expires: 3600\r\n"
+    b"Retry-After: 18 (lunch);duration=30\r\n"
+    b"X-Folded: one\r\n  two\r\n"
+    b"l: 0\r\n\r\n"
+)
+
+
+class ParseTests(SynchronousTestCase):
+    def test_response(self) -> None:
+        """Compact forms, folding, list splitting and the registrant's headers."""
+        message = parse_message(OK)
+        assert isinstance(message, Response)
+        self.assertEqual((message.status, message.reason), (200, "OK"))
+        self.assertEqual(message.top_via.branch, "z9hG4bKabc")
+        self.assertEqual(message.cseq, (7, "REGISTER"))
+        self.assertEqual(message.call_id, "call-1")
+        self.assertEqual(message.int_header("expires"), 3600)
+        self.assertEqual(message.retry_after, 18)
+        self.assertEqual(message.get("x-folded"), "one two")
+        contacts = [parse_name_addr(c) for c in message.get_all("contact")]
+        self.assertEqual([c.uri for c in contacts], ["sip:alice@192.0.2.1:5060;ob", "sip:alice@10.0.0.1", "sip:alice@192.0.2.9"])
+        self.assertEqual(contacts[0].display, "Alice, Home")
+        self.assertEqual(contacts[0].params, {"expires": "120"})
+        self.assertEqual(contacts[2].params, {"expires": "60"})
+
+    def test_request(self) -> None:
+        """Requests parse too (the test registrar needs them)."""
+        data = render_request("REGISTER", "sip:example.com", [("Via", "SIP/2.0/UDP h;branch=z9hG4bK1"), ("CSeq", "1 REGISTER")])
+        message = parse_message(data)
+        assert isinstance(message, Request)
+        self.assertEqual((message.method, message.uri), ("REGISTER", "sip:example.com"))
+        self.assertEqual(message.get("content-length"), "0")
+
+    def test_bare_lf(self) -> None:
+        """Bare LF line ends are tolerated."""
+        message = parse_message(OK.replace(b"\r\n", b"\n"))
+        assert isinstance(message, Response)
+        self.assertEqual(message.cseq, (7, "REGISTER"))
+
+    def test_invalid(self) -> None:
+        """Truncated, oversized and malformed input raises SipParseError."""
+        cases = [
+            b"",
+            b"garbage",
+            OK[:40],
+            b"SIP/2.0 2000 OK\r\n\r\n",
+            b"SIP/3.0 200 OK\r\n\r\n",
+            b"SIP/2.0 200 OK\r\nNo colon here\r\n\r\n",
+            b"SIP/2.0 200 OK\r\n folded first\r\n\r\n",
+            b"SIP/2.0 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+            b"SIP/2.0 200 OK\r\n" + b"X: y\r\n" * 300 + b"\r\n",
+            b"SIP/2.0 200 OK\r\n" + b"X: " + b"a" * MAX_MESSAGE_SIZE + b"\r\n\r\n",
+        ]
+        for data in cases:
+            with self.assertRaises(SipParseError, msg=data[:40]):
+                parse_message(data)
+
+    def test_bad_header_values_raise_lazily(self) -> None:
+        """Header values are checked when used, with the codec's error."""
+        message = parse_message(b"SIP/2.0 200 OK\r\nCSeq: x REGISTER\r\nVia: nonsense\r\nExpires: -1\r\n\r\n")
+        for attribute in ("cseq", "top_via", "call_id"):
+            with self.assertRaises(SipParseError):
+                getattr(message, attribute)
+        with self.assertRaises(SipParseError):
+            message.int_header("expires")
+
+    def test_huge_expires_clamped(self) -> None:
+        """delta-seconds beyond 2**32-1 are clamped (RFC 3261 §20.19)."""
+        message = parse_message(b"SIP/2.0 200 OK\r\nExpires: 99999999999999999999\r\n\r\n")
+        self.assertEqual(message.int_header("expires"), 2**32 - 1)
+
+    def test_split_list(self) -> None:
+        """Commas inside quotes and angle brackets do not split."""
+        self.assertEqual(split_list('"a,b" <sip:x;p=1,2>, <sip:y>'), ['"a,b" <sip:x;p=1,2>', "<sip:y>"])
+
+
+class RenderTests(SynchronousTestCase):
+    def test_response_copies_dialog_headers(self) -> None:
+        """A response copies Via, From, Call-ID, CSeq and adds a To tag."""
+        request = parse_message(
+            render_request(
+                "REGISTER",
+                "sip:r",
+                [("Via", "SIP/2.0/UDP a;branch=z9hG4bK1"), ("Via", "SIP/2.0/UDP b;branch=z9hG4bK2"), ("To", "<sip:a@r>"),
+                 ("From", "<sip:a@r>;tag=1"), ("Call-ID", "c"), ("CSeq", "3 REGISTER")],
+            )
+        )
+        assert isinstance(request, Request)
+        response = parse_message(render_response(request, 423, "Interval Too Brief", [("Min-Expires", "600")], to_tag="t"))
+        assert isinstance(response, Response)
+        self.assertEqual(response.get_all("via"), ["SIP/2.0/UDP a;branch=z9hG4bK1", "SIP/2.0/UDP b;branch=z9hG4bK2"])
+        self.assertEqual(response.get("to"), "<sip:a@r>;tag=t")
+        self.assertEqual((response.cseq, response.int_header("min-expires")), ((3, "REGISTER"), 600))

@@ -1,0 +1,212 @@
+"""Tests for L{uacregistrant.registrant}: the pure state machine."""
+
+import random
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from uacregistrant.account import Account
+from uacregistrant.registrant import Policy, RegState, Registrant
+from uacregistrant.sip.digest import parse_authorization, verify_authorization
+from uacregistrant.sip.message import Response, parse_message
+
+
+def account(**kw: object) -> Account:
+    values: dict = dict(
+        row_id=1, aor="sip:alice@example.com", registrar="sip:example.com",
+        binding_uri="sip:alice@192.0.2.1:5060", expiry=3600, username="alice", password="secret",
+    )
+    values.update(kw)
+    return Account(**values)
+
+
+def response(status: int, reason: str = "X", headers: str = "") -> Response:
+    data = f"SIP/2.0 {status} {reason}\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCSeq: 1 REGISTER\r\n{headers}\r\n".encode()
+    message = parse_message(data)
+    assert isinstance(message, Response)
+    return message
+
+
+CHALLENGE = 'WWW-Authenticate: Digest realm="r", nonce="n1", qop="auth", algorithm=MD5\r\n'
+
+
+class RegistrantTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.policy = Policy(retry_base=10, retry_max=100, transaction_timeout=32, rng=random.Random(7))
+
+    def registrant(self, **kw: object) -> Registrant:
+        return Registrant(account(**kw), self.policy)
+
+    def test_first_register(self) -> None:
+        """A new enabled record is due at once and asks for its configured expiry."""
+        r = self.registrant()
+        self.assertTrue(r.due(0))
+        out = r.start(100)
+        self.assertEqual((out.cseq, out.expires, out.authorization), (1, 3600, ()))
+        self.assertEqual((r.state, r.last_register_sent, r.next_at), (RegState.REGISTERING_STATE, 100, None))
+        self.assertFalse(r.due(10**9))
+
+    def test_disabled_record_idle(self) -> None:
+        """A disabled record with no binding never wants to send."""
+        self.assertFalse(self.registrant(enabled=False).due(10**9))
+
+    def test_challenge_then_ok(self) -> None:
+        """401 → authenticated REGISTER (same Call-ID, CSeq+1) → 200 → REGISTERED with refresh time."""
+        r = self.registrant()
+        call_id = r.call_id
+        r.start(0)
+        out = r.on_response(response(401, "Unauthorized", CHALLENGE), 1)
+        assert out is not None
+        self.assertEqual(r.state, RegState.AUTHENTICATING_STATE)
+        self.assertEqual(out.cseq, 2)
+        (name, value), = out.authorization
+        self.assertEqual(name, "Authorization")
+        params = parse_authorization(value)
+        self.assertEqual((params["uri"], params["nc"]), ("sip:example.com", "00000001"))
+        self.assertTrue(verify_authorization(params, "secret", "REGISTER"))
+        self.assertIsNone(r.on_response(response(200, "OK", "Contact: <sip:alice@192.0.2.1:5060>;expires=600\r\n"), 2))
+        self.assertEqual((r.state, r.expires, r.registered_until), (RegState.REGISTERED_STATE, 600, 602))
+        self.assertEqual(r.next_at, 602 - 60)
+        self.assertEqual(r.call_id, call_id)
+        self.assertEqual(r.start(r.next_at).cseq, 3)
+
+    def test_proxy_challenge(self) -> None:
+        """407 is answered with Proxy-Authorization."""
+        r = self.registrant()
+        r.start(0)
+        out = r.on_response(response(407, "Proxy Authentication Required", CHALLENGE.replace("WWW", "Proxy")), 1)
+        assert out is not None
+        self.assertEqual(out.authorization[0][0], "Proxy-Authorization")
+
+    def test_granted_expiry_sources(self) -> None:
+        """Matching Contact's expires, else Expires header, else the requested value."""
+        cases = [
+            ("Contact: <sip:other@192.0.2.9>;expires=5\r\nContact: <sip:alice@192.0.2.1:5060;ob>;expires=300\r\nExpires: 50\r\n", 300),
+            ("Contact: <sip:other@192.0.2.9>;expires=5\r\nExpires: 50\r\n", 50),
+            ("Contact: <sip:ALICE@192.0.2.1:5060>;expires=9\r\nExpires: 50\r\n", 50),
+            ("Contact: <sip:alice@192.0.2.1:5060>\r\nExpires: 70\r\n", 70),
+            ("", 3600),
+        ]
+        for headers, granted in cases:
+            r = self.registrant()
+            r.start(0)
+            r.on_response(response(200, "OK", headers), 0)
+            self.assertEqual(r.expires, granted, headers)
+
+    def test_no_credentials(self) -> None:
+        """A challenge to a record without credentials is WRONG_CREDENTIALS, retried later."""
+        r = self.registrant(password=None)
+        r.start(0)
+        self.assertIsNone(r.on_response(response(401, "Unauthorized", CHALLENGE), 1))
+        self.assertEqual(r.state, RegState.WRONG_CREDENTIALS_STATE)
+        assert r.next_at is not None
+        self.assertTrue(1 + 5 <= r.next_at <= 1 + 10)
+
+    def test_rejected_credentials(self) -> None:
+        """A second challenge to an authenticated request is WRONG_CREDENTIALS."""
+        r = self.registrant()
+        r.start(0)
+        r.on_response(response(401, "Unauthorized", CHALLENGE), 1)
+        self.assertIsNone(r.on_response(response(401, "Unauthorized", CHALLENGE), 2))
+        self.assertEqual(r.state, RegState.WRONG_CREDENTIALS_STATE)
+        self.assertIn("credentials rejected", r.last_error)
+
+    def test_stale_nonce(self) -> None:
+        """stale=true is answered with the new nonce, a bounded number of times."""
+        r = self.registrant()
+        r.start(0)
+        r.on_response(response(401, "Unauthorized", CHALLENGE), 1)
+        stale = CHALLENGE.replace("n1", "n2").replace("MD5", "MD5, stale=true")
+        for _ in range(2):
+            out = r.on_response(response(401, "Unauthorized", stale), 2)
+            assert out is not None
+            self.assertIn('nonce="n2"', out.authorization[0][1])
+        self.assertIsNone(r.on_response(response(401, "Unauthorized", stale), 3))
+        self.assertEqual(r.state, RegState.WRONG_CREDENTIALS_STATE)
+
+    def test_unsupported_algorithm(self) -> None:
+        """Only unknown algorithms offered → INTERNAL_ERROR naming them."""
+        r = self.registrant()
+        r.start(0)
+        r.on_response(response(401, "Unauthorized", CHALLENGE.replace("MD5", "AKAv1-MD5")), 1)
+        self.assertEqual(r.state, RegState.INTERNAL_ERROR_STATE)
+        self.assertIn("AKAV1-MD5", r.last_error)
+
+    def test_interval_too_brief(self) -> None:
+        """423 → resend at once with Min-Expires, kept for later refreshes."""
+        r = self.registrant(expiry=60)
+        r.start(0)
+        out = r.on_response(response(423, "Interval Too Brief", "Min-Expires: 600\r\n"), 1)
+        assert out is not None
+        self.assertEqual((out.expires, out.cseq, r.state), (600, 2, RegState.REGISTERING_STATE))
+        r.on_response(response(200, "OK"), 2)
+        self.assertEqual(r.start(10**6).expires, 600)
+
+    def test_interval_too_brief_without_progress(self) -> None:
+        """A 423 whose Min-Expires is missing or not larger is a registrar error."""
+        for headers in ["", "Min-Expires: 30\r\n", "Min-Expires: junk\r\n"]:
+            r = self.registrant(expiry=60)
+            r.start(0)
+            self.assertIsNone(r.on_response(response(423, "Interval Too Brief", headers), 1))
+            self.assertEqual(r.state, RegState.REGISTRAR_ERROR_STATE)
+
+    def test_error_backoff_and_retry_after(self) -> None:
+        """Failures back off exponentially with jitter, capped; Retry-After wins."""
+        r = self.registrant()
+        delays = []
+        now = 0.0
+        for _ in range(8):
+            r.start(now)
+            r.on_response(response(500, "Server Internal Error"), now)
+            self.assertEqual(r.state, RegState.REGISTRAR_ERROR_STATE)
+            assert r.next_at is not None
+            delays.append(r.next_at - now)
+            now = r.next_at
+        for i, delay in enumerate(delays):
+            cap = min(100, 10 * 2**i)
+            self.assertTrue(cap / 2 <= delay <= cap, (i, delay))
+        r.start(now)
+        r.on_response(response(503, "Service Unavailable", "Retry-After: 42\r\n"), now)
+        self.assertEqual(r.next_at, now + 42)
+        r.start(now)
+        r.on_response(response(408, "Request Timeout"), now)
+        self.assertEqual(r.state, RegState.REGISTER_TIMEOUT_STATE)
+
+    def test_timeout_and_success_resets_failures(self) -> None:
+        """Timer F → REGISTER_TIMEOUT; a later 200 resets the back-off."""
+        r = self.registrant()
+        r.start(0)
+        r.on_timeout(32)
+        self.assertEqual((r.state, r.failures), (RegState.REGISTER_TIMEOUT_STATE, 1))
+        r.start(50)
+        r.on_response(response(200, "OK"), 51)
+        self.assertEqual((r.state, r.failures, r.last_error), (RegState.REGISTERED_STATE, 0, ""))
+
+    def test_unregister(self) -> None:
+        """A disabled record holding a binding un-registers, then goes idle."""
+        r = self.registrant()
+        r.start(0)
+        r.on_response(response(200, "OK"), 1)
+        r.account = account(enabled=False)
+        r.next_at = 5
+        out = r.start(5)
+        self.assertEqual((out.expires, r.state), (0, RegState.UNREGISTERING_STATE))
+        out2 = r.on_response(response(401, "Unauthorized", CHALLENGE), 6)
+        assert out2 is not None
+        self.assertEqual((out2.expires, r.state), (0, RegState.AUTHENTICATING_UNREGISTER_STATE))
+        self.assertIsNone(r.on_response(response(200, "OK"), 7))
+        self.assertEqual((r.state, r.next_at, r.registered_until), (RegState.NOT_REGISTERED_STATE, None, None))
+
+    def test_late_or_provisional_responses_ignored(self) -> None:
+        """Provisional responses and responses outside a transaction change nothing."""
+        r = self.registrant()
+        self.assertIsNone(r.on_response(response(200, "OK"), 0))
+        self.assertEqual(r.state, RegState.NOT_REGISTERED_STATE)
+        r.start(0)
+        self.assertIsNone(r.on_response(response(100, "Trying"), 0))
+        self.assertEqual(r.state, RegState.REGISTERING_STATE)
+
+    def test_refresh_lead(self) -> None:
+        """Refreshes start well before expiry, never later than half-way."""
+        self.assertEqual(self.policy.refresh_lead(3600), 360)
+        self.assertEqual(self.policy.refresh_lead(300), 32)
+        self.assertEqual(self.policy.refresh_lead(20), 10)

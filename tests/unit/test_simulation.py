@@ -1,0 +1,178 @@
+"""
+The whole daemon on a fake clock and network against the real test
+registrar: bucket walk, pacing, refresh timing, retransmission, filtering.
+"""
+
+from twisted.logger import globalLogPublisher
+from twisted.internet.testing import EventLoggingObserver
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.simulation import REGISTRAR, Simulation
+from uacregistrant.registry import bucket_of
+from uacregistrant.testing.registrar import UserPolicy
+
+
+class SimulationTests(SynchronousTestCase):
+    def assertClose(self, first: float, second: float, delta: float, msg: str = "") -> None:
+        self.assertTrue(abs(first - second) <= delta, f"{first} is not within {delta} of {second} {msg}")
+
+    def simulation(self, users: dict, **settings: object) -> Simulation:
+        sim = Simulation(self.mktemp(), users, **settings)
+        self.addCleanup(lambda: sim.service and sim.service.stopService())
+        return sim
+
+    def test_every_behaviour(self) -> None:
+        """Each registrar behaviour ends in the state the rules give."""
+        users = {
+            "md5": UserPolicy(password="p1"),
+            "sha": UserPolicy(password="p2", algorithms=("SHA-256",), challenge=407),
+            "brief": UserPolicy(password="p3", min_expires=900),
+            "wrong": UserPolicy(password="right"),
+            "busy": UserPolicy(reply=503, retry_after=120),
+            "forbidden": UserPolicy(reply=403),
+            "silent": UserPolicy(silent=True),
+            "stale": UserPolicy(password="p4", stale_once=True),
+            "ha1": UserPolicy(password="p5"),
+            "multi": UserPolicy(password="p6", extra_bindings=3, max_expires=300),
+            "nocreds": UserPolicy(password="x"),
+        }
+        sim = self.simulation(users, hash_size=2, timer_interval=4, sip_t1=100)
+        import hashlib
+
+        ha1 = hashlib.md5(b"ha1:test.invalid:p5").hexdigest()
+        for user, password in [("md5", "p1"), ("sha", "p2"), ("brief", "p3"), ("wrong", "nope"), ("busy", None),
+                               ("forbidden", None), ("silent", None), ("stale", "p4"), ("ha1", "0x" + ha1),
+                               ("multi", "p6"), ("nocreds", None)]:
+            sim.add(user, password=password, expiry=600 if user == "brief" else 3600)
+        sim.start()
+        sim.run(20)
+        self.assertEqual(
+            sim.states(),
+            {
+                "md5": "REGISTERED_STATE", "sha": "REGISTERED_STATE", "brief": "REGISTERED_STATE",
+                "wrong": "WRONG_CREDENTIALS_STATE", "busy": "REGISTRAR_ERROR_STATE",
+                "forbidden": "REGISTRAR_ERROR_STATE", "silent": "REGISTER_TIMEOUT_STATE",
+                "stale": "REGISTERED_STATE", "ha1": "REGISTERED_STATE", "multi": "REGISTERED_STATE",
+                "nocreds": "WRONG_CREDENTIALS_STATE",
+            },
+        )
+        assert sim.service is not None
+        by_user = {r.account.username: r for r in sim.service.registry}
+        self.assertEqual(by_user["brief"].expires, 900)
+        self.assertEqual(by_user["multi"].expires, 300)
+        self.assertEqual(by_user["busy"].last_reply, (503, "Service Unavailable"))
+        self.assertClose(by_user["busy"].next_at, by_user["busy"].last_register_sent + 120, delta=0.01)
+
+    def test_buckets_visited_in_order(self) -> None:
+        """With 4 buckets and timer_interval 4, bucket i is first sent at i seconds."""
+        users = {f"u{i}": UserPolicy() for i in range(40)}
+        sim = self.simulation(users, hash_size=2, timer_interval=4)
+        for user in users:
+            sim.add(user)
+        sim.start()
+        sim.run(4)
+        first_sent = {}
+        for received in sim.registrar.received:
+            first_sent.setdefault(received.user, received.time)
+        for user, when in first_sent.items():
+            bucket = bucket_of(f"sip:{user}@test.invalid", 4)
+            self.assertClose(when, bucket, delta=0.01, msg=user)
+        self.assertEqual(len(first_sent), 40)
+
+    def test_no_lapse_over_hours(self) -> None:
+        """Over three simulated hours no binding expires at the registrar, even grants shorter than a walk."""
+        users = {
+            "long": UserPolicy(password="p"),
+            "short": UserPolicy(password="p", max_expires=30),
+            "tiny": UserPolicy(max_expires=7),
+        }
+        sim = self.simulation(users, hash_size=1, timer_interval=100)
+        for user in users:
+            sim.add(user, password="p", expiry=3600)
+        sim.start()
+        sim.run(120)
+        self.assertEqual(set(sim.states().values()), {"REGISTERED_STATE"})
+        for _ in range(3 * 3600):
+            sim.run(1)
+            now = sim.reactor.seconds()
+            for (aor, _), binding in sim.registrar.bindings.items():
+                self.assertGreater(binding.expires_at, now, aor)
+        counts = {}
+        for received in sim.registrar.received:
+            counts[received.user] = counts.get(received.user, 0) + 1
+        # Refreshes at about 90% of 3600 s and half of 30 s / 7 s, two requests each with digest.
+        self.assertEqual(counts["long"], 2 * 4)
+        self.assertLess(counts["tiny"], 3 * 3600 / 3.5 + 40)
+
+    def test_pacing_spreads_a_big_bucket(self) -> None:
+        """A 1000-record bucket goes out at the configured rate, not in one burst."""
+        users = {f"u{i}": UserPolicy() for i in range(1000)}
+        sim = self.simulation(users, hash_size=0, timer_interval=100, send_rate=200)
+        for user in users:
+            sim.add(user)
+        sim.start()
+        sim.run(1.0)
+        self.assertLessEqual(len(sim.registrar.received), 200 + 5)
+        self.assertGreaterEqual(len(sim.registrar.received), 190)
+        sim.run(5)
+        self.assertEqual(set(sim.states().values()), {"REGISTERED_STATE"})
+
+    def test_retransmission(self) -> None:
+        """Lost requests are retransmitted on Timer E and the record still registers."""
+        sim = self.simulation({"lossy": UserPolicy(drop_first=2)}, hash_size=0, timer_interval=10, sip_t1=100)
+        sim.add("lossy")
+        service = sim.start()
+        sim.run(0.12)
+        self.assertEqual(service.counters.retransmissions, 1)
+        sim.run(1)
+        self.assertEqual(sim.states(), {"lossy": "REGISTERED_STATE"})
+        self.assertEqual(service.counters.retransmissions, 2)
+        times = [r.time for r in sim.registrar.received]
+        self.assertClose(times[1] - times[0], 0.1, delta=0.02)
+        self.assertClose(times[2] - times[1], 0.2, delta=0.02)
+
+    def test_forged_and_garbage_datagrams(self) -> None:
+        """Forged, unmatched and malformed datagrams are counted and dropped."""
+        sim = self.simulation({"slow": UserPolicy(delay=1.0)}, hash_size=0, timer_interval=10)
+        sim.add("slow")
+        service = sim.start()
+        sim.run(0.1)
+        request = sim.registrar.received[0].raw
+        branch = request.split(b"branch=")[1].split(b"\r\n")[0].decode()
+        forged = (
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=" + branch + "\r\n"
+            "CSeq: 1 REGISTER\r\nCall-ID: x\r\n\r\n"
+        ).encode()
+        port = sim.reactor.network.ports[("127.0.0.1", 5060)]
+        port.protocol.datagramReceived(forged, ("127.0.0.2", 5080))
+        port.protocol.datagramReceived(forged.replace(b"CSeq: 1", b"CSeq: 9"), REGISTRAR)
+        port.protocol.datagramReceived(forged.replace(branch.encode(), b"z9hG4bKnope"), REGISTRAR)
+        port.protocol.datagramReceived(b"\x00\xffgarbage", REGISTRAR)
+        port.protocol.datagramReceived(b"x" * 70000, REGISTRAR)
+        port.protocol.datagramReceived(b"OPTIONS sip:x SIP/2.0\r\nCSeq: 1 OPTIONS\r\n\r\n", REGISTRAR)
+        counters = service.counters
+        self.assertEqual(
+            (counters.dropped_wrong_source, counters.dropped_cseq_mismatch, counters.dropped_no_transaction,
+             counters.dropped_malformed, counters.dropped_oversized, counters.dropped_requests),
+            (1, 1, 1, 1, 1, 1),
+        )
+        self.assertEqual(sim.states(), {"slow": "REGISTERING_STATE"})
+        sim.run(2)
+        self.assertEqual(sim.states(), {"slow": "REGISTERED_STATE"})
+
+    def test_bad_rows_skipped(self) -> None:
+        """A bad row is logged with its id and why; the others load."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        sim = self.simulation({"ok": UserPolicy()}, hash_size=0, timer_interval=100)
+        sim.add("ok")
+        sim.add("userpart", registrar="sip:someone@127.0.0.1")
+        sim.add("short", expiry=50)
+        sim.add("socket", forced_socket="udp:127.0.0.9:5060")
+        sim.add("garbage", aor="not a uri")
+        sim.add("nullexp", expiry=None)
+        service = sim.start()
+        self.assertEqual(sorted(r.account.username or "" for r in service.registry), ["nullexp", "ok"])
+        self.assertEqual(service.registry.by_aor("sip:nullexp@test.invalid")[0].account.expiry, 3600)
+        skipped = [e for e in events if "skipping row" in e.get("log_format", "")]
+        self.assertEqual(sorted(e["row_id"] for e in skipped), [2, 3, 4, 5])
+        self.assertTrue(all(e["hint"] for e in skipped))

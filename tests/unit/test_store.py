@@ -1,0 +1,71 @@
+"""Tests for the SQLite store."""
+
+import os
+import sqlite3
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from uacregistrant.store import COLUMNS, StoreError, TableLayout
+from uacregistrant.store.sqlite import SqliteStore, sqlite_path
+
+
+class SqliteStoreTests(SynchronousTestCase):
+    def test_creates_opensips_table(self) -> None:
+        """A missing table is created with the seed's schema and version row."""
+        path = self.mktemp()
+        store = SqliteStore(path, TableLayout())
+        store.open()
+        self.addCleanup(store.close)
+        db = sqlite3.connect(path)
+        columns = [r[1] for r in db.execute("PRAGMA table_info(registrant)")]
+        self.assertEqual(columns, list(COLUMNS))
+        self.assertEqual(db.execute("SELECT table_version FROM version WHERE table_name='registrant'").fetchone(), (3,))
+        db.execute("INSERT INTO registrant (registrar, aor, binding_URI, expiry) VALUES ('sip:r', 'sip:a@r', 'sip:a@h', 60)")
+        db.commit()
+        with self.assertRaises(sqlite3.IntegrityError):
+            db.execute("INSERT INTO registrant (registrar, aor, binding_URI) VALUES ('sip:r', 'sip:a@r', 'sip:a@h')")
+        rows = self.successResultOf(store.load())
+        self.assertEqual(rows[0]["aor"], "sip:a@r")
+        self.assertEqual((rows[0]["state"], rows[0]["proxy"]), (0, None))
+
+    def test_custom_columns_and_missing_optional(self) -> None:
+        """Renamed columns are read; absent optional columns read as NULL."""
+        path = self.mktemp()
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE accounts (aor TEXT, reg TEXT, contact TEXT, expiry INT)")
+        db.execute("INSERT INTO accounts VALUES ('sip:a@r', 'sip:r', 'sip:a@h', 90)")
+        db.commit()
+        columns = {name: name for name in COLUMNS}
+        columns.update(registrar="reg", binding_URI="contact")
+        store = SqliteStore(path, TableLayout("accounts", columns))
+        store.open()
+        self.addCleanup(store.close)
+        (row,) = self.successResultOf(store.load())
+        self.assertEqual((row["registrar"], row["binding_URI"], row["expiry"], row["password"]), ("sip:r", "sip:a@h", 90, None))
+
+    def test_refusals(self) -> None:
+        """Missing directory, non-database file, missing column: one clear error each."""
+        with self.assertRaises(StoreError) as caught:
+            SqliteStore(os.path.join(self.mktemp(), "x.db"), TableLayout()).open()
+        self.assertIn("does not exist", str(caught.exception))
+        junk = self.mktemp()
+        with open(junk, "wb") as f:
+            f.write(b"this is not sqlite" * 100)
+        with self.assertRaises(StoreError) as caught:
+            SqliteStore(junk, TableLayout()).open()
+        self.assertIn("cannot open database", str(caught.exception))
+        path = self.mktemp()
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE registrant (aor TEXT, registrar TEXT)")
+        db.commit()
+        with self.assertRaises(StoreError) as caught:
+            SqliteStore(path, TableLayout()).open()
+        self.assertIn("binding_URI", str(caught.exception))
+
+    def test_urls(self) -> None:
+        """sqlite:PATH and sqlite://PATH name files."""
+        self.assertEqual(sqlite_path("sqlite:reg.db"), "reg.db")
+        self.assertEqual(sqlite_path("sqlite:/var/lib/reg.db"), "/var/lib/reg.db")
+        self.assertEqual(sqlite_path("sqlite:///var/lib/reg.db"), "/var/lib/reg.db")
+        with self.assertRaises(StoreError):
+            sqlite_path("sqlite:")

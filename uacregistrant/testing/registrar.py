@@ -266,6 +266,7 @@ class TestRegistrar(DatagramProtocol):
 
 
 _REASONS = {
+    302: "Moved Temporarily",
     403: "Forbidden",
     404: "Not Found",
     408: "Request Timeout",

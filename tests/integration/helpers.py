@@ -1,0 +1,137 @@
+"""
+Helpers for integration tests: real processes on loopback.
+
+Peers that are missing skip the test on a developer machine, but fail it
+when C{UACREG_REQUIRE_PEERS=1} (CI sets it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.trial.unittest import SkipTest
+
+from uacregistrant.control.ctl import request
+
+ROOT = Path(__file__).resolve().parents[2]
+#: twistd, run by this interpreter (``python -m twisted`` is the other runner, twist).
+TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+
+
+def require_binary(name: str, package: str) -> str:
+    """The path of a peer binary, or skip (fail under UACREG_REQUIRE_PEERS=1)."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not found: install the Debian package {package}"
+        if os.environ.get("UACREG_REQUIRE_PEERS") == "1":
+            raise AssertionError(message + " (UACREG_REQUIRE_PEERS=1)")
+        raise SkipTest(message)
+    return path
+
+
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def environment() -> dict[str, str]:
+    """The environment for child processes: this checkout first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
+    """Poll until C{predicate()} is truthy; return its value or raise."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except (OSError, ValueError) as e:
+            last = e
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+
+
+class Processes:
+    """Child processes that are always stopped at the end of a test."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, args: list[str], name: str, **kw: Any) -> subprocess.Popen[bytes]:
+        log = open(self.directory / f"{name}.log", "wb")
+        child = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=environment(), cwd=self.directory, **kw)
+        self.children.append(child)
+        return child
+
+    def log(self, name: str) -> str:
+        return (self.directory / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+
+    def registrar(self, users: dict[str, dict[str, Any]], delay: float = 0.0) -> int:
+        """Start the packaged test registrar; return its port."""
+        users_file = self.directory / "users.json"
+        users_file.write_text(json.dumps(users))
+        port_file = self.directory / "registrar.port"
+        self.spawn(
+            [sys.executable, "-m", "uacregistrant.testing.registrar", "--listen", "127.0.0.1:0",
+             "--users", str(users_file), "--port-file", str(port_file), "--delay", str(delay)],
+            "registrar",
+        )
+        return int(wait_for(lambda: port_file.exists() and port_file.read_text(), 20))
+
+    def daemon(self, args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+        """Start C{twistd -n uacregistrant} with C{args}; return it and its control endpoint."""
+        control = f"unix:{self.directory / 'ctl'}"
+        child = self.spawn(
+            [*TWISTD, "-n", "--pidfile=", "--logfile=-", "uacregistrant",
+             "--control", control, *args],
+            "daemon",
+        )
+        return child, control
+
+
+def make_table(path: Path, rows: list[dict[str, Any]]) -> None:
+    """An OpenSIPS-schema registrant table (as OpenSIPS's own SQLite script creates it)."""
+    from uacregistrant.store import schema_sql
+
+    db = sqlite3.connect(path)
+    db.executescript(schema_sql("sqlite"))
+    for row in rows:
+        names = ", ".join(row)
+        db.execute(f"INSERT INTO registrant ({names}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))
+    db.commit()
+    db.close()
+
+
+def records(control: str) -> dict[str, dict[str, Any]]:
+    """reg_list json over the control endpoint, by AOR user part."""
+    status, body = request(control, "reg_list json")
+    assert status == "200 OK", status
+    return {r["AOR"].split(":")[1].split("@")[0]: r for r in json.loads(body[0])["Records"]}

@@ -14,6 +14,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -74,6 +75,8 @@ class Processes:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.children: list[subprocess.Popen[bytes]] = []
+        # UNIX socket paths are limited to 107 bytes: keep sockets in a short directory.
+        self.sockets = Path(tempfile.mkdtemp(prefix="uacreg-"))
 
     def spawn(self, args: list[str], name: str, **kw: Any) -> subprocess.Popen[bytes]:
         log = open(self.directory / f"{name}.log", "wb")
@@ -85,6 +88,7 @@ class Processes:
         return (self.directory / f"{name}.log").read_text(errors="replace")
 
     def stop(self) -> None:
+        shutil.rmtree(self.sockets, ignore_errors=True)
         for child in self.children:
             if child.poll() is None:
                 child.terminate()
@@ -108,7 +112,7 @@ class Processes:
 
     def daemon(self, args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
         """Start C{twistd -n uacregistrant} with C{args}; return it and its control endpoint."""
-        control = f"unix:{self.directory / 'ctl'}"
+        control = f"unix:{self.sockets / 'ctl'}"
         child = self.spawn(
             [*TWISTD, "-n", "--pidfile=", "--logfile=-", "uacregistrant",
              "--control", control, *args],

@@ -163,7 +163,7 @@ class DaemonTests(TestCase):
 
     def refusal(self, *args: str) -> str:
         result = subprocess.run(
-            [*TWISTD, "-n", "--pidfile=", "uacregistrant", "--control", f"unix:{self.directory / 'c'}", *args],
+            [*TWISTD, "-n", "--pidfile=", "uacregistrant", "--control", f"unix:{self.processes.sockets / 'c'}", *args],
             capture_output=True, env=environment(), cwd=self.directory, timeout=60,
         )
         self.assertNotEqual(result.returncode, 0)
@@ -200,7 +200,7 @@ class DaemonTests(TestCase):
         make_table(db, [{"registrar": f"sip:127.0.0.1:{port}", "aor": "sip:tac@test.invalid", "username": "tac",
                          "password": "p-tac", "binding_URI": f"sip:tac@127.0.0.1:{local}", "expiry": 120}])
         config = self.directory / "uacregistrant.toml"
-        control = f"unix:{self.directory / 'tac.ctl'}"
+        control = f"unix:{self.processes.sockets / 'tac.ctl'}"
         config.write_text(
             f'db_url = "sqlite:{db}"\nlisten = ["udp:127.0.0.1:{local}"]\ncontrol = ["{control}"]\n'
             "hash_size = 0\ntimer_interval = 10\n"

@@ -129,7 +129,7 @@ class Registrant:
         "last_error",
         "failures",
         "_auth",
-        "_sent_auth",
+        "_answered",
         "_stale_answers",
         "queued",
         "wake",
@@ -151,8 +151,10 @@ class Registrant:
         self.last_reply: tuple[int, str] | None = None
         self.last_error = ""
         self.failures = 0
+        # Challenges kept for credentials sent up front (nc counting up),
+        # and the headers answered after a challenge in this attempt.
         self._auth: dict[str, _Auth] = {}
-        self._sent_auth: frozenset[str] = frozenset()
+        self._answered: set[str] = set()
         self._stale_answers = 0
         # Scheduling marks owned by the walker and the pacer.
         self.queued = False
@@ -174,8 +176,11 @@ class Registrant:
     def start(self, now: float) -> Outgoing:
         """
         Begin a new attempt: a REGISTER if enabled, else an un-REGISTER.
+
+        Credentials from the last accepted challenge go up front with the
+        next nonce count, saving a round trip while the nonce lives.
         """
-        self._auth.clear()
+        self._answered.clear()
         self._stale_answers = 0
         self.last_register_sent = now
         self.next_at = None
@@ -191,7 +196,6 @@ class Registrant:
         for header, state in self._auth.items():
             state.nc += 1
             auth.append((header, self._answer(state)))
-        self._sent_auth = frozenset(self._auth)
         return Outgoing(self.cseq, expires, tuple(auth))
 
     def _answer(self, state: _Auth) -> str:
@@ -311,7 +315,7 @@ class Registrant:
                 f"no digest challenge we can answer in {response.status} (algorithms offered: {offered})",
             )
             return None
-        if header in self._sent_auth:
+        if header in self._answered:
             if not chosen.stale or self._stale_answers >= MAX_STALE_ANSWERS:
                 self._fail(
                     RegState.WRONG_CREDENTIALS_STATE,
@@ -320,6 +324,7 @@ class Registrant:
                 )
                 return None
             self._stale_answers += 1
+        self._answered.add(header)
         self._auth[header] = _Auth(chosen)
         if self.state in _UNREGISTER_STATES:
             self.state = RegState.AUTHENTICATING_UNREGISTER_STATE
@@ -345,6 +350,7 @@ class Registrant:
         return self._request(minimum)
 
     def _fail(self, state: RegState, now: float, error: str, response: Response | None = None) -> None:
+        self._auth.clear()
         self.state = state
         self.failures += 1
         self.last_error = error

@@ -69,6 +69,24 @@ class RegistrantTests(SynchronousTestCase):
         self.assertEqual(r.call_id, call_id)
         self.assertEqual(r.start(r.next_at).cseq, 3)
 
+    def test_refresh_sends_credentials_up_front(self) -> None:
+        """A refresh reuses the nonce with nc+1; a challenge to it is a new challenge, not a rejection."""
+        r = self.registrant()
+        r.start(0)
+        r.on_response(response(401, "Unauthorized", CHALLENGE), 1)
+        r.on_response(response(200, "OK"), 2)
+        out = r.start(3000)
+        params = parse_authorization(out.authorization[0][1])
+        self.assertEqual((params["nonce"], params["nc"]), ("n1", "00000002"))
+        self.assertTrue(verify_authorization(params, "secret", "REGISTER"))
+        follow = r.on_response(response(401, "Unauthorized", CHALLENGE.replace("n1", "n9")), 3001)
+        assert follow is not None
+        self.assertEqual(r.state, RegState.AUTHENTICATING_STATE)
+        self.assertEqual(parse_authorization(follow.authorization[0][1])["nc"], "00000001")
+        self.assertIsNone(r.on_response(response(401, "Unauthorized", CHALLENGE), 3002))
+        self.assertEqual(r.state, RegState.WRONG_CREDENTIALS_STATE)
+        self.assertEqual(r.start(4000).authorization, ())
+
     def test_proxy_challenge(self) -> None:
         """407 is answered with Proxy-Authorization."""
         r = self.registrant()

@@ -100,8 +100,11 @@ class SimulationTests(SynchronousTestCase):
         counts = {}
         for received in sim.registrar.received:
             counts[received.user] = counts.get(received.user, 0) + 1
-        # Refreshes at about 90% of 3600 s and half of 30 s / 7 s, two requests each with digest.
-        self.assertEqual(counts["long"], 2 * 4)
+        # Refreshes at 90% of 3600 s carry credentials up front: one request each.
+        self.assertEqual(counts["long"], 2 + 3)
+        refreshes = [r for r in sim.registrar.received if r.user == "long"][2:]
+        self.assertTrue(all(r.authorized for r in refreshes))
+        self.assertEqual([b"nc=0000000%d" % n in r.raw for n, r in zip((2, 3, 4), refreshes)], [True] * 3)
         self.assertLess(counts["tiny"], 3 * 3600 / 3.5 + 40)
 
     def test_pacing_spreads_a_big_bucket(self) -> None:

@@ -1,0 +1,81 @@
+"""
+Property tests: whatever bytes arrive, the parser returns a message or
+raises SipParseError, and the transport counts and drops without raising.
+"""
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from uacregistrant.sip.errors import SipParseError
+from uacregistrant.sip.message import Response, parse_message, parse_name_addr
+from uacregistrant.sockets import SocketSpec
+from uacregistrant.stats import SipCounters
+from uacregistrant.transaction import TransactionLayer
+from uacregistrant.transport import SipTransport
+
+VALID = (
+    b"SIP/2.0 401 Unauthorized\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:5060;rport=5060;branch=z9hG4bKabc\r\n"
+    b"To: <sip:alice@example.com>;tag=1\r\nFrom: <sip:alice@example.com>;tag=2\r\n"
+    b"Call-ID: c1\r\nCSeq: 1 REGISTER\r\n"
+    b'WWW-Authenticate: Digest realm="r", nonce="n", qop="auth", algorithm=MD5\r\n'
+    b"Contact: <sip:alice@192.0.2.1>;expires=60\r\nContent-Length: 0\r\n\r\n"
+)
+LINES = VALID.split(b"\r\n")
+
+
+def exercise(data: bytes) -> None:
+    """Parse and touch everything a registrant reads; only SipParseError may escape."""
+    try:
+        message = parse_message(data)
+        message.top_via
+        message.cseq
+        message.call_id
+        for value in message.get_all("contact"):
+            parse_name_addr(value)
+        message.int_header("expires")
+        if isinstance(message, Response):
+            message.retry_after
+    except SipParseError:
+        pass
+
+
+mutated = st.builds(
+    lambda lines, cut, junk, at: b"\r\n".join(lines)[:cut] + junk + b"\r\n".join(lines)[at:],
+    st.lists(st.sampled_from(LINES), min_size=1, max_size=30),
+    st.integers(0, 600),
+    st.binary(max_size=40),
+    st.integers(0, 600),
+)
+
+
+class FuzzTests(SynchronousTestCase):
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.binary(max_size=2000))
+    def test_random_bytes(self, data: bytes) -> None:
+        """Random bytes never raise anything but SipParseError."""
+        exercise(data)
+
+    @settings(max_examples=400, deadline=None)
+    @given(mutated)
+    def test_mutated_responses(self, data: bytes) -> None:
+        """Shuffled, duplicated, truncated and spliced responses neither."""
+        exercise(data)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.one_of(st.binary(max_size=300), mutated), max_size=20))
+    def test_transport_never_raises(self, datagrams: list[bytes]) -> None:
+        """The datagram entry point counts every datagram and never raises."""
+        counters = SipCounters()
+        transport = SipTransport(SocketSpec("127.0.0.1", 5060), TransactionLayer(Clock(), counters), counters)
+        for data in datagrams:
+            transport.datagramReceived(data, ("127.0.0.1", 5080))
+        self.assertEqual(counters.datagrams_received, len(datagrams))
+
+    def test_huge_header_values(self) -> None:
+        """Huge values stay bounded: a 60 kB header parses or is refused quickly."""
+        exercise(VALID.replace(b"Call-ID: c1", b"Call-ID: " + b"x" * 60000))
+        exercise(VALID.replace(b"nonce=\"n\"", b'nonce="' + b"\\\"" * 20000 + b'"'))
+        exercise(b"SIP/2.0 200 OK\r\nContact: " + b"<sip:a@b>," * 6000 + b"\r\n\r\n")

@@ -367,8 +367,3 @@ class Registrant:
             self.next_at = None
             return
         self.next_at = now + delay
-
-    def replace_account(self, account: Account) -> None:
-        """Swap in new configuration, keeping Call-ID, CSeq and state."""
-        self.account = account
-        self.wanted_expires = account.expiry

@@ -8,6 +8,7 @@ Answers are cached for their TTL (bounded).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any, cast
 
@@ -24,6 +25,15 @@ MAX_TTL = 3600
 LOOKUP_TIMEOUT = (1, 3, 6)
 
 
+@functools.lru_cache(maxsize=4096)
+def _ip_literal(host: str) -> str | None:
+    """The normalised address if C{host} is an IP literal, else C{None}."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
 class ResolutionError(Exception):
     """No address could be found for a URI."""
 
@@ -38,8 +48,9 @@ class SipResolver:
 
     def cached(self, uri: SipUri) -> Address | None:
         """The address if known without a lookup, else C{None}."""
-        if uri.is_ip:
-            return (str(ipaddress.ip_address(uri.host)), uri.port or 5060)
+        literal = _ip_literal(uri.host)
+        if literal is not None:
+            return (literal, uri.port or 5060)
         entry = self._cache.get((uri.host, uri.port))
         if entry is not None and entry[1] > self._clock.seconds():
             return entry[0]

@@ -9,6 +9,7 @@ cnonce, so everything here is deterministic and free of I/O.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -65,6 +66,10 @@ class Challenge:
         return self.scheme.lower() == "digest" and bool(self.nonce)
 
 
+# One auth-param or scheme token: NAME [= (quoted-string | token)] [,]
+_AUTH_ITEM = re.compile(r'[\s,]*([^\s=,"]+)[ \t]*(?:=[ \t]*("(?:[^"\\]|\\.)*"|[^\s,"]*))?')
+
+
 def parse_challenges(value: str) -> list[Challenge]:
     """
     Parse a WWW-Authenticate/Proxy-Authenticate value into challenges.
@@ -76,46 +81,23 @@ def parse_challenges(value: str) -> list[Challenge]:
     scheme: str | None = None
     params: dict[str, str] = {}
     pos = 0
-    n = len(value)
-    while True:
-        while pos < n and value[pos] in " \t,":
-            pos += 1
-        if pos >= n:
-            break
-        start = pos
-        while pos < n and value[pos] not in " \t=,":
-            pos += 1
-        token = value[start:pos]
-        look = pos
-        while look < n and value[look] in " \t":
-            look += 1
-        if look < n and value[look] == "=" and scheme is not None:
-            pos = look + 1
-            while pos < n and value[pos] in " \t":
-                pos += 1
-            if pos < n and value[pos] == '"':
-                end = pos + 1
-                while end < n and value[end] != '"':
-                    end += 2 if value[end] == "\\" else 1
-                if end >= n:
-                    raise SipParseError("unterminated quoted string in challenge")
-                param = unquote_string(value[pos : end + 1])
-                pos = end + 1
-            else:
-                end = pos
-                while end < n and value[end] not in " \t,":
-                    end += 1
-                param = value[pos:end]
-                pos = end
-            if not _is_token(token):
-                raise SipParseError(f"invalid auth-param name {token!r}")
-            params[token.lower()] = param
-        else:
-            if not _is_token(token):
-                raise SipParseError(f"invalid auth scheme {token!r}")
+    end = len(value.rstrip(" \t,"))
+    while pos < end:
+        match = _AUTH_ITEM.match(value, pos)
+        if match is None or match.end() == pos:
+            raise SipParseError(f"invalid challenge near {value[pos:pos + 40]!r}")
+        pos = match.end()
+        token, param = match.group(1), match.group(2)
+        if not _is_token(token):
+            raise SipParseError(f"invalid token {token!r} in challenge")
+        if param is None:
             if scheme is not None:
                 challenges.append(Challenge(scheme, params))
             scheme, params = token, {}
+            continue
+        if scheme is None:
+            raise SipParseError("auth-param before the scheme")
+        params[token.lower()] = unquote_string(param) if param.startswith('"') else param
     if scheme is not None:
         challenges.append(Challenge(scheme, params))
     return challenges

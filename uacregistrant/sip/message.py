@@ -9,6 +9,7 @@ anything else it cannot accept; it never raises another exception type.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -34,16 +35,14 @@ _COMPACT = {
     "r": "refer-to",
     "u": "allow-events",
 }
-_TOKEN_CHARS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
-)
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 # Headers whose values are comma-separated lists (RFC 3261 §7.3.1).
 _LIST_HEADERS = frozenset({"via", "contact", "route", "record-route", "supported", "allow", "require"})
 _MAX_UINT32 = 2**32 - 1
 
 
 def _is_token(text: str) -> bool:
-    return bool(text) and all(c in _TOKEN_CHARS for c in text)
+    return _TOKEN.fullmatch(text) is not None
 
 
 @dataclass(slots=True)
@@ -176,6 +175,8 @@ def parse_delta_seconds(value: str, name: str) -> int:
 
 def split_list(value: str) -> list[str]:
     """Split a comma-separated header value, respecting quotes and <>."""
+    if '"' not in value and "<" not in value:
+        return [item for item in (part.strip() for part in value.split(",")) if item]
     items: list[str] = []
     start = 0
     quoted = False
@@ -224,6 +225,9 @@ def parse_params(text: str) -> dict[str, str | None]:
 
 
 def _split_outside_quotes(text: str, sep: str) -> Iterator[str]:
+    if '"' not in text:
+        yield from text.split(sep)
+        return
     start = 0
     quoted = False
     i = 0
@@ -250,6 +254,11 @@ def unquote_string(text: str) -> str:
     text = text.strip()
     if len(text) < 2 or text[0] != '"' or text[-1] != '"':
         raise SipParseError(f"invalid quoted string {text!r}")
+    inner = text[1:-1]
+    if "\\" not in inner:
+        if '"' in inner:
+            raise SipParseError(f"stray quote in {text!r}")
+        return inner
     out: list[str] = []
     i = 1
     end = len(text) - 1
@@ -338,6 +347,8 @@ def parse_name_addr(value: str) -> NameAddr:
 
 
 def _find_unquoted(text: str, char: str) -> int:
+    if '"' not in text:
+        return text.find(char)
     quoted = False
     i = 0
     while i < len(text):

@@ -206,11 +206,12 @@ def _log_change(change: StateChange) -> None:
             error=registrant.last_error,
             retry=(registrant.next_at or change.time) - change.time,
         )
-    elif change.new == RegState.REGISTERED_STATE and change.old != RegState.REGISTERED_STATE:
-        _log.debug(
-            "{aor} ({binding} at {registrar}): registered for {expires}s",
+    elif change.new == RegState.REGISTERED_STATE and registrant.recovered_after:
+        _log.info(
+            "{aor} ({binding} at {registrar}): registered again after {failures} failure(s), for {expires}s",
             aor=account.aor,
             binding=account.binding_uri,
             registrar=account.registrar,
+            failures=registrant.recovered_after,
             expires=registrant.expires,
         )

@@ -128,6 +128,7 @@ class Registrant:
         "last_reply",
         "last_error",
         "failures",
+        "recovered_after",
         "_auth",
         "_answered",
         "_stale_answers",
@@ -151,6 +152,8 @@ class Registrant:
         self.last_reply: tuple[int, str] | None = None
         self.last_error = ""
         self.failures = 0
+        #: Failures that preceded the last success (0 if none).
+        self.recovered_after = 0
         # Challenges kept for credentials sent up front (nc counting up),
         # and the headers answered after a challenge in this attempt.
         self._auth: dict[str, _Auth] = {}
@@ -262,6 +265,7 @@ class Registrant:
             return self.start(now)
         self.state = RegState.REGISTERED_STATE
         self.expires = granted
+        self.recovered_after = self.failures
         self.failures = 0
         self.last_error = ""
         self.next_at = now + granted - self.policy.refresh_lead(granted)

@@ -173,18 +173,19 @@ def parse_delta_seconds(value: str, name: str) -> int:
     return min(int(value), _MAX_UINT32)
 
 
-def split_list(value: str) -> list[str]:
-    """Split a comma-separated header value, respecting quotes and <>."""
-    if '"' not in value and "<" not in value:
-        return [item for item in (part.strip() for part in value.split(",")) if item]
-    items: list[str] = []
-    start = 0
+def _separators(text: str, sep: str, angle_brackets: bool) -> Iterator[int]:
+    """
+    Positions of C{sep} outside quoted strings (and, if asked, outside
+    C{<...>}).
+
+    @raise SipParseError: for an unterminated quoted string.
+    """
     quoted = False
     angle = False
     i = 0
-    n = len(value)
+    n = len(text)
     while i < n:
-        c = value[i]
+        c = text[i]
         if quoted:
             if c == "\\":
                 i += 1
@@ -192,24 +193,38 @@ def split_list(value: str) -> list[str]:
                 quoted = False
         elif c == '"':
             quoted = True
-        elif c == "<":
+        elif angle_brackets and c == "<":
             angle = True
-        elif c == ">":
+        elif angle_brackets and c == ">":
             angle = False
-        elif c == "," and not angle:
-            items.append(value[start:i].strip())
-            start = i + 1
+        elif c == sep and not angle:
+            yield i
         i += 1
     if quoted:
         raise SipParseError("unterminated quoted string")
-    items.append(value[start:].strip())
-    return [item for item in items if item]
+
+
+def _split(text: str, sep: str, angle_brackets: bool) -> list[str]:
+    if '"' not in text and not (angle_brackets and "<" in text):
+        return text.split(sep)
+    parts: list[str] = []
+    start = 0
+    for i in _separators(text, sep, angle_brackets):
+        parts.append(text[start:i])
+        start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def split_list(value: str) -> list[str]:
+    """Split a comma-separated header value, respecting quotes and <>."""
+    return [item for item in (part.strip() for part in _split(value, ",", True)) if item]
 
 
 def parse_params(text: str) -> dict[str, str | None]:
     """Parse C{;name=value;flag} parameters (leading C{;} optional)."""
     params: dict[str, str | None] = {}
-    for item in _split_outside_quotes(text, ";"):
+    for item in _split(text, ";", False):
         item = item.strip()
         if not item:
             continue
@@ -222,31 +237,6 @@ def parse_params(text: str) -> dict[str, str | None]:
             value = unquote_string(value)
         params[name] = value if eq else None
     return params
-
-
-def _split_outside_quotes(text: str, sep: str) -> Iterator[str]:
-    if '"' not in text:
-        yield from text.split(sep)
-        return
-    start = 0
-    quoted = False
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if quoted:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == sep:
-            yield text[start:i]
-            start = i + 1
-        i += 1
-    if quoted:
-        raise SipParseError("unterminated quoted string")
-    yield text[start:]
 
 
 def unquote_string(text: str) -> str:
@@ -349,21 +339,7 @@ def parse_name_addr(value: str) -> NameAddr:
 def _find_unquoted(text: str, char: str) -> int:
     if '"' not in text:
         return text.find(char)
-    quoted = False
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if quoted:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == char:
-            return i
-        i += 1
-    return -1
+    return next(_separators(text, char, False), -1)
 
 
 def parse_message(data: bytes) -> Request | Response:

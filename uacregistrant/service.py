@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IReactorCore, IReactorTime, IResolver
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -65,7 +65,7 @@ class RegistrantService(MultiService):
         self.settings = settings
         self.store = store
         self.reactor = reactor
-        clock = cast(IReactorTime, reactor)
+        self._clock = clock = cast(IReactorTime, reactor)
         self.counters = SipCounters()
         self.registry = Registry(settings.hash_size)
         self.policy = policy or Policy(
@@ -77,6 +77,7 @@ class RegistrantService(MultiService):
         self.transports = {
             spec.name: SipTransport(spec, self.transactions, self.counters) for spec in settings.listen
         }
+        self._socket_names = list(self.transports)
         self.ports: list[Any] = []
         self.client = RegistrationClient(
             clock,
@@ -119,42 +120,55 @@ class RegistrantService(MultiService):
         if self.running and not self._loop.running:
             self._loop.start(self.settings.bucket_interval, now=True)
 
-    def load_rows(self, rows: list[Row]) -> int:
-        """Validate rows into records; log and skip bad ones. Returns the count added."""
-        sockets = list(self.transports)
-        added = 0
-        for row in rows:
-            try:
-                account = account_from_row(
-                    row,
-                    default_expires=self.settings.default_expires,
-                    timer_interval=self.settings.timer_interval,
-                    sockets=sockets,
-                )
-            except RowError as e:
-                _log.error(
-                    "skipping row id={row_id}: {reason}; fix: {hint}",
-                    row_id=row.get("id"),
-                    reason=e.reason,
-                    hint=e.hint,
-                )
-                continue
-            if self.registry.get(account.key) is not None:
-                _log.error(
-                    "skipping row id={row_id}: duplicate of (aor, binding_URI, registrar) {key}",
-                    row_id=row.get("id"),
-                    key=account.key,
-                )
-                continue
-            self.registry.add(Registrant(account, self.policy))
-            added += 1
-        _log.info(
-            "loaded {added} of {total} rows into {buckets} buckets",
-            added=added,
-            total=len(rows),
-            buckets=self.registry.bucket_count,
-        )
-        return added
+    def load_rows(self, rows: list[Row], slice_size: int = 2000) -> defer.Deferred[int]:
+        """
+        Validate rows into records, C{slice_size} per reactor turn so a
+        large table does not stall the reactor; log and skip bad rows.
+
+        @return: fires with the number of records added.
+        """
+        done: defer.Deferred[int] = defer.Deferred()
+        counts = [0, 0]  # added, seen
+
+        def load_slice(start: int) -> None:
+            for row in rows[start : start + slice_size]:
+                counts[1] += 1
+                if self._load_row(row):
+                    counts[0] += 1
+            if start + slice_size < len(rows):
+                self._clock.callLater(0, load_slice, start + slice_size)
+                return
+            _log.info(
+                "loaded {added} of {total} rows into {buckets} buckets",
+                added=counts[0],
+                total=counts[1],
+                buckets=self.registry.bucket_count,
+            )
+            done.callback(counts[0])
+
+        load_slice(0)
+        return done
+
+    def _load_row(self, row: Row) -> bool:
+        try:
+            account = account_from_row(
+                row,
+                default_expires=self.settings.default_expires,
+                timer_interval=self.settings.timer_interval,
+                sockets=self._socket_names,
+            )
+        except RowError as e:
+            _log.error("skipping row id={row_id}: {reason}; fix: {hint}", row_id=row.get("id"), reason=e.reason, hint=e.hint)
+            return False
+        if self.registry.get(account.key) is not None:
+            _log.error(
+                "skipping row id={row_id}: duplicate of (aor, binding_URI, registrar) {key}",
+                row_id=row.get("id"),
+                key=account.key,
+            )
+            return False
+        self.registry.add(Registrant(account, self.policy))
+        return True
 
     def stopService(self) -> Any:
         """Stop walking, sending and listening."""

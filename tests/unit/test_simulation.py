@@ -174,8 +174,28 @@ class SimulationTests(SynchronousTestCase):
         sim.add("garbage", aor="not a uri")
         sim.add("nullexp", expiry=None)
         service = sim.start()
+        sim.run(0)
         self.assertEqual(sorted(r.account.username or "" for r in service.registry), ["nullexp", "ok"])
         self.assertEqual(service.registry.by_aor("sip:nullexp@test.invalid")[0].account.expiry, 3600)
         skipped = [e for e in events if "skipping row" in e.get("log_format", "")]
         self.assertEqual(sorted(e["row_id"] for e in skipped), [2, 3, 4, 5])
         self.assertTrue(all(e["hint"] for e in skipped))
+
+    def test_large_table_loads_in_slices(self) -> None:
+        """Loading gives the reactor a turn every 2000 rows; walking starts after the last."""
+        users = {f"u{i}": UserPolicy() for i in range(4500)}
+        sim = self.simulation(users, hash_size=0, timer_interval=100)
+        sim.db.executemany(
+            "INSERT INTO registrant (registrar, aor, binding_URI, expiry) VALUES (?, ?, ?, 3600)",
+            [(f"sip:{REGISTRAR[0]}:{REGISTRAR[1]}", f"sip:{u}@test.invalid", f"sip:{u}@127.0.0.1:5060") for u in users],
+        )
+        sim.db.commit()
+        service = sim.start()
+        self.assertEqual(len(service.registry), 2000)
+        sim.reactor.advance(0)
+        self.assertEqual(len(service.registry), 4000)
+        self.assertEqual(sim.registrar.received, [])
+        sim.reactor.advance(0)
+        self.assertEqual(len(service.registry), 4500)
+        sim.run(5)
+        self.assertEqual(set(sim.states().values()), {"REGISTERED_STATE"})

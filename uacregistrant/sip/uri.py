@@ -7,6 +7,7 @@ Free of I/O: strings in, values out.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -73,9 +74,11 @@ def strip_angle_brackets(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_uri(text: str) -> SipUri:
     """
-    Parse a SIP URI.
+    Parse a SIP URI (cached: the same registrar or binding text is parsed
+    once; the result is immutable and must not be modified).
 
     @raise SipParseError: if C{text} is not a C{sip:}/C{sips:} URI with a
         valid host and port.

@@ -59,8 +59,8 @@ class Simulation:
         clock = self.reactor
         end = clock.seconds() + seconds
         while True:
-            pending = [call.getTime() for call in clock.getDelayedCalls()]
-            upcoming = min(pending, default=end + 1)
+            calls = clock.getDelayedCalls()  # Clock keeps them sorted by time
+            upcoming = calls[0].getTime() if calls else end + 1
             if upcoming > end:
                 break
             clock.advance(max(0.0, upcoming - clock.seconds()))

@@ -107,11 +107,14 @@ class DaemonTests(TestCase):
         """The issue's acceptance run: every account in its state within 30 s, reg_list json well-formed."""
         port = self.processes.registrar(USERS)
         local, second = free_udp_port(), free_udp_port()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            tcp_port = probe.getsockname()[1]
         db = self.directory / "registrant.db"
         make_table(db, self.rows(port, local, second))
         daemon, control = self.processes.daemon(
             ["--db-url", f"sqlite:{db}", "--listen", f"udp:127.0.0.1:{local}", "--listen", f"udp:127.0.0.1:{second}",
-             "--hash-size", "2", "--timer-interval", "4", "--sip-t1", "100"]
+             "--hash-size", "2", "--timer-interval", "4", "--sip-t1", "100", "--control", f"tcp:{tcp_port}"]
         )
 
         def settled() -> bool:
@@ -151,6 +154,17 @@ class DaemonTests(TestCase):
         for password in ["p-md5", "p-sha", "not-right", "p-ha1"]:
             self.assertNotIn(password, log)
             self.assertNotIn(password, data.decode())
+
+        # The TCP console (loopback only, as telnet would use it).
+        with socket.create_connection(("127.0.0.1", tcp_port), timeout=5) as s:
+            s.sendall(b"reg_stats\r\nquit\r\n")
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        text = reply.decode()
+        self.assertTrue(text.startswith("200 OK\n"), text)
+        self.assertIn("\nREGISTERED_STATE: 11\n", text)
+        self.assertTrue(text.endswith("\n\n200 Bye\n\n"), text)
 
         # The console script.
         self.assertEqual(ctl_main(["--control", control, "reg_stats"]), 0)

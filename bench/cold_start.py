@@ -73,7 +73,7 @@ def main() -> int:
             "control": [f"unix:{directory / 'ctl'}"], "hash_size": 0, "timer_interval": 100,
             "send_rate": options.rate,
         })
-        service = RegistrantService(settings, open_store(settings), reactor, resolver=ResolverChain([]))
+        service = RegistrantService(settings, open_store(settings, reactor), reactor, resolver=ResolverChain([]))
         result: dict[str, float] = {}
         registered = [0]
         cpu0, t0 = cpu(), time.monotonic()

@@ -30,7 +30,7 @@ class Simulation:
         values = {"db_url": f"sqlite:{path}", "listen": ["udp:127.0.0.1:5060"], "control": ["unix:unused"]}
         values.update(settings)
         self.settings = dataclasses.replace(build_settings(values), control=())
-        self.store = SqliteStore(path, self.settings.table)
+        self.store = SqliteStore(path, self.settings.table, self.reactor)
         self.store.open()
         self.db = sqlite3.connect(path)
         self.service: RegistrantService | None = None

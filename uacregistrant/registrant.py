@@ -8,6 +8,7 @@ wants sent (L{Outgoing}); it never touches a socket or a clock.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import random
 import secrets
@@ -129,6 +130,8 @@ class Registrant:
         "last_error",
         "failures",
         "recovered_after",
+        "resend",
+        "retiring",
         "_auth",
         "_answered",
         "_stale_answers",
@@ -154,6 +157,10 @@ class Registrant:
         self.failures = 0
         #: Failures that preceded the last success (0 if none).
         self.recovered_after = 0
+        #: Send again as soon as the outstanding transaction ends.
+        self.resend = False
+        #: Un-register, then forget this record.
+        self.retiring = False
         # Challenges kept for credentials sent up front (nc counting up),
         # and the headers answered after a challenge in this attempt.
         self._auth: dict[str, _Auth] = {}
@@ -224,26 +231,94 @@ class Registrant:
         if status < 200 or self.state not in IN_TRANSACTION:
             return None
         self.last_reply = (status, response.reason)
+        follow: Outgoing | None = None
         if status < 300:
-            return self._on_success(response, now)
-        if status in (401, 407):
-            return self._on_challenge(response, now)
-        if status == 423:
-            return self._on_too_brief(response, now)
-        if status == 408:
+            follow = self._on_success(response, now)
+        elif status in (401, 407):
+            follow = self._on_challenge(response, now)
+        elif status == 423:
+            follow = self._on_too_brief(response, now)
+        elif status == 408:
             self._fail(RegState.REGISTER_TIMEOUT_STATE, now, f"{status} {response.reason}", response)
-            return None
-        self._fail(RegState.REGISTRAR_ERROR_STATE, now, f"registrar answered {status} {response.reason}", response)
-        return None
+        else:
+            self._fail(RegState.REGISTRAR_ERROR_STATE, now, f"registrar answered {status} {response.reason}", response)
+        if follow is None:
+            self._settle(now)
+        return follow
 
     def on_timeout(self, now: float) -> None:
         """The outstanding transaction timed out (Timer F)."""
         if self.state in IN_TRANSACTION:
             self._fail(RegState.REGISTER_TIMEOUT_STATE, now, "no final response before Timer F")
+            self._settle(now)
 
     def on_send_error(self, now: float, reason: str) -> None:
         """The request could not be sent (resolution or socket error)."""
         self._fail(RegState.INTERNAL_ERROR_STATE, now, reason)
+        self._settle(now)
+
+    @property
+    def holds_binding(self) -> bool:
+        """Whether a binding we registered may still exist at the registrar."""
+        return self.registered_until is not None
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a request is outstanding."""
+        return self.state in IN_TRANSACTION
+
+    def reconfigure(self, account: Account, now: float) -> bool:
+        """
+        Take new configuration (same key), keeping Call-ID, CSeq and state.
+
+        A changed enabled record registers again at once with its new data;
+        a newly disabled one un-registers.  Unchanged configuration is a
+        no-op, so reloads never cause a registration storm.
+
+        @return: whether anything changed.
+        """
+        if account == self.account:
+            return False
+        self.account = account
+        self.wanted_expires = account.expiry
+        self._auth.clear()
+        self.send_soon(now)
+        return True
+
+    def send_soon(self, now: float) -> None:
+        """
+        Send (register, refresh, or un-register if disabled) as soon as the
+        outstanding transaction, if any, ends.
+        """
+        if self.in_transaction:
+            self.resend = True
+            return
+        if self.enabled or (self.registered_until is not None and self.registered_until > now):
+            self.next_at = now
+            return
+        # Disabled with nothing to un-register: idle.
+        self.registered_until = None
+        self.state = RegState.NOT_REGISTERED_STATE
+        self.next_at = None
+        self.failures = 0
+
+    def retire(self, now: float) -> None:
+        """Disable for good: un-register if needed, then be forgotten."""
+        self.retiring = True
+        if self.enabled:
+            self.reconfigure(dataclasses.replace(self.account, enabled=False), now)
+        else:
+            self.send_soon(now)
+
+    @property
+    def finished(self) -> bool:
+        """Whether a retiring record has nothing left to send."""
+        return self.retiring and self.next_at is None and not self.in_transaction
+
+    def _settle(self, now: float) -> None:
+        if self.resend and not self.in_transaction:
+            self.resend = False
+            self.send_soon(now)
 
     def _on_success(self, response: Response, now: float) -> Outgoing | None:
         self._stale_answers = 0

@@ -16,9 +16,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.names import client as dns_client
 
-from .account import RowError, account_from_row
+from .admin import Admin
 from .client import RegistrationClient
 from .control.commands import Commands
+from .control.events import EventHub
 from .control.protocol import ControlFactory
 from .registrant import Policy, Registrant
 from .registry import Registry
@@ -27,6 +28,7 @@ from .settings import ConfigError, Settings
 from .stats import SipCounters
 from .store import IRegistrantStore, Row, StoreError
 from .store.sqlite import SqliteStore, sqlite_path
+from .sync import TableSync
 from .transaction import TransactionLayer
 from .transport import SipTransport
 from .walker import BucketWalker, Pacer
@@ -34,11 +36,11 @@ from .walker import BucketWalker, Pacer
 _log = Logger()
 
 
-def open_store(settings: Settings) -> IRegistrantStore:
+def open_store(settings: Settings, reactor: Any) -> IRegistrantStore:
     """The store named by C{db_url}, opened and checked."""
     url = settings.db_url
     if url.startswith("sqlite:"):
-        store = SqliteStore(sqlite_path(url), settings.table)
+        store = SqliteStore(sqlite_path(url), settings.table, reactor)
     else:
         raise ConfigError(f"unsupported db_url {url!r}: use sqlite:PATH")
     store.open()
@@ -77,7 +79,6 @@ class RegistrantService(MultiService):
         self.transports = {
             spec.name: SipTransport(spec, self.transactions, self.counters) for spec in settings.listen
         }
-        self._socket_names = list(self.transports)
         self.ports: list[Any] = []
         self.client = RegistrationClient(
             clock,
@@ -87,10 +88,26 @@ class RegistrantService(MultiService):
         )
         self.pacer = Pacer(clock, settings.send_rate, self.client.send)
         self.walker = BucketWalker(self.registry, clock, settings.bucket_interval, self.pacer)
-        self.client.reschedule = self.walker.poke
+        self.sync = TableSync(
+            self.registry,
+            self.policy,
+            clock,
+            default_expires=settings.default_expires,
+            timer_interval=settings.timer_interval,
+            sockets=list(self.transports),
+            poke=self.walker.poke,
+            forget=self.walker.forget,
+        )
+        self.client.reschedule = self._after_step
+        self.events = EventHub()
+        self.client.observers.append(self.events.publish)
         self._loop = LoopingCall(self.walker.tick)
         self._loop.clock = clock
-        self.commands = Commands(self.registry, self.counters)
+        self._poll = LoopingCall(self._poll_table)
+        self._poll.clock = clock
+        self._reload_lock = defer.DeferredLock()
+        self.admin = Admin(self.registry, store, self.sync, clock, self.reload)
+        self.commands = Commands(self.registry, self.counters, self.admin, self.events)
         factory = ControlFactory(self.commands)
         for description in settings.control:
             endpoint = endpoints.serverFromString(reactor, description)
@@ -111,69 +128,114 @@ class RegistrantService(MultiService):
         if not self.ports:
             self.privilegedStartService()
         super().startService()
-        d = self.store.load()
-        d.addCallback(self.load_rows)
+        d = self._reload_lock.run(self._reload, True)
         d.addCallback(self._start_walking)
         d.addErrback(lambda f: _log.failure("loading the table failed", f))
+        self.store.watch(self._on_table_change, self._on_resync)
 
     def _start_walking(self, _: object) -> None:
         if self.running and not self._loop.running:
             self._loop.start(self.settings.bucket_interval, now=True)
+        if self.running and self.settings.db_poll > 0 and not self._poll.running:
+            self._poll.start(self.settings.db_poll, now=False)
 
-    def load_rows(self, rows: list[Row], slice_size: int = 2000) -> defer.Deferred[int]:
-        """
-        Validate rows into records, C{slice_size} per reactor turn so a
-        large table does not stall the reactor; log and skip bad rows.
+    def _after_step(self, registrant: Registrant) -> None:
+        self.walker.poke(registrant)
+        self.sync.check_finished(registrant)
 
-        @return: fires with the number of records added.
-        """
-        done: defer.Deferred[int] = defer.Deferred()
-        counts = [0, 0]  # added, seen
+    def reload(self) -> defer.Deferred[dict[str, int]]:
+        """A full pass over the table (one at a time): add, change, retire."""
+        return self._reload_lock.run(self._reload)
 
-        def load_slice(start: int) -> None:
-            for row in rows[start : start + slice_size]:
-                counts[1] += 1
-                if self._load_row(row):
-                    counts[0] += 1
-            if start + slice_size < len(rows):
-                self._clock.callLater(0, load_slice, start + slice_size)
-                return
+    def _reload(self, initial: bool = False) -> defer.Deferred[dict[str, int]]:
+        full = self.sync.full(initial)
+        d = self.store.load(full.feed)
+
+        def finished(_: object) -> dict[str, int]:
+            counts = full.finish()
             _log.info(
-                "loaded {added} of {total} rows into {buckets} buckets",
-                added=counts[0],
-                total=counts[1],
+                "table {table}: {added} added, {changed} changed, {unchanged} unchanged, "
+                "{removed} removed, {skipped} skipped; {total} records in {buckets} buckets",
+                table=self.settings.table.table,
+                total=len(self.registry),
                 buckets=self.registry.bucket_count,
+                **counts,
             )
-            done.callback(counts[0])
+            return counts
 
-        load_slice(0)
+        return d.addCallback(finished)
+
+    def _poll_table(self) -> None:
+        d = self.reload()
+        d.addErrback(lambda f: _log.failure("polling the table failed; registrations continue from memory", f))
+
+    def _on_table_change(self, key: tuple[str, str, str] | None, old_key: tuple[str, str, str] | None) -> defer.Deferred[None]:
+        """A NOTIFY: re-read one record (C{key}), retire C{old_key} if it changed or went."""
+        if old_key is not None and old_key != key:
+            self.sync.retire(old_key)
+        if key is None:
+            return defer.succeed(None)
+        d = self.store.load_key(key)
+
+        def loaded(row: Row | None) -> None:
+            if row is None:
+                self.sync.retire(key)
+                return
+            account = self.sync.account(row)
+            if account is not None and account.key == key:
+                self.sync.apply(account)
+
+        return d.addCallback(loaded)
+
+    def _on_resync(self) -> None:
+        """The store reconnected: a full pass catches whatever changed meanwhile."""
+        d = self.reload()
+        d.addErrback(lambda f: _log.failure("resync after reconnecting failed", f))
+
+    def unregister_all(self, timeout: float) -> defer.Deferred[int]:
+        """
+        Un-register every record holding a binding, paced, within
+        C{timeout} seconds; fires with how many are still pending.
+        """
+        now = self._clock.seconds()
+        targets = [r for r in self.registry if r.registered_until is not None and r.registered_until > now]
+        for registrant in targets:
+            self.walker.forget(registrant)
+            registrant.retire(now)
+            self.pacer.push(registrant)
+        done: defer.Deferred[int] = defer.Deferred()
+        deadline = now + timeout
+
+        def check() -> None:
+            pending = sum(1 for r in targets if not r.finished)
+            if pending == 0 or self._clock.seconds() >= deadline:
+                done.callback(pending)
+            else:
+                self._clock.callLater(0.05, check)
+
+        check()
         return done
 
-    def _load_row(self, row: Row) -> bool:
-        try:
-            account = account_from_row(
-                row,
-                default_expires=self.settings.default_expires,
-                timer_interval=self.settings.timer_interval,
-                sockets=self._socket_names,
-            )
-        except RowError as e:
-            _log.error("skipping row id={row_id}: {reason}; fix: {hint}", row_id=row.get("id"), reason=e.reason, hint=e.hint)
-            return False
-        if self.registry.get(account.key) is not None:
-            _log.error(
-                "skipping row id={row_id}: duplicate of (aor, binding_URI, registrar) {key}",
-                row_id=row.get("id"),
-                key=account.key,
-            )
-            return False
-        self.registry.add(Registrant(account, self.policy))
-        return True
+    def stopService(self) -> defer.Deferred[Any]:
+        """Un-register (unless disabled), then stop walking, sending and listening."""
+        for loop in (self._loop, self._poll):
+            if loop.running:
+                loop.stop()
+        if self.settings.unregister_on_shutdown and self.ports:
+            d = self.unregister_all(self.settings.shutdown_timeout)
+            d.addCallback(self._log_unregistered)
+        else:
+            d = defer.succeed(0)
+        d.addCallback(lambda _: self._close())
+        return d
 
-    def stopService(self) -> Any:
-        """Stop walking, sending and listening."""
-        if self._loop.running:
-            self._loop.stop()
+    def _log_unregistered(self, pending: int) -> None:
+        if pending:
+            _log.warn("shutdown: {pending} un-REGISTERs unanswered after {timeout}s", pending=pending, timeout=self.settings.shutdown_timeout)
+        else:
+            _log.info("shutdown: every binding un-registered")
+
+    def _close(self) -> defer.Deferred[None]:
         self.pacer.stop()
         self.transactions.stop()
         for registrant in self.registry:
@@ -182,7 +244,7 @@ class RegistrantService(MultiService):
             port.stopListening()
         self.ports = []
         self.store.close()
-        return super().stopService()
+        return defer.maybeDeferred(super().stopService).addCallback(lambda _: None)
 
 
 def build_service(settings: Settings, reactor: Any | None = None) -> RegistrantService:
@@ -196,7 +258,7 @@ def build_service(settings: Settings, reactor: Any | None = None) -> RegistrantS
 
         reactor = default_reactor
     try:
-        store = open_store(settings)
+        store = open_store(settings, reactor)
     except StoreError as e:
         raise ConfigError(str(e)) from None
     return RegistrantService(settings, store, cast(IReactorCore, reactor))

@@ -38,6 +38,10 @@ class Settings:
     send_rate: float = 1000.0
     retry_interval: float = 30.0
     retry_max_interval: float = 1800.0
+    db_poll: float = 0.0
+    db_notify: bool = True
+    shutdown_timeout: float = 5.0
+    unregister_on_shutdown: bool = True
 
     @property
     def bucket_interval(self) -> float:
@@ -56,7 +60,11 @@ SCALARS: dict[str, tuple[type, Any]] = {
     "send_rate": (float, 1000.0),
     "retry_interval": (float, 30.0),
     "retry_max_interval": (float, 1800.0),
+    "db_poll": (float, 0.0),
+    "shutdown_timeout": (float, 5.0),
 }
+#: name -> default; on the command line as --no-NAME.
+FLAGS: dict[str, bool] = {"db_notify": True, "unregister_on_shutdown": True}
 LISTS = ("listen", "control")
 
 
@@ -74,7 +82,7 @@ def load_toml(path: str) -> dict[str, Any]:
 
 def known_keys() -> set[str]:
     """Every key a config file may hold."""
-    return set(SCALARS) | set(LISTS) | {f"{name.lower()}_column" for name in COLUMN_SETTINGS}
+    return set(SCALARS) | set(FLAGS) | set(LISTS) | {f"{name.lower()}_column" for name in COLUMN_SETTINGS}
 
 
 def build_settings(values: Mapping[str, Any]) -> Settings:
@@ -108,6 +116,16 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
         raise ConfigError(f"retry_interval must be positive, not {scalars['retry_interval']}")
     if scalars["retry_max_interval"] < scalars["retry_interval"]:
         raise ConfigError("retry_max_interval must not be less than retry_interval")
+    if scalars["db_poll"] < 0:
+        raise ConfigError(f"db_poll must be 0 (off) or a positive number of seconds, not {scalars['db_poll']}")
+    if not 0 <= scalars["shutdown_timeout"] <= 3600:
+        raise ConfigError(f"shutdown_timeout must be between 0 and 3600 seconds, not {scalars['shutdown_timeout']}")
+    flags = {}
+    for name, default in FLAGS.items():
+        value = values.get(name, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, not {value!r}")
+        flags[name] = value
     columns = {name: name for name in COLUMNS}
     for name in COLUMN_SETTINGS:
         real = values.get(f"{name.lower()}_column", name)
@@ -133,6 +151,9 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
         send_rate=scalars["send_rate"],
         retry_interval=scalars["retry_interval"],
         retry_max_interval=scalars["retry_max_interval"],
+        db_poll=scalars["db_poll"],
+        shutdown_timeout=scalars["shutdown_timeout"],
+        **flags,
     )
 
 

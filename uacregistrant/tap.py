@@ -12,7 +12,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from .settings import COLUMN_SETTINGS, SCALARS, ConfigError, Settings, build_settings, load_toml
+from .settings import COLUMN_SETTINGS, FLAGS, SCALARS, ConfigError, Settings, build_settings, load_toml
 
 _DESCRIPTIONS = {
     "db_url": "Database URL: sqlite:PATH (relative or absolute)",
@@ -24,6 +24,8 @@ _DESCRIPTIONS = {
     "send_rate": "First REGISTERs sent per second at most",
     "retry_interval": "First retry delay after a failure (s); doubles per failure",
     "retry_max_interval": "Cap on the retry delay (s)",
+    "db_poll": "Re-read the table every N seconds (0 = off; for SQLite, which has no NOTIFY)",
+    "shutdown_timeout": "Seconds to wait for un-REGISTERs at shutdown",
 }
 
 
@@ -49,6 +51,10 @@ class Options(usage.Options):
     ] + [
         ["config", "c", None, "TOML file with the same settings"],
     ]
+    optFlags = [
+        ["no-db-notify", None, "Do not install the NOTIFY trigger nor LISTEN (PostgreSQL)"],
+        ["no-unregister-on-shutdown", None, "Leave the bindings registered when stopping"],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -73,6 +79,9 @@ class Options(usage.Options):
             option = f"{_option_name(name)}-column"
             if self[option] is not None:
                 values[f"{name.lower()}_column"] = self[option]
+        for key in FLAGS:
+            if self["no-" + _option_name(key)]:
+                values[key] = False
         for key in ("listen", "control"):
             if self[key]:
                 values[key] = list(self[key])

@@ -1,87 +1,102 @@
-"""Tests for the control protocol and its commands."""
+"""
+Tests for the control protocol and the admin commands, on the real service
+(fake clock and network, real SQLite table, real test registrar).
+"""
 
 import json
-import random
+import sqlite3
 
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from uacregistrant.account import Account
-from uacregistrant.control.commands import Commands
+from tests.simulation import REGISTRAR, Simulation
 from uacregistrant.control.protocol import ControlFactory
-from uacregistrant.registrant import Policy, RegState, Registrant
-from uacregistrant.registry import Registry
-from uacregistrant.stats import SipCounters
+from uacregistrant.testing.registrar import UserPolicy
+
+REG = f"sip:{REGISTRAR[0]}:{REGISTRAR[1]}"
 
 
-def registry() -> Registry:
-    reg = Registry(1)
-    policy = Policy(rng=random.Random(1))
-    for user, enabled in [("alice", True), ("bob", False)]:
-        account = Account(
-            row_id=1, aor=f"sip:{user}@example.com", registrar="sip:example.com", binding_uri=f"sip:{user}@192.0.2.1",
-            expiry=3600, enabled=enabled, username=user, password="TopSecret!", proxy="sip:proxy.example.com",
-        )
-        reg.add(Registrant(account, policy))
-    alice = reg.by_aor("sip:alice@example.com")[0]
-    alice.start(1_700_000_000)
-    alice.state = RegState.REGISTERED_STATE
-    alice.last_reply = (200, "OK")
-    alice.next_at = 1_700_003_000
-    return reg
-
-
-class ControlProtocolTests(SynchronousTestCase):
+class ControlTests(SynchronousTestCase):
     def setUp(self) -> None:
+        self.path = self.mktemp()
+        users = {name: UserPolicy(password="TopSecret!") for name in ("alice", "bob", "carol", "dan")}
+        self.sim = Simulation(self.path, users, hash_size=0, timer_interval=10)
+        self.sim.add("alice", password="TopSecret!", proxy=REG)
+        self.sim.add("bob", password="TopSecret!", state=1)
+        self.sim.add("carol", password="TopSecret!")
+        self.sim.add("carol", password="TopSecret!", binding_URI="sip:carol@127.0.0.1:5070")
+        self.service = self.sim.start()
+        self.addCleanup(self.service.stopService)
+        self.sim.run(2)
         self.transport = StringTransport()
-        self.protocol = ControlFactory(Commands(registry(), SipCounters())).buildProtocol(None)
+        self.protocol = ControlFactory(self.service.commands).buildProtocol(None)
         self.protocol.makeConnection(self.transport)
 
-    def ask(self, line: bytes) -> list[str]:
+    def ask(self, line: str, run: float = 0.0) -> list[str]:
         self.transport.clear()
-        self.protocol.dataReceived(line + b"\r\n")
+        self.protocol.dataReceived(line.encode() + b"\r\n")
+        if run:
+            self.sim.run(run)
         return self.transport.value().decode().split("\n")
+
+    def table(self, user: str) -> list[tuple]:
+        db = sqlite3.connect(self.path)
+        return db.execute("SELECT binding_URI, state, expiry FROM registrant WHERE username = ? ORDER BY id", (user,)).fetchall()
+
+    def records(self) -> dict[str, dict]:
+        lines = self.ask("reg_list json")
+        return {r["binding"]: r for r in json.loads(lines[1])["Records"]}
 
     def test_reg_list_json(self) -> None:
         """reg_list json: 200 OK, one line of JSON, an empty line; no password."""
-        lines = self.ask(b"reg_list json")
-        self.assertEqual((lines[0], lines[2], lines[3:]), ("200 OK", "", [""]))
-        records = json.loads(lines[1])["Records"]
-        alice = next(r for r in records if r["AOR"] == "sip:alice@example.com")
+        lines = self.ask("reg_list json")
+        self.assertEqual((lines[0], lines[2:]), ("200 OK", ["", ""]))
+        alice = self.records()["sip:alice@127.0.0.1:5060"]
         self.assertEqual(
-            {k: alice[k] for k in ("state", "state_code", "expires", "enabled", "registrar", "binding", "last_reply", "proxy")},
-            {"state": "REGISTERED_STATE", "state_code": 3, "expires": 3600, "enabled": "yes", "registrar": "sip:example.com",
-             "binding": "sip:alice@192.0.2.1", "last_reply": "200 OK", "proxy": "sip:proxy.example.com"},
+            {k: alice[k] for k in ("AOR", "state", "state_code", "expires", "enabled", "registrar", "last_reply", "proxy")},
+            {"AOR": "sip:alice@test.invalid", "state": "REGISTERED_STATE", "state_code": 3, "expires": 3600,
+             "enabled": "yes", "registrar": REG, "last_reply": "200 OK", "proxy": REG},
         )
-        self.assertEqual(alice["last_register_sent"], "2023-11-14T22:13:20Z")
-        self.assertEqual(alice["registration_t_out"], "2023-11-14T23:03:20Z")
-        bob = next(r for r in records if r["AOR"] == "sip:bob@example.com")
-        self.assertEqual((bob["enabled"], bob["last_register_sent"], bob["registration_t_out"]), ("no", None, None))
+        self.assertRegex(alice["last_register_sent"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        self.assertRegex(alice["registration_t_out"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        bob = self.records()["sip:bob@127.0.0.1:5060"]
+        self.assertEqual((bob["enabled"], bob["state"], bob["last_register_sent"]), ("no", "NOT_REGISTERED_STATE", None))
         self.assertNotIn("TopSecret", "\n".join(lines))
 
     def test_reg_list_text_and_one_aor(self) -> None:
-        """Text blocks; one AOR; unknown AOR is 404."""
-        lines = self.ask(b"reg_list sip:alice@example.com")
-        self.assertEqual(lines[:3], ["200 OK", "AOR: sip:alice@example.com", "    id: 1"])
+        """Text blocks; one AOR; an unknown AOR is 404."""
+        lines = self.ask("reg_list sip:alice@test.invalid")
+        self.assertEqual(lines[:3], ["200 OK", "AOR: sip:alice@test.invalid", "    id: 1"])
         self.assertIn("    state: REGISTERED_STATE", lines)
-        self.assertNotIn("TopSecret", "\n".join(lines))
-        self.assertEqual(self.ask(b"reg_list json sip:nobody@example.com")[0], "404 No such registrant")
+        self.assertEqual(self.ask("reg_list json sip:nobody@test.invalid")[0], "404 No such registrant")
 
     def test_reg_stats(self) -> None:
         """reg_stats counts per state."""
-        stats = json.loads(self.ask(b"reg_stats json")[1])
-        self.assertEqual((stats["total"], stats["enabled"]), (2, 1))
-        self.assertEqual(stats["states"]["REGISTERED_STATE"], 1)
-        self.assertEqual(stats["states"]["NOT_REGISTERED_STATE"], 1)
-        self.assertIn("REGISTERED_STATE: 1", self.ask(b"reg_stats"))
+        stats = json.loads(self.ask("reg_stats json")[1])
+        self.assertEqual((stats["total"], stats["enabled"]), (4, 3))
+        self.assertEqual(stats["states"]["REGISTERED_STATE"], 3)
+        self.assertIn("REGISTERED_STATE: 3", self.ask("reg_stats"))
 
     def test_errors_and_session(self) -> None:
-        """Unknown commands get 400 and the connection stays open until quit."""
-        self.assertEqual(self.ask(b"frobnicate now")[0], "400 Unknown command")
-        self.assertEqual(self.ask(b"reg_list a b")[0], "400 Too many arguments")
-        self.assertIn("reg_list [json] [AOR]: every record, or one AOR's", self.ask(b"help"))
+        """Bad commands get 4xx; the connection stays open until quit."""
+        self.assertEqual(self.ask("frobnicate now")[0], "400 Unknown command")
+        self.assertEqual(self.ask("reg_list a b")[0], "400 Too many arguments")
+        self.assertEqual(self.ask("reg_enable")[0], "400 Bad arguments")
+        self.assertEqual(self.ask("reg_enable a b")[0], "400 Bad arguments")
+        self.assertEqual(self.ask("reg_disable sip:nobody@test.invalid")[0], "404 No such registrant")
+        ambiguous = self.ask("reg_disable sip:carol@test.invalid")
+        self.assertEqual(ambiguous[0], "409 Ambiguous AOR")
+        self.assertIn(f"sip:carol@test.invalid sip:carol@127.0.0.1:5070 {REG}", ambiguous)
+        self.assertEqual(self.ask("reg_force_register sip:bob@test.invalid")[0], "409 Registrant disabled")
+        self.assertEqual(self.ask("reg_upsert aor=sip:x@y")[0], "400 Bad arguments")
+        self.assertEqual(self.ask("reg_upsert nonsense")[0], "400 Bad arguments")
+        bad = self.ask(f"reg_upsert aor=sip:x@test.invalid registrar=sip:u@h binding_URI=sip:x@h")
+        self.assertEqual(bad[0], "400 Bad record")
+        self.assertIn("user part", bad[1])
+        self.assertEqual(self.ask("reg_reload sip:a b")[0], "400 Bad arguments")
+        self.assertIn("reg_events: follow state changes, one line each, until quit", self.ask("help"))
         self.assertFalse(self.transport.disconnecting)
-        self.assertEqual(self.ask(b"quit")[0], "200 Bye")
+        self.assertEqual(self.ask("quit")[0], "200 Bye")
         self.assertTrue(self.transport.disconnecting)
 
     def test_overlong_line(self) -> None:
@@ -89,3 +104,94 @@ class ControlProtocolTests(SynchronousTestCase):
         self.protocol.dataReceived(b"x" * 70000)
         self.assertTrue(self.transport.value().startswith(b"400 Line too long"))
         self.assertTrue(self.transport.disconnecting)
+
+    def test_disable_enable_write_exactly_one_row(self) -> None:
+        """Disable un-registers one binding and writes state for that row only; enable re-registers."""
+        key = f"sip:carol@test.invalid sip:carol@127.0.0.1:5070 {REG}"
+        self.assertEqual(self.ask(f"reg_disable {key}", run=1)[:2], ["200 OK", "changed"])
+        self.assertEqual(self.table("carol"), [("sip:carol@127.0.0.1:5060", 0, 3600), ("sip:carol@127.0.0.1:5070", 1, 3600)])
+        self.assertEqual(self.sim.registrar.received[-1].expires, 0)
+        self.assertNotIn(("sip:carol@test.invalid", "sip:carol@127.0.0.1:5070"), self.sim.registrar.bindings)
+        self.assertIn(("sip:carol@test.invalid", "sip:carol@127.0.0.1:5060"), self.sim.registrar.bindings)
+        records = self.records()
+        self.assertEqual(records["sip:carol@127.0.0.1:5070"]["state"], "NOT_REGISTERED_STATE")
+        self.assertEqual(records["sip:carol@127.0.0.1:5070"]["enabled"], "no")
+        self.assertEqual(self.ask(f"reg_disable {key}")[:2], ["200 OK", "unchanged"])
+        self.assertEqual(self.ask(f"reg_enable {key}", run=1)[:2], ["200 OK", "changed"])
+        self.assertEqual(self.table("carol")[1][1], 0)
+        self.assertEqual(self.records()["sip:carol@127.0.0.1:5070"]["state"], "REGISTERED_STATE")
+
+    def test_force_register_sends_now(self) -> None:
+        """reg_force_register sends at once, keeping the Call-ID."""
+        before = len(self.sim.registrar.received)
+        call_id = self.records()["sip:alice@127.0.0.1:5060"]["call_id"]
+        self.assertEqual(self.ask("reg_force_register sip:alice@test.invalid", run=0.5)[0], "200 OK")
+        sent = self.sim.registrar.received[before:]
+        self.assertEqual([r.call_id for r in sent], [call_id])  # one request: credentials up front
+        self.assertTrue(sent[0].authorized)
+
+    def test_delete(self) -> None:
+        """reg_delete un-registers, forgets, and leaves the row disabled so a reload keeps it gone."""
+        self.assertEqual(self.ask("reg_delete sip:alice@test.invalid", run=1)[0], "200 OK")
+        self.assertEqual(self.sim.registrar.received[-1].expires, 0)
+        self.assertNotIn("sip:alice@127.0.0.1:5060", self.records())
+        self.assertEqual(self.table("alice")[0][1], 1)
+        self.assertEqual(self.ask("reg_reload", run=1)[0], "200 OK")
+        self.assertEqual(self.records()["sip:alice@127.0.0.1:5060"]["enabled"], "no")
+
+    def test_upsert(self) -> None:
+        """reg_upsert adds a record (table and memory) and changes one in place."""
+        lines = self.ask(f"reg_upsert aor=sip:dan@test.invalid registrar={REG} binding_URI=sip:dan@127.0.0.1:5060 "
+                         "username=dan password=TopSecret! expiry=600", run=1)
+        self.assertEqual(lines[:2], ["200 OK", "added"])
+        self.assertEqual(self.table("dan"), [("sip:dan@127.0.0.1:5060", 0, 600)])
+        self.assertEqual(self.records()["sip:dan@127.0.0.1:5060"]["state"], "REGISTERED_STATE")
+        call_id = self.records()["sip:dan@127.0.0.1:5060"]["call_id"]
+        lines = self.ask(f"reg_upsert aor=sip:dan@test.invalid registrar={REG} binding_URI=sip:dan@127.0.0.1:5060 "
+                         "username=dan password=TopSecret! expiry=900", run=1)
+        self.assertEqual(lines[:2], ["200 OK", "changed"])
+        self.assertEqual(self.table("dan"), [("sip:dan@127.0.0.1:5060", 0, 900)])
+        record = self.records()["sip:dan@127.0.0.1:5060"]
+        self.assertEqual((record["expires"], record["call_id"]), (900, call_id))
+        self.assertEqual(self.sim.registrar.received[-1].expires, 900)
+
+    def test_reload_keeps_unchanged_and_applies_changes(self) -> None:
+        """A reload keeps Call-IDs and sends nothing for unchanged rows; changes and removals take effect."""
+        before = self.records()
+        sent = len(self.sim.registrar.received)
+        lines = self.ask("reg_reload json", run=1)
+        self.assertEqual(json.loads(lines[1]), {"added": 0, "changed": 0, "unchanged": 4, "skipped": 0, "removed": 0})
+        self.assertEqual(len(self.sim.registrar.received), sent)
+        self.assertEqual({k: r["call_id"] for k, r in self.records().items()}, {k: r["call_id"] for k, r in before.items()})
+        db = sqlite3.connect(self.path)
+        db.execute("UPDATE registrant SET expiry = 1200 WHERE username = 'alice'")
+        db.execute("DELETE FROM registrant WHERE binding_URI = 'sip:carol@127.0.0.1:5070'")
+        db.commit()
+        lines = self.ask("reg_reload", run=1)
+        self.assertEqual(lines[:6], ["200 OK", "added: 0", "changed: 1", "unchanged: 2", "skipped: 0", "removed: 1"])
+        after = self.records()
+        self.assertEqual(after["sip:alice@127.0.0.1:5060"]["call_id"], before["sip:alice@127.0.0.1:5060"]["call_id"])
+        self.assertEqual(after["sip:alice@127.0.0.1:5060"]["expires"], 1200)
+        self.assertNotIn("sip:carol@127.0.0.1:5070", after)
+        self.assertNotIn(("sip:carol@test.invalid", "sip:carol@127.0.0.1:5070"), self.sim.registrar.bindings)
+        # One record by key: a vanished row retires it; an unknown key is 404.
+        self.assertEqual(self.ask(f"reg_reload sip:nobody@test.invalid sip:n@h {REG}")[0], "404 No such registrant in database")
+        db.execute("DELETE FROM registrant WHERE username = 'alice'")
+        db.commit()
+        self.assertEqual(self.ask("reg_reload sip:alice@test.invalid", run=1)[:2], ["200 OK", "removed: 1"])
+        self.assertNotIn("sip:alice@127.0.0.1:5060", self.records())
+
+    def test_events(self) -> None:
+        """reg_events streams one line per state change until quit."""
+        self.assertEqual(self.ask("reg_events"), ["200 OK", ""])
+        self.transport.clear()
+        self.protocol.dataReceived(b"reg_force_register sip:alice@test.invalid\r\n")
+        self.sim.run(1)
+        out = self.transport.value().decode().split("\n")
+        self.assertEqual(out[:2], ["200 OK", ""])
+        events = [line for line in out[2:] if line]
+        self.assertEqual(len(events), 2)
+        self.assertRegex(events[0], r"^\S+Z sip:alice@test.invalid sip:alice@127.0.0.1:5060 REGISTERED_STATE -> REGISTERING_STATE 200 OK$")
+        self.assertTrue(events[1].endswith("REGISTERING_STATE -> REGISTERED_STATE 200 OK"))
+        self.assertEqual(self.ask("quit"), ["", "200 Bye", "", ""])
+        self.assertEqual(self.service.events._subscribers, set())

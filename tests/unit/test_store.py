@@ -24,7 +24,8 @@ class SqliteStoreTests(SynchronousTestCase):
         db.commit()
         with self.assertRaises(sqlite3.IntegrityError):
             db.execute("INSERT INTO registrant (registrar, aor, binding_URI) VALUES ('sip:r', 'sip:a@r', 'sip:a@h')")
-        rows = self.successResultOf(store.load())
+        rows: list = []
+        self.successResultOf(store.load(rows.extend))
         self.assertEqual(rows[0]["aor"], "sip:a@r")
         self.assertEqual((rows[0]["state"], rows[0]["proxy"]), (0, None))
 
@@ -40,7 +41,9 @@ class SqliteStoreTests(SynchronousTestCase):
         store = SqliteStore(path, TableLayout("accounts", columns))
         store.open()
         self.addCleanup(store.close)
-        (row,) = self.successResultOf(store.load())
+        rows: list = []
+        self.successResultOf(store.load(rows.extend))
+        (row,) = rows
         self.assertEqual((row["registrar"], row["binding_URI"], row["expiry"], row["password"]), ("sip:r", "sip:a@h", 90, None))
 
     def test_refusals(self) -> None:

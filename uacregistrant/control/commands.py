@@ -8,12 +8,21 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..admin import Admin, AdminError
 from ..registrant import RegState, Registrant
 from ..registry import Registry
 from ..stats import SipCounters
+from ..store import StoreError
+from .events import EventHub
 from .formatting import record_dict, record_text
+
+_log = Logger()
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +33,8 @@ class Reply:
     reason: str
     body: list[str] = field(default_factory=list)
     close: bool = False
+    #: Start streaming state changes to this connection (reg_events).
+    subscribe: bool = False
 
     @property
     def status_line(self) -> str:
@@ -31,24 +42,45 @@ class Reply:
         return f"{self.code} {self.reason}"
 
 
-Handler = Callable[[list[str]], Reply]
+Result = Reply | defer.Deferred[Reply]
+Handler = Callable[[list[str]], Result]
+_KEY_USAGE = "AOR [BINDING REGISTRAR]"
+
+
+def _failed(failure: Failure) -> Reply:
+    if failure.check(AdminError):
+        error: Any = failure.value
+        return Reply(error.code, error.reason, error.detail)
+    if failure.check(StoreError):
+        return Reply(503, "Database unavailable", [failure.getErrorMessage()])
+    _log.failure("admin command failed", failure)
+    return Reply(500, "Internal error", [failure.type.__name__ if failure.type else "error"])
 
 
 class Commands:
     """The command table over one registry."""
 
-    def __init__(self, registry: Registry, counters: SipCounters) -> None:
+    def __init__(self, registry: Registry, counters: SipCounters, admin: Admin, events: EventHub) -> None:
         self._registry = registry
         self._counters = counters
+        self._admin = admin
+        self.events = events
         self._table: dict[str, tuple[Handler, str]] = {
             "help": (self.help, "help: list the commands"),
             "reg_list": (self.reg_list, "reg_list [json] [AOR]: every record, or one AOR's"),
             "reg_stats": (self.reg_stats, "reg_stats [json]: total, count per state, SIP counters"),
+            "reg_reload": (self.reg_reload, f"reg_reload [json] [{_KEY_USAGE}]: re-read the table, or one record"),
+            "reg_enable": (self.reg_enable, f"reg_enable {_KEY_USAGE}: enable and register"),
+            "reg_disable": (self.reg_disable, f"reg_disable {_KEY_USAGE}: un-register and disable"),
+            "reg_force_register": (self.reg_force_register, f"reg_force_register {_KEY_USAGE}: send a REGISTER now"),
+            "reg_delete": (self.reg_delete, f"reg_delete {_KEY_USAGE}: un-register and forget (row kept, disabled)"),
+            "reg_upsert": (self.reg_upsert, "reg_upsert column=value ...: add or change one record (aor, registrar, binding_URI required)"),
+            "reg_events": (self.reg_events, "reg_events: follow state changes, one line each, until quit"),
             "quit": (self.quit, "quit: close this connection"),
         }
 
-    def run(self, line: str) -> Reply:
-        """Run one command line; never raises."""
+    def run(self, line: str) -> Result:
+        """Run one command line; never raises (a Deferred never fails)."""
         words = line.split()
         if not words:
             return Reply(400, "Empty command")
@@ -56,9 +88,12 @@ class Commands:
         if entry is None:
             return Reply(400, "Unknown command", [f"unknown command {words[0][:64]!r}; try help"])
         try:
-            return entry[0](words[1:])
-        except Exception as e:  # a bug must not kill the console
-            return Reply(500, "Internal error", [type(e).__name__])
+            result = entry[0](words[1:])
+        except Exception:
+            return _failed(Failure())
+        if isinstance(result, defer.Deferred):
+            return result.addErrback(_failed)
+        return result
 
     def help(self, args: list[str]) -> Reply:
         """List the commands."""
@@ -118,3 +153,41 @@ class Commands:
         lines += [f"{name}: {count}" for name, count in by_state.items()]
         lines += [f"sip.{name}: {value}" for name, value in self._counters.as_dict().items()]
         return Reply(200, "OK", lines)
+
+    def reg_reload(self, args: list[str]) -> Result:
+        """Reload all, or one record (a missing row retires the record)."""
+        as_json, args = self._json_flag(args)
+
+        def done(counts: dict[str, int]) -> Reply:
+            if as_json:
+                return Reply(200, "OK", [json.dumps(counts, separators=(",", ":"))])
+            return Reply(200, "OK", [f"{name}: {count}" for name, count in counts.items()])
+
+        return self._admin.reload(args).addCallback(done)
+
+    def reg_enable(self, args: list[str]) -> Result:
+        """Enable a record and write state 0."""
+        return self._admin.set_enabled(self._admin.find(args), True).addCallback(lambda outcome: Reply(200, "OK", [outcome]))
+
+    def reg_disable(self, args: list[str]) -> Result:
+        """Disable (un-register) a record and write state 1."""
+        return self._admin.set_enabled(self._admin.find(args), False).addCallback(lambda outcome: Reply(200, "OK", [outcome]))
+
+    def reg_force_register(self, args: list[str]) -> Result:
+        """Send a REGISTER now."""
+        self._admin.force_register(self._admin.find(args))
+        return Reply(200, "OK")
+
+    def reg_delete(self, args: list[str]) -> Result:
+        """Un-register and forget a record."""
+        return self._admin.delete(self._admin.find(args)).addCallback(lambda _: Reply(200, "OK"))
+
+    def reg_upsert(self, args: list[str]) -> Result:
+        """Add or change one record in memory and in the table."""
+        return self._admin.upsert(args).addCallback(lambda outcome: Reply(200, "OK", [outcome]))
+
+    def reg_events(self, args: list[str]) -> Result:
+        """Subscribe this connection to state changes."""
+        if args:
+            return Reply(400, "Too many arguments", ["usage: reg_events"])
+        return Reply(200, "OK", subscribe=True)

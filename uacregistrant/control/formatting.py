@@ -11,7 +11,7 @@ from ..registrant import Registrant
 
 def iso_time(seconds: float | None) -> str | None:
     """ISO 8601 UTC with seconds, or C{None} for never."""
-    if not seconds:
+    if seconds is None:
         return None
     moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
     return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -31,7 +31,8 @@ def record_dict(registrant: Registrant) -> dict[str, Any]:
         "registrar": account.registrar,
         "binding": account.binding_uri,
         "last_register_sent": iso_time(registrant.last_register_sent),
-        "registration_t_out": iso_time(registrant.next_at),
+        # next_at 0 means "as soon as possible": no deadline to show.
+        "registration_t_out": iso_time(registrant.next_at) if registrant.next_at else None,
         "last_reply": f"{reply[0]} {reply[1]}".rstrip() if reply else None,
         "last_error": registrant.last_error or None,
         "call_id": registrant.call_id,

@@ -7,35 +7,86 @@ socat; the connection stays open until C{quit}.
 
 from __future__ import annotations
 
-from twisted.internet.protocol import Factory
+from collections import deque
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
 
 from .commands import Commands, Reply
 
 
 class ControlProtocol(LineOnlyReceiver):
-    """One admin connection."""
+    """
+    One admin connection.  Commands are answered in the order they came,
+    even when one waits for the database.  After C{reg_events} the
+    connection receives a line per state change until C{quit}.
+    """
 
     delimiter = b"\n"
     MAX_LENGTH = 65536
 
     def __init__(self, commands: Commands) -> None:
         self._commands = commands
+        self._pending: deque[str] = deque()
+        self._busy = False
+        self._watching = False
 
     def lineReceived(self, line: bytes) -> None:
-        """Run a command and write its reply."""
+        """Queue a command; run it now unless one is still running."""
         text = line.decode("utf-8", errors="replace").strip()
         if not text:
             return
-        self.sendReply(self._commands.run(text))
+        self._pending.append(text)
+        self._next()
+
+    def _next(self) -> None:
+        while self._pending and not self._busy and self.transport is not None:
+            text = self._pending.popleft()
+            if self._watching and text.lower() == "quit":
+                self._stop_watching()
+                self.transport.write(b"\n")
+            result = self._commands.run(text)
+            if isinstance(result, defer.Deferred):
+                self._busy = True
+                result.addCallback(self._finish)
+                return
+            self.sendReply(result)
+
+    def _finish(self, reply: Reply) -> None:
+        self._busy = False
+        self.sendReply(reply)
+        self._next()
 
     def sendReply(self, reply: Reply) -> None:
         """Write a reply; body lines never contain a newline."""
-        assert self.transport is not None
-        lines = [reply.status_line, *(line.replace("\n", " ") for line in reply.body), ""]
-        self.transport.write(("\n".join(lines) + "\n").encode("utf-8"))
+        if self.transport is None or self.transport.disconnecting:  # type: ignore[attr-defined]
+            return
+        lines = [reply.status_line, *(line.replace("\n", " ") for line in reply.body)]
+        if reply.subscribe:
+            self.transport.write(("\n".join(lines) + "\n").encode("utf-8"))
+            if not self._watching:
+                self._watching = True
+                self._commands.events.subscribe(self._event)
+            return
+        self.transport.write(("\n".join(lines) + "\n\n").encode("utf-8"))
         if reply.close:
             self.transport.loseConnection()
+
+    def _event(self, line: str) -> None:
+        if self.transport is not None:
+            self.transport.write(line.encode("utf-8") + b"\n")
+
+    def _stop_watching(self) -> None:
+        if self._watching:
+            self._watching = False
+            self._commands.events.unsubscribe(self._event)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Stop following events."""
+        self._stop_watching()
+        self._pending.clear()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """Refuse an over-long line and drop the connection."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
@@ -32,8 +32,18 @@ COLUMNS = (
     "state",
 )
 REQUIRED_COLUMNS = ("aor", "registrar", "binding_URI")
+#: Names accepted for the columns in admin commands (lower case).
+COLUMN_ALIASES = {name.lower(): name for name in COLUMNS} | {
+    "binding": "binding_URI",
+    "contact": "binding_URI",
+    "socket": "forced_socket",
+}
 
 Row = dict[str, Any]
+#: The table's unique key: (aor, binding_URI, registrar).
+Key = tuple[str, str, str]
+#: Rows are handed over in batches of this many.
+BATCH_SIZE = 2000
 
 
 class StoreError(Exception):
@@ -66,7 +76,7 @@ def schema_sql(flavour: str) -> str:
 
 
 class IRegistrantStore(Interface):
-    """A source of registrant rows."""
+    """A source of registrant rows, and where admin changes are written."""
 
     def open() -> None:
         """
@@ -75,8 +85,37 @@ class IRegistrantStore(Interface):
         @raise StoreError: with one line saying what is wrong.
         """
 
-    def load() -> "Deferred[list[Row]]":
-        """All rows, keyed by logical column name (absent columns are C{None})."""
+    def load(consume: Callable[[list[Row]], None]) -> "Deferred[None]":
+        """
+        Hand every row (keyed by logical column name, absent columns
+        C{None}) to C{consume} in batches, one batch per reactor turn, so a
+        large table neither stalls the reactor nor sits in memory twice.
+        """
+
+    def load_key(key: Key) -> "Deferred[Row | None]":
+        """The row with this (aor, binding_URI, registrar), or C{None}."""
+
+    def set_state(key: Key, state: int) -> "Deferred[None]":
+        """Write the state column of exactly this record."""
+
+    def upsert(row: Row) -> "Deferred[None]":
+        """Insert the row, or update the row with the same key."""
+
+    def watch(
+        on_change: Callable[[Key | None, Key | None], "Deferred[None]"],
+        on_resync: Callable[[], None],
+    ) -> None:
+        """
+        Report live changes, if the store can: C{on_change(key, old_key)}
+        for one changed row (C{key} C{None} when deleted, C{old_key} when
+        the key changed or went); C{on_resync()} after reconnecting, when
+        changes may have been missed.
+        """
 
     def close() -> None:
-        """Release the connection."""
+        """Release the connection(s)."""
+
+
+def row_assignments(row: Row, layout: TableLayout, present: dict[str, str]) -> list[tuple[str, Any]]:
+    """C{(real column, value)} for every logical column of C{row} the table has (not id)."""
+    return [(present[name], row[name]) for name in COLUMNS if name != "id" and name in row and name in present]

@@ -9,11 +9,26 @@ from __future__ import annotations
 import os
 import sqlite3
 
+from typing import Any, Callable
+
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import COLUMNS, REQUIRED_COLUMNS, IRegistrantStore, Row, StoreError, TableLayout, quote_identifier, schema_sql
+from . import (
+    BATCH_SIZE,
+    COLUMNS,
+    REQUIRED_COLUMNS,
+    IRegistrantStore,
+    Key,
+    Row,
+    StoreError,
+    TableLayout,
+    quote_identifier,
+    row_assignments,
+    schema_sql,
+)
 
 _log = Logger()
 
@@ -34,9 +49,10 @@ def sqlite_path(url: str) -> str:
 class SqliteStore:
     """The registrant table in an SQLite file."""
 
-    def __init__(self, path: str, layout: TableLayout) -> None:
+    def __init__(self, path: str, layout: TableLayout, clock: IReactorTime | None = None) -> None:
         self.path = path
         self.layout = layout
+        self.clock = clock
         self._db: sqlite3.Connection | None = None
         self._present: dict[str, str] = {}
 
@@ -77,25 +93,104 @@ class SqliteStore:
         if missing:
             raise StoreError(f"table {table} in {self.path} lacks required column(s): {', '.join(missing)}")
 
-    def load(self) -> defer.Deferred[list[Row]]:
-        """Read every row."""
-        try:
-            return defer.succeed(self._read())
-        except Exception as e:
-            return defer.fail(StoreError(f"reading {self.layout.table} failed: {e}"))
-
-    def _read(self) -> list[Row]:
+    def _connection(self) -> sqlite3.Connection:
         if self._db is None:
             raise StoreError("store is not open")
+        return self._db
+
+    def _select(self) -> tuple[list[str], str]:
         logical = list(self._present)
-        select = ", ".join(quote_identifier(self._present[name]) for name in logical)
-        cursor = self._db.execute(f"SELECT {select} FROM {quote_identifier(self.layout.table)}")
-        rows: list[Row] = []
-        for values in cursor:
-            row: Row = dict.fromkeys(COLUMNS)
-            row.update(zip(logical, values))
-            rows.append(row)
-        return rows
+        columns = ", ".join(quote_identifier(self._present[name]) for name in logical)
+        return logical, f"SELECT {columns} FROM {quote_identifier(self.layout.table)}"
+
+    def _where_key(self) -> str:
+        return " AND ".join(f"{quote_identifier(self._present[name])} = ?" for name in ("aor", "binding_URI", "registrar"))
+
+    @staticmethod
+    def _row(logical: list[str], values: tuple[Any, ...]) -> Row:
+        row: Row = dict.fromkeys(COLUMNS)
+        row.update(zip(logical, values))
+        return row
+
+    def load(self, consume: Callable[[list[Row]], None]) -> defer.Deferred[None]:
+        """Read every row, C{BATCH_SIZE} per reactor turn."""
+        done: defer.Deferred[None] = defer.Deferred()
+        try:
+            logical, query = self._select()
+            cursor = self._connection().execute(query)
+        except (sqlite3.Error, StoreError) as e:
+            return defer.fail(StoreError(f"reading {self.layout.table} failed: {e}"))
+
+        def batch() -> None:
+            try:
+                values = cursor.fetchmany(BATCH_SIZE)
+                if values:
+                    consume([self._row(logical, v) for v in values])
+            except Exception as e:
+                done.errback(StoreError(f"reading {self.layout.table} failed: {e}"))
+                return
+            if len(values) < BATCH_SIZE:
+                done.callback(None)
+            elif self.clock is not None:
+                self.clock.callLater(0, batch)
+            else:
+                batch()
+
+        batch()
+        return done
+
+    def load_key(self, key: Key) -> defer.Deferred[Row | None]:
+        """The row with this key, or C{None}."""
+        try:
+            logical, query = self._select()
+            found = self._connection().execute(f"{query} WHERE {self._where_key()}", key).fetchone()
+        except (sqlite3.Error, StoreError) as e:
+            return defer.fail(StoreError(f"reading {self.layout.table} failed: {e}"))
+        return defer.succeed(None if found is None else self._row(logical, found))
+
+    def set_state(self, key: Key, state: int) -> defer.Deferred[None]:
+        """Write the state column of exactly this record (all three key columns)."""
+        if "state" not in self._present:
+            return defer.succeed(None)
+        return self._write(
+            f"UPDATE {quote_identifier(self.layout.table)} SET {quote_identifier(self._present['state'])} = ? "
+            f"WHERE {self._where_key()}",
+            (state, *key),
+        )
+
+    def upsert(self, row: Row) -> defer.Deferred[None]:
+        """Update the row with the same key, or insert it."""
+        assignments = row_assignments(row, self.layout, self._present)
+        table = quote_identifier(self.layout.table)
+        key = (row["aor"], row["binding_URI"], row["registrar"])
+        sets = ", ".join(f"{quote_identifier(name)} = ?" for name, _ in assignments)
+        try:
+            db = self._connection()
+            with db:
+                cursor = db.execute(f"UPDATE {table} SET {sets} WHERE {self._where_key()}", [v for _, v in assignments] + list(key))
+                if cursor.rowcount == 0:
+                    names = ", ".join(quote_identifier(name) for name, _ in assignments)
+                    marks = ", ".join("?" for _ in assignments)
+                    db.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", [v for _, v in assignments])
+        except (sqlite3.Error, StoreError) as e:
+            return defer.fail(StoreError(f"writing {self.layout.table} failed: {e}"))
+        return defer.succeed(None)
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> defer.Deferred[None]:
+        try:
+            db = self._connection()
+            with db:
+                db.execute(sql, params)
+        except (sqlite3.Error, StoreError) as e:
+            return defer.fail(StoreError(f"writing {self.layout.table} failed: {e}"))
+        return defer.succeed(None)
+
+    def watch(
+        self,
+        on_change: Callable[[Key | None, Key | None], defer.Deferred[None]],
+        on_resync: Callable[[], None],
+    ) -> None:
+        """SQLite has no NOTIFY: changes are found by --db-poll."""
 
     def close(self) -> None:
         """Close the connection."""

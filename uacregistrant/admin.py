@@ -1,0 +1,170 @@
+# -*- test-case-name: tests.unit.test_admin -*-
+"""
+What the admin commands do to records, the table and the registrations:
+reload, enable, disable, force a registration, delete, upsert.
+
+Every table write names exactly one record: all three key columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+
+from .account import Account, AccountKey, RowError
+from .registrant import Registrant
+from .registry import Registry
+from .store import COLUMN_ALIASES, COLUMNS, IRegistrantStore, Row
+from .sync import TableSync
+
+
+class AdminError(Exception):
+    """A refused admin request: a status code and one line of reason."""
+
+    def __init__(self, code: int, reason: str, detail: list[str] | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.detail = detail or []
+
+
+class Admin:
+    """Admin operations over one registry, table and sync."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        store: IRegistrantStore,
+        sync: TableSync,
+        clock: IReactorTime,
+        reload_all: Callable[[], defer.Deferred[dict[str, int]]],
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._sync = sync
+        self._clock = clock
+        self._reload_all = reload_all
+
+    def find(self, args: list[str]) -> Registrant:
+        """
+        The record named by C{AOR} (if it has one binding) or by
+        C{AOR BINDING REGISTRAR}.
+
+        @raise AdminError: 400 for bad arguments, 404 unknown, 409 ambiguous.
+        """
+        if len(args) == 3:
+            found = self._registry.get((args[0], args[1], args[2]))
+            if found is None:
+                raise AdminError(404, "No such registrant", [f"no record {' '.join(args)[:512]}"])
+            return found
+        if len(args) != 1:
+            raise AdminError(400, "Bad arguments", ["give AOR, or AOR BINDING REGISTRAR"])
+        matches = self._registry.by_aor(args[0])
+        if not matches:
+            raise AdminError(404, "No such registrant", [f"no record for AOR {args[0][:256]}"])
+        if len(matches) > 1:
+            raise AdminError(
+                409,
+                "Ambiguous AOR",
+                ["several records share this AOR; give AOR BINDING REGISTRAR, one of:"]
+                + [" ".join(r.account.key) for r in matches],
+            )
+        return matches[0]
+
+    def set_enabled(self, registrant: Registrant, enabled: bool) -> defer.Deferred[str]:
+        """Enable or disable a record (disable un-registers); write its state."""
+        key = registrant.account.key
+        if registrant.account.enabled == enabled:
+            return defer.succeed("unchanged")
+        d = self._store.set_state(key, 0 if enabled else 1)
+
+        def written(_: object) -> str:
+            current = self._registry.get(key)
+            if current is not None:
+                self._sync.apply(dataclasses.replace(current.account, enabled=enabled))
+            return "changed"
+
+        return d.addCallback(written)
+
+    def force_register(self, registrant: Registrant) -> None:
+        """Send a REGISTER now rather than at the next bucket visit."""
+        if not registrant.enabled:
+            raise AdminError(409, "Registrant disabled", ["enable it first (reg_enable)"])
+        registrant.send_soon(self._clock.seconds())
+        self._sync.poke(registrant)
+
+    def delete(self, registrant: Registrant) -> defer.Deferred[None]:
+        """
+        Un-register then forget a record; its row is kept, disabled
+        (state 1), so a reload does not bring it back.
+        """
+        key = registrant.account.key
+        d = self._store.set_state(key, 1)
+        d.addCallback(lambda _: None if self._sync.retire(key) else None)
+        return d
+
+    def upsert(self, pairs: list[str]) -> defer.Deferred[str]:
+        """
+        Add or change one record from C{column=value} pairs, in the table
+        and in memory.
+        """
+        row = self.row_from_pairs(pairs)
+        account = self._validate(row)
+
+        def written(_: object) -> str:
+            return self._sync.apply(account)
+
+        return self._store.upsert(row).addCallback(written)
+
+    def _validate(self, row: Row) -> Account:
+        try:
+            return self._sync.validate(row)
+        except RowError as e:
+            raise AdminError(400, "Bad record", [f"{e.reason}; fix: {e.hint}"]) from None
+
+    def row_from_pairs(self, pairs: list[str]) -> Row:
+        """Parse C{column=value} pairs into a validated row."""
+        row: Row = {}
+        for pair in pairs:
+            name, eq, value = pair.partition("=")
+            column = COLUMN_ALIASES.get(name.lower())
+            if not eq or column is None or column == "id":
+                raise AdminError(400, "Bad arguments", [f"unknown column in {pair[:64]!r}; columns: {', '.join(COLUMNS[1:])}"])
+            row[column] = value if value != "" else None
+        missing = [name for name in ("aor", "registrar", "binding_URI") if not row.get(name)]
+        if missing:
+            raise AdminError(400, "Bad arguments", [f"missing {', '.join(missing)}"])
+        for name in ("expiry", "state"):
+            if row.get(name) is not None:
+                try:
+                    row[name] = int(row[name])
+                except ValueError:
+                    raise AdminError(400, "Bad arguments", [f"{name} must be an integer"]) from None
+        row.setdefault("state", 0)
+        return row
+
+    def reload(self, args: list[str]) -> defer.Deferred[dict[str, Any]]:
+        """Reload everything, or one record by its full key."""
+        if not args:
+            return self._reload_all()
+        if len(args) == 1:
+            key: AccountKey = self.find(args).account.key
+        elif len(args) == 3:
+            key = (args[0], args[1], args[2])
+        else:
+            raise AdminError(400, "Bad arguments", ["give nothing, AOR, or AOR BINDING REGISTRAR"])
+
+        def loaded(row: Row | None) -> dict[str, Any]:
+            if row is None:
+                if self._sync.retire(key):
+                    return {"removed": 1}
+                raise AdminError(404, "No such registrant in database", [" ".join(key)[:512]])
+            account = self._validate(row)
+            if account.key != key:
+                raise AdminError(500, "Key mismatch")
+            return {self._sync.apply(account): 1}
+
+        return self._store.load_key(key).addCallback(loaded)

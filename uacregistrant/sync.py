@@ -1,0 +1,155 @@
+# -*- test-case-name: tests.unit.test_sync -*-
+"""
+Applies the table's contents to the registry: adds new records, hands
+changed configuration to existing ones, and retires records whose rows are
+gone, so that a reload, a NOTIFY or a poll never re-registers what did not
+change.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from .account import Account, AccountKey, RowError, account_from_row
+from .registrant import Policy, Registrant
+from .registry import Registry
+from .store import Row
+
+_log = Logger()
+
+
+class TableSync:
+    """
+    The one place where rows become records.
+
+    @param poke: called with a record whose send time may have changed.
+    @param forget: called with a retired record once it is removed.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        policy: Policy,
+        clock: IReactorTime,
+        *,
+        default_expires: int,
+        timer_interval: int,
+        sockets: list[str],
+        poke: Callable[[Registrant], None],
+        forget: Callable[[Registrant], None],
+    ) -> None:
+        self._registry = registry
+        self._policy = policy
+        self._clock = clock
+        self._default_expires = default_expires
+        self._timer_interval = timer_interval
+        self._sockets = sockets
+        self.poke = poke
+        self._forget = forget
+
+    def validate(self, row: Row) -> Account:
+        """Validate a row; raises L{RowError}."""
+        return account_from_row(
+            row,
+            default_expires=self._default_expires,
+            timer_interval=self._timer_interval,
+            sockets=self._sockets,
+        )
+
+    def account(self, row: Row) -> Account | None:
+        """Validate a row; log and return C{None} if unusable."""
+        try:
+            return self.validate(row)
+        except RowError as e:
+            _log.error("skipping row id={row_id}: {reason}; fix: {hint}", row_id=row.get("id"), reason=e.reason, hint=e.hint)
+            return None
+
+    def apply(self, account: Account, immediate: bool = True) -> str:
+        """
+        Add or update one record.
+
+        @param immediate: send a new record's first REGISTER now (paced)
+            rather than at its bucket's next visit.
+        @return: C{"added"}, C{"changed"} or C{"unchanged"}.
+        """
+        now = self._clock.seconds()
+        existing = self._registry.get(account.key)
+        if existing is None:
+            registrant = Registrant(account, self._policy)
+            self._registry.add(registrant)
+            if immediate:
+                self.poke(registrant)
+            return "added"
+        if existing.retiring:
+            existing.retiring = False
+        if existing.reconfigure(account, now):
+            self.poke(existing)
+            return "changed"
+        return "unchanged"
+
+    def retire(self, key: AccountKey) -> bool:
+        """Un-register (if needed) and forget one record; C{False} if unknown."""
+        registrant = self._registry.get(key)
+        if registrant is None:
+            return False
+        registrant.retire(self._clock.seconds())
+        self.check_finished(registrant)
+        if not registrant.removed:
+            self.poke(registrant)
+        return True
+
+    def check_finished(self, registrant: Registrant) -> None:
+        """Remove a retiring record that has nothing left to send."""
+        if registrant.finished and not registrant.removed:
+            self._registry.remove(registrant)
+            self._forget(registrant)
+
+    def full(self, initial: bool = False) -> "FullSync":
+        """
+        Start a full pass: feed it every row, then call C{finish}.
+
+        @param initial: the first load: new records wait for their bucket's
+            visit, so start-up follows the bucket walk.
+        """
+        return FullSync(self, initial)
+
+
+class FullSync:
+    """One full pass over the table (load, reload or poll)."""
+
+    def __init__(self, sync: TableSync, initial: bool) -> None:
+        self._sync = sync
+        self._initial = initial
+        self.seen: set[AccountKey] = set()
+        self.counts = {"added": 0, "changed": 0, "unchanged": 0, "skipped": 0, "removed": 0}
+
+    def feed(self, rows: list[Row]) -> None:
+        """Apply a batch of rows."""
+        for row in rows:
+            account = self._sync.account(row)
+            if account is None:
+                self.counts["skipped"] += 1
+                continue
+            if account.key in self.seen:
+                _log.error(
+                    "skipping row id={row_id}: duplicate of (aor, binding_URI, registrar) {key}",
+                    row_id=row.get("id"),
+                    key=account.key,
+                )
+                self.counts["skipped"] += 1
+                continue
+            self.seen.add(account.key)
+            self.counts[self._sync.apply(account, immediate=not self._initial)] += 1
+
+    def finish(self) -> dict[str, int]:
+        """Retire every record whose row is gone; return the counts."""
+        registry = self._sync._registry
+        for registrant in list(registry):
+            key = registrant.account.key
+            if key not in self.seen and not registrant.retiring:
+                self._sync.retire(key)
+                self.counts["removed"] += 1
+        return self.counts

@@ -99,11 +99,12 @@ class Admin:
     def delete(self, registrant: Registrant) -> defer.Deferred[None]:
         """
         Un-register then forget a record; its row is kept, disabled
-        (state 1), so a reload does not bring it back.
+        (state 1), and the record stays forgotten (reloads and NOTIFYs
+        included) until that row is enabled again.
         """
         key = registrant.account.key
         d = self._store.set_state(key, 1)
-        d.addCallback(lambda _: None if self._sync.retire(key) else None)
+        d.addCallback(lambda _: None if self._sync.delete(key) else None)
         return d
 
     def upsert(self, pairs: list[str]) -> defer.Deferred[str]:

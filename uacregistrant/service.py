@@ -39,10 +39,15 @@ _log = Logger()
 def open_store(settings: Settings, reactor: Any) -> IRegistrantStore:
     """The store named by C{db_url}, opened and checked."""
     url = settings.db_url
+    store: IRegistrantStore
     if url.startswith("sqlite:"):
         store = SqliteStore(sqlite_path(url), settings.table, reactor)
+    elif url.startswith(("postgres://", "postgresql://")):
+        from .store.postgres import PostgresStore
+
+        store = PostgresStore(url, settings.table, reactor, notify=settings.db_notify)
     else:
-        raise ConfigError(f"unsupported db_url {url!r}: use sqlite:PATH")
+        raise ConfigError("unsupported db_url: use sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DBNAME")
     store.open()
     return store
 

@@ -49,6 +49,9 @@ class TableSync:
         self._sockets = sockets
         self.poke = poke
         self._forget = forget
+        #: Keys deleted by an admin: their rows stay (disabled) but the
+        #: records stay forgotten until a row for the key is enabled again.
+        self.deleted: set[AccountKey] = set()
 
     def validate(self, row: Row) -> Account:
         """Validate a row; raises L{RowError}."""
@@ -76,6 +79,10 @@ class TableSync:
         @return: C{"added"}, C{"changed"} or C{"unchanged"}.
         """
         now = self._clock.seconds()
+        if account.key in self.deleted:
+            if not account.enabled:
+                return "unchanged"
+            self.deleted.discard(account.key)
         existing = self._registry.get(account.key)
         if existing is None:
             registrant = Registrant(account, self._policy)
@@ -83,12 +90,17 @@ class TableSync:
             if immediate:
                 self.poke(registrant)
             return "added"
-        if existing.retiring:
+        if existing.retiring and account.enabled:
             existing.retiring = False
         if existing.reconfigure(account, now):
             self.poke(existing)
             return "changed"
         return "unchanged"
+
+    def delete(self, key: AccountKey) -> bool:
+        """Retire a record and keep it forgotten while its row is disabled."""
+        self.deleted.add(key)
+        return self.retire(key)
 
     def retire(self, key: AccountKey) -> bool:
         """Un-register (if needed) and forget one record; C{False} if unknown."""

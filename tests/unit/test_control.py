@@ -137,7 +137,11 @@ class ControlTests(SynchronousTestCase):
         self.assertNotIn("sip:alice@127.0.0.1:5060", self.records())
         self.assertEqual(self.table("alice")[0][1], 1)
         self.assertEqual(self.ask("reg_reload", run=1)[0], "200 OK")
-        self.assertEqual(self.records()["sip:alice@127.0.0.1:5060"]["enabled"], "no")
+        self.assertNotIn("sip:alice@127.0.0.1:5060", self.records())
+        # Enabling the row in the table brings it back.
+        sqlite3.connect(self.path).execute("UPDATE registrant SET state = 0 WHERE username = 'alice'").connection.commit()
+        self.assertEqual(self.ask("reg_reload", run=1)[0], "200 OK")
+        self.assertEqual(self.records()["sip:alice@127.0.0.1:5060"]["state"], "REGISTERED_STATE")
 
     def test_upsert(self) -> None:
         """reg_upsert adds a record (table and memory) and changes one in place."""

@@ -152,6 +152,14 @@ class TestRegistrar(DatagramProtocol):
         self.received.append(
             Received(self.clock.seconds(), user, request.call_id, number, expires, credentials is not None, addr, raw)
         )
+        _log.info(
+            "REGISTER user={user} call_id={call_id} cseq={cseq} expires={expires} authorized={authorized}",
+            user=user,
+            call_id=request.call_id,
+            cseq=number,
+            expires=expires,
+            authorized=credentials is not None,
+        )
         if policy is None:
             self._reply(request, addr, 404, "Not Found", [], self.default_delay)
             return

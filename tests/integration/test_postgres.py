@@ -1,0 +1,160 @@
+"""
+The daemon on a real PostgreSQL table: load, live changes by NOTIFY, an
+outage of the server, admin commands writing exactly one row.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from twisted.trial.unittest import TestCase
+
+from uacregistrant.control.ctl import request
+from uacregistrant.store import schema_sql
+
+from .helpers import TWISTD, Processes, environment, free_udp_port, records, wait_for
+from .postgres import PostgresServer
+
+USERS = {f"u{i}": {"password": f"pw-{i}"} for i in range(1, 8)}
+
+
+class PostgresTests(TestCase):
+    timeout = 180
+
+    def setUp(self) -> None:
+        self.server = PostgresServer()
+        self.addCleanup(self.server.destroy)
+        self.server.start()
+        self.directory = Path(self.mktemp()).resolve()
+        self.directory.mkdir(parents=True)
+        self.processes = Processes(self.directory)
+        self.addCleanup(self.processes.stop)
+
+    def row(self, user: str, port: int, local: int, **extra: object) -> None:
+        values = {
+            "registrar": f"sip:127.0.0.1:{port}", "aor": f"sip:{user}@test.invalid", "username": user,
+            "password": USERS[user]["password"], "binding_URI": f"sip:{user}@127.0.0.1:{local}", "expiry": 8,
+        }
+        values.update(extra)
+        names = ", ".join(values)
+        self.server.execute(f"INSERT INTO registrant ({names}) VALUES ({', '.join(['%s'] * len(values))})", tuple(values.values()))
+
+    def registrar_saw(self, pattern: str) -> bool:
+        return re.search(pattern, self.processes.log("registrar")) is not None
+
+    def test_live_table(self) -> None:
+        """NOTIFY applies inserts, updates and deletes within 2 s; an outage loses nothing."""
+        port = self.processes.registrar(USERS)
+        local = free_udp_port()
+        self.server.execute(schema_sql("postgres"))
+        self.row("u1", port, local)
+        self.row("u2", port, local)
+        self.row("u3", port, local, state=1)
+        _, control = self.processes.daemon(
+            ["--db-url", self.server.url, "--listen", f"udp:127.0.0.1:{local}", "--hash-size", "1",
+             "--timer-interval", "4", "--sip-t1", "100", "--retry-interval", "1", "--retry-max-interval", "2"]
+        )
+        try:
+            wait_for(lambda: {u: r["state"] for u, r in records(control).items()} ==
+                     {"u1": "REGISTERED_STATE", "u2": "REGISTERED_STATE", "u3": "NOT_REGISTERED_STATE"}, 20)
+            call_ids = {u: r["call_id"] for u, r in records(control).items()}
+
+            # INSERT: registered within 2 s, no command.
+            start = time.monotonic()
+            self.row("u4", port, local)
+            wait_for(lambda: records(control).get("u4", {}).get("state") == "REGISTERED_STATE", 2, 0.05)
+            inserted = time.monotonic() - start
+
+            # UPDATE: re-registers with the new expiry, same Call-ID.
+            self.server.execute("UPDATE registrant SET expiry = 30 WHERE username = 'u1'")
+            wait_for(lambda: records(control)["u1"]["expires"] == 30, 2, 0.05)
+            self.assertEqual(records(control)["u1"]["call_id"], call_ids["u1"])
+
+            # DELETE: the registrar receives the un-REGISTER within 2 s.
+            start = time.monotonic()
+            self.server.execute("DELETE FROM registrant WHERE username = 'u2'")
+            wait_for(lambda: self.registrar_saw(rf"user=u2 call_id={call_ids['u2']} cseq=\d+ expires=0"), 2, 0.05)
+            deleted = time.monotonic() - start
+            wait_for(lambda: "u2" not in records(control), 2, 0.05)
+            print(f"INSERT to REGISTERED {inserted:.2f}s, DELETE to un-REGISTER {deleted:.2f}s")
+
+            # Outage: 10 s without the database; registrations keep refreshing from memory.
+            sent_before = self.processes.log("registrar").count("user=u4 ")
+            self.server.stop()
+            time.sleep(10)
+            during = records(control)
+            self.assertEqual({u: r["state"] for u, r in during.items()},
+                             {"u1": "REGISTERED_STATE", "u3": "NOT_REGISTERED_STATE", "u4": "REGISTERED_STATE"})
+            self.assertGreater(self.processes.log("registrar").count("user=u4 "), sent_before)  # refreshed meanwhile
+            self.assertEqual(request(control, "reg_disable sip:u1@test.invalid")[0], "503 Database unavailable")
+            self.server.start()
+            # Changes made while the daemon was not listening are caught by the resync.
+            self.row("u5", port, local)
+            wait_for(lambda: records(control).get("u5", {}).get("state") == "REGISTERED_STATE", 20)
+            after = records(control)
+            self.assertEqual({u: after[u]["call_id"] for u in ("u1", "u4")}, {u: during[u]["call_id"] for u in ("u1", "u4")})
+            self.assertEqual(after["u1"]["state"], "REGISTERED_STATE")
+        finally:
+            print(self.processes.log("daemon")[-5000:])
+
+    def test_admin_commands_write_one_row(self) -> None:
+        """Enable, disable, delete and upsert write exactly the named row."""
+        port = self.processes.registrar(USERS)
+        local, other = free_udp_port(), free_udp_port()
+        self.server.execute(schema_sql("postgres"))
+        self.row("u6", port, local)
+        self.row("u6", port, other, binding_URI=f"sip:u6@127.0.0.1:{other}")
+        _, control = self.processes.daemon(
+            ["--db-url", self.server.url, "--listen", f"udp:127.0.0.1:{local}", "--hash-size", "0",
+             "--timer-interval", "4", "--sip-t1", "100"]
+        )
+        try:
+            wait_for(lambda: [r["state"] for r in records_all(control)] == ["REGISTERED_STATE"] * 2, 20)
+            self.assertEqual(request(control, "reg_disable sip:u6@test.invalid")[0], "409 Ambiguous AOR")
+            key = f"sip:u6@test.invalid sip:u6@127.0.0.1:{other} sip:127.0.0.1:{port}"
+            self.assertEqual(request(control, f"reg_disable {key}"), ("200 OK", ["changed"]))
+            states = self.server.execute("SELECT binding_uri, state FROM registrant ORDER BY id")
+            self.assertEqual(states, [(f"sip:u6@127.0.0.1:{local}", 0), (f"sip:u6@127.0.0.1:{other}", 1)])
+            status, body = request(
+                control,
+                f"reg_upsert aor=sip:u7@test.invalid registrar=sip:127.0.0.1:{port} binding_URI=sip:u7@127.0.0.1:{local} "
+                "username=u7 password=pw-7 expiry=60",
+            )
+            self.assertEqual((status, body), ("200 OK", ["added"]))
+            self.assertEqual(self.server.execute("SELECT expiry, state FROM registrant WHERE username = 'u7'"), [(60, 0)])
+            wait_for(lambda: records(control).get("u7", {}).get("state") == "REGISTERED_STATE", 5)
+            self.assertEqual(request(control, "reg_delete sip:u7@test.invalid")[0], "200 OK")
+            self.assertEqual(self.server.execute("SELECT state FROM registrant WHERE username = 'u7'"), [(1,)])
+            wait_for(lambda: "u7" not in records(control), 5)
+            self.assertEqual(request(control, f"reg_enable {key}"), ("200 OK", ["changed"]))
+            self.assertEqual(self.server.execute("SELECT state FROM registrant ORDER BY id")[:2], [(0,), (0,)])
+            log = self.processes.log("daemon")
+            self.assertNotIn("secret-pg", log)
+            self.assertNotIn("pw-7", log)
+        finally:
+            print(self.processes.log("daemon")[-5000:])
+
+    def test_refuses_unreachable_database(self) -> None:
+        """An unreachable server stops the start with one line, password hidden."""
+        self.server.stop()
+        result = subprocess.run(
+            [*TWISTD, "-n", "--pidfile=", "uacregistrant", "--db-url", self.server.url,
+             "--listen", f"udp:127.0.0.1:{free_udp_port()}", "--control", f"unix:{self.processes.sockets / 'c'}"],
+            capture_output=True, env=environment(), cwd=self.directory, timeout=60,
+        )
+        err = result.stderr.decode()
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("uacregistrant: cannot start: cannot connect to postgresql://postgres:***@127.0.0.1:", err)
+        self.assertNotIn("secret-pg", err + result.stdout.decode())
+
+
+def records_all(control: str) -> list[dict]:
+    import json
+
+    status, body = request(control, "reg_list json")
+    assert status == "200 OK", status
+    return list(json.loads(body[0])["Records"])

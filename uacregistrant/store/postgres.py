@@ -1,0 +1,429 @@
+# -*- test-case-name: tests.integration.test_postgres -*-
+"""
+The registrant table in PostgreSQL, through txpostgres (no threads).
+
+Rows are read through an SQL cursor in batches inside one transaction
+(a consistent snapshot that never sits in memory whole).  Live changes come
+from a trigger that NOTIFYs the changed row's id and key; a second
+connection LISTENs.  When the server goes away, registrations carry on from
+memory; both connections come back with back-off and a full resync catches
+whatever changed meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txpostgres import txpostgres
+from zope.interface import implementer
+
+from . import (
+    BATCH_SIZE,
+    COLUMNS,
+    REQUIRED_COLUMNS,
+    IRegistrantStore,
+    Key,
+    Row,
+    StoreError,
+    TableLayout,
+    quote_identifier,
+    row_assignments,
+    schema_sql,
+)
+
+_log = Logger()
+KEY_COLUMNS = ("aor", "binding_URI", "registrar")
+#: Seconds between liveness checks of the LISTEN connection.
+KEEPALIVE = 2.0
+#: Reconnection back-off: first delay, factor, cap (seconds).
+BACKOFF = (0.5, 2.0, 10.0)
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced, for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def channel_name(table: str) -> str:
+    """The NOTIFY channel for a table (an identifier of 63 bytes at most)."""
+    return ("uacregistrant_" + re.sub(r"[^a-z0-9_]", "_", table.lower()))[:63]
+
+
+def notify_sql(layout: TableLayout, columns: dict[str, str]) -> str:
+    """
+    The trigger that NOTIFYs every change: C{{"op", "id", "new", "old"}}
+    with the keys as C{[aor, binding_URI, registrar]}; TRUNCATE asks for a
+    full resync.  C{columns} maps logical names to the table's real ones.
+    """
+    table = quote_identifier(layout.table)
+    channel = channel_name(layout.table)
+    function = quote_identifier(channel + "_notify")
+
+    def key(record: str) -> str:
+        return "json_build_array(" + ", ".join(f"{record}.{quote_identifier(columns[c])}" for c in KEY_COLUMNS) + ")"
+
+    row_id = f"{{record}}.{quote_identifier(columns['id'])}" if "id" in columns else "NULL"
+    return f"""
+CREATE OR REPLACE FUNCTION {function}() RETURNS trigger AS $body$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        PERFORM pg_notify('{channel}', '{{"op": "TRUNCATE"}}');
+        RETURN NULL;
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('{channel}', json_build_object('op', TG_OP, 'id', {row_id.format(record="OLD")}, 'old', {key("OLD")})::text);
+        RETURN OLD;
+    ELSIF TG_OP = 'UPDATE' THEN
+        PERFORM pg_notify('{channel}', json_build_object('op', TG_OP, 'id', {row_id.format(record="NEW")}, 'new', {key("NEW")}, 'old', {key("OLD")})::text);
+        RETURN NEW;
+    END IF;
+    PERFORM pg_notify('{channel}', json_build_object('op', TG_OP, 'id', {row_id.format(record="NEW")}, 'new', {key("NEW")})::text);
+    RETURN NEW;
+END;
+$body$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS uacregistrant_notify ON {table};
+CREATE TRIGGER uacregistrant_notify AFTER INSERT OR UPDATE OR DELETE ON {table}
+    FOR EACH ROW EXECUTE FUNCTION {function}();
+DROP TRIGGER IF EXISTS uacregistrant_notify_truncate ON {table};
+CREATE TRIGGER uacregistrant_notify_truncate AFTER TRUNCATE ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION {function}();
+"""
+
+
+class _Connection(txpostgres.Connection):  # type: ignore[misc]
+    """A txpostgres connection that reports its loss."""
+
+    on_lost: Callable[[Failure], None] | None = None
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        if self.on_lost is not None:
+            self.on_lost(reason)
+
+
+@implementer(IRegistrantStore)
+class PostgresStore:
+    """The registrant table in PostgreSQL."""
+
+    def __init__(self, url: str, layout: TableLayout, reactor: Any, notify: bool = True) -> None:
+        self.url = url
+        self.layout = layout
+        self.reactor = reactor
+        self.notify = notify
+        self._clock: IReactorTime = reactor
+        self._present: dict[str, str] = {}
+        self._conn: _Connection | None = None
+        self._waiters: list[defer.Deferred[_Connection]] | None = None
+        self._listener: _Connection | None = None
+        self._on_change: Callable[[Key | None, Key | None], defer.Deferred[None]] | None = None
+        self._on_resync: Callable[[], None] | None = None
+        self._keepalive = LoopingCall(self._check_listener)
+        self._keepalive.clock = reactor
+        self._retry: IDelayedCall | None = None
+        self._delay = BACKOFF[0]
+        self._listening_once = False
+        self._closed = False
+
+    # Start-up checks: synchronous, before the reactor runs.
+
+    def open(self) -> None:
+        """Connect once, create the table if missing, check columns, install the trigger."""
+        try:
+            db = psycopg2.connect(self.url, connect_timeout=5)
+        except psycopg2.Error as e:
+            raise StoreError(f"cannot connect to {redact(self.url)}: {str(e).strip().splitlines()[0]}") from None
+        try:
+            db.autocommit = True
+            with db.cursor() as cursor:
+                self._prepare(cursor)
+        except psycopg2.Error as e:
+            raise StoreError(f"cannot use table {self.layout.table} at {redact(self.url)}: {str(e).strip().splitlines()[0]}") from None
+        finally:
+            db.close()
+
+    def _prepare(self, cursor: Any) -> None:
+        table = self.layout.table
+        cursor.execute("SELECT to_regclass(%s)", (quote_identifier(table),))
+        if cursor.fetchone()[0] is None:
+            if not self.layout.is_default:
+                raise StoreError(
+                    f"table {table} does not exist; create it (see the packaged schema registrant-postgres.sql) "
+                    "or use the default table and column names"
+                )
+            cursor.execute(schema_sql("postgres"))
+            _log.info("created table {table}", table=table)
+        cursor.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s",
+            (table,),
+        )
+        actual = {str(name).lower(): str(name) for (name,) in cursor.fetchall()}
+        missing = []
+        for logical in COLUMNS:
+            real = self.layout.columns[logical]
+            if real.lower() in actual:
+                self._present[logical] = actual[real.lower()]
+            elif logical in REQUIRED_COLUMNS:
+                missing.append(real)
+        if missing:
+            raise StoreError(f"table {table} lacks required column(s): {', '.join(missing)}")
+        if self.notify:
+            cursor.execute(notify_sql(self.layout, self._present))
+
+    # Connections.
+
+    def _query_connection(self) -> defer.Deferred[_Connection]:
+        if self._conn is not None and not self._conn.closed:
+            return defer.succeed(self._conn)
+        waiter: defer.Deferred[_Connection] = defer.Deferred()
+        if self._waiters is not None:
+            self._waiters.append(waiter)
+            return waiter
+        self._waiters = [waiter]
+        connection = _Connection(reactor=self.reactor)
+
+        def connected(_: object) -> None:
+            waiters, self._waiters = self._waiters or [], None
+            self._conn = connection
+            connection.on_lost = lambda reason: self._lost("query", reason)
+            for w in waiters:
+                w.callback(connection)
+
+        def failed(reason: Failure) -> None:
+            waiters, self._waiters = self._waiters or [], None
+            for w in waiters:
+                w.errback(StoreError(f"database unavailable: {_message(reason)}"))
+
+        connection.connect(self.url).addCallbacks(connected, failed)
+        return waiter
+
+    def _run(self, operation: Callable[[_Connection], defer.Deferred[Any]]) -> defer.Deferred[Any]:
+        d = self._query_connection()
+        d.addCallback(operation)
+
+        def failed(reason: Failure) -> Failure:
+            if reason.check(StoreError):
+                return reason
+            if reason.check(psycopg2.OperationalError, psycopg2.InterfaceError):
+                self._drop_query_connection()
+            return Failure(StoreError(f"database error: {_message(reason)}"))
+
+        return d.addErrback(failed)
+
+    def _drop_query_connection(self) -> None:
+        connection, self._conn = self._conn, None
+        if connection is not None and not connection.closed:
+            connection.on_lost = None
+            try:
+                connection.close()
+            except Exception:
+                pass
+
+    def _lost(self, which: str, reason: Failure) -> None:
+        if self._closed:
+            return
+        _log.warn("database connection ({which}) lost: {error}; registrations continue from memory", which=which, error=_message(reason))
+        if which == "query":
+            self._conn = None
+        else:
+            self._listen_failed(reason)
+
+    # Reading.
+
+    def _select(self) -> tuple[list[str], str]:
+        logical = list(self._present)
+        columns = ", ".join(quote_identifier(self._present[name]) for name in logical)
+        return logical, f"SELECT {columns} FROM {quote_identifier(self.layout.table)}"
+
+    def _where_key(self) -> str:
+        return " AND ".join(f"{quote_identifier(self._present[name])} = %s" for name in KEY_COLUMNS)
+
+    @staticmethod
+    def _row(logical: list[str], values: tuple[Any, ...]) -> Row:
+        row: Row = dict.fromkeys(COLUMNS)
+        row.update(zip(logical, values))
+        return row
+
+    def load(self, consume: Callable[[list[Row]], None]) -> defer.Deferred[None]:
+        """Read every row in one snapshot, BATCH_SIZE per FETCH."""
+        logical, query = self._select()
+
+        @defer.inlineCallbacks
+        def interaction(cursor: Any) -> Any:
+            yield cursor.execute(f"DECLARE uacregistrant_load NO SCROLL CURSOR FOR {query}")
+            while True:
+                yield cursor.execute(f"FETCH {BATCH_SIZE} FROM uacregistrant_load")
+                values = cursor.fetchall()
+                if values:
+                    consume([self._row(logical, v) for v in values])
+                if len(values) < BATCH_SIZE:
+                    break
+            yield cursor.execute("CLOSE uacregistrant_load")
+
+        return self._run(lambda connection: connection.runInteraction(interaction))
+
+    def load_key(self, key: Key) -> defer.Deferred[Row | None]:
+        """The row with this key, or C{None}."""
+        logical, query = self._select()
+
+        def found(rows: list[tuple[Any, ...]]) -> Row | None:
+            return self._row(logical, rows[0]) if rows else None
+
+        return self._run(lambda c: c.runQuery(f"{query} WHERE {self._where_key()}", key)).addCallback(found)
+
+    # Writing.
+
+    def set_state(self, key: Key, state: int) -> defer.Deferred[None]:
+        """Write the state column of exactly this record."""
+        if "state" not in self._present:
+            return defer.succeed(None)
+        sql = (
+            f"UPDATE {quote_identifier(self.layout.table)} SET {quote_identifier(self._present['state'])} = %s "
+            f"WHERE {self._where_key()}"
+        )
+        return self._run(lambda c: c.runOperation(sql, (state, *key))).addCallback(lambda _: None)
+
+    def upsert(self, row: Row) -> defer.Deferred[None]:
+        """Update the row with the same key, or insert it (one transaction)."""
+        assignments = row_assignments(row, self.layout, self._present)
+        table = quote_identifier(self.layout.table)
+        key = [row[name] for name in KEY_COLUMNS]
+        sets = ", ".join(f"{quote_identifier(name)} = %s" for name, _ in assignments)
+        names = ", ".join(quote_identifier(name) for name, _ in assignments)
+        marks = ", ".join("%s" for _ in assignments)
+        values = [v for _, v in assignments]
+
+        @defer.inlineCallbacks
+        def interaction(cursor: Any) -> Any:
+            yield cursor.execute(f"UPDATE {table} SET {sets} WHERE {self._where_key()}", values + key)
+            if cursor.rowcount == 0:
+                yield cursor.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", values)
+
+        return self._run(lambda c: c.runInteraction(interaction)).addCallback(lambda _: None)
+
+    # Live changes.
+
+    def watch(
+        self,
+        on_change: Callable[[Key | None, Key | None], defer.Deferred[None]],
+        on_resync: Callable[[], None],
+    ) -> None:
+        """LISTEN for the trigger's NOTIFYs (unless --no-db-notify)."""
+        if not self.notify:
+            return
+        self._on_change = on_change
+        self._on_resync = on_resync
+        self._listen()
+
+    def _listen(self) -> None:
+        self._retry = None
+        if self._closed:
+            return
+        listener = _Connection(reactor=self.reactor)
+        listener.addNotifyObserver(self._notified)
+        d = listener.connect(self.url)
+        d.addCallback(lambda _: listener.runOperation(f"LISTEN {channel_name(self.layout.table)}"))
+
+        def listening(_: object) -> None:
+            self._listener = listener
+            listener.on_lost = lambda reason: self._lost("listen", reason)
+            self._delay = BACKOFF[0]
+            if not self._keepalive.running:
+                self._keepalive.start(KEEPALIVE, now=False)
+            if self._listening_once:
+                _log.info("database connection back: resynchronising the table")
+                if self._on_resync is not None:
+                    self._on_resync()
+            self._listening_once = True
+
+        def failed(reason: Failure) -> None:
+            try:
+                listener.close()
+            except Exception:
+                pass
+            self._listen_failed(reason)
+
+        d.addCallbacks(listening, failed)
+
+    def _listen_failed(self, reason: Failure) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.on_lost = None
+            try:
+                listener.close()
+            except Exception:
+                pass
+        self._drop_query_connection()
+        if self._closed or self._retry is not None:
+            return
+        _log.warn(
+            "cannot LISTEN at {url}: {error}; retrying in {delay:.1f}s",
+            url=redact(self.url),
+            error=_message(reason),
+            delay=self._delay,
+        )
+        self._retry = self._clock.callLater(self._delay, self._listen)
+        self._delay = min(BACKOFF[2], self._delay * BACKOFF[1])
+
+    def _check_listener(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        d = listener.runQuery("SELECT 1")
+        d.addErrback(self._listen_failed)
+
+    def _notified(self, notify: Any) -> defer.Deferred[None] | None:
+        try:
+            payload = json.loads(notify.payload)
+            op = payload["op"]
+        except (ValueError, KeyError, TypeError):
+            _log.warn("ignoring malformed NOTIFY payload {payload!r}", payload=str(getattr(notify, "payload", ""))[:200])
+            return None
+        if op == "TRUNCATE":
+            if self._on_resync is not None:
+                self._on_resync()
+            return None
+        new = _key(payload.get("new"))
+        old = _key(payload.get("old"))
+        if self._on_change is None:
+            return None
+        d = self._on_change(new if op != "DELETE" else None, old)
+        return d.addErrback(lambda f: _log.failure("applying a NOTIFY for row {row_id} failed", f, row_id=payload.get("id")))
+
+    def close(self) -> None:
+        """Close both connections and stop reconnecting."""
+        self._closed = True
+        if self._keepalive.running:
+            self._keepalive.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        for connection in (self._listener, self._conn):
+            if connection is not None and not connection.closed:
+                connection.on_lost = None
+                try:
+                    connection.close()
+                except Exception:
+                    pass
+        self._listener = self._conn = None
+
+
+def _key(value: Any) -> Key | None:
+    if isinstance(value, list) and len(value) == 3 and all(isinstance(v, str) for v in value):
+        return (value[0], value[1], value[2])
+    return None
+
+
+def _message(reason: Failure) -> str:
+    text = str(reason.value).strip()
+    return text.splitlines()[0] if text else reason.type.__name__ if reason.type else "error"

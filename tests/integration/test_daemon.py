@@ -174,6 +174,11 @@ class DaemonTests(TestCase):
         # twistd re-raises SIGTERM after a clean shutdown (exit status -15).
         self.assertIn(daemon.wait(10), (0, -15))
         self.assertIn("Server Shut Down.", self.processes.log("daemon"))
+        # Shutdown un-registered the registered bindings (and only those).
+        registrar = self.processes.log("registrar")
+        for user in ("md5", "sha", "forced", "named"):
+            self.assertRegex(registrar, rf"user={user} call_id={found[user]['call_id']} cseq=\d+ expires=0")
+        self.assertNotRegex(registrar, r"user=(wrong|busy|disabled) [^\n]*expires=0")
 
     def refusal(self, *args: str) -> str:
         result = subprocess.run(

@@ -198,3 +198,52 @@ class SimulationTests(SynchronousTestCase):
         self.assertEqual(len(service.registry), 4500)
         sim.run(0.1)
         self.assertGreater(len(sim.registrar.received), 0)
+
+    def test_shutdown_unregisters_in_parallel(self) -> None:
+        """Stopping un-registers every registered binding, paced, within the timeout."""
+        users = {f"u{i}": UserPolicy(password="p") for i in range(30)}
+        users["deaf"] = UserPolicy(password="p")
+        sim = self.simulation(users, hash_size=0, timer_interval=100, send_rate=1000, shutdown_timeout=3)
+        for user in users:
+            sim.add(user, password="p")
+        service = sim.start()
+        sim.run(2)
+        self.assertEqual(len(sim.registrar.bindings), 31)
+        users["deaf"].silent = True
+        stopped = service.stopService()
+        sim.run(0.5)
+        self.assertEqual(list(sim.registrar.bindings), [("sip:deaf@test.invalid", "sip:deaf@127.0.0.1:5060")])
+        self.assertNoResult(stopped)
+        sim.run(3)
+        self.successResultOf(stopped)
+        sim.service = None
+
+    def test_shutdown_can_leave_bindings(self) -> None:
+        """--no-unregister-on-shutdown leaves the bindings in place."""
+        sim = self.simulation({"a": UserPolicy()}, hash_size=0, timer_interval=100, unregister_on_shutdown=False)
+        sim.add("a")
+        service = sim.start()
+        sim.run(1)
+        self.successResultOf(service.stopService())
+        sim.run(1)
+        self.assertEqual(len(sim.registrar.bindings), 1)
+        sim.service = None
+
+    def test_db_poll(self) -> None:
+        """--db-poll applies inserts, updates and deletes without a command, keeping Call-IDs."""
+        users = {"a": UserPolicy(), "b": UserPolicy(), "c": UserPolicy()}
+        sim = self.simulation(users, hash_size=0, timer_interval=100, db_poll=5)
+        sim.add("a")
+        sim.add("b")
+        service = sim.start()
+        sim.run(1)
+        call_id = service.registry.by_aor("sip:a@test.invalid")[0].call_id
+        sim.add("c")
+        sim.db.execute("UPDATE registrant SET expiry = 1800 WHERE username = 'a'")
+        sim.db.execute("DELETE FROM registrant WHERE username = 'b'")
+        sim.db.commit()
+        sim.run(5)
+        self.assertEqual(sim.states(), {"a": "REGISTERED_STATE", "c": "REGISTERED_STATE"})
+        a = service.registry.by_aor("sip:a@test.invalid")[0]
+        self.assertEqual((a.call_id, a.expires), (call_id, 1800))
+        self.assertNotIn("sip:b@test.invalid", [k[0] for k in sim.registrar.bindings])

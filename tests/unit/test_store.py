@@ -5,7 +5,7 @@ import sqlite3
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from uacregistrant.store import COLUMNS, StoreError, TableLayout
+from uacregistrant.store import COLUMNS, StoreError, TableLayout, schema_sql
 from uacregistrant.store.sqlite import SqliteStore, sqlite_path
 
 
@@ -72,3 +72,15 @@ class SqliteStoreTests(SynchronousTestCase):
         self.assertEqual(sqlite_path("sqlite:///var/lib/reg.db"), "/var/lib/reg.db")
         with self.assertRaises(StoreError):
             sqlite_path("sqlite:")
+
+
+class NotifySqlTests(SynchronousTestCase):
+    def test_shipped_trigger_matches_generated(self) -> None:
+        """The trigger SQL shipped for DBAs is what the daemon installs for the default table."""
+        from uacregistrant.store.postgres import notify_sql
+
+        columns = {name: name for name in COLUMNS}
+        columns["binding_URI"] = "binding_uri"
+        shipped = schema_sql("notify-postgres")
+        self.assertIn(notify_sql(TableLayout(), columns), shipped)
+        self.assertIn("pg_notify('uacregistrant_registrant'", shipped)

@@ -43,7 +43,7 @@ Row = dict[str, Any]
 #: The table's unique key: (aor, binding_URI, registrar).
 Key = tuple[str, str, str]
 #: Rows are handed over in batches of this many.
-BATCH_SIZE = 2000
+BATCH_SIZE = 1000
 
 
 class StoreError(Exception):

@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.simulation import REGISTRAR, Simulation
 from uacregistrant.registry import bucket_of
+from uacregistrant.store import BATCH_SIZE
 from uacregistrant.testing.registrar import UserPolicy
 
 
@@ -182,7 +183,7 @@ class SimulationTests(SynchronousTestCase):
         self.assertTrue(all(e["hint"] for e in skipped))
 
     def test_large_table_loads_in_slices(self) -> None:
-        """Loading gives the reactor a turn every 2000 rows; walking starts after the last."""
+        """Loading gives the reactor a turn every BATCH_SIZE rows; walking starts after the last."""
         users = {f"u{i}": UserPolicy() for i in range(4500)}
         sim = self.simulation(users, hash_size=0, timer_interval=100)
         sim.db.executemany(
@@ -192,7 +193,7 @@ class SimulationTests(SynchronousTestCase):
         sim.db.commit()
         service = sim.start()
         # The first slice loads at once; the rest waits for the next reactor turns.
-        self.assertEqual(len(service.registry), 2000)
+        self.assertEqual(len(service.registry), BATCH_SIZE)
         self.assertTrue(any(call.getTime() == 0 for call in sim.reactor.getDelayedCalls()))
         sim.reactor.advance(0)
         self.assertEqual(len(service.registry), 4500)

@@ -6,7 +6,7 @@ All registrants, in 2^hash_size buckets chosen by a stable hash of the AOR.
 from __future__ import annotations
 
 import zlib
-from typing import Iterator
+from typing import Iterator, KeysView
 
 from .account import AccountKey
 from .registrant import Registrant
@@ -58,6 +58,10 @@ class Registry:
         if not same:
             del self._by_aor[key[0]]
         registrant.removed = True
+
+    def keys(self) -> KeysView[AccountKey]:
+        """Every record's key (a live view)."""
+        return self._by_key.keys()
 
     def get(self, key: AccountKey) -> Registrant | None:
         """The registrant with this key, or C{None}."""

@@ -6,6 +6,7 @@ pacer → client → transactions → transports, and the control endpoints.
 
 from __future__ import annotations
 
+import gc
 from typing import Any, cast
 
 from twisted.application.internet import StreamServerEndpointService
@@ -154,7 +155,16 @@ class RegistrantService(MultiService):
 
     def _reload(self, initial: bool = False) -> defer.Deferred[dict[str, int]]:
         full = self.sync.full(initial)
-        d = self.store.load(full.feed)
+
+        def feed(rows: list[Row]) -> None:
+            full.feed(rows)
+            # Records live for the daemon's life: move them out of the
+            # cyclic GC's reach, so full collections stay short however
+            # large the table (100k records: 260 ms pauses without this).
+            gc.collect(1)
+            gc.freeze()
+
+        d = self.store.load(feed)
 
         def finished(_: object) -> dict[str, int]:
             counts = full.finish()

@@ -159,9 +159,9 @@ class FullSync:
     def finish(self) -> dict[str, int]:
         """Retire every record whose row is gone; return the counts."""
         registry = self._sync._registry
-        for registrant in list(registry):
-            key = registrant.account.key
-            if key not in self.seen and not registrant.retiring:
+        for key in registry.keys() - self.seen:
+            registrant = registry.get(key)
+            if registrant is not None and not registrant.retiring:
                 self._sync.retire(key)
                 self.counts["removed"] += 1
         return self.counts

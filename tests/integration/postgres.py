@@ -48,6 +48,8 @@ class PostgresServer:
             os.chown(self.directory, entry.pw_uid, entry.pw_gid)
         self.process: subprocess.Popen[bytes] | None = None
         self.url = f"postgresql://postgres:secret-pg@127.0.0.1:{self.port}/postgres"
+        #: The same server through its UNIX socket directory.
+        self.socket_url = f"postgres:///postgres?host={self.directory}&port={self.port}&user=postgres"
         result = subprocess.run(
             [self.initdb, "-D", self.data, "-U", "postgres", "-A", "trust", "--no-locale", "-E", "UTF8"],
             capture_output=True, user=self.user, cwd=self.directory, timeout=120,

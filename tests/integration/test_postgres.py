@@ -102,14 +102,14 @@ class PostgresTests(TestCase):
             print(self.processes.log("daemon")[-5000:])
 
     def test_admin_commands_write_one_row(self) -> None:
-        """Enable, disable, delete and upsert write exactly the named row."""
+        """Enable, disable, delete and upsert write exactly the named row (through the UNIX socket)."""
         port = self.processes.registrar(USERS)
         local, other = free_udp_port(), free_udp_port()
         self.server.execute(schema_sql("postgres"))
         self.row("u6", port, local)
         self.row("u6", port, other, binding_URI=f"sip:u6@127.0.0.1:{other}")
         _, control = self.processes.daemon(
-            ["--db-url", self.server.url, "--listen", f"udp:127.0.0.1:{local}", "--hash-size", "0",
+            ["--db-url", self.server.socket_url, "--listen", f"udp:127.0.0.1:{local}", "--hash-size", "0",
              "--timer-interval", "4", "--sip-t1", "100"]
         )
         try:

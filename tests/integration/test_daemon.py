@@ -11,7 +11,6 @@ import os
 import socket
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 from twisted.trial.unittest import TestCase

@@ -90,7 +90,7 @@ class ControlTests(SynchronousTestCase):
         self.assertEqual(self.ask("reg_force_register sip:bob@test.invalid")[0], "409 Registrant disabled")
         self.assertEqual(self.ask("reg_upsert aor=sip:x@y")[0], "400 Bad arguments")
         self.assertEqual(self.ask("reg_upsert nonsense")[0], "400 Bad arguments")
-        bad = self.ask(f"reg_upsert aor=sip:x@test.invalid registrar=sip:u@h binding_URI=sip:x@h")
+        bad = self.ask("reg_upsert aor=sip:x@test.invalid registrar=sip:u@h binding_URI=sip:x@h")
         self.assertEqual(bad[0], "400 Bad record")
         self.assertIn("user part", bad[1])
         self.assertEqual(self.ask("reg_reload sip:a b")[0], "400 Bad arguments")

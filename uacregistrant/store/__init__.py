@@ -32,6 +32,7 @@ COLUMNS = (
     "state",
 )
 REQUIRED_COLUMNS = ("aor", "registrar", "binding_URI")
+KEY_COLUMNS = ("aor", "binding_URI", "registrar")
 #: Names accepted for the columns in admin commands (lower case).
 COLUMN_ALIASES = {name.lower(): name for name in COLUMNS} | {
     "binding": "binding_URI",
@@ -119,3 +120,43 @@ class IRegistrantStore(Interface):
 def row_assignments(row: Row, layout: TableLayout, present: dict[str, str]) -> list[tuple[str, Any]]:
     """C{(real column, value)} for every logical column of C{row} the table has (not id)."""
     return [(present[name], row[name]) for name in COLUMNS if name != "id" and name in row and name in present]
+
+
+def match_columns(layout: TableLayout, actual: list[str], where: str) -> dict[str, str]:
+    """
+    Map each logical column to the table's real column name (matched
+    case-insensitively); optional columns may be absent.
+
+    @raise StoreError: naming the missing required columns.
+    """
+    by_lower = {name.lower(): name for name in actual}
+    present: dict[str, str] = {}
+    missing = []
+    for logical in COLUMNS:
+        real = layout.columns[logical]
+        if real.lower() in by_lower:
+            present[logical] = by_lower[real.lower()]
+        elif logical in REQUIRED_COLUMNS:
+            missing.append(real)
+    if missing:
+        raise StoreError(f"table {where} lacks required column(s): {', '.join(missing)}")
+    return present
+
+
+def select_sql(layout: TableLayout, present: dict[str, str]) -> tuple[list[str], str]:
+    """The logical columns read, and the SELECT reading them."""
+    logical = list(present)
+    columns = ", ".join(quote_identifier(present[name]) for name in logical)
+    return logical, f"SELECT {columns} FROM {quote_identifier(layout.table)}"
+
+
+def where_key_sql(present: dict[str, str], placeholder: str) -> str:
+    """C{aor = ? AND binding_URI = ? AND registrar = ?} with the real names."""
+    return " AND ".join(f"{quote_identifier(present[name])} = {placeholder}" for name in KEY_COLUMNS)
+
+
+def make_row(logical: list[str], values: tuple[Any, ...]) -> Row:
+    """A row keyed by every logical column (absent ones C{None})."""
+    row: Row = dict.fromkeys(COLUMNS)
+    row.update(zip(logical, values))
+    return row

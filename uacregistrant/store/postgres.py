@@ -28,20 +28,22 @@ from zope.interface import implementer
 
 from . import (
     BATCH_SIZE,
-    COLUMNS,
-    REQUIRED_COLUMNS,
+    KEY_COLUMNS,
     IRegistrantStore,
     Key,
     Row,
     StoreError,
     TableLayout,
+    make_row,
+    match_columns,
     quote_identifier,
     row_assignments,
     schema_sql,
+    select_sql,
+    where_key_sql,
 )
 
 _log = Logger()
-KEY_COLUMNS = ("aor", "binding_URI", "registrar")
 #: Seconds between liveness checks of the LISTEN connection.
 KEEPALIVE = 2.0
 #: Reconnection back-off: first delay, factor, cap (seconds).
@@ -168,16 +170,7 @@ class PostgresStore:
             "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s",
             (table,),
         )
-        actual = {str(name).lower(): str(name) for (name,) in cursor.fetchall()}
-        missing = []
-        for logical in COLUMNS:
-            real = self.layout.columns[logical]
-            if real.lower() in actual:
-                self._present[logical] = actual[real.lower()]
-            elif logical in REQUIRED_COLUMNS:
-                missing.append(real)
-        if missing:
-            raise StoreError(f"table {table} lacks required column(s): {', '.join(missing)}")
+        self._present = match_columns(self.layout, [str(name) for (name,) in cursor.fetchall()], table)
         if self.notify:
             cursor.execute(notify_sql(self.layout, self._present))
 
@@ -223,12 +216,7 @@ class PostgresStore:
 
     def _drop_query_connection(self) -> None:
         connection, self._conn = self._conn, None
-        if connection is not None and not connection.closed:
-            connection.on_lost = None
-            try:
-                connection.close()
-            except Exception:
-                pass
+        _close_quietly(connection)
 
     def _lost(self, which: str, reason: Failure) -> None:
         if self._closed:
@@ -242,18 +230,10 @@ class PostgresStore:
     # Reading.
 
     def _select(self) -> tuple[list[str], str]:
-        logical = list(self._present)
-        columns = ", ".join(quote_identifier(self._present[name]) for name in logical)
-        return logical, f"SELECT {columns} FROM {quote_identifier(self.layout.table)}"
+        return select_sql(self.layout, self._present)
 
     def _where_key(self) -> str:
-        return " AND ".join(f"{quote_identifier(self._present[name])} = %s" for name in KEY_COLUMNS)
-
-    @staticmethod
-    def _row(logical: list[str], values: tuple[Any, ...]) -> Row:
-        row: Row = dict.fromkeys(COLUMNS)
-        row.update(zip(logical, values))
-        return row
+        return where_key_sql(self._present, "%s")
 
     def load(self, consume: Callable[[list[Row]], None]) -> defer.Deferred[None]:
         """Read every row in one snapshot, BATCH_SIZE per FETCH."""
@@ -266,7 +246,7 @@ class PostgresStore:
                 yield cursor.execute(f"FETCH {BATCH_SIZE} FROM uacregistrant_load")
                 values = cursor.fetchall()
                 if values:
-                    consume([self._row(logical, v) for v in values])
+                    consume([make_row(logical, v) for v in values])
                 if len(values) < BATCH_SIZE:
                     break
             yield cursor.execute("CLOSE uacregistrant_load")
@@ -278,7 +258,7 @@ class PostgresStore:
         logical, query = self._select()
 
         def found(rows: list[tuple[Any, ...]]) -> Row | None:
-            return self._row(logical, rows[0]) if rows else None
+            return make_row(logical, rows[0]) if rows else None
 
         return self._run(lambda c: c.runQuery(f"{query} WHERE {self._where_key()}", key)).addCallback(found)
 
@@ -348,22 +328,14 @@ class PostgresStore:
             self._listening_once = True
 
         def failed(reason: Failure) -> None:
-            try:
-                listener.close()
-            except Exception:
-                pass
+            _close_quietly(listener)
             self._listen_failed(reason)
 
         d.addCallbacks(listening, failed)
 
     def _listen_failed(self, reason: Failure) -> None:
         listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.on_lost = None
-            try:
-                listener.close()
-            except Exception:
-                pass
+        _close_quietly(listener)
         self._drop_query_connection()
         if self._closed or self._retry is not None:
             return
@@ -409,13 +381,19 @@ class PostgresStore:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         for connection in (self._listener, self._conn):
-            if connection is not None and not connection.closed:
-                connection.on_lost = None
-                try:
-                    connection.close()
-                except Exception:
-                    pass
+            _close_quietly(connection)
         self._listener = self._conn = None
+
+
+def _close_quietly(connection: _Connection | None) -> None:
+    """Close a connection that may be half-dead, without reporting its loss."""
+    if connection is None or connection.closed:
+        return
+    connection.on_lost = None
+    try:
+        connection.close()
+    except Exception:
+        pass
 
 
 def _key(value: Any) -> Key | None:

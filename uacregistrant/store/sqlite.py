@@ -18,16 +18,18 @@ from zope.interface import implementer
 
 from . import (
     BATCH_SIZE,
-    COLUMNS,
-    REQUIRED_COLUMNS,
     IRegistrantStore,
     Key,
     Row,
     StoreError,
     TableLayout,
+    make_row,
+    match_columns,
     quote_identifier,
     row_assignments,
     schema_sql,
+    select_sql,
+    where_key_sql,
 )
 
 _log = Logger()
@@ -82,16 +84,7 @@ class SqliteStore:
             info = db.execute(f"PRAGMA table_info({quote_identifier(table)})").fetchall()
         except sqlite3.Error as e:
             raise StoreError(f"cannot read table {table} in {self.path}: {e}") from None
-        actual = {str(row[1]).lower(): str(row[1]) for row in info}
-        missing = []
-        for logical in COLUMNS:
-            real = self.layout.columns[logical]
-            if real.lower() in actual:
-                self._present[logical] = actual[real.lower()]
-            elif logical in REQUIRED_COLUMNS:
-                missing.append(real)
-        if missing:
-            raise StoreError(f"table {table} in {self.path} lacks required column(s): {', '.join(missing)}")
+        self._present = match_columns(self.layout, [str(row[1]) for row in info], f"{table} in {self.path}")
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -99,18 +92,10 @@ class SqliteStore:
         return self._db
 
     def _select(self) -> tuple[list[str], str]:
-        logical = list(self._present)
-        columns = ", ".join(quote_identifier(self._present[name]) for name in logical)
-        return logical, f"SELECT {columns} FROM {quote_identifier(self.layout.table)}"
+        return select_sql(self.layout, self._present)
 
     def _where_key(self) -> str:
-        return " AND ".join(f"{quote_identifier(self._present[name])} = ?" for name in ("aor", "binding_URI", "registrar"))
-
-    @staticmethod
-    def _row(logical: list[str], values: tuple[Any, ...]) -> Row:
-        row: Row = dict.fromkeys(COLUMNS)
-        row.update(zip(logical, values))
-        return row
+        return where_key_sql(self._present, "?")
 
     def load(self, consume: Callable[[list[Row]], None]) -> defer.Deferred[None]:
         """Read every row, C{BATCH_SIZE} per reactor turn."""
@@ -125,7 +110,7 @@ class SqliteStore:
             try:
                 values = cursor.fetchmany(BATCH_SIZE)
                 if values:
-                    consume([self._row(logical, v) for v in values])
+                    consume([make_row(logical, v) for v in values])
             except Exception as e:
                 done.errback(StoreError(f"reading {self.layout.table} failed: {e}"))
                 return
@@ -146,7 +131,7 @@ class SqliteStore:
             found = self._connection().execute(f"{query} WHERE {self._where_key()}", key).fetchone()
         except (sqlite3.Error, StoreError) as e:
             return defer.fail(StoreError(f"reading {self.layout.table} failed: {e}"))
-        return defer.succeed(None if found is None else self._row(logical, found))
+        return defer.succeed(None if found is None else make_row(logical, found))
 
     def set_state(self, key: Key, state: int) -> defer.Deferred[None]:
         """Write the state column of exactly this record (all three key columns)."""

@@ -114,9 +114,14 @@ class Admin:
         """
         row = self.row_from_pairs(pairs)
         account = self._validate(row)
+        # Decided before writing: the table's own NOTIFY may apply the row
+        # before this write's callback runs.
+        existing = self._registry.get(account.key)
+        outcome = "added" if existing is None else "unchanged" if existing.account == account else "changed"
 
         def written(_: object) -> str:
-            return self._sync.apply(account)
+            self._sync.apply(account)
+            return outcome
 
         return self._store.upsert(row).addCallback(written)
 

@@ -424,7 +424,9 @@ class Registrant:
             )
             return None
         self.wanted_expires = minimum
-        self._auth.clear()
+        # Credentials already accepted go again (nc + 1); a challenge to
+        # them is a fresh challenge, not a rejection.
+        self._answered.clear()
         self.state = RegState.REGISTERING_STATE
         return self._request(minimum)
 

@@ -159,6 +159,20 @@ class RegistrantTests(SynchronousTestCase):
         r.on_response(response(200, "OK"), 2)
         self.assertEqual(r.start(10**6).expires, 600)
 
+    def test_interval_too_brief_after_authentication(self) -> None:
+        """A 423 to an authenticated REGISTER (Kamailio's order) resends with credentials, nc+1."""
+        r = self.registrant(expiry=60)
+        r.start(0)
+        r.on_response(response(401, "Unauthorized", CHALLENGE), 1)
+        out = r.on_response(response(423, "Interval Too Brief", "Min-Expires: 600\r\n"), 2)
+        assert out is not None
+        self.assertEqual((out.expires, parse_authorization(out.authorization[0][1])["nc"]), (600, "00000002"))
+        follow = r.on_response(response(401, "Unauthorized", CHALLENGE.replace("n1", "n2")), 3)
+        assert follow is not None
+        self.assertEqual(r.state, RegState.AUTHENTICATING_STATE)
+        r.on_response(response(200, "OK"), 4)
+        self.assertEqual((r.state, r.expires), (RegState.REGISTERED_STATE, 600))
+
     def test_interval_too_brief_without_progress(self) -> None:
         """A 423 whose Min-Expires is missing or not larger is a registrar error."""
         for headers in ["", "Min-Expires: 30\r\n", "Min-Expires: junk\r\n"]:

@@ -5,10 +5,14 @@ tests/sipp/): SIPp checks the digest answer itself with verifyauth.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 from pathlib import Path
 
 from twisted.trial.unittest import TestCase
+
+from uacregistrant.control.ctl import request
 
 from .helpers import ROOT, Processes, free_udp_port, make_table, records, require_binary, wait_for
 
@@ -25,7 +29,9 @@ class SippTests(TestCase):
         self.processes = Processes(self.directory)
         self.addCleanup(self.processes.stop)
 
-    def run_scenario(self, scenario: str, password: str, expiry: int = 60) -> tuple[subprocess.Popen[bytes], dict]:
+    def run_scenario(
+        self, scenario: str, password: str, expiry: int = 60, settled: tuple[str, ...] = ()
+    ) -> tuple[subprocess.Popen[bytes], dict]:
         users = self.directory / "users.csv"
         users.write_text("SEQUENTIAL\nalice;secret;\n")
         port = free_udp_port()
@@ -38,13 +44,16 @@ class SippTests(TestCase):
         db = self.directory / "registrant.db"
         make_table(db, [{"registrar": f"sip:127.0.0.1:{port}", "aor": "sip:alice@sipp.invalid", "username": "alice",
                          "password": password, "binding_URI": f"sip:alice@127.0.0.1:{local}", "expiry": expiry}])
-        _, control = self.processes.daemon(
+        _, control = self.control = self.processes.daemon(
             ["--db-url", f"sqlite:{db}", "--listen", f"udp:127.0.0.1:{local}", "--hash-size", "0",
              "--timer-interval", "30", "--sip-t1", "200"]
         )
         try:
             record = wait_for(
-                lambda: (r := records(control).get("alice")) and r["state"] not in ("NOT_REGISTERED_STATE", "REGISTERING_STATE", "AUTHENTICATING_STATE") and r,
+                lambda: (r := records(control).get("alice")) and (
+                    r["state"] in settled if settled else
+                    r["state"] not in ("NOT_REGISTERED_STATE", "REGISTERING_STATE", "AUTHENTICATING_STATE")
+                ) and r,
                 30,
             )
         finally:
@@ -74,3 +83,57 @@ class SippTests(TestCase):
         sipp, record = self.run_scenario("uas_401_200.xml", "not-the-secret")
         self.assertEqual((record["state"], record["last_reply"]), ("REGISTRAR_ERROR_STATE", "403 Forbidden"))
         self.finished(sipp)
+
+    def test_407_from_a_proxy(self) -> None:
+        """A proxy's 407 is answered in Proxy-Authorization, verified by SIPp."""
+        sipp, record = self.run_scenario("uas_407_200.xml", "secret")
+        self.assertEqual((record["state"], record["last_reply"]), ("REGISTERED_STATE", "200 OK"))
+        self.assertEqual(self.finished(sipp), 0)
+
+    def test_topmost_supported_challenge(self) -> None:
+        """Of two challenges, the first with an unsupported algorithm is skipped; MD5 is answered."""
+        sipp, record = self.run_scenario("uas_multi_challenge.xml", "secret")
+        self.assertEqual(record["state"], "REGISTERED_STATE")
+        self.assertEqual(self.finished(sipp), 0)
+
+    def test_stale_nonce(self) -> None:
+        """A 401 with stale=true after a good answer is answered again with the new nonce."""
+        sipp, record = self.run_scenario("uas_stale.xml", "secret")
+        self.assertEqual(record["state"], "REGISTERED_STATE")
+        self.assertEqual(self.finished(sipp), 0)
+
+    def test_503_with_retry_after(self) -> None:
+        """503 + Retry-After: 2 is REGISTRAR_ERROR, retried after 2 s on the same Call-ID."""
+        sipp, record = self.run_scenario("uas_503_retry_after.xml", "secret", settled=("REGISTRAR_ERROR_STATE",))
+        self.assertEqual(record["last_reply"], "503 Service Unavailable")
+        failed_at = time.monotonic()
+        later = wait_for(lambda: (r := records(self.control[1])["alice"])["state"] == "REGISTERED_STATE" and r, 10, 0.05)
+        waited = time.monotonic() - failed_at
+        self.assertTrue(1.5 <= waited <= 4, waited)
+        self.assertEqual(later["call_id"], record["call_id"])
+        self.assertEqual(self.finished(sipp), 0)
+
+    def test_200_with_several_bindings(self) -> None:
+        """Our expiry is read from our own Contact among several."""
+        sipp, record = self.run_scenario("uas_200_bindings.xml", "secret")
+        self.assertEqual((record["state"], record["expires"]), ("REGISTERED_STATE", 123))
+        self.assertEqual(self.finished(sipp), 0)
+
+    def test_silence_times_out(self) -> None:
+        """No answer: retransmissions on Timer E, then REGISTER_TIMEOUT at Timer F (64 x T1 = 12.8 s)."""
+        started = time.monotonic()
+        sipp, record = self.run_scenario("uas_silence.xml", "secret")
+        self.assertEqual(record["state"], "REGISTER_TIMEOUT_STATE")
+        self.assertGreaterEqual(time.monotonic() - started, 12)
+        stats = json.loads(request(self.control[1], "reg_stats json")[1][0])
+        self.assertGreaterEqual(stats["sip"]["retransmissions"], 6)
+        self.assertEqual(stats["sip"]["timeouts"], 1)
+        self.finished(sipp)
+
+    def test_late_answer_after_retransmissions(self) -> None:
+        """An answer after 1 s (retransmissions meanwhile) is accepted."""
+        sipp, record = self.run_scenario("uas_late_answer.xml", "secret")
+        self.assertEqual(record["state"], "REGISTERED_STATE")
+        stats = json.loads(request(self.control[1], "reg_stats json")[1][0])
+        self.assertGreaterEqual(stats["sip"]["retransmissions"], 2)
+        self.assertEqual(self.finished(sipp), 0)

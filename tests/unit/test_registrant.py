@@ -20,7 +20,10 @@ def account(**kw: object) -> Account:
 
 
 def response(status: int, reason: str = "X", headers: str = "") -> Response:
-    data = f"SIP/2.0 {status} {reason}\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCSeq: 1 REGISTER\r\n{headers}\r\n".encode()
+    data = (
+        f"SIP/2.0 {status} {reason}\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCSeq: 1 REGISTER\r\n"
+        f"To: <sip:alice@example.com>;tag=t\r\nFrom: <sip:alice@example.com>;tag=f\r\nCall-ID: c\r\n{headers}\r\n"
+    ).encode()
     message = parse_message(data)
     assert isinstance(message, Response)
     return message

@@ -145,7 +145,7 @@ class SimulationTests(SynchronousTestCase):
         branch = request.split(b"branch=")[1].split(b"\r\n")[0].decode()
         forged = (
             "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=" + branch + "\r\n"
-            "CSeq: 1 REGISTER\r\nCall-ID: x\r\n\r\n"
+            "CSeq: 1 REGISTER\r\nCall-ID: x\r\nTo: <sip:slow@test.invalid>;tag=1\r\nFrom: <sip:slow@test.invalid>;tag=2\r\n\r\n"
         ).encode()
         port = sim.reactor.network.ports[("127.0.0.1", 5060)]
         port.protocol.datagramReceived(forged, ("127.0.0.2", 5080))
@@ -153,7 +153,8 @@ class SimulationTests(SynchronousTestCase):
         port.protocol.datagramReceived(forged.replace(branch.encode(), b"z9hG4bKnope"), REGISTRAR)
         port.protocol.datagramReceived(b"\x00\xffgarbage", REGISTRAR)
         port.protocol.datagramReceived(b"x" * 70000, REGISTRAR)
-        port.protocol.datagramReceived(b"OPTIONS sip:x SIP/2.0\r\nCSeq: 1 OPTIONS\r\n\r\n", REGISTRAR)
+        options = forged.replace(b"SIP/2.0 200 OK", b"OPTIONS sip:x@h SIP/2.0").replace(b"1 REGISTER", b"1 OPTIONS")
+        port.protocol.datagramReceived(options, REGISTRAR)
         counters = service.counters
         self.assertEqual(
             (counters.dropped_wrong_source, counters.dropped_cseq_mismatch, counters.dropped_no_transaction,

@@ -25,7 +25,10 @@ class Recorder:
 
 
 def reply(status: int, branch: str = "z9hG4bKb1", cseq: int = 1) -> Response:
-    message = parse_message(f"SIP/2.0 {status} X\r\nVia: SIP/2.0/UDP h;branch={branch}\r\nCSeq: {cseq} REGISTER\r\n\r\n".encode())
+    message = parse_message(
+        f"SIP/2.0 {status} X\r\nVia: SIP/2.0/UDP h;branch={branch}\r\nCSeq: {cseq} REGISTER\r\n"
+        "To: <sip:a@h>;tag=t\r\nFrom: <sip:a@h>;tag=f\r\nCall-ID: c\r\n\r\n".encode()
+    )
     assert isinstance(message, Response)
     return message
 

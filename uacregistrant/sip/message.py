@@ -36,6 +36,9 @@ _COMPACT = {
     "u": "allow-events",
 }
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+# SIP / 2.0 / transport  sent-by[;params]  (LWS allowed around the slashes)
+_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^\s<>\"]+")
+_VIA = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+(\S.*)$", re.IGNORECASE | re.DOTALL)
 # Headers whose values are comma-separated lists (RFC 3261 §7.3.1).
 _LIST_HEADERS = frozenset({"via", "contact", "route", "record-route", "supported", "allow", "require"})
 _MAX_UINT32 = 2**32 - 1
@@ -273,11 +276,10 @@ def quote_string(text: str) -> str:
 
 def parse_via(value: str) -> Via:
     """Parse one Via value: C{SIP/2.0/UDP host[:port];params}."""
-    protocol, _, rest = value.strip().partition(" ")
-    parts = [p.strip() for p in protocol.split("/")]
-    if len(parts) != 3 or parts[0].upper() != "SIP" or parts[1] != "2.0" or not _is_token(parts[2]):
-        raise SipParseError(f"invalid Via {value!r}")
-    rest = rest.strip()
+    match = _VIA.match(value)
+    if match is None:
+        raise SipParseError(f"invalid Via {value[:80]!r}")
+    transport, rest = match.group(1), match.group(2)
     sent_by, _, paramtext = rest.partition(";")
     sent_by = sent_by.strip()
     if not sent_by:
@@ -296,7 +298,9 @@ def parse_via(value: str) -> Via:
         host, colon, porttext = sent_by.partition(":")
         if colon:
             port = _via_port(porttext, value)
-    return Via(parts[2].upper(), host.lower(), port, parse_params(paramtext))
+    if not host or any(c.isspace() for c in host):
+        raise SipParseError(f"invalid Via host {value[:80]!r}")
+    return Via(transport.upper(), host.lower(), port, parse_params(paramtext))
 
 
 def _via_port(text: str, value: str) -> int:
@@ -320,19 +324,25 @@ def parse_name_addr(value: str) -> NameAddr:
     if lt != -1:
         gt = value.find(">", lt)
         if gt == -1:
-            raise SipParseError(f"unterminated '<' in {value!r}")
+            raise SipParseError(f"unterminated '<' in {value[:80]!r}")
         display = value[:lt].strip()
         if display.startswith('"'):
             display = unquote_string(display)
-        uri = value[lt + 1 : gt].strip()
+        elif display and not all(_is_token(word) for word in display.split()):
+            raise SipParseError(f"display name must be tokens or quoted: {display[:80]!r}")
+        uri = value[lt + 1 : gt]
+        if uri != uri.strip():
+            raise SipParseError(f"whitespace inside <> in {value[:80]!r}")
         params = parse_params(value[gt + 1 :].strip())
     else:
         display = ""
         uri, _, paramtext = value.partition(";")
         uri = uri.strip()
+        if "," in uri or "?" in uri:
+            raise SipParseError(f"a URI with ',' or '?' must be in <>: {value[:80]!r}")
         params = parse_params(paramtext)
-    if not uri:
-        raise SipParseError(f"empty URI in {value!r}")
+    if not _ABSOLUTE_URI.fullmatch(uri):
+        raise SipParseError(f"invalid URI in {value[:80]!r}")
     return NameAddr(uri, params, display)
 
 
@@ -369,18 +379,54 @@ def parse_message(data: bytes) -> Request | Response:
         if length > len(body):
             raise SipParseError(f"truncated body: Content-Length {length}, have {len(body)}")
         body = body[:length]
+    message: Request | Response
     if start_line.startswith("SIP/") or start_line[:4].upper() == "SIP/":
         version, _, rest = start_line.partition(" ")
         if version.upper() != "SIP/2.0":
-            raise SipParseError(f"unsupported version in {start_line!r}")
+            raise SipParseError(f"unsupported version in {start_line[:80]!r}")
         code, _, reason = rest.partition(" ")
         if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
-            raise SipParseError(f"invalid status line {start_line!r}")
-        return Response(headers, body, status=int(code), reason=reason.strip())
-    parts = start_line.split(" ")
-    if len(parts) != 3 or not _is_token(parts[0]) or parts[2].upper() != "SIP/2.0" or not parts[1]:
-        raise SipParseError(f"invalid start line {start_line[:80]!r}")
-    return Request(headers, body, method=parts[0].upper(), uri=parts[1])
+            raise SipParseError(f"invalid status line {start_line[:80]!r}")
+        message = Response(headers, body, status=int(code), reason=reason.strip())
+    else:
+        parts = start_line.split(" ")
+        if len(parts) != 3 or not _is_token(parts[0]) or parts[2] != "SIP/2.0":
+            raise SipParseError(f"invalid request line {start_line[:80]!r}")
+        if not _ABSOLUTE_URI.fullmatch(parts[1]):
+            raise SipParseError(f"invalid Request-URI {parts[1][:80]!r}")
+        message = Request(headers, body, method=parts[0], uri=parts[1])
+    _validate(message)
+    return message
+
+
+#: Headers a message must carry exactly once (Via at least once).
+_REQUIRED_ONCE = ("to", "from", "call-id", "cseq")
+#: Headers that may not repeat.
+_SINGLE = _REQUIRED_ONCE + ("max-forwards", "content-length", "expires", "min-expires")
+
+
+def _validate(message: SipMessage) -> None:
+    """The checks every message gets (RFC 3261 §8.1.1, §20): cheap, eager."""
+    index = message._index
+    for name in _REQUIRED_ONCE:
+        if name not in index:
+            raise SipParseError(f"missing {name} header")
+    for name in _SINGLE:
+        if len(index.get(name, ())) > 1:
+            raise SipParseError(f"more than one {name} header")
+    if "via" not in index:
+        raise SipParseError("missing Via header")
+    message.top_via
+    number, method = message.cseq
+    if number > 2**31 - 1:
+        raise SipParseError(f"CSeq number {number} exceeds 2**31-1")
+    if isinstance(message, Request) and method != message.method.upper():
+        raise SipParseError(f"CSeq method {method} does not match {message.method}")
+    for name in ("to", "from"):
+        parse_name_addr(index[name][0])
+    forwards = index.get("max-forwards")
+    if forwards is not None and not (forwards[0].isdigit() and int(forwards[0]) <= 255):
+        raise SipParseError(f"invalid Max-Forwards {forwards[0][:20]!r}")
 
 
 def _parse_header_lines(lines: list[str]) -> list[tuple[str, str]]:

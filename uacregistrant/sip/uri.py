@@ -88,9 +88,10 @@ def parse_uri(text: str) -> SipUri:
     scheme = scheme.lower()
     if not sep or scheme not in ("sip", "sips"):
         raise SipParseError(f"not a sip: or sips: URI: {text!r}")
-    rest, _, headers = rest.partition("?")
     user: str | None = None
     password: str | None = None
+    # The user part may hold '?' and ';' (RFC 3261 user-unreserved); an
+    # unescaped '@' can only end it.
     at = rest.rfind("@")
     if at != -1:
         userinfo, rest = rest[:at], rest[at + 1 :]
@@ -100,6 +101,7 @@ def parse_uri(text: str) -> SipUri:
         if not user or not _USER_CHARS.match(user):
             raise SipParseError(f"invalid user part in {text!r}")
         password = pw if colon else None
+    rest, _, headers = rest.partition("?")
     hostport, _, paramtext = rest.partition(";")
     host, port = _parse_hostport(hostport, text)
     params: dict[str, str | None] = {}

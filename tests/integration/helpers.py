@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from twisted.trial.unittest import SkipTest
+from twisted.trial.unittest import SkipTest, TestCase
 
 from uacregistrant.control.ctl import request
 
@@ -139,3 +140,65 @@ def records(control: str) -> dict[str, dict[str, Any]]:
     status, body = request(control, "reg_list json")
     assert status == "200 OK", status
     return {r["AOR"].split(":")[1].split("@")[0]: r for r in json.loads(body[0])["Records"]}
+
+
+class ServerProcess:
+    """
+    A peer server run from its own temporary directory: started with a
+    readiness probe, stopped with a signal, its directory removed.
+    """
+
+    name = "server"
+    stop_signal = signal.SIGTERM
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def launch(self, args: list[str], ready: Callable[[], object], timeout: float = 30, **kw: Any) -> None:
+        """Start C{args}, then poll C{ready()} until it stops raising."""
+        log = open(os.path.join(self.directory, f"{self.name}.log"), "ab")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory, **kw)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited: {self.log()[-3000:]}")
+            try:
+                ready()
+                return
+            except Exception:
+                time.sleep(0.1)
+        raise AssertionError(f"{self.name} did not start: {self.log()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(self.stop_signal)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def log(self) -> str:
+        try:
+            with open(os.path.join(self.directory, f"{self.name}.log"), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+
+class ProcessTestCase(TestCase):
+    """A trial test case with a scratch directory and child processes stopped at the end."""
+
+    timeout = 180
+
+    def setUp(self) -> None:
+        self.directory = Path(self.mktemp()).resolve()
+        self.directory.mkdir(parents=True)
+        self.processes = Processes(self.directory)
+        self.addCleanup(self.processes.stop)

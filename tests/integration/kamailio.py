@@ -9,14 +9,12 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from typing import Any
 
-from .helpers import require_binary
+from .helpers import ServerProcess, require_binary
 
 MODULE_DIRS = glob.glob("/usr/lib/*/kamailio/modules") + ["/usr/lib/kamailio/modules"]
 
@@ -85,8 +83,10 @@ def _free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-class KamailioRegistrar:
+class KamailioRegistrar(ServerProcess):
     """One Kamailio instance; C{subscribers} is C{{(user, domain): password}}."""
+
+    name = "kamailio"
 
     def __init__(
         self,
@@ -100,7 +100,7 @@ class KamailioRegistrar:
         modules = next((d for d in MODULE_DIRS if os.path.exists(os.path.join(d, "auth_db.so"))), None)
         if modules is None:
             raise AssertionError("kamailio modules (auth_db.so) not found")
-        self.directory = tempfile.mkdtemp(prefix="uacreg-kam-")
+        super().__init__(tempfile.mkdtemp(prefix="uacreg-kam-"))
         os.mkdir(os.path.join(self.directory, "db"))
         with open(os.path.join(self.directory, "db", "subscriber"), "w") as f:
             f.write("id(int,auto) username(string) domain(string) password(string) ha1(string,null) ha1b(string,null)\n")
@@ -111,50 +111,18 @@ class KamailioRegistrar:
         with open(self.config, "w") as f:
             f.write(CONFIG.format(port=self.port, modules=modules, directory=self.directory, algorithm=algorithm,
                                   min_expires=min_expires, max_expires=max_expires))
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def uri(self) -> str:
         return f"sip:127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        log = open(os.path.join(self.directory, "kamailio.log"), "ab")
-        self.process = subprocess.Popen(
+        self.launch(
             [self.kamailio, "-f", self.config, "-DD", "-E", "-P", os.path.join(self.directory, "kamailio.pid"),
              "-Y", self.directory, "-m", "64", "-M", "8"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
+            lambda: self.rpc("core.version"),
+            timeout=20,
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"kamailio exited: {self.log()[-3000:]}")
-            try:
-                self.rpc("core.version")
-                return
-            except (AssertionError, OSError):
-                time.sleep(0.1)
-        raise AssertionError(f"kamailio did not start: {self.log()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def destroy(self) -> None:
-        self.stop()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-    def log(self) -> str:
-        try:
-            with open(os.path.join(self.directory, "kamailio.log"), errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
 
     def rpc(self, *command: str) -> str:
         result = subprocess.run(

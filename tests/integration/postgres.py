@@ -13,10 +13,9 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from typing import Any
 
-from .helpers import require_binary
+from .helpers import ServerProcess, require_binary
 
 
 def _binary(name: str) -> str:
@@ -32,13 +31,16 @@ def _free_tcp_port() -> int:
         return int(s.getsockname()[1])
 
 
-class PostgresServer:
+class PostgresServer(ServerProcess):
     """initdb + postgres on 127.0.0.1; C{url} for the daemon, C{connect()} for the test."""
+
+    name = "postgres"
+    stop_signal = signal.SIGINT  # fast shutdown: clients are disconnected
 
     def __init__(self) -> None:
         self.initdb = _binary("initdb")
         self.postgres = _binary("postgres")
-        self.directory = tempfile.mkdtemp(prefix="uacreg-pg-")
+        super().__init__(tempfile.mkdtemp(prefix="uacreg-pg-"))
         self.data = os.path.join(self.directory, "data")
         self.port = _free_tcp_port()
         self.user: str | None = None
@@ -46,7 +48,6 @@ class PostgresServer:
             self.user = "nobody"
             entry = pwd.getpwnam(self.user)
             os.chown(self.directory, entry.pw_uid, entry.pw_gid)
-        self.process: subprocess.Popen[bytes] | None = None
         self.url = f"postgresql://postgres:secret-pg@127.0.0.1:{self.port}/postgres"
         #: The same server through its UNIX socket directory.
         self.socket_url = f"postgres:///postgres?host={self.directory}&port={self.port}&user=postgres"
@@ -58,43 +59,12 @@ class PostgresServer:
             raise AssertionError(f"initdb failed: {result.stderr.decode()[-2000:]}")
 
     def start(self) -> None:
-        log = open(os.path.join(self.directory, "postgres.log"), "ab")
-        self.process = subprocess.Popen(
+        self.launch(
             [self.postgres, "-D", self.data, "-p", str(self.port), "-k", self.directory,
              "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off"],
-            stdout=log, stderr=subprocess.STDOUT, user=self.user, cwd=self.directory,
+            lambda: self.connect().close(),
+            user=self.user,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                self.connect().close()
-                return
-            except Exception:
-                if self.process.poll() is not None:
-                    raise AssertionError(f"postgres exited: {self.log()[-2000:]}")
-                time.sleep(0.1)
-        raise AssertionError(f"postgres did not start: {self.log()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # fast shutdown: clients are disconnected
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def destroy(self) -> None:
-        self.stop()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-    def log(self) -> str:
-        try:
-            with open(os.path.join(self.directory, "postgres.log"), errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
 
     def connect(self) -> Any:
         import psycopg2

@@ -11,14 +11,12 @@ import os
 import socket
 import stat
 import subprocess
-from pathlib import Path
 
-from twisted.trial.unittest import TestCase
 
 from uacregistrant.control.ctl import main as ctl_main
 from uacregistrant.control.ctl import request
 
-from .helpers import ROOT, TWISTD, Processes, environment, free_udp_port, make_table, records, wait_for
+from .helpers import ProcessTestCase, ROOT, TWISTD, environment, free_udp_port, make_table, records, wait_for
 
 USERS = {
     "md5": {"password": "p-md5"},
@@ -61,14 +59,9 @@ EXPECTED = {
 }
 
 
-class DaemonTests(TestCase):
+class DaemonTests(ProcessTestCase):
     timeout = 120
 
-    def setUp(self) -> None:
-        self.directory = Path(self.mktemp()).resolve()
-        self.directory.mkdir(parents=True)
-        self.processes = Processes(self.directory)
-        self.addCleanup(self.processes.stop)
 
     def rows(self, port: int, local: int, second: int) -> list[dict[str, object]]:
         rows = []

@@ -7,26 +7,19 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
-from twisted.trial.unittest import TestCase
 
 from uacregistrant.control.ctl import request
 
-from .helpers import ROOT, Processes, free_udp_port, make_table, records, require_binary, wait_for
+from .helpers import ProcessTestCase, ROOT, free_udp_port, make_table, records, require_binary, wait_for
 from .kamailio import KamailioRegistrar
 
 DOMAIN = "kam.test"
 
 
-class KamailioTests(TestCase):
+class KamailioTests(ProcessTestCase):
     timeout = 120
 
-    def setUp(self) -> None:
-        self.directory = Path(self.mktemp()).resolve()
-        self.directory.mkdir(parents=True)
-        self.processes = Processes(self.directory)
-        self.addCleanup(self.processes.stop)
 
     def kamailio(self, subscribers: dict[str, str], **options: object) -> KamailioRegistrar:
         kamailio = KamailioRegistrar({(user, DOMAIN): pw for user, pw in subscribers.items()}, **options)  # type: ignore[arg-type]

@@ -8,30 +8,25 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from pathlib import Path
 
-from twisted.trial.unittest import TestCase
 
 from uacregistrant.control.ctl import request
 from uacregistrant.store import schema_sql
 
-from .helpers import TWISTD, Processes, environment, free_udp_port, records, wait_for
+from .helpers import ProcessTestCase, TWISTD, environment, free_udp_port, records, wait_for
 from .postgres import PostgresServer
 
 USERS = {f"u{i}": {"password": f"pw-{i}"} for i in range(1, 8)}
 
 
-class PostgresTests(TestCase):
+class PostgresTests(ProcessTestCase):
     timeout = 180
 
     def setUp(self) -> None:
         self.server = PostgresServer()
         self.addCleanup(self.server.destroy)
         self.server.start()
-        self.directory = Path(self.mktemp()).resolve()
-        self.directory.mkdir(parents=True)
-        self.processes = Processes(self.directory)
-        self.addCleanup(self.processes.stop)
+        super().setUp()
 
     def row(self, user: str, port: int, local: int, **extra: object) -> None:
         values = {

@@ -8,26 +8,21 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from pathlib import Path
 
-from twisted.trial.unittest import TestCase
 
 from uacregistrant.control.ctl import request
 
-from .helpers import ROOT, Processes, free_udp_port, make_table, records, require_binary, wait_for
+from .helpers import ProcessTestCase, ROOT, free_udp_port, make_table, records, require_binary, wait_for
 
 SCENARIOS = ROOT / "tests" / "sipp"
 
 
-class SippTests(TestCase):
+class SippTests(ProcessTestCase):
     timeout = 120
 
     def setUp(self) -> None:
         self.sipp = require_binary("sipp", "sip-tester")
-        self.directory = Path(self.mktemp()).resolve()
-        self.directory.mkdir(parents=True)
-        self.processes = Processes(self.directory)
-        self.addCleanup(self.processes.stop)
+        super().setUp()
 
     def run_scenario(
         self, scenario: str, password: str, expiry: int = 60, settled: tuple[str, ...] = ()

@@ -135,8 +135,7 @@ class RegistrantService(MultiService):
             self.privilegedStartService()
         super().startService()
         d = self._reload_lock.run(self._reload, True)
-        d.addCallback(self._start_walking)
-        d.addErrback(lambda f: _log.failure("loading the table failed", f))
+        d.addErrback(lambda f: _log.failure("loading the table failed; retrying on the next poll or reconnection", f))
         self.store.watch(self._on_table_change, self._on_resync)
 
     def _start_walking(self, _: object) -> None:
@@ -158,16 +157,21 @@ class RegistrantService(MultiService):
 
         def feed(rows: list[Row]) -> None:
             full.feed(rows)
-            # Records live for the daemon's life: move them out of the
-            # cyclic GC's reach, so full collections stay short however
-            # large the table (100k records: 260 ms pauses without this).
-            gc.collect(1)
-            gc.freeze()
+            if initial:
+                # The first load's records live as long as the daemon: move
+                # them out of the cyclic GC's reach so that full collections
+                # stay short however large the table (100k records: 260 ms
+                # pauses without this). Later reloads add few objects.
+                gc.collect(1)
+                gc.freeze()
 
         d = self.store.load(feed)
 
         def finished(_: object) -> dict[str, int]:
             counts = full.finish()
+            # The walk starts after the first complete pass, whichever it is
+            # (the initial load may have failed with the database away).
+            self._start_walking(None)
             _log.info(
                 "table {table}: {added} added, {changed} changed, {unchanged} unchanged, "
                 "{removed} removed, {skipped} skipped; {total} records in {buckets} buckets",

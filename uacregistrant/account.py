@@ -53,16 +53,17 @@ class Account:
     password: str | None = field(default=None, repr=False)
     binding_params: str = ""
     forced_socket: str | None = None
-    registrar_uri: SipUri = field(init=False, repr=False, compare=False)
-    binding: SipUri = field(init=False, repr=False, compare=False)
     next_hop: SipUri = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        registrar = parse_uri(self.registrar)
-        object.__setattr__(self, "registrar_uri", registrar)
-        object.__setattr__(self, "binding", parse_uri(self.binding_uri))
-        hop = parse_uri(self.proxy) if self.proxy else registrar
-        object.__setattr__(self, "next_hop", hop)
+        # Registrars and proxies are shared by many accounts: parse_uri's
+        # cache hands them all the same object.
+        object.__setattr__(self, "next_hop", parse_uri(self.proxy or self.registrar))
+
+    @property
+    def binding(self) -> SipUri:
+        """The binding URI, parsed (on demand: not kept per account)."""
+        return parse_uri(self.binding_uri)
 
     @property
     def key(self) -> AccountKey:

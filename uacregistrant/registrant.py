@@ -118,8 +118,7 @@ class Registrant:
         "account",
         "policy",
         "state",
-        "call_id",
-        "from_tag",
+        "_ids",
         "cseq",
         "expires",
         "wanted_expires",
@@ -144,8 +143,8 @@ class Registrant:
         self.account = account
         self.policy = policy
         self.state = RegState.NOT_REGISTERED_STATE
-        self.call_id = policy.token(16)
-        self.from_tag = policy.token(5)
+        # Call-ID (32 hex digits) and From-tag (10) from one random token.
+        self._ids = policy.token(21)
         self.cseq = 0
         self.expires = account.expiry
         self.wanted_expires = account.expiry
@@ -163,8 +162,8 @@ class Registrant:
         self.retiring = False
         # Challenges kept for credentials sent up front (nc counting up),
         # and the headers answered after a challenge in this attempt.
-        self._auth: dict[str, _Auth] = {}
-        self._answered: set[str] = set()
+        self._auth: dict[str, _Auth] | None = None
+        self._answered: tuple[str, ...] = ()
         self._stale_answers = 0
         # Scheduling marks owned by the walker and the pacer.
         self.queued = False
@@ -173,6 +172,16 @@ class Registrant:
 
     def __repr__(self) -> str:
         return f"<Registrant {self.account.aor} {self.state.name}>"
+
+    @property
+    def call_id(self) -> str:
+        """The Call-ID of every request of this record."""
+        return self._ids[:32]
+
+    @property
+    def from_tag(self) -> str:
+        """The From tag of every request of this record."""
+        return self._ids[32:]
 
     @property
     def enabled(self) -> bool:
@@ -190,7 +199,7 @@ class Registrant:
         Credentials from the last accepted challenge go up front with the
         next nonce count, saving a round trip while the nonce lives.
         """
-        self._answered.clear()
+        self._answered = ()
         self._stale_answers = 0
         self.last_register_sent = now
         self.next_at = None
@@ -203,7 +212,7 @@ class Registrant:
     def _request(self, expires: int) -> Outgoing:
         self.cseq += 1
         auth = []
-        for header, state in self._auth.items():
+        for header, state in (self._auth or {}).items():
             state.nc += 1
             auth.append((header, self._answer(state)))
         return Outgoing(self.cseq, expires, tuple(auth))
@@ -281,7 +290,7 @@ class Registrant:
             return False
         self.account = account
         self.wanted_expires = account.expiry
-        self._auth.clear()
+        self._auth = None
         self.send_soon(now)
         return True
 
@@ -403,7 +412,9 @@ class Registrant:
                 )
                 return None
             self._stale_answers += 1
-        self._answered.add(header)
+        self._answered += (header,)
+        if self._auth is None:
+            self._auth = {}
         self._auth[header] = _Auth(chosen)
         if self.state in _UNREGISTER_STATES:
             self.state = RegState.AUTHENTICATING_UNREGISTER_STATE
@@ -426,12 +437,12 @@ class Registrant:
         self.wanted_expires = minimum
         # Credentials already accepted go again (nc + 1); a challenge to
         # them is a fresh challenge, not a rejection.
-        self._answered.clear()
+        self._answered = ()
         self.state = RegState.REGISTERING_STATE
         return self._request(minimum)
 
     def _fail(self, state: RegState, now: float, error: str, response: Response | None = None) -> None:
-        self._auth.clear()
+        self._auth = None
         self.state = state
         self.failures += 1
         self.last_error = error

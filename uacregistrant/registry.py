@@ -30,7 +30,8 @@ class Registry:
         self.bucket_count = 1 << hash_size
         self._buckets: list[dict[AccountKey, Registrant]] = [{} for _ in range(self.bucket_count)]
         self._by_key: dict[AccountKey, Registrant] = {}
-        self._by_aor: dict[str, list[Registrant]] = {}
+        # One record per AOR is the common case: a list only when shared.
+        self._by_aor: dict[str, Registrant | list[Registrant]] = {}
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -46,7 +47,13 @@ class Registry:
             raise KeyError(f"duplicate registrant {key}")
         self._buckets[bucket_of(key[0], self.bucket_count)][key] = registrant
         self._by_key[key] = registrant
-        self._by_aor.setdefault(key[0], []).append(registrant)
+        same = self._by_aor.get(key[0])
+        if same is None:
+            self._by_aor[key[0]] = registrant
+        elif isinstance(same, list):
+            same.append(registrant)
+        else:
+            self._by_aor[key[0]] = [same, registrant]
 
     def remove(self, registrant: Registrant) -> None:
         """Forget a registrant."""
@@ -54,8 +61,11 @@ class Registry:
         del self._buckets[bucket_of(key[0], self.bucket_count)][key]
         del self._by_key[key]
         same = self._by_aor[key[0]]
-        same.remove(registrant)
-        if not same:
+        if isinstance(same, list):
+            same.remove(registrant)
+            if len(same) == 1:
+                self._by_aor[key[0]] = same[0]
+        else:
             del self._by_aor[key[0]]
         registrant.removed = True
 
@@ -69,7 +79,10 @@ class Registry:
 
     def by_aor(self, aor: str) -> list[Registrant]:
         """All registrants of an AOR."""
-        return list(self._by_aor.get(aor, ()))
+        same = self._by_aor.get(aor)
+        if same is None:
+            return []
+        return list(same) if isinstance(same, list) else [same]
 
     def bucket(self, index: int) -> list[Registrant]:
         """A snapshot of one bucket's registrants."""

@@ -8,6 +8,7 @@ to fix it; nothing else here.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -171,17 +172,26 @@ def account_from_row(
     return Account(
         row_id=int(row_id) if isinstance(row_id, int) else None,
         aor=strip_angle_brackets(aor),
-        registrar=registrar,
+        registrar=sys.intern(registrar),
         binding_uri=strip_angle_brackets(binding),
-        expiry=expiry,
+        expiry=_SHARED_INTS.setdefault(expiry, expiry),
         enabled=enabled,
-        proxy=proxy,
-        third_party_registrant=third_party,
+        proxy=_shared(proxy),
+        third_party_registrant=_shared(third_party),
         username=_text(row, "username"),
         password=_password(row.get("password")),
-        binding_params=params,
-        forced_socket=forced,
+        binding_params=sys.intern(params),
+        forced_socket=_shared(forced),
     )
+
+
+#: One object per distinct expiry value (most accounts share a few).
+_SHARED_INTS: dict[int, int] = {}
+
+
+def _shared(text: str | None) -> str | None:
+    """One string object for values many accounts repeat (registrar, proxy...)."""
+    return None if text is None else sys.intern(text)
 
 
 def _password(value: Any) -> str | None:

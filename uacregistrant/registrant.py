@@ -12,8 +12,9 @@ import dataclasses
 import enum
 import random
 import secrets
+import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .account import Account
 from .sip.digest import Challenge, Credentials, authorization_value, choose_challenge, parse_challenges
@@ -93,6 +94,22 @@ class Outgoing:
     cseq: int
     expires: int
     authorization: tuple[tuple[str, str], ...] = ()
+
+
+#: Values most records repeat (granted expiries, status lines), kept once;
+#: bounded, so a registrar inventing values cannot grow it without end.
+_SHARED: dict[object, Any] = {}
+_SHARED_MAX = 4096
+
+
+def _shared_reply(status: int, reason: str) -> tuple[int, str]:
+    key = (status, reason)
+    shared: tuple[int, str] | None = _SHARED.get(key)
+    if shared is None:
+        shared = (status, sys.intern(reason))
+        if len(_SHARED) < _SHARED_MAX:
+            _SHARED[key] = shared
+    return shared
 
 
 class _Auth:
@@ -239,7 +256,7 @@ class Registrant:
         status = response.status
         if status < 200 or self.state not in IN_TRANSACTION:
             return None
-        self.last_reply = (status, response.reason)
+        self.last_reply = _shared_reply(status, response.reason)
         follow: Outgoing | None = None
         if status < 300:
             follow = self._on_success(response, now)
@@ -348,7 +365,7 @@ class Registrant:
         if not self.enabled:
             return self.start(now)
         self.state = RegState.REGISTERED_STATE
-        self.expires = granted
+        self.expires = _SHARED.setdefault(granted, granted) if len(_SHARED) < _SHARED_MAX else granted
         self.recovered_after = self.failures
         self.failures = 0
         self.last_error = ""

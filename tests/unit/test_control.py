@@ -35,9 +35,16 @@ class ControlTests(SynchronousTestCase):
     def ask(self, line: str, run: float = 0.0) -> list[str]:
         self.transport.clear()
         self.protocol.dataReceived(line.encode() + b"\r\n")
+        self.drain()
         if run:
             self.sim.run(run)
+            self.drain()
         return self.transport.value().decode().split("\n")
+
+    def drain(self) -> None:
+        """Pull a streamed body as a real connection would, slice by slice."""
+        while self.transport.producer is not None:
+            self.transport.producer.resumeProducing()
 
     def table(self, user: str) -> list[tuple]:
         db = sqlite3.connect(self.path)
@@ -199,3 +206,32 @@ class ControlTests(SynchronousTestCase):
         self.assertTrue(events[1].endswith("REGISTERING_STATE -> REGISTERED_STATE 200 OK"))
         self.assertEqual(self.ask("quit"), ["", "200 Bye", "", ""])
         self.assertEqual(self.service.events._subscribers, set())
+
+
+class StreamingTests(SynchronousTestCase):
+    def test_large_listing_is_streamed_in_slices(self) -> None:
+        """reg_list json over 3000 records is written slice by slice, still one line, then the next command."""
+        users = {f"u{i}": UserPolicy() for i in range(3000)}
+        sim = Simulation(self.mktemp(), users, hash_size=0, timer_interval=10)
+        sim.db.executemany(
+            "INSERT INTO registrant (registrar, aor, binding_URI, expiry) VALUES (?, ?, ?, 600)",
+            [(REG, f"sip:{u}@test.invalid", f"sip:{u}@127.0.0.1:5060") for u in users],
+        )
+        sim.db.commit()
+        service = sim.start()
+        self.addCleanup(service.stopService)
+        sim.reactor.advance(0)
+        transport = StringTransport()
+        protocol = ControlFactory(service.commands).buildProtocol(None)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"reg_list json\nreg_stats json\n")
+        self.assertEqual(transport.value(), b"200 OK\n")  # body waits for the connection to drain
+        slices = 0
+        while transport.producer is not None:
+            transport.producer.resumeProducing()
+            slices += 1
+        self.assertGreater(slices, 3)
+        lines = transport.value().decode().split("\n")
+        self.assertEqual((lines[0], lines[2], lines[3]), ("200 OK", "", "200 OK"))
+        self.assertEqual(len(json.loads(lines[1])["Records"]), 3000)
+        self.assertEqual(json.loads(lines[4])["total"], 3000)

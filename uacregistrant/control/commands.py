@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -35,6 +35,10 @@ class Reply:
     close: bool = False
     #: Start streaming state changes to this connection (reg_events).
     subscribe: bool = False
+    #: A body too large to build at once: chunks written as the
+    #: connection drains, each ending where it likes (the body's last
+    #: chunk ends with a newline).
+    stream: Iterator[str] | None = None
 
     @property
     def status_line(self) -> str:
@@ -120,27 +124,24 @@ class Commands:
         return found
 
     def reg_list(self, args: list[str]) -> Reply:
-        """List records as text blocks or one line of JSON."""
+        """
+        List records as text blocks or one line of JSON, streamed: the
+        body is produced a slice at a time as the connection drains.
+        """
         as_json, args = self._json_flag(args)
         selected = self._select(args)
         if isinstance(selected, Reply):
             return selected
-        if as_json:
-            body = json.dumps({"Records": [record_dict(r) for r in selected]}, separators=(",", ":"))
-            return Reply(200, "OK", [body])
-        lines: list[str] = []
-        for registrant in selected:
-            lines.extend(record_text(registrant))
-        return Reply(200, "OK", lines)
+        return Reply(200, "OK", stream=_json_body(selected) if as_json else _text_body(selected))
 
     def reg_stats(self, args: list[str]) -> Reply:
         """Totals per state and the SIP counters."""
         as_json, args = self._json_flag(args)
         if args:
             return Reply(400, "Too many arguments", ["usage: reg_stats [json]"])
-        counts = Counter(r.state for r in self._registry)
-        by_state = {state.name: counts.get(state, 0) for state in RegState}
-        enabled = sum(1 for r in self._registry if r.enabled)
+        counts: Counter[tuple[RegState, bool]] = Counter((r.state, r.account.enabled) for r in self._registry)
+        by_state = {state.name: counts[(state, True)] + counts[(state, False)] for state in RegState}
+        enabled = sum(count for (_, on), count in counts.items() if on)
         stats = {
             "total": len(self._registry),
             "enabled": enabled,
@@ -191,3 +192,19 @@ class Commands:
         if args:
             return Reply(400, "Too many arguments", ["usage: reg_events"])
         return Reply(200, "OK", subscribe=True)
+
+
+def _json_body(registrants: list[Registrant]) -> Iterator[str]:
+    """C{{"Records": [...]}} as one line, a record per chunk."""
+    yield '{"Records":['
+    separator = ""
+    for registrant in registrants:
+        yield separator + json.dumps(record_dict(registrant), separators=(",", ":"))
+        separator = ","
+    yield "]}\n"
+
+
+def _text_body(registrants: list[Registrant]) -> Iterator[str]:
+    """A block of lines per record."""
+    for registrant in registrants:
+        yield "".join(line.replace("\n", " ") + "\n" for line in record_text(registrant))

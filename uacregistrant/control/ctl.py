@@ -67,15 +67,14 @@ def request(description: str, command: str, timeout: float = 10.0) -> tuple[str,
     """Send one command; return the status line and the body lines."""
     with connect(description, timeout) as sock:
         sock.sendall(command.encode("utf-8") + b"\n")
-        buffer = b""
-        while True:
-            lines = buffer.split(b"\n")
-            if len(lines) >= 2 and b"" in (line.rstrip(b"\r") for line in lines[1:-1]):
-                break
+        # The reply ends at the first empty line (body lines are never empty).
+        received = bytearray()
+        while received.find(b"\n\n", max(0, len(received) - (1 << 20) - 1)) == -1:
             chunk = sock.recv(1 << 20)
             if not chunk:
                 break
-            buffer += chunk
+            received += chunk
+        buffer = bytes(received)
         try:
             sock.sendall(b"quit\n")
         except OSError:

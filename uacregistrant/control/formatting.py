@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 from typing import Any
 
 from ..registrant import Registrant
@@ -13,8 +14,14 @@ def iso_time(seconds: float | None) -> str | None:
     """ISO 8601 UTC with seconds, or C{None} for never."""
     if seconds is None:
         return None
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return _iso_second(int(seconds))
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_second(second: int) -> str:
+    # Listings show many records sent or due in the same second.
+    moment = datetime.datetime.fromtimestamp(second, datetime.timezone.utc)
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def record_dict(registrant: Registrant) -> dict[str, Any]:

@@ -8,11 +8,14 @@ socat; the connection stays open until C{quit}.
 from __future__ import annotations
 
 from collections import deque
+from typing import Iterator, cast
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IConsumer, IPullProducer
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .commands import Commands, Reply
 
@@ -57,11 +60,24 @@ class ControlProtocol(LineOnlyReceiver):
     def _finish(self, reply: Reply) -> None:
         self._busy = False
         self.sendReply(reply)
+        if not self._busy:
+            self._next()
+
+    def _finish_stream(self) -> None:
+        if self.transport is not None:
+            cast(IConsumer, self.transport).unregisterProducer()
+            self.transport.write(b"\n")
+        self._busy = False
         self._next()
 
     def sendReply(self, reply: Reply) -> None:
         """Write a reply; body lines never contain a newline."""
         if self.transport is None or self.transport.disconnecting:  # type: ignore[attr-defined]
+            return
+        if reply.stream is not None:
+            self.transport.write(reply.status_line.encode("utf-8") + b"\n")
+            self._busy = True
+            cast(IConsumer, self.transport).registerProducer(_BodyProducer(self, reply.stream), False)
             return
         lines = [reply.status_line, *(line.replace("\n", " ") for line in reply.body)]
         if reply.subscribe:
@@ -91,6 +107,42 @@ class ControlProtocol(LineOnlyReceiver):
     def lineLengthExceeded(self, line: bytes) -> None:
         """Refuse an over-long line and drop the connection."""
         self.sendReply(Reply(400, "Line too long", close=True))
+
+
+@implementer(IPullProducer)
+class _BodyProducer:
+    """
+    Writes a streamed body a slice at a time, each time the connection's
+    buffer drains, so a listing of 100k records never stalls the reactor.
+    """
+
+    #: Bytes written per resumeProducing at most (roughly).
+    SLICE = 256 * 1024
+
+    def __init__(self, protocol: ControlProtocol, chunks: Iterator[str]) -> None:
+        self._protocol = protocol
+        self._chunks = chunks
+
+    def resumeProducing(self) -> None:
+        """Write the next slice; finish the reply at the end."""
+        transport = self._protocol.transport
+        if transport is None:
+            return
+        pieces: list[str] = []
+        size = 0
+        for chunk in self._chunks:
+            pieces.append(chunk)
+            size += len(chunk)
+            if size >= self.SLICE:
+                transport.write("".join(pieces).encode("utf-8"))
+                return
+        if pieces:
+            transport.write("".join(pieces).encode("utf-8"))
+        self._protocol._finish_stream()
+
+    def stopProducing(self) -> None:
+        """The connection went away: drop the rest."""
+        self._chunks = iter(())
 
 
 class ControlFactory(Factory):

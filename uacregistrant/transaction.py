@@ -32,7 +32,7 @@ class DatagramSender(Protocol):
 
 
 class ClientTransaction:
-    """One outstanding (or just completed) REGISTER transaction."""
+    """One outstanding REGISTER transaction."""
 
     __slots__ = (
         "branch",
@@ -43,9 +43,8 @@ class ClientTransaction:
         "on_final",
         "on_timeout",
         "interval",
-        "timer_e",
-        "timer_f",
-        "completed",
+        "deadline",
+        "timer",
     )
 
     def __init__(
@@ -66,14 +65,18 @@ class ClientTransaction:
         self.on_final = on_final
         self.on_timeout = on_timeout
         self.interval = 0.0
-        self.timer_e: IDelayedCall | None = None
-        self.timer_f: IDelayedCall | None = None
-        self.completed = False
+        self.deadline = 0.0
+        self.timer: IDelayedCall | None = None
 
 
 class TransactionLayer:
     """
     The table of client transactions, keyed by branch.
+
+    One timer per transaction serves as Timer E and Timer F: it fires for
+    each retransmission and, last, exactly at the Timer F deadline.
+    Completed transactions are remembered for Timer K (T4) in a queue that
+    is swept as new work arrives, not with a timer each.
 
     @param t1: RFC 3261 T1 in seconds (RTT estimate).
     """
@@ -92,9 +95,10 @@ class TransactionLayer:
         self.t2 = t2
         self.t4 = t4
         self._table: dict[str, ClientTransaction] = {}
+        self._completed: dict[str, tuple[float, Address, int]] = {}
 
     def __len__(self) -> int:
-        return sum(1 for t in self._table.values() if not t.completed)
+        return len(self._table)
 
     def start(
         self,
@@ -113,13 +117,22 @@ class TransactionLayer:
         """
         sender.send(data, dest)
         self._counters.requests_sent += 1
+        now = self._clock.seconds()
         txn = ClientTransaction(branch, cseq, dest, data, sender, on_final, on_timeout)
         txn.interval = self.t1
-        txn.timer_e = self._clock.callLater(self.t1, self._retransmit, txn)
-        txn.timer_f = self._clock.callLater(64 * self.t1, self._timeout, txn)
+        txn.deadline = now + 64 * self.t1
+        txn.timer = self._clock.callLater(self.t1, self._tick, txn)
         self._table[branch] = txn
+        self._sweep(now)
 
-    def _retransmit(self, txn: ClientTransaction) -> None:
+    def _tick(self, txn: ClientTransaction) -> None:
+        now = self._clock.seconds()
+        if now >= txn.deadline:
+            txn.timer = None
+            self._table.pop(txn.branch, None)
+            self._counters.timeouts += 1
+            txn.on_timeout()
+            return
         try:
             txn.sender.send(txn.data, txn.dest)
             self._counters.retransmissions += 1
@@ -127,20 +140,19 @@ class TransactionLayer:
             self._counters.send_errors += 1
             _log.warn("retransmission to {dest} failed: {error}", dest=txn.dest, error=str(e))
         txn.interval = min(2 * txn.interval, self.t2)
-        txn.timer_e = self._clock.callLater(txn.interval, self._retransmit, txn)
+        self._schedule(txn, now)
 
-    def _timeout(self, txn: ClientTransaction) -> None:
-        txn.timer_f = None
-        self._cancel_e(txn)
-        self._table.pop(txn.branch, None)
-        self._counters.timeouts += 1
-        txn.on_timeout()
+    def _schedule(self, txn: ClientTransaction, now: float) -> None:
+        txn.timer = self._clock.callLater(max(0.0, min(txn.interval, txn.deadline - now)), self._tick, txn)
 
-    @staticmethod
-    def _cancel_e(txn: ClientTransaction) -> None:
-        if txn.timer_e is not None and txn.timer_e.active():
-            txn.timer_e.cancel()
-        txn.timer_e = None
+    def _sweep(self, now: float) -> None:
+        """Forget completed transactions older than T4 (oldest first)."""
+        completed = self._completed
+        while completed:
+            branch, (expiry, _, _) = next(iter(completed.items()))
+            if expiry > now:
+                break
+            del completed[branch]
 
     def receive(self, response: Response, source: Address) -> None:
         """
@@ -148,14 +160,18 @@ class TransactionLayer:
         """
         counters = self._counters
         try:
-            branch = response.top_via.branch
+            branch = response.top_via.branch or ""
             number, method = response.cseq
         except SipParseError:
             counters.dropped_malformed += 1
             return
-        txn = self._table.get(branch or "")
+        txn = self._table.get(branch)
         if txn is None:
-            counters.dropped_no_transaction += 1
+            done = self._completed.get(branch)
+            if done is not None and done[0] > self._clock.seconds() and done[1] == (source[0], source[1]) and done[2] == number:
+                counters.absorbed_retransmissions += 1
+            else:
+                counters.dropped_no_transaction += 1
             return
         if (source[0], source[1]) != txn.dest:
             counters.dropped_wrong_source += 1
@@ -163,27 +179,26 @@ class TransactionLayer:
         if number != txn.cseq or method != "REGISTER":
             counters.dropped_cseq_mismatch += 1
             return
-        if txn.completed:
-            counters.absorbed_retransmissions += 1
-            return
         counters.responses_accepted += 1
         if response.status < 200:
-            if txn.timer_e is not None and txn.interval < self.t2:
-                self._cancel_e(txn)
+            if txn.interval < self.t2 and txn.timer is not None:
+                txn.timer.cancel()
                 txn.interval = self.t2
-                txn.timer_e = self._clock.callLater(self.t2, self._retransmit, txn)
+                self._schedule(txn, self._clock.seconds())
             return
-        self._cancel_e(txn)
-        if txn.timer_f is not None and txn.timer_f.active():
-            txn.timer_f.cancel()
-        txn.completed = True
-        txn.timer_f = self._clock.callLater(self.t4, self._table.pop, txn.branch, None)
+        if txn.timer is not None and txn.timer.active():
+            txn.timer.cancel()
+        txn.timer = None
+        del self._table[branch]
+        now = self._clock.seconds()
+        self._completed[branch] = (now + self.t4, txn.dest, txn.cseq)
+        self._sweep(now)
         txn.on_final(response)
 
     def stop(self) -> None:
         """Cancel every timer (service shutdown)."""
         for txn in self._table.values():
-            self._cancel_e(txn)
-            if txn.timer_f is not None and txn.timer_f.active():
-                txn.timer_f.cancel()
+            if txn.timer is not None and txn.timer.active():
+                txn.timer.cancel()
         self._table.clear()
+        self._completed.clear()

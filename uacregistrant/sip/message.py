@@ -37,6 +37,7 @@ _COMPACT = {
 }
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 # SIP / 2.0 / transport  sent-by[;params]  (LWS allowed around the slashes)
+_WHITESPACE = re.compile(r"\s")
 _ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^\s<>\"]+")
 _VIA = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+(\S.*)$", re.IGNORECASE | re.DOTALL)
 # Headers whose values are comma-separated lists (RFC 3261 §7.3.1).
@@ -60,6 +61,8 @@ class SipMessage:
     headers: list[tuple[str, str]]
     body: bytes
     _index: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    _via: "Via | None" = field(default=None, repr=False)
+    _cseq: tuple[int, str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name, value in self.headers:
@@ -91,7 +94,12 @@ class SipMessage:
 
     @property
     def cseq(self) -> tuple[int, str]:
-        """CSeq as C{(number, METHOD)}."""
+        """CSeq as C{(number, METHOD)} (parsed once)."""
+        if self._cseq is None:
+            self._cseq = self._parse_cseq()
+        return self._cseq
+
+    def _parse_cseq(self) -> tuple[int, str]:
         value = self.get("cseq")
         if value is None:
             raise SipParseError("missing CSeq")
@@ -103,11 +111,13 @@ class SipMessage:
 
     @property
     def top_via(self) -> "Via":
-        """The topmost Via."""
-        value = self.get("via")
-        if value is None:
-            raise SipParseError("missing Via")
-        return parse_via(value)
+        """The topmost Via (parsed once)."""
+        if self._via is None:
+            value = self.get("via")
+            if value is None:
+                raise SipParseError("missing Via")
+            self._via = parse_via(value)
+        return self._via
 
     def int_header(self, name: str) -> int | None:
         """A header holding a non-negative integer (Expires, Min-Expires)."""
@@ -298,7 +308,7 @@ def parse_via(value: str) -> Via:
         host, colon, porttext = sent_by.partition(":")
         if colon:
             port = _via_port(porttext, value)
-    if not host or any(c.isspace() for c in host):
+    if not host or _WHITESPACE.search(host):
         raise SipParseError(f"invalid Via host {value[:80]!r}")
     return Via(transport.upper(), host.lower(), port, parse_params(paramtext))
 

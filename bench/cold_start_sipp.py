@@ -1,0 +1,139 @@
+"""
+Cold start against SIPp registrars (issue 5, scenario 1): N accounts in
+SQLite, digest MD5 qop=auth checked by SIPp's verifyauth
+(bench/sipp/registrar_401_200.xml), K SIPp instances on loopback with the
+accounts spread over them.  The daemon runs as `twistd -n uacregistrant`;
+its CPU comes from /proc.  Reports wall time from start to all REGISTERED,
+daemon CPU seconds and per registration, registrations/s, retransmissions,
+timeouts.
+
+    python bench/cold_start_sipp.py --accounts 1000 --accounts 10000 --registrars 2 --rate 5000
+
+Bounded: every run stops after --timeout seconds; only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from uacregistrant.control.ctl import request  # noqa: E402
+from uacregistrant.store import schema_sql  # noqa: E402
+
+TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+SCENARIO = ROOT / "bench" / "sipp" / "registrar_401_200.xml"
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(accounts: int, registrars: int, rate: float, timeout: float, profile: str | None = None) -> dict[str, object]:
+    directory = tempfile.mkdtemp(prefix="uacreg-cold-")
+    ports = [free_udp_port() for _ in range(registrars)]
+    sipps = [
+        subprocess.Popen(
+            ["sipp", "-sf", str(SCENARIO), "-i", "127.0.0.1", "-p", str(port), "-nostdin", "-bg",
+             "-max_recv_loops", "10000", "-buff_size", "8388608"],
+            cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    for sipp in sipps:
+        sipp.wait(10)  # -bg forks and returns
+    time.sleep(0.5)
+    local = free_udp_port()
+    db = sqlite3.connect(os.path.join(directory, "r.db"))
+    db.executescript(schema_sql("sqlite"))
+    db.executemany(
+        "INSERT INTO registrant (registrar, aor, username, password, binding_URI, expiry) VALUES (?,?,?,?,?,?)",
+        ((f"sip:127.0.0.1:{ports[i % registrars]}", f"sip:u{i}@bench.invalid", f"u{i}", "bench-pw",
+          f"sip:u{i}@127.0.0.1:{local}", 3600) for i in range(accounts)),
+    )
+    db.commit()
+    db.close()
+    control = f"unix:{directory}/ctl"
+    start = time.monotonic()
+    daemon = subprocess.Popen(
+        [*TWISTD, "-n", "--pidfile=", f"--logfile={directory}/daemon.log",
+         *(["--profile", profile, "--profiler", "cprofile", "--savestats"] if profile else []), "uacregistrant",
+         "--db-url", f"sqlite:{directory}/r.db", "--listen", f"udp:127.0.0.1:{local}", "--control", control,
+         "--hash-size", "0", "--timer-interval", "1800", "--send-rate", str(rate), "--no-unregister-on-shutdown"],
+        cwd=directory, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    stats: dict[str, object] = {}
+    registered = 0
+    try:
+        while time.monotonic() - start < timeout:
+            time.sleep(0.1)
+            try:
+                status, body = request(control, "reg_stats json", timeout=5)
+            except OSError:
+                continue
+            stats = json.loads(body[0])
+            registered = stats["states"]["REGISTERED_STATE"]  # type: ignore[index]
+            if registered == accounts:
+                break
+        wall = time.monotonic() - start
+        cpu = cpu_seconds(daemon.pid)
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+        for port in ports:
+            subprocess.run(["pkill", "-f", f"-p {port} "], check=False)
+        shutil.rmtree(directory, ignore_errors=True)
+    sip = stats.get("sip", {})
+    return {
+        "accounts": accounts,
+        "registrars": registrars,
+        "rate_limit": rate,
+        "registered": registered,
+        "wall_s": round(wall, 2),
+        "daemon_cpu_s": round(cpu, 2),
+        "cpu_us_per_registration": round(1e6 * cpu / max(1, registered), 1),
+        "registrations_per_s": round(registered / wall, 1),
+        "retransmissions": sip.get("retransmissions"),  # type: ignore[union-attr]
+        "timeouts": sip.get("timeouts"),  # type: ignore[union-attr]
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--accounts", type=int, action="append")
+    parser.add_argument("--registrars", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=5000)
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--profile", help="write the daemon's cProfile stats here (slows it down)")
+    options = parser.parse_args()
+    results = [run(n, options.registrars, options.rate, options.timeout, options.profile) for n in options.accounts or [1000]]
+    columns = list(results[0])
+    print("| " + " | ".join(columns) + " |")
+    print("| " + " | ".join("---" for _ in columns) + " |")
+    for r in results:
+        print("| " + " | ".join(str(r[c]) for c in columns) + " |")
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

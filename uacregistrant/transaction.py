@@ -10,6 +10,7 @@ and the address the request went to; anything else is counted and dropped.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -96,6 +97,8 @@ class TransactionLayer:
         self.t4 = t4
         self._table: dict[str, ClientTransaction] = {}
         self._completed: dict[str, tuple[float, Address, int]] = {}
+        # (expiry, branch), oldest first: a dict's head is slow to pop.
+        self._expiries: deque[tuple[float, str]] = deque()
 
     def __len__(self) -> int:
         return len(self._table)
@@ -147,12 +150,10 @@ class TransactionLayer:
 
     def _sweep(self, now: float) -> None:
         """Forget completed transactions older than T4 (oldest first)."""
-        completed = self._completed
-        while completed:
-            branch, (expiry, _, _) = next(iter(completed.items()))
-            if expiry > now:
-                break
-            del completed[branch]
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            _, branch = expiries.popleft()
+            self._completed.pop(branch, None)
 
     def receive(self, response: Response, source: Address) -> None:
         """
@@ -192,6 +193,7 @@ class TransactionLayer:
         del self._table[branch]
         now = self._clock.seconds()
         self._completed[branch] = (now + self.t4, txn.dest, txn.cseq)
+        self._expiries.append((now + self.t4, branch))
         self._sweep(now)
         txn.on_final(response)
 
@@ -202,3 +204,4 @@ class TransactionLayer:
                 txn.timer.cancel()
         self._table.clear()
         self._completed.clear()
+        self._expiries.clear()

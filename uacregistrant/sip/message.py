@@ -38,6 +38,8 @@ _COMPACT = {
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 # SIP / 2.0 / transport  sent-by[;params]  (LWS allowed around the slashes)
 _WHITESPACE = re.compile(r"\s")
+# header-name HCOLON value (RFC 3261 §7.3.1; LWS allowed before the colon)
+_HEADER_LINE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:(.*)", re.DOTALL)
 _ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^\s<>\"]+")
 _VIA = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+(\S.*)$", re.IGNORECASE | re.DOTALL)
 # Headers whose values are comma-separated lists (RFC 3261 §7.3.1).
@@ -448,11 +450,11 @@ def _parse_header_lines(lines: list[str]) -> list[tuple[str, str]]:
             name, value = headers[-1]
             headers[-1] = (name, value + " " + line.strip())
             continue
-        name, colon, value = line.partition(":")
-        name = name.strip().lower()
-        if not colon or not _is_token(name):
+        match = _HEADER_LINE.match(line)
+        if match is None:
             raise SipParseError(f"invalid header line {line[:80]!r}")
-        headers.append((_COMPACT.get(name, name), value.strip()))
+        name = match.group(1).lower()
+        headers.append((_COMPACT.get(name, name), match.group(2).strip()))
         if len(headers) > MAX_HEADERS:
             raise SipParseError(f"more than {MAX_HEADERS} header fields")
     return headers

@@ -284,11 +284,6 @@ class Registrant:
         self._settle(now)
 
     @property
-    def holds_binding(self) -> bool:
-        """Whether a binding we registered may still exist at the registrar."""
-        return self.registered_until is not None
-
-    @property
     def in_transaction(self) -> bool:
         """Whether a request is outstanding."""
         return self.state in IN_TRANSACTION

@@ -103,7 +103,7 @@ def run(accounts: int, registrars: int, rate: float, timeout: float, profile: st
         daemon.terminate()
         daemon.wait(30)
         for port in ports:
-            subprocess.run(["pkill", "-f", f"-p {port} "], check=False)
+            subprocess.run(["pkill", "-f", "--", f"-p {port} "], check=False)
         shutil.rmtree(directory, ignore_errors=True)
     sip = stats.get("sip", {})
     return {

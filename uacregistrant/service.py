@@ -92,7 +92,13 @@ class RegistrantService(MultiService):
             SipResolver(resolver or dns_client.createResolver(), clock),
             self.transports,
         )
-        self.pacer = Pacer(clock, settings.send_rate, self.client.send)
+        self.pacer = Pacer(
+            clock,
+            settings.send_rate,
+            self.client.send,
+            window=settings.max_in_flight,
+            in_flight=self.transactions.__len__,
+        )
         self.walker = BucketWalker(self.registry, clock, settings.bucket_interval, self.pacer)
         self.sync = TableSync(
             self.registry,

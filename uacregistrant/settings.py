@@ -38,6 +38,7 @@ class Settings:
     send_rate: float = 1000.0
     retry_interval: float = 30.0
     retry_max_interval: float = 1800.0
+    max_in_flight: int = 1000
     db_poll: float = 0.0
     db_notify: bool = True
     shutdown_timeout: float = 5.0
@@ -60,6 +61,7 @@ SCALARS: dict[str, tuple[type, Any]] = {
     "send_rate": (float, 1000.0),
     "retry_interval": (float, 30.0),
     "retry_max_interval": (float, 1800.0),
+    "max_in_flight": (int, 1000),
     "db_poll": (float, 0.0),
     "shutdown_timeout": (float, 5.0),
 }
@@ -116,6 +118,8 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
         raise ConfigError(f"retry_interval must be positive, not {scalars['retry_interval']}")
     if scalars["retry_max_interval"] < scalars["retry_interval"]:
         raise ConfigError("retry_max_interval must not be less than retry_interval")
+    if scalars["max_in_flight"] < 1:
+        raise ConfigError(f"max_in_flight must be at least 1, not {scalars['max_in_flight']}")
     if scalars["db_poll"] < 0:
         raise ConfigError(f"db_poll must be 0 (off) or a positive number of seconds, not {scalars['db_poll']}")
     if not 0 <= scalars["shutdown_timeout"] <= 3600:
@@ -151,6 +155,7 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
         send_rate=scalars["send_rate"],
         retry_interval=scalars["retry_interval"],
         retry_max_interval=scalars["retry_max_interval"],
+        max_in_flight=scalars["max_in_flight"],
         db_poll=scalars["db_poll"],
         shutdown_timeout=scalars["shutdown_timeout"],
         **flags,

@@ -24,6 +24,7 @@ _DESCRIPTIONS = {
     "send_rate": "First REGISTERs sent per second at most",
     "retry_interval": "First retry delay after a failure (s); doubles per failure",
     "retry_max_interval": "Cap on the retry delay (s)",
+    "max_in_flight": "Outstanding REGISTER transactions at most (new ones wait)",
     "db_poll": "Re-read the table every N seconds (0 = off; for SQLite, which has no NOTIFY)",
     "shutdown_timeout": "Seconds to wait for un-REGISTERs at shutdown",
 }

@@ -27,6 +27,26 @@ MAX_DATAGRAM = 16384
 _log = Logger()
 
 
+#: Socket buffer size asked for: a burst of answers must not overflow it
+#: while the daemon is busy (the kernel default, about 200 KiB, holds
+#: some 500 responses).
+SOCKET_BUFFER = 8 * 2**20
+
+
+def enlarge_buffers(sock: socket.socket) -> None:
+    """Ask for big send/receive buffers; beyond rmem_max only root may."""
+    for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
+                         (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
+        for option in (force, plain):
+            if option is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+                break
+            except OSError:
+                continue
+
+
 class SipTransport(DatagramProtocol):
     """
     A listening UDP socket shared by every record that sends from it.
@@ -42,10 +62,13 @@ class SipTransport(DatagramProtocol):
         self._local_ips: dict[str, str] = {}
 
     def startProtocol(self) -> None:
-        """Learn the bound port (for port 0)."""
+        """Learn the bound port (for port 0); enlarge the socket's buffers."""
         assert self.transport is not None
         host = self.transport.getHost()
         self.spec = SocketSpec(self.spec.host, host.port)
+        handle = getattr(self.transport, "getHandle", None)
+        if handle is not None:
+            enlarge_buffers(handle())
 
     def send(self, data: bytes, dest: Address) -> None:
         """Send a datagram; raises L{OSError} when the socket refuses."""

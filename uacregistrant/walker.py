@@ -26,9 +26,13 @@ _log = Logger()
 
 class Pacer:
     """
-    A token bucket that releases queued registrants at C{rate} per second.
+    A token bucket that releases queued registrants at C{rate} per second,
+    and never while C{window} transactions are already outstanding (so a
+    slow registrar, or a daemon busier than the rate allows, slows the
+    sending instead of drowning in retransmissions).
 
     @param send: called with each released registrant that is still due.
+    @param in_flight: how many transactions are outstanding.
     """
 
     def __init__(
@@ -37,10 +41,14 @@ class Pacer:
         rate: float,
         send: Callable[[Registrant], None],
         quantum: float = 0.01,
+        window: int | None = None,
+        in_flight: Callable[[], int] = lambda: 0,
     ) -> None:
         self._clock = clock
         self._rate = rate
         self._send = send
+        self._window = window
+        self._in_flight = in_flight
         self._quantum = quantum
         self._burst = max(1.0, rate * quantum * 2)
         self._tokens = self._burst
@@ -73,7 +81,10 @@ class Pacer:
         self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
         self._last = now
         queue = self._queue
+        window = self._window
         while queue and self._tokens >= 1:
+            if window is not None and self._in_flight() >= window:
+                break  # congestion: wait for answers before starting more
             registrant = queue.popleft()
             registrant.queued = False
             if registrant.removed or not registrant.due(now):

@@ -249,3 +249,20 @@ class SimulationTests(SynchronousTestCase):
         a = service.registry.by_aor("sip:a@test.invalid")[0]
         self.assertEqual((a.call_id, a.expires), (call_id, 1800))
         self.assertNotIn("sip:b@test.invalid", [k[0] for k in sim.registrar.bindings])
+
+    def test_in_flight_window(self) -> None:
+        """No more than --max-in-flight transactions at once: a slow registrar slows the sending."""
+        users = {f"u{i}": UserPolicy(delay=0.3) for i in range(100)}
+        sim = self.simulation(users, hash_size=0, timer_interval=100, send_rate=1000, max_in_flight=10)
+        for user in users:
+            sim.add(user)
+        service = sim.start()
+        peak = 0
+        for _ in range(100):
+            sim.run(0.1)
+            peak = max(peak, len(service.transactions))
+            if set(sim.states().values()) == {"REGISTERED_STATE"}:
+                break
+        self.assertEqual(peak, 10)
+        self.assertEqual(set(sim.states().values()), {"REGISTERED_STATE"})
+        self.assertEqual(service.counters.retransmissions, 0)

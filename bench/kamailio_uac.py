@@ -1,0 +1,195 @@
+"""
+Side by side (issue 5, scenario 6, cold start): the same N accounts, the
+same SIPp registrars (bench/sipp/registrar_401_200.xml), first
+uacregistrant (bench/cold_start_sipp.py), then Kamailio 5.6's `uac`
+module remote registration from a db_text `uacreg` table, tuned as the
+issue says (f_malloc, reg_hash_size 14, max_branches 1, reg_timer_interval
+1, reg_retry_interval 30, a random initial delay, 2 children, -m 1024
+-M 256).  Kamailio's CPU is summed over its process group from /proc;
+"all registered" is the registrars' own count of 200s sent (SIPp's
+statistics file, written every second), since `uac.reg_dump` is too big
+for kamcmd at this scale and the `uac:regactive` counter stayed 0.  Prints both and the
+ratios.
+
+    python bench/kamailio_uac.py --accounts 10000 --rate 5000
+
+Bounded by --timeout per run; only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from cold_start_sipp import SCENARIO, free_udp_port, run as run_uacregistrant  # noqa: E402
+
+MODULES = next(iter(glob.glob("/usr/lib/*/kamailio/modules")), "/usr/lib/kamailio/modules")
+
+CONFIG = """#!KAMAILIO
+debug=1
+log_stderror=yes
+fork=yes
+children=2
+max_branches=1
+auto_aliases=no
+listen=udp:127.0.0.1:{port}
+mpath="{modules}"
+loadmodule "kex.so"
+loadmodule "corex.so"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "ctl.so"
+loadmodule "counters.so"
+loadmodule "rr.so"
+loadmodule "db_text.so"
+loadmodule "uac.so"
+modparam("ctl", "binrpc", "unix:{directory}/kamailio.ctl")
+modparam("uac", "reg_db_url", "text://{directory}/db")
+modparam("uac", "reg_contact_addr", "127.0.0.1:{port}")
+modparam("uac", "reg_hash_size", 14)
+modparam("uac", "reg_timer_interval", 1)
+modparam("uac", "reg_retry_interval", 30)
+modparam("uac", "reg_random_delay", {delay})
+request_route {{
+    sl_send_reply("404", "Not here");
+    exit;
+}}
+"""
+
+
+def successful(path: str) -> int:
+    """The registrar's count of completed registrations (200 sent), from SIPp's statistics file."""
+    try:
+        with open(path) as f:
+            lines = [line for line in f.read().splitlines() if line.strip()]
+    except OSError:
+        return 0
+    if len(lines) < 2:
+        return 0
+    header = lines[0].split(";")
+    values = lines[-1].split(";")
+    try:
+        return int(values[header.index("SuccessfulCall(C)")])
+    except (ValueError, IndexError):
+        return 0
+
+
+def group_cpu(pgid: int) -> float:
+    total = 0.0
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def run_kamailio(accounts: int, registrars: int, timeout: float) -> dict[str, object]:
+    directory = tempfile.mkdtemp(prefix="uacreg-kamuac-")
+    ports = [free_udp_port() for _ in range(registrars)]
+    for port in ports:
+        subprocess.run(
+            ["sipp", "-sf", str(SCENARIO), "-i", "127.0.0.1", "-p", str(port), "-nostdin", "-bg",
+             "-max_recv_loops", "10000", "-buff_size", "8388608",
+             "-trace_stat", "-stf", os.path.join(directory, f"stat{port}.csv"), "-fd", "1"],
+            cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10,
+        )
+    time.sleep(0.5)
+    os.mkdir(os.path.join(directory, "db"))
+    with open(os.path.join(directory, "db", "version"), "w") as f:
+        f.write("table_name(string) table_version(int)\nuacreg:5\n")
+    with open(os.path.join(directory, "db", "uacreg"), "w") as f:
+        f.write("id(int,auto) l_uuid(string) l_username(string) l_domain(string) r_username(string) r_domain(string) "
+                "realm(string) auth_username(string) auth_password(string) auth_ha1(string,null) auth_proxy(string) "
+                "expires(int) flags(int) reg_delay(int) contact_addr(string,null) socket(string,null)\n")
+        for i in range(accounts):
+            f.write(f"{i + 1}:u{i}:u{i}:bench.invalid:u{i}:bench.invalid:bench.invalid:u{i}:bench-pw::"
+                    f"sip\\:127.0.0.1\\:{ports[i % registrars]}:3600:0:0::\n")
+    port = free_udp_port()
+    delay = max(2, accounts // 20000)
+    config = os.path.join(directory, "kamailio.cfg")
+    with open(config, "w") as f:
+        f.write(CONFIG.format(port=port, modules=MODULES, directory=directory, delay=delay))
+    start = time.monotonic()
+    kamailio = subprocess.Popen(
+        ["kamailio", "-f", config, "-DD", "-E", "-x", "fm", "-m", "1024", "-M", "256", "-Y", directory],
+        cwd=directory, stdout=open(os.path.join(directory, "kamailio.log"), "wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    active = 0
+    try:
+        while time.monotonic() - start < timeout and kamailio.poll() is None:
+            time.sleep(max(0.1, accounts / 100000))
+            active = sum(successful(os.path.join(directory, f"stat{p}.csv")) for p in ports)
+            if active >= accounts:
+                break
+        wall = time.monotonic() - start
+        cpu = group_cpu(kamailio.pid)
+    finally:
+        os.killpg(kamailio.pid, 15)
+        kamailio.wait(30)
+        for p in ports:
+            subprocess.run(["pkill", "-f", "--", f"-p {p} "], check=False)
+        log = open(os.path.join(directory, "kamailio.log"), errors="replace").read()[-2000:]
+        shutil.rmtree(directory, ignore_errors=True)
+    if active < accounts:
+        print(log, file=sys.stderr)
+    return {
+        "system": "kamailio uac",
+        "accounts": accounts,
+        "registered": active,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "cpu_us_per_registration": round(1e6 * cpu / max(1, active), 1),
+        "registrations_per_s": round(active / wall, 1),
+        "random_delay_s": delay,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--accounts", type=int, default=10000)
+    parser.add_argument("--registrars", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=5000)
+    parser.add_argument("--timeout", type=float, default=300)
+    options = parser.parse_args()
+    ours = run_uacregistrant(options.accounts, options.registrars, options.rate, options.timeout)
+    theirs = run_kamailio(options.accounts, options.registrars, options.timeout)
+    rows = [
+        {"system": "uacregistrant", "accounts": ours["accounts"], "registered": ours["registered"], "wall_s": ours["wall_s"],
+         "cpu_s": ours["daemon_cpu_s"], "cpu_us_per_registration": ours["cpu_us_per_registration"],
+         "registrations_per_s": ours["registrations_per_s"]},
+        {k: v for k, v in theirs.items() if k != "random_delay_s"},
+    ]
+    columns = list(rows[0])
+    print("| " + " | ".join(columns) + " |")
+    print("| " + " | ".join("---" for _ in columns) + " |")
+    for r in rows:
+        print("| " + " | ".join(str(r[c]) for c in columns) + " |")
+    ratio = {
+        "wall_ratio": round(float(rows[0]["wall_s"]) / max(0.01, float(rows[1]["wall_s"])), 2),  # type: ignore[arg-type]
+        "cpu_ratio": round(float(rows[0]["cpu_s"]) / max(0.01, float(rows[1]["cpu_s"])), 2),  # type: ignore[arg-type]
+        "kamailio_random_delay_s": theirs["random_delay_s"],
+    }
+    print(f"uacregistrant / kamailio: wall x{ratio['wall_ratio']}, CPU x{ratio['cpu_ratio']}")
+    print(json.dumps({"rows": rows, **ratio}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,9 +12,7 @@ Nothing is registered (send rate 1/s to the discard port of 127.0.0.1).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sqlite3
 import sys
 import tempfile
 import subprocess
@@ -23,7 +21,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import report, write_accounts  # noqa: E402
 
 from twisted.internet import reactor  # noqa: E402
 from twisted.internet.task import LoopingCall  # noqa: E402
@@ -31,7 +31,6 @@ from twisted.names.resolve import ResolverChain  # noqa: E402
 
 from uacregistrant.service import RegistrantService, open_store  # noqa: E402
 from uacregistrant.settings import build_settings  # noqa: E402
-from uacregistrant.store import schema_sql  # noqa: E402
 
 COMMANDS = ["reg_list json", "reg_list", "reg_stats json", "reg_reload json"]
 
@@ -42,15 +41,7 @@ def main() -> int:
     options = parser.parse_args()
     directory = tempfile.mkdtemp(prefix="uacreg-admin-")
     path = os.path.join(directory, "r.db")
-    db = sqlite3.connect(path)
-    db.executescript(schema_sql("sqlite"))
-    db.executemany(
-        "INSERT INTO registrant (registrar, aor, username, password, binding_URI, expiry) VALUES (?,?,?,?,?,?)",
-        (("sip:127.0.0.1:9", f"sip:u{i}@bench.invalid", f"u{i}", "pw", f"sip:u{i}@127.0.0.1:5999", 3600)
-         for i in range(options.accounts)),
-    )
-    db.commit()
-    db.close()
+    write_accounts(path, options.accounts, ["sip:127.0.0.1:9"])
     control = f"unix:{directory}/ctl"
     settings = build_settings({
         "db_url": f"sqlite:{path}", "listen": ["udp:127.0.0.1:0"], "control": [control],
@@ -91,11 +82,7 @@ def main() -> int:
     threading.Thread(target=client, daemon=True).start()
     reactor.callLater(600, reactor.stop)
     reactor.run()
-    print(f"| command ({options.accounts} accounts) | status | seconds | body bytes | longest stall ms |")
-    print("| --- | --- | --- | --- | --- |")
-    for r in results:
-        print(f"| {r['command']} | {r['status']} | {r['seconds']} | {r['body_bytes']} | {r['max_stall_ms']} |")
-    print(json.dumps(results))
+    report(results)
     return 0
 
 

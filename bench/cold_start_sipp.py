@@ -18,8 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -27,19 +25,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import free_udp_port, report, write_accounts  # noqa: E402
 
 from uacregistrant.control.ctl import request  # noqa: E402
-from uacregistrant.store import schema_sql  # noqa: E402
 
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
 SCENARIO = ROOT / "bench" / "sipp" / "registrar_401_200.xml"
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -63,15 +56,7 @@ def run(accounts: int, registrars: int, rate: float, timeout: float, profile: st
         sipp.wait(10)  # -bg forks and returns
     time.sleep(0.5)
     local = free_udp_port()
-    db = sqlite3.connect(os.path.join(directory, "r.db"))
-    db.executescript(schema_sql("sqlite"))
-    db.executemany(
-        "INSERT INTO registrant (registrar, aor, username, password, binding_URI, expiry) VALUES (?,?,?,?,?,?)",
-        ((f"sip:127.0.0.1:{ports[i % registrars]}", f"sip:u{i}@bench.invalid", f"u{i}", "bench-pw",
-          f"sip:u{i}@127.0.0.1:{local}", 3600) for i in range(accounts)),
-    )
-    db.commit()
-    db.close()
+    write_accounts(os.path.join(directory, "r.db"), accounts, [f"sip:127.0.0.1:{p}" for p in ports], local)
     control = f"unix:{directory}/ctl"
     start = time.monotonic()
     daemon = subprocess.Popen(
@@ -129,12 +114,7 @@ def main() -> int:
     parser.add_argument("--profile", help="write the daemon's cProfile stats here (slows it down)")
     options = parser.parse_args()
     results = [run(n, options.registrars, options.rate, options.timeout, options.profile) for n in options.accounts or [1000]]
-    columns = list(results[0])
-    print("| " + " | ".join(columns) + " |")
-    print("| " + " | ".join("---" for _ in columns) + " |")
-    for r in results:
-        print("| " + " | ".join(str(r[c]) for c in columns) + " |")
-    print(json.dumps(results))
+    report(results)
     return 0
 
 

@@ -32,7 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from cold_start_sipp import SCENARIO, free_udp_port, run as run_uacregistrant  # noqa: E402
+from cold_start_sipp import SCENARIO, run as run_uacregistrant  # noqa: E402
+from common import free_udp_port, report  # noqa: E402
 
 MODULES = next(iter(glob.glob("/usr/lib/*/kamailio/modules")), "/usr/lib/kamailio/modules")
 
@@ -176,18 +177,14 @@ def main() -> int:
          "registrations_per_s": ours["registrations_per_s"]},
         {k: v for k, v in theirs.items() if k != "random_delay_s"},
     ]
-    columns = list(rows[0])
-    print("| " + " | ".join(columns) + " |")
-    print("| " + " | ".join("---" for _ in columns) + " |")
-    for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in columns) + " |")
+    report(rows)
     ratio = {
         "wall_ratio": round(float(rows[0]["wall_s"]) / max(0.01, float(rows[1]["wall_s"])), 2),  # type: ignore[arg-type]
         "cpu_ratio": round(float(rows[0]["cpu_s"]) / max(0.01, float(rows[1]["cpu_s"])), 2),  # type: ignore[arg-type]
         "kamailio_random_delay_s": theirs["random_delay_s"],
     }
     print(f"uacregistrant / kamailio: wall x{ratio['wall_ratio']}, CPU x{ratio['cpu_ratio']}")
-    print(json.dumps({"rows": rows, **ratio}))
+    print(json.dumps(ratio))
     return 0
 
 

@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import report, write_accounts  # noqa: E402
 
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.names.resolve import ResolverChain  # noqa: E402
 
 from uacregistrant.service import RegistrantService, open_store  # noqa: E402
 from uacregistrant.settings import build_settings  # noqa: E402
-from uacregistrant.store import schema_sql  # noqa: E402
 
 
 def rss_bytes() -> int:
@@ -36,15 +35,7 @@ def rss_bytes() -> int:
 def measure(accounts: int) -> dict[str, float]:
     directory = tempfile.mkdtemp(prefix="uacreg-mem-")
     path = os.path.join(directory, "r.db")
-    db = sqlite3.connect(path)
-    db.executescript(schema_sql("sqlite"))
-    db.executemany(
-        "INSERT INTO registrant (registrar, aor, username, password, binding_URI, expiry) VALUES (?,?,?,?,?,?)",
-        (("sip:127.0.0.1:5080", f"sip:u{i}@bench.invalid", f"u{i}", f"pw-{i}", f"sip:u{i}@127.0.0.1:5999", 3600)
-         for i in range(accounts)),
-    )
-    db.commit()
-    db.close()
+    write_accounts(path, accounts, ["sip:127.0.0.1:5080"])
     settings = build_settings({"db_url": f"sqlite:{path}", "listen": ["udp:127.0.0.1:0"], "control": ["unix:x"], "hash_size": 10, "timer_interval": 1800})
     clock = Clock()
     gc.collect()
@@ -73,11 +64,7 @@ def main() -> int:
     parser.add_argument("--accounts", type=int, action="append")
     options = parser.parse_args()
     results = [measure(n) for n in options.accounts or [100000]]
-    print("| accounts | load s | RSS growth MiB | bytes / account |")
-    print("| --- | --- | --- | --- |")
-    for r in results:
-        print(f"| {r['accounts']} | {r['load_s']} | {r['rss_growth_mib']} | {r['bytes_per_account']} |")
-    print(json.dumps(results))
+    report(results)
     return 0
 
 

@@ -12,10 +12,8 @@ Bounded: each run is rate x seconds registrations at most, on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,12 +21,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
 
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from common import free_udp_port, report  # noqa: E402
 
 
 def run(rate: int, seconds: int) -> dict[str, object]:
@@ -73,12 +68,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     options = parser.parse_args()
     results = [run(rate, options.seconds) for rate in options.rate or [2000]]
-    columns = list(results[0])
-    print("| " + " | ".join(columns) + " |")
-    print("| " + " | ".join("---" for _ in columns) + " |")
-    for r in results:
-        print("| " + " | ".join(str(r[c]) for c in columns) + " |")
-    print(json.dumps(results))
+    report(results)
     return 0
 
 

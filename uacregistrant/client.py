@@ -20,6 +20,7 @@ from .account import Account
 from .registrant import Outgoing, RegState, Registrant
 from .resolver import Address, SipResolver
 from .sip.message import Response, render_request
+from .stats import SipCounters
 from .transaction import TransactionLayer
 from .transport import SipTransport
 
@@ -87,9 +88,11 @@ class RegistrationClient:
         transactions: TransactionLayer,
         resolver: SipResolver,
         transports: dict[str, SipTransport],
+        counters: SipCounters,
         user_agent: str = USER_AGENT,
     ) -> None:
         self._clock = clock
+        self.counters = counters
         self._transactions = transactions
         self._resolver = resolver
         self._transports = transports
@@ -159,7 +162,11 @@ class RegistrationClient:
         if registrant.removed:
             return
         before = registrant.state
-        follow = registrant.on_response(response, self._clock.seconds())
+        held_until = registrant.registered_until
+        now = self._clock.seconds()
+        follow = registrant.on_response(response, now)
+        if held_until is not None and now > held_until and registrant.state == RegState.REGISTERED_STATE:
+            self.counters.lapsed_registrations += 1
         self._changed(registrant, before)
         if follow is not None:
             self._dispatch(registrant, follow)

@@ -91,6 +91,7 @@ class RegistrantService(MultiService):
             self.transactions,
             SipResolver(resolver or dns_client.createResolver(), clock),
             self.transports,
+            self.counters,
         )
         self.pacer = Pacer(
             clock,

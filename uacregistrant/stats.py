@@ -22,6 +22,8 @@ class SipCounters:
     dropped_wrong_source: int = 0
     dropped_cseq_mismatch: int = 0
     absorbed_retransmissions: int = 0
+    #: Registrations renewed only after their binding had expired.
+    lapsed_registrations: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""

@@ -101,6 +101,8 @@ class SimulationTests(SynchronousTestCase):
         counts = {}
         for received in sim.registrar.received:
             counts[received.user] = counts.get(received.user, 0) + 1
+        assert sim.service is not None
+        self.assertEqual(sim.service.counters.lapsed_registrations, 0)
         # Refreshes at 90% of 3600 s carry credentials up front: one request each.
         self.assertEqual(counts["long"], 2 + 3)
         refreshes = [r for r in sim.registrar.received if r.user == "long"][2:]
@@ -266,3 +268,19 @@ class SimulationTests(SynchronousTestCase):
         self.assertEqual(peak, 10)
         self.assertEqual(set(sim.states().values()), {"REGISTERED_STATE"})
         self.assertEqual(service.counters.retransmissions, 0)
+
+    def test_lapse_is_counted(self) -> None:
+        """A binding renewed only after it expired counts as a lapse in reg_stats."""
+        users = {"flaky": UserPolicy(max_expires=10)}
+        sim = self.simulation(users, hash_size=0, timer_interval=5, retry_interval=5, retry_max_interval=5)
+        sim.add("flaky", expiry=10)
+        service = sim.start()
+        sim.run(2)
+        self.assertEqual(sim.states(), {"flaky": "REGISTERED_STATE"})
+        users["flaky"].silent = True
+        sim.run(30)
+        self.assertEqual(service.counters.lapsed_registrations, 0)
+        users["flaky"].silent = False
+        sim.run(15)
+        self.assertEqual(sim.states(), {"flaky": "REGISTERED_STATE"})
+        self.assertEqual(service.counters.lapsed_registrations, 1)

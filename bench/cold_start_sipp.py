@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,44 +26,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import free_udp_port, report, write_accounts  # noqa: E402
+from common import cpu_seconds, free_udp_port, report, start_daemon, start_registrars, stop_registrars, write_accounts  # noqa: E402
 
 from uacregistrant.control.ctl import request  # noqa: E402
 
-TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
 SCENARIO = ROOT / "bench" / "sipp" / "registrar_401_200.xml"
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(accounts: int, registrars: int, rate: float, timeout: float, profile: str | None = None) -> dict[str, object]:
     directory = tempfile.mkdtemp(prefix="uacreg-cold-")
-    ports = [free_udp_port() for _ in range(registrars)]
-    sipps = [
-        subprocess.Popen(
-            ["sipp", "-sf", str(SCENARIO), "-i", "127.0.0.1", "-p", str(port), "-nostdin", "-bg",
-             "-max_recv_loops", "10000", "-buff_size", "8388608"],
-            cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        for port in ports
-    ]
-    for sipp in sipps:
-        sipp.wait(10)  # -bg forks and returns
-    time.sleep(0.5)
+    ports = start_registrars(SCENARIO, registrars, directory)
     local = free_udp_port()
     write_accounts(os.path.join(directory, "r.db"), accounts, [f"sip:127.0.0.1:{p}" for p in ports], local)
     control = f"unix:{directory}/ctl"
     start = time.monotonic()
-    daemon = subprocess.Popen(
-        [*TWISTD, "-n", "--pidfile=", f"--logfile={directory}/daemon.log",
-         *(["--profile", profile, "--profiler", "cprofile", "--savestats"] if profile else []), "uacregistrant",
-         "--db-url", f"sqlite:{directory}/r.db", "--listen", f"udp:127.0.0.1:{local}", "--control", control,
-         "--hash-size", "0", "--timer-interval", "1800", "--send-rate", str(rate), "--no-unregister-on-shutdown"],
-        cwd=directory, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    daemon = start_daemon(
+        directory, f"{directory}/r.db", local, control,
+        "--hash-size", "0", "--timer-interval", "1800", "--send-rate", str(rate),
+        twistd=["--profile", profile, "--profiler", "cprofile", "--savestats"] if profile else [],
     )
     stats: dict[str, object] = {}
     registered = 0
@@ -87,8 +66,7 @@ def run(accounts: int, registrars: int, rate: float, timeout: float, profile: st
     finally:
         daemon.terminate()
         daemon.wait(30)
-        for port in ports:
-            subprocess.run(["pkill", "-f", "--", f"-p {port} "], check=False)
+        stop_registrars(ports)
         shutil.rmtree(directory, ignore_errors=True)
     sip = stats.get("sip", {})
     return {

@@ -44,3 +44,55 @@ def report(results: list[dict[str, Any]]) -> None:
     for row in results:
         print("| " + " | ".join(str(row[c]) for c in columns) + " |")
     print(json.dumps(results))
+
+
+TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+
+
+def start_registrars(scenario: Path, count: int, directory: str, *extra: str) -> list[int]:
+    """
+    Start C{count} SIPp registrars (background) on free loopback ports;
+    return the ports.  C{{port}} in C{extra} becomes each one's port.
+    """
+    import subprocess
+    import time
+
+    ports = [free_udp_port() for _ in range(count)]
+    for port in ports:
+        subprocess.run(
+            ["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port), "-nostdin", "-bg",
+             "-max_recv_loops", "10000", "-buff_size", "8388608", *(arg.format(port=port) for arg in extra)],
+            cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10,
+        )
+    time.sleep(0.5)
+    return ports
+
+
+def stop_registrars(ports: list[int]) -> None:
+    """Stop the SIPp registrars listening on C{ports}."""
+    import subprocess
+
+    for port in ports:
+        subprocess.run(["pkill", "-f", "--", f"-p {port} "], check=False)
+
+
+def start_daemon(directory: str, db: str, local: int, control: str, *options: str, twistd: Sequence[str] = ()) -> Any:
+    """C{twistd -n uacregistrant} on the table, one loopback socket, the control socket."""
+    import os
+    import subprocess
+
+    return subprocess.Popen(
+        [*TWISTD, "-n", "--pidfile=", f"--logfile={directory}/daemon.log", *twistd, "uacregistrant",
+         "--db-url", f"sqlite:{db}", "--listen", f"udp:127.0.0.1:{local}", "--control", control,
+         "--no-unregister-on-shutdown", *options],
+        cwd=directory, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process."""
+    import os
+
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

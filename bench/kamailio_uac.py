@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from cold_start_sipp import SCENARIO, run as run_uacregistrant  # noqa: E402
-from common import free_udp_port, report  # noqa: E402
+from common import free_udp_port, report, start_registrars, stop_registrars  # noqa: E402
 
 MODULES = next(iter(glob.glob("/usr/lib/*/kamailio/modules")), "/usr/lib/kamailio/modules")
 
@@ -102,15 +102,9 @@ def group_cpu(pgid: int) -> float:
 
 def run_kamailio(accounts: int, registrars: int, timeout: float) -> dict[str, object]:
     directory = tempfile.mkdtemp(prefix="uacreg-kamuac-")
-    ports = [free_udp_port() for _ in range(registrars)]
-    for port in ports:
-        subprocess.run(
-            ["sipp", "-sf", str(SCENARIO), "-i", "127.0.0.1", "-p", str(port), "-nostdin", "-bg",
-             "-max_recv_loops", "10000", "-buff_size", "8388608",
-             "-trace_stat", "-stf", os.path.join(directory, f"stat{port}.csv"), "-fd", "1"],
-            cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10,
-        )
-    time.sleep(0.5)
+    ports = start_registrars(
+        SCENARIO, registrars, directory, "-trace_stat", "-stf", os.path.join(directory, "stat{port}.csv"), "-fd", "1"
+    )
     os.mkdir(os.path.join(directory, "db"))
     with open(os.path.join(directory, "db", "version"), "w") as f:
         f.write("table_name(string) table_version(int)\nuacreg:5\n")
@@ -144,8 +138,7 @@ def run_kamailio(accounts: int, registrars: int, timeout: float) -> dict[str, ob
     finally:
         os.killpg(kamailio.pid, 15)
         kamailio.wait(30)
-        for p in ports:
-            subprocess.run(["pkill", "-f", "--", f"-p {p} "], check=False)
+        stop_registrars(ports)
         log = open(os.path.join(directory, "kamailio.log"), errors="replace").read()[-2000:]
         shutil.rmtree(directory, ignore_errors=True)
     if active < accounts:

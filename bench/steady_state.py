@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,8 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from cold_start_sipp import TWISTD, cpu_seconds  # noqa: E402
-from common import free_udp_port, report, write_accounts  # noqa: E402
+from common import cpu_seconds, free_udp_port, report, start_daemon, start_registrars, stop_registrars, write_accounts  # noqa: E402
 
 from uacregistrant.control.ctl import request  # noqa: E402
 
@@ -47,16 +45,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300)
     options = parser.parse_args()
     directory = tempfile.mkdtemp(prefix="uacreg-steady-")
-    ports = [free_udp_port() for _ in range(options.registrars)]
-    for port in ports:
-        subprocess.run(
-            # A refresh reuses its Call-ID: forget finished calls after 1 s
-            # (SIPp keeps them 33 s by default and drops their messages).
-            ["sipp", "-sf", str(SCENARIO), "-i", "127.0.0.1", "-p", str(port), "-nostdin", "-bg",
-             "-max_recv_loops", "10000", "-buff_size", "8388608", "-deadcall_wait", "1000"],
-            cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10,
-        )
-    time.sleep(0.5)
+    # A refresh reuses its Call-ID: SIPp must forget finished calls after
+    # 1 s (it keeps them 33 s by default and drops their messages).
+    ports = start_registrars(SCENARIO, options.registrars, directory, "-deadcall_wait", "1000")
     local = free_udp_port()
     db = os.path.join(directory, "r.db")
     write_accounts(db, options.accounts, [f"sip:127.0.0.1:{p}" for p in ports], local)
@@ -67,12 +58,9 @@ def main() -> int:
     connection.commit()
     connection.close()
     control = f"unix:{directory}/ctl"
-    daemon = subprocess.Popen(
-        [*TWISTD, "-n", "--pidfile=", f"--logfile={directory}/daemon.log", "uacregistrant",
-         "--db-url", f"sqlite:{db}", "--listen", f"udp:127.0.0.1:{local}", "--control", control,
-         "--hash-size", "2", "--timer-interval", str(options.expiry // 2), "--send-rate", "10000",
-         "--no-unregister-on-shutdown"],
-        cwd=directory, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    daemon = start_daemon(
+        directory, db, local, control,
+        "--hash-size", "2", "--timer-interval", str(options.expiry // 2), "--send-rate", "10000",
     )
     try:
         start = time.monotonic()
@@ -96,8 +84,7 @@ def main() -> int:
     finally:
         daemon.terminate()
         daemon.wait(30)
-        for port in ports:
-            subprocess.run(["pkill", "-f", "--", f"-p {port} "], check=False)
+        stop_registrars(ports)
         shutil.rmtree(directory, ignore_errors=True)
     elapsed = t1 - t0
     sent = after["sip"]["requests_sent"] - before["sip"]["requests_sent"]

@@ -55,7 +55,6 @@ class Pacer:
         self._last = clock.seconds()
         self._queue: deque[Registrant] = deque()
         self._call: IDelayedCall | None = None
-        self.released = 0
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -90,7 +89,6 @@ class Pacer:
             if registrant.removed or not registrant.due(now):
                 continue
             self._tokens -= 1
-            self.released += 1
             try:
                 self._send(registrant)
             except Exception:

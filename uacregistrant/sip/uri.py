@@ -40,16 +40,6 @@ class SipUri:
     headers: str = ""
     text: str = ""
 
-    @property
-    def is_ip(self) -> bool:
-        """Whether the host is an IPv4 or IPv6 literal."""
-        return _is_ip(self.host)
-
-    @property
-    def host_for_uri(self) -> str:
-        """The host as written in a URI (IPv6 in brackets)."""
-        return f"[{self.host}]" if ":" in self.host else self.host
-
     def __str__(self) -> str:
         return self.text
 

@@ -117,7 +117,7 @@ class IRegistrantStore(Interface):
         """Release the connection(s)."""
 
 
-def row_assignments(row: Row, layout: TableLayout, present: dict[str, str]) -> list[tuple[str, Any]]:
+def row_assignments(row: Row, present: dict[str, str]) -> list[tuple[str, Any]]:
     """C{(real column, value)} for every logical column of C{row} the table has (not id)."""
     return [(present[name], row[name]) for name in COLUMNS if name != "id" and name in row and name in present]
 

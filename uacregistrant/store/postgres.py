@@ -276,7 +276,7 @@ class PostgresStore:
 
     def upsert(self, row: Row) -> defer.Deferred[None]:
         """Update the row with the same key, or insert it (one transaction)."""
-        assignments = row_assignments(row, self.layout, self._present)
+        assignments = row_assignments(row, self._present)
         table = quote_identifier(self.layout.table)
         key = [row[name] for name in KEY_COLUMNS]
         sets = ", ".join(f"{quote_identifier(name)} = %s" for name, _ in assignments)

@@ -145,7 +145,7 @@ class SqliteStore:
 
     def upsert(self, row: Row) -> defer.Deferred[None]:
         """Update the row with the same key, or insert it."""
-        assignments = row_assignments(row, self.layout, self._present)
+        assignments = row_assignments(row, self._present)
         table = quote_identifier(self.layout.table)
         key = (row["aor"], row["binding_URI"], row["registrar"])
         sets = ", ".join(f"{quote_identifier(name)} = ?" for name, _ in assignments)

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from uacregistrant.sip.errors import SipParseError
-from uacregistrant.sip.message import Response, parse_message, parse_name_addr
+from uacregistrant.sip.message import _PLAIN_NAME_ADDR, Response, parse_message, parse_name_addr, parse_params
 from uacregistrant.sockets import SocketSpec
 from uacregistrant.stats import SipCounters
 from uacregistrant.transaction import TransactionLayer
@@ -79,3 +79,20 @@ class FuzzTests(SynchronousTestCase):
         exercise(VALID.replace(b"Call-ID: c1", b"Call-ID: " + b"x" * 60000))
         exercise(VALID.replace(b"nonce=\"n\"", b'nonce="' + b"\\\"" * 20000 + b'"'))
         exercise(b"SIP/2.0 200 OK\r\nContact: " + b"<sip:a@b>," * 6000 + b"\r\n\r\n")
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.from_regex(_PLAIN_NAME_ADDR, fullmatch=True))
+    def test_plain_name_addr_is_valid(self, value: str) -> None:
+        """Every To/From value the parser's shortcut accepts, the full check accepts too."""
+        parse_name_addr(value)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(alphabet="aB;= \t\"x-", max_size=30))
+    def test_parameter_names_cached_or_not(self, text: str) -> None:
+        """A parameter list parses the same the first and the second time (names cached)."""
+        try:
+            first = parse_params(text)
+        except SipParseError:
+            self.assertRaises(SipParseError, parse_params, text)
+        else:
+            self.assertEqual(parse_params(text), first)

@@ -43,6 +43,12 @@ _HEADER_LINE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:(.*)", re.DOTALL)
 _ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^\s<>\"]+")
 _VIA = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+(\S.*)$", re.IGNORECASE | re.DOTALL)
 # Headers whose values are comma-separated lists (RFC 3261 §7.3.1).
+# The common To/From shape, <absolute-URI> then token parameters: a value
+# matching it is one parse_name_addr accepts, so it needs no full parse.
+_PLAIN_NAME_ADDR = re.compile(
+    r"<[A-Za-z][A-Za-z0-9+\-.]*:[^\s<>\"]+>"
+    r"(?:[ \t]*;[ \t]*[A-Za-z0-9\-.!%*_+`'~]+(?:[ \t]*=[ \t]*[A-Za-z0-9\-.!%*_+`'~]+)?)*"
+)
 _LIST_HEADERS = frozenset({"via", "contact", "route", "record-route", "supported", "allow", "require"})
 _MAX_UINT32 = 2**32 - 1
 
@@ -67,8 +73,9 @@ class SipMessage:
     _cseq: tuple[int, str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        for name, value in self.headers:
-            self._index.setdefault(name, []).append(value)
+        if not self._index:
+            for name, value in self.headers:
+                self._index.setdefault(name, []).append(value)
 
     def get_all(self, name: str) -> list[str]:
         """All values of header C{name}, list headers split at commas."""
@@ -239,19 +246,37 @@ def split_list(value: str) -> list[str]:
 def parse_params(text: str) -> dict[str, str | None]:
     """Parse C{;name=value;flag} parameters (leading C{;} optional)."""
     params: dict[str, str | None] = {}
-    for item in _split(text, ";", False):
-        item = item.strip()
-        if not item:
-            continue
-        name, eq, value = item.partition("=")
-        name = name.strip().lower()
-        if not _is_token(name):
-            raise SipParseError(f"invalid parameter {item!r}")
+    if not text:
+        return params
+    known = _PARAM_NAMES
+    for item in text.split(";") if '"' not in text else _split(text, ";", False):
+        raw, eq, value = item.partition("=")
+        name = known.get(raw)
+        if name is None:
+            name = raw.strip().lower()
+            if not name and not eq and not value:
+                continue  # empty item (";;" or a leading ";")
+            if not _is_token(name):
+                raise SipParseError(f"invalid parameter {item.strip()!r}")
+            _remember(known, raw, name)
         value = value.strip()
         if eq and value.startswith('"'):
             value = unquote_string(value)
         params[name] = value if eq else None
     return params
+
+
+#: Raw spellings already validated, mapped to their canonical (lower-case)
+#: form: the common names are looked up instead of matched every time.
+#: Bounded, so a peer inventing names cannot grow them without end.
+_PARAM_NAMES: dict[str, str] = {}
+_HEADER_NAMES: dict[str, str] = {}
+_NAMES_MAX = 1024
+
+
+def _remember(cache: dict[str, str], raw: str, name: str) -> None:
+    if len(cache) < _NAMES_MAX:
+        cache[raw] = name
 
 
 def unquote_string(text: str) -> str:
@@ -385,7 +410,16 @@ def parse_message(data: bytes) -> Request | Response:
     lines = text.replace("\r\n", "\n").split("\n")
     start_line = lines[0]
     headers = _parse_header_lines(lines[1:])
-    length_values = [v for n, v in headers if n == "content-length"]
+    index: dict[str, list[str]] = {}
+    for name, value in headers:
+        values = index.get(name)
+        if values is None:
+            index[name] = [value]
+        else:
+            if name in _SINGLE:
+                raise SipParseError(f"more than one {name} header")
+            values.append(value)
+    length_values = index.get("content-length")
     if length_values:
         length = parse_delta_seconds(length_values[0], "Content-Length")
         if length > len(body):
@@ -399,14 +433,14 @@ def parse_message(data: bytes) -> Request | Response:
         code, _, reason = rest.partition(" ")
         if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
             raise SipParseError(f"invalid status line {start_line[:80]!r}")
-        message = Response(headers, body, status=int(code), reason=reason.strip())
+        message = Response(headers, body, index, status=int(code), reason=reason.strip())
     else:
         parts = start_line.split(" ")
         if len(parts) != 3 or not _is_token(parts[0]) or parts[2] != "SIP/2.0":
             raise SipParseError(f"invalid request line {start_line[:80]!r}")
         if not _ABSOLUTE_URI.fullmatch(parts[1]):
             raise SipParseError(f"invalid Request-URI {parts[1][:80]!r}")
-        message = Request(headers, body, method=parts[0], uri=parts[1])
+        message = Request(headers, body, index, method=parts[0], uri=parts[1])
     _validate(message)
     return message
 
@@ -414,7 +448,7 @@ def parse_message(data: bytes) -> Request | Response:
 #: Headers a message must carry exactly once (Via at least once).
 _REQUIRED_ONCE = ("to", "from", "call-id", "cseq")
 #: Headers that may not repeat.
-_SINGLE = _REQUIRED_ONCE + ("max-forwards", "content-length", "expires", "min-expires")
+_SINGLE = frozenset(_REQUIRED_ONCE + ("max-forwards", "content-length", "expires", "min-expires"))
 
 
 def _validate(message: SipMessage) -> None:
@@ -423,9 +457,7 @@ def _validate(message: SipMessage) -> None:
     for name in _REQUIRED_ONCE:
         if name not in index:
             raise SipParseError(f"missing {name} header")
-    for name in _SINGLE:
-        if len(index.get(name, ())) > 1:
-            raise SipParseError(f"more than one {name} header")
+    # (Repeated single headers were refused while indexing.)
     if "via" not in index:
         raise SipParseError("missing Via header")
     message.top_via
@@ -435,7 +467,9 @@ def _validate(message: SipMessage) -> None:
     if isinstance(message, Request) and method != message.method.upper():
         raise SipParseError(f"CSeq method {method} does not match {message.method}")
     for name in ("to", "from"):
-        parse_name_addr(index[name][0])
+        value = index[name][0]
+        if _PLAIN_NAME_ADDR.fullmatch(value) is None:
+            parse_name_addr(value)  # the full check, raising for bad values
     forwards = index.get("max-forwards")
     if forwards is not None and not (forwards[0].isdigit() and int(forwards[0]) <= 255):
         raise SipParseError(f"invalid Max-Forwards {forwards[0][:20]!r}")
@@ -443,20 +477,26 @@ def _validate(message: SipMessage) -> None:
 
 def _parse_header_lines(lines: list[str]) -> list[tuple[str, str]]:
     headers: list[tuple[str, str]] = []
+    known = _HEADER_NAMES
     for line in lines:
         if line[:1] in (" ", "\t"):
             if not headers:
                 raise SipParseError("continuation line before any header")
-            name, value = headers[-1]
-            headers[-1] = (name, value + " " + line.strip())
+            previous, value = headers[-1]
+            headers[-1] = (previous, value + " " + line.strip())
             continue
-        match = _HEADER_LINE.match(line)
-        if match is None:
-            raise SipParseError(f"invalid header line {line[:80]!r}")
-        name = match.group(1).lower()
-        headers.append((_COMPACT.get(name, name), match.group(2).strip()))
-        if len(headers) > MAX_HEADERS:
-            raise SipParseError(f"more than {MAX_HEADERS} header fields")
+        raw, colon, value = line.partition(":")
+        name: str | None = known.get(raw)
+        if name is None:
+            match = _HEADER_LINE.match(line)
+            if match is None:
+                raise SipParseError(f"invalid header line {line[:80]!r}")
+            name = match.group(1).lower()
+            name = _COMPACT.get(name, name)
+            _remember(known, raw, name)
+        headers.append((name, value.strip()))
+    if len(headers) > MAX_HEADERS:
+        raise SipParseError(f"more than {MAX_HEADERS} header fields")
     return headers
 
 

@@ -23,7 +23,7 @@ from .sip.message import Response, parse_name_addr
 from .sip.uri import parse_uri, uris_equal
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall
+    from .timers import Timer
 
 
 class RegState(enum.IntEnum):
@@ -184,7 +184,7 @@ class Registrant:
         self._stale_answers = 0
         # Scheduling marks owned by the walker and the pacer.
         self.queued = False
-        self.wake: IDelayedCall | None = None
+        self.wake: Timer | None = None
         self.removed = False
 
     def __repr__(self) -> str:

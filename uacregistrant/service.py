@@ -30,6 +30,7 @@ from .stats import SipCounters
 from .store import IRegistrantStore, Row, StoreError
 from .store.sqlite import SqliteStore, sqlite_path
 from .sync import TableSync
+from .timers import TimerQueue
 from .transaction import TransactionLayer
 from .transport import SipTransport
 from .walker import BucketWalker, Pacer
@@ -81,7 +82,9 @@ class RegistrantService(MultiService):
             retry_max=settings.retry_max_interval,
             transaction_timeout=64 * settings.sip_t1 / 1000,
         )
-        self.transactions = TransactionLayer(clock, self.counters, t1=settings.sip_t1 / 1000)
+        #: Transaction timers and refresh wake-ups, on one reactor call.
+        self.timers = TimerQueue(clock)
+        self.transactions = TransactionLayer(clock, self.counters, t1=settings.sip_t1 / 1000, timers=self.timers)
         self.transports = {
             spec.name: SipTransport(spec, self.transactions, self.counters) for spec in settings.listen
         }
@@ -100,7 +103,7 @@ class RegistrantService(MultiService):
             window=settings.max_in_flight,
             in_flight=self.transactions.__len__,
         )
-        self.walker = BucketWalker(self.registry, clock, settings.bucket_interval, self.pacer)
+        self.walker = BucketWalker(self.registry, clock, settings.bucket_interval, self.pacer, timers=self.timers)
         self.sync = TableSync(
             self.registry,
             self.policy,
@@ -266,6 +269,7 @@ class RegistrantService(MultiService):
         self.transactions.stop()
         for registrant in self.registry:
             self.walker.forget(registrant)
+        self.timers.stop()
         for port in self.ports:
             port.stopListening()
         self.ports = []

@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable, Protocol
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .sip.errors import SipParseError
 from .sip.message import Response
 from .stats import SipCounters
+from .timers import Timer, TimerQueue
 
 _log = Logger()
 
@@ -67,7 +68,7 @@ class ClientTransaction:
         self.on_timeout = on_timeout
         self.interval = 0.0
         self.deadline = 0.0
-        self.timer: IDelayedCall | None = None
+        self.timer: Timer | None = None
 
 
 class TransactionLayer:
@@ -89,8 +90,10 @@ class TransactionLayer:
         t1: float = 0.5,
         t2: float = 4.0,
         t4: float = 5.0,
+        timers: TimerQueue | None = None,
     ) -> None:
         self._clock = clock
+        self._timers = timers if timers is not None else TimerQueue(clock)
         self._counters = counters
         self.t1 = t1
         self.t2 = t2
@@ -124,7 +127,7 @@ class TransactionLayer:
         txn = ClientTransaction(branch, cseq, dest, data, sender, on_final, on_timeout)
         txn.interval = self.t1
         txn.deadline = now + 64 * self.t1
-        txn.timer = self._clock.callLater(self.t1, self._tick, txn)
+        txn.timer = self._timers.call_later(self.t1, self._tick, txn)
         self._table[branch] = txn
         self._sweep(now)
 
@@ -146,7 +149,7 @@ class TransactionLayer:
         self._schedule(txn, now)
 
     def _schedule(self, txn: ClientTransaction, now: float) -> None:
-        txn.timer = self._clock.callLater(max(0.0, min(txn.interval, txn.deadline - now)), self._tick, txn)
+        txn.timer = self._timers.call_later(max(0.0, min(txn.interval, txn.deadline - now)), self._tick, txn)
 
     def _sweep(self, now: float) -> None:
         """Forget completed transactions older than T4 (oldest first)."""
@@ -187,7 +190,7 @@ class TransactionLayer:
                 txn.interval = self.t2
                 self._schedule(txn, self._clock.seconds())
             return
-        if txn.timer is not None and txn.timer.active():
+        if txn.timer is not None:
             txn.timer.cancel()
         txn.timer = None
         del self._table[branch]

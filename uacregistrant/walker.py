@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from .registrant import Registrant
 from .registry import Registry
+from .timers import TimerQueue
 
 _log = Logger()
 
@@ -114,9 +115,11 @@ class BucketWalker:
         bucket_interval: float,
         pacer: Pacer,
         slice_size: int = 2000,
+        timers: TimerQueue | None = None,
     ) -> None:
         self._registry = registry
         self._clock = clock
+        self._timers = timers if timers is not None else TimerQueue(clock)
         self._pacer = pacer
         self._slice = slice_size
         self.bucket_interval = bucket_interval
@@ -157,7 +160,7 @@ class BucketWalker:
                     return
                 if wake.active():
                     wake.cancel()
-            registrant.wake = self._clock.callLater(at - now, self._wake, registrant)
+            registrant.wake = self._timers.call_at(at, self._wake, registrant)
 
     def poke(self, registrant: Registrant) -> None:
         """Re-examine a record whose schedule just changed."""

@@ -18,6 +18,8 @@ import argparse
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +35,9 @@ from uacregistrant.control.ctl import request  # noqa: E402
 SCENARIO = ROOT / "bench" / "sipp" / "registrar_401_200.xml"
 
 
-def run(accounts: int, registrars: int, rate: float, timeout: float, profile: str | None = None) -> dict[str, object]:
+def run(
+    accounts: int, registrars: int, rate: float, timeout: float, profile: str | None = None, py_spy: str | None = None
+) -> dict[str, object]:
     directory = tempfile.mkdtemp(prefix="uacreg-cold-")
     ports = start_registrars(SCENARIO, registrars, directory)
     local = free_udp_port()
@@ -45,6 +49,13 @@ def run(accounts: int, registrars: int, rate: float, timeout: float, profile: st
         "--hash-size", "0", "--timer-interval", "1800", "--send-rate", str(rate),
         twistd=["--profile", profile, "--profiler", "cprofile", "--savestats"] if profile else [],
     )
+    sampler = None
+    if py_spy:
+        sampler = subprocess.Popen(
+            ["py-spy", "record", "--nonblocking", "--rate", "250", "--format", "raw", "-o", py_spy, "-p", str(daemon.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     stats: dict[str, object] = {}
     registered = 0
     try:
@@ -64,6 +75,9 @@ def run(accounts: int, registrars: int, rate: float, timeout: float, profile: st
         wall = time.monotonic() - start
         cpu = cpu_seconds(daemon.pid)
     finally:
+        if sampler is not None:
+            sampler.send_signal(signal.SIGINT)
+            sampler.wait(30)
         daemon.terminate()
         daemon.wait(30)
         stop_registrars(ports)
@@ -90,8 +104,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=5000)
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--profile", help="write the daemon's cProfile stats here (slows it down)")
+    parser.add_argument("--py-spy", help="sample the daemon with py-spy into this collapsed-stack file (one N only)")
     options = parser.parse_args()
-    results = [run(n, options.registrars, options.rate, options.timeout, options.profile) for n in options.accounts or [1000]]
+    results = [run(n, options.registrars, options.rate, options.timeout, options.profile, options.py_spy) for n in options.accounts or [1000]]
     report(results)
     return 0
 

@@ -19,7 +19,7 @@ from . import __version__
 from .account import Account
 from .registrant import Outgoing, RegState, Registrant
 from .resolver import Address, SipResolver
-from .sip.message import Response, render_request
+from .sip.message import Response
 from .stats import SipCounters
 from .transaction import TransactionLayer
 from .transport import SipTransport
@@ -59,18 +59,21 @@ def render_register(
     """The REGISTER (or un-REGISTER) for one attempt, as bytes."""
     host, port = via
     sent_by = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    headers = [
-        ("Via", f"SIP/2.0/UDP {sent_by};rport;branch={branch}"),
-        ("Max-Forwards", "70"),
-        ("To", f"<{account.aor}>"),
-        ("From", f"<{account.third_party_registrant or account.aor}>;tag={from_tag}"),
-        ("Call-ID", call_id),
-        ("CSeq", f"{out.cseq} REGISTER"),
-        ("Contact", f"<{account.binding_uri}>{account.binding_params};expires={out.expires}"),
-    ]
-    headers.extend(out.authorization)
-    headers.append(("User-Agent", user_agent))
-    return render_request("REGISTER", account.registrar, headers)
+    authorization = "".join(f"{name}: {value}\r\n" for name, value in out.authorization)
+    # One format string: this runs twice per registration.
+    return (
+        f"REGISTER {account.registrar} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {sent_by};rport;branch={branch}\r\n"
+        "Max-Forwards: 70\r\n"
+        f"To: <{account.aor}>\r\n"
+        f"From: <{account.third_party_registrant or account.aor}>;tag={from_tag}\r\n"
+        f"Call-ID: {call_id}\r\n"
+        f"CSeq: {out.cseq} REGISTER\r\n"
+        f"Contact: <{account.binding_uri}>{account.binding_params};expires={out.expires}\r\n"
+        f"{authorization}"
+        f"User-Agent: {user_agent}\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode("utf-8")
 
 
 class RegistrationClient:

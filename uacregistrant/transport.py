@@ -60,6 +60,7 @@ class SipTransport(DatagramProtocol):
         self._transactions = transactions
         self._counters = counters
         self._local_ips: dict[str, str] = {}
+        self._sendto: Any = None
 
     def startProtocol(self) -> None:
         """Learn the bound port (for port 0); enlarge the socket's buffers."""
@@ -68,13 +69,35 @@ class SipTransport(DatagramProtocol):
         self.spec = SocketSpec(self.spec.host, host.port)
         handle = getattr(self.transport, "getHandle", None)
         if handle is not None:
-            enlarge_buffers(handle())
+            sock = handle()
+            enlarge_buffers(sock)
+            if isinstance(sock, socket.socket):
+                self._sendto = sock.sendto
+
+    def stopProtocol(self) -> None:
+        """The socket is closed: sends fail from now on."""
+        self._sendto = None
 
     def send(self, data: bytes, dest: Address) -> None:
-        """Send a datagram; raises L{OSError} when the socket refuses."""
-        if self.transport is None:
-            raise OSError("socket is not listening")
-        self.transport.write(data, dest)
+        """
+        Send a datagram; raises L{OSError} when the socket refuses.
+
+        Straight to the socket when there is one: the port's C{write}
+        re-validates the address text on every call, and ours is always a
+        resolved IP literal (a bad one fails in C{sendto} all the same).
+        """
+        sendto = self._sendto
+        if sendto is None:
+            if self.transport is None:
+                raise OSError("socket is not listening")
+            self.transport.write(data, dest)
+            return
+        try:
+            sendto(data, dest)
+        except InterruptedError:
+            sendto(data, dest)
+        except ConnectionRefusedError:
+            pass  # an ICMP error from an earlier datagram: UDP goes on
 
     def via_host(self, dest_ip: str) -> str:
         """

@@ -245,3 +245,29 @@ class RegistrantTests(SynchronousTestCase):
         self.assertEqual(self.policy.refresh_lead(3600), 360)
         self.assertEqual(self.policy.refresh_lead(300), 32)
         self.assertEqual(self.policy.refresh_lead(20), 10)
+
+
+class RenderRegisterTests(SynchronousTestCase):
+    def test_round_trip(self) -> None:
+        """The rendered REGISTER parses back with every header the registrar needs, credentials included."""
+        from uacregistrant.client import render_register
+        from uacregistrant.registrant import Outgoing
+        from uacregistrant.sip.message import Request
+
+        out = Outgoing(7, 600, (("Authorization", 'Digest username="alice", nonce="n"'),))
+        data = render_register(
+            account(binding_params=";transport=udp"), "cid", "ftag", out, ("2001:db8::1", 5070), "z9hG4bKb1", "ua/1"
+        )
+        message = parse_message(data)
+        assert isinstance(message, Request)
+        self.assertEqual((message.method, message.uri), ("REGISTER", "sip:example.com"))
+        self.assertEqual(message.top_via.host, "2001:db8::1")
+        self.assertEqual((message.top_via.port, message.top_via.branch), (5070, "z9hG4bKb1"))
+        self.assertEqual(message.cseq, (7, "REGISTER"))
+        self.assertEqual(message.call_id, "cid")
+        self.assertEqual(message.get("from"), "<sip:alice@example.com>;tag=ftag")
+        self.assertEqual(message.get("contact"), "<sip:alice@192.0.2.1:5060>;transport=udp;expires=600")
+        self.assertEqual(message.get("authorization"), 'Digest username="alice", nonce="n"')
+        self.assertEqual(message.get("user-agent"), "ua/1")
+        self.assertEqual(message.body, b"")
+        self.assertTrue(data.endswith(b"Content-Length: 0\r\n\r\n"))

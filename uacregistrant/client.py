@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -103,6 +103,14 @@ class RegistrationClient:
         self.user_agent = user_agent
         self.observers: list[Callable[[StateChange], None]] = [_log_change]
         self.reschedule: Callable[[Registrant], None] = lambda registrant: None
+        # Records whose last attempt timed out, by the address it went to:
+        # when that address answers again they retry at once (paced)
+        # instead of sitting out their back-off.
+        # Only timeouts while the address answered nobody count: a
+        # registrar that ignores one account keeps that one backing off.
+        self._stalled: dict[Address, set[Registrant]] = {}
+        self._last_answer: dict[Address, float] = {}
+        self.release_slice = 2000
 
     def transport_for(self, account: Account) -> SipTransport:
         """The socket a record sends from."""
@@ -148,6 +156,7 @@ class RegistrationClient:
             branch,
             self.user_agent,
         )
+        sent = self._clock.seconds()
         try:
             self._transactions.start(
                 transport,
@@ -155,13 +164,16 @@ class RegistrationClient:
                 data,
                 branch,
                 out.cseq,
-                lambda response: self._on_final(registrant, response),
-                lambda: self._on_timeout(registrant),
+                lambda response: self._on_final(registrant, response, address),
+                lambda: self._on_timeout(registrant, address, sent),
             )
         except OSError as e:
             self._fail(registrant, f"sending to {address[0]}:{address[1]} failed: {e}")
 
-    def _on_final(self, registrant: Registrant, response: Response) -> None:
+    def _on_final(self, registrant: Registrant, response: Response, address: Address) -> None:
+        self._last_answer[address] = self._clock.seconds()
+        if self._stalled and address in self._stalled:
+            self._answering_again(address)
         if registrant.removed:
             return
         before = registrant.state
@@ -176,13 +188,45 @@ class RegistrationClient:
         else:
             self.reschedule(registrant)
 
-    def _on_timeout(self, registrant: Registrant) -> None:
+    def _on_timeout(self, registrant: Registrant, address: Address, sent: float) -> None:
         if registrant.removed:
             return
         before = registrant.state
         registrant.on_timeout(self._clock.seconds())
+        unreachable = self._last_answer.get(address, -1.0) < sent
+        if unreachable and registrant.state == RegState.REGISTER_TIMEOUT_STATE and registrant.next_at is not None:
+            self._stalled.setdefault(address, set()).add(registrant)
         self._changed(registrant, before)
         self.reschedule(registrant)
+
+    def _answering_again(self, address: Address) -> None:
+        """
+        C{address} answered: the records that timed out there retry now
+        rather than after their back-off.  They go to the pacer a slice per
+        reactor turn, so the send rate and the in-flight window hold.
+        """
+        waiting = self._stalled.pop(address)
+        _log.info(
+            "{host}:{port} answers again: {count} record(s) that timed out there retry now",
+            host=address[0],
+            port=address[1],
+            count=len(waiting),
+        )
+        self._release(iter(waiting))
+
+    def _release(self, records: Iterator[Registrant]) -> None:
+        now = self._clock.seconds()
+        examined = 0
+        for registrant in records:
+            at = registrant.next_at
+            if not (registrant.removed or registrant.state != RegState.REGISTER_TIMEOUT_STATE or at is None or at <= now):
+                registrant.next_at = now
+                self.counters.early_retries += 1
+                self.reschedule(registrant)
+            examined += 1
+            if examined == self.release_slice:
+                self._clock.callLater(0, self._release, records)
+                return
 
     def _fail(self, registrant: Registrant, reason: str) -> None:
         before = registrant.state

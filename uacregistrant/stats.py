@@ -24,6 +24,8 @@ class SipCounters:
     absorbed_retransmissions: int = 0
     #: Registrations renewed only after their binding had expired.
     lapsed_registrations: int = 0
+    #: Retries brought forward because their registrar answered again.
+    early_retries: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""

@@ -113,5 +113,7 @@ class TimerQueue:
         # Drop cancelled entries at the head so they do not arm a wake-up.
         while heap and heap[0][2].function is None:
             heapq.heappop(heap)
-        if heap and self._call is None:
+        # A callback may have armed the reactor for a later timer than the
+        # earliest one left: arm for the earliest.
+        if heap and heap[0][0] < self._armed_at:
             self._arm(heap[0][0])

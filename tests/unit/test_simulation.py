@@ -284,3 +284,31 @@ class SimulationTests(SynchronousTestCase):
         sim.run(15)
         self.assertEqual(sim.states(), {"flaky": "REGISTERED_STATE"})
         self.assertEqual(service.counters.lapsed_registrations, 1)
+
+    def test_outage_recovery_brings_retries_forward(self) -> None:
+        """
+        Refreshes time out during a registrar outage and back off; the first
+        answer after it returns releases every record waiting on it, paced,
+        instead of each sitting out its back-off (30-60 s here).
+        """
+        users = {f"u{i}": UserPolicy() for i in range(400)}
+        sim = self.simulation(users, hash_size=0, timer_interval=60, send_rate=100, retry_interval=60, retry_max_interval=600)
+        for user in users:
+            sim.add(user, expiry=120)
+        service = sim.start()
+        sim.run(10)
+        self.assertEqual(set(sim.states().values()), {"REGISTERED_STATE"})
+        down = {"value": True}
+        sim.reactor.network.drop = lambda data, src, dst: down["value"] and dst == REGISTRAR
+        sim.run(130 - sim.reactor.seconds())  # refreshes start at 88-92 s and time out 32 s later
+        self.assertEqual(set(sim.states().values()), {"REGISTER_TIMEOUT_STATE"})
+        down["value"] = False
+        sim.run(10)  # back at 130 s; the first back-off ends after 150 s
+        self.assertEqual(set(sim.states().values()), {"REGISTER_TIMEOUT_STATE"})
+        first_retry = min(r.next_at or 1e9 for r in service.registry)
+        sim.run(first_retry + 8 - sim.reactor.seconds())  # 400 records at 100/s: 4 s of pacing
+        self.assertEqual(set(sim.states().values()), {"REGISTERED_STATE"})
+        self.assertGreater(service.counters.early_retries, 300)
+        after = [r.time for r in sim.registrar.received if r.time >= first_retry]
+        for start in after:
+            self.assertLessEqual(len([t for t in after if start <= t < start + 1]), 2 * (100 + 2))

@@ -95,3 +95,11 @@ class TimerQueueTests(SynchronousTestCase):
         self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
         self.clock.advance(2)
         self.assertEqual(self.fired, [])
+
+    def test_callback_scheduling_later_keeps_earlier_timers(self) -> None:
+        """A callback that schedules a far timer does not hide a nearer one set before it fired."""
+        self.queue.call_later(1, lambda _: self.queue.call_later(100, self.note, "far"), None)
+        self.queue.call_later(2, self.note, "near")
+        self.clock.advance(1)
+        self.clock.advance(1)
+        self.assertEqual(self.fired, [(2, "near")])

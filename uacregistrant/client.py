@@ -7,7 +7,6 @@ feeds the final response (or the timeout) back to the registrant.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -22,6 +21,7 @@ from .resolver import Address, SipResolver
 from .sip.message import Response
 from .stats import SipCounters
 from .transaction import TransactionLayer
+from .tokens import token_hex
 from .transport import SipTransport
 
 _log = Logger()
@@ -146,7 +146,7 @@ class RegistrationClient:
     def _transmit(self, registrant: Registrant, out: Outgoing, address: Address) -> None:
         account = registrant.account
         transport = self.transport_for(account)
-        branch = "z9hG4bK" + secrets.token_hex(10)
+        branch = "z9hG4bK" + token_hex(10)
         data = render_register(
             account,
             registrant.call_id,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import random
-import secrets
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -21,6 +20,7 @@ from .sip.digest import Challenge, Credentials, authorization_value, choose_chal
 from .sip.errors import SipParseError
 from .sip.message import Response, parse_name_addr
 from .sip.uri import parse_uri, uris_equal
+from .tokens import token_hex
 
 if TYPE_CHECKING:
     from .timers import Timer
@@ -70,7 +70,7 @@ class Policy:
     retry_max: float = 1800.0
     transaction_timeout: float = 32.0
     rng: random.Random = field(default_factory=random.SystemRandom)
-    token: Callable[[int], str] = secrets.token_hex
+    token: Callable[[int], str] = token_hex
 
     def backoff(self, failures: int) -> float:
         """Exponential back-off with equal jitter, capped at C{retry_max}."""
@@ -369,11 +369,15 @@ class Registrant:
 
     def _granted(self, response: Response) -> int:
         """The expiry granted to our binding (RFC 3261 §10.2.4)."""
-        binding = self.account.binding
+        account = self.account
+        echo = f"<{account.binding_uri}>"
         for value in response.get_all("contact"):
             try:
                 contact = parse_name_addr(value)
-                if contact.uri == "*" or not uris_equal(parse_uri(contact.uri), binding):
+                # Our binding echoed as sent needs no URI comparison.
+                if not value.startswith(echo) and (
+                    contact.uri == "*" or not uris_equal(parse_uri(contact.uri), account.binding)
+                ):
                     continue
                 expires = contact.params.get("expires")
                 if expires is not None and expires.isdigit():

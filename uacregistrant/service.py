@@ -123,7 +123,7 @@ class RegistrantService(MultiService):
         self._poll.clock = clock
         self._reload_lock = defer.DeferredLock()
         self.admin = Admin(self.registry, store, self.sync, clock, self.reload)
-        self.commands = Commands(self.registry, self.counters, self.admin, self.events)
+        self.commands = Commands(self.registry, self.counters, self.admin, self.events, clock)
         factory = ControlFactory(self.commands)
         for description in settings.control:
             endpoint = endpoints.serverFromString(reactor, description)

@@ -82,6 +82,7 @@ class ControlTests(SynchronousTestCase):
         stats = json.loads(self.ask("reg_stats json")[1])
         self.assertEqual((stats["total"], stats["enabled"]), (4, 3))
         self.assertEqual(stats["states"]["REGISTERED_STATE"], 3)
+        self.assertEqual(stats["bindings_held"], 3)
         self.assertIn("REGISTERED_STATE: 3", self.ask("reg_stats"))
 
     def test_errors_and_session(self) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -64,15 +65,16 @@ def _failed(failure: Failure) -> Reply:
 class Commands:
     """The command table over one registry."""
 
-    def __init__(self, registry: Registry, counters: SipCounters, admin: Admin, events: EventHub) -> None:
+    def __init__(self, registry: Registry, counters: SipCounters, admin: Admin, events: EventHub, clock: IReactorTime) -> None:
         self._registry = registry
+        self._clock = clock
         self._counters = counters
         self._admin = admin
         self.events = events
         self._table: dict[str, tuple[Handler, str]] = {
             "help": (self.help, "help: list the commands"),
             "reg_list": (self.reg_list, "reg_list [json] [AOR]: every record, or one AOR's"),
-            "reg_stats": (self.reg_stats, "reg_stats [json]: total, count per state, SIP counters"),
+            "reg_stats": (self.reg_stats, "reg_stats [json]: total, bindings held, count per state, SIP counters"),
             "reg_reload": (self.reg_reload, f"reg_reload [json] [{_KEY_USAGE}]: re-read the table, or one record"),
             "reg_enable": (self.reg_enable, f"reg_enable {_KEY_USAGE}: enable and register"),
             "reg_disable": (self.reg_disable, f"reg_disable {_KEY_USAGE}: un-register and disable"),
@@ -142,15 +144,20 @@ class Commands:
         counts: Counter[tuple[RegState, bool]] = Counter((r.state, r.account.enabled) for r in self._registry)
         by_state = {state.name: counts[(state, True)] + counts[(state, False)] for state in RegState}
         enabled = sum(count for (_, on), count in counts.items() if on)
+        now = self._clock.seconds()
+        # Bindings the registrars still hold for us (a REGISTERED record
+        # whose refresh is overdue no longer has one).
+        held = sum(1 for r in self._registry if r.registered_until is not None and r.registered_until > now)
         stats = {
             "total": len(self._registry),
             "enabled": enabled,
+            "bindings_held": held,
             "states": by_state,
             "sip": self._counters.as_dict(),
         }
         if as_json:
             return Reply(200, "OK", [json.dumps(stats, separators=(",", ":"))])
-        lines = [f"total: {stats['total']}", f"enabled: {enabled}"]
+        lines = [f"total: {stats['total']}", f"enabled: {enabled}", f"bindings_held: {held}"]
         lines += [f"{name}: {count}" for name, count in by_state.items()]
         lines += [f"sip.{name}: {value}" for name, value in self._counters.as_dict().items()]
         return Reply(200, "OK", lines)

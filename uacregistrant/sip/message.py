@@ -227,6 +227,11 @@ def _separators(text: str, sep: str, angle_brackets: bool) -> Iterator[int]:
 
 
 def _split(text: str, sep: str, angle_brackets: bool) -> list[str]:
+    if sep not in text:
+        if '"' in text:
+            for _ in _separators(text, sep, angle_brackets):
+                pass  # only to refuse an unterminated quoted string
+        return [text]
     if '"' not in text and not (angle_brackets and "<" in text):
         return text.split(sep)
     parts: list[str] = []

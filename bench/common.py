@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sqlite3
 import sys
@@ -49,15 +50,16 @@ def report(results: list[dict[str, Any]]) -> None:
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
 
 
-def start_registrars(scenario: Path, count: int, directory: str, *extra: str) -> list[int]:
+def start_registrars(scenario: Path, count: int, directory: str, *extra: str, ports: Sequence[int] = ()) -> list[int]:
     """
-    Start C{count} SIPp registrars (background) on free loopback ports;
-    return the ports.  C{{port}} in C{extra} becomes each one's port.
+    Start C{count} SIPp registrars (background) on free loopback ports, or
+    on C{ports}; return the ports.  C{{port}} in C{extra} becomes each
+    one's port.
     """
     import subprocess
     import time
 
-    ports = [free_udp_port() for _ in range(count)]
+    ports = list(ports) or [free_udp_port() for _ in range(count)]
     for port in ports:
         subprocess.run(
             ["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port), "-nostdin", "-bg",
@@ -66,6 +68,35 @@ def start_registrars(scenario: Path, count: int, directory: str, *extra: str) ->
         )
     time.sleep(0.5)
     return ports
+
+
+def registrar_statistics(scenario: Path, registrars: int, directory: str, *extra: str) -> list[int]:
+    """SIPp registrars that write their statistics file (stat<port>.csv) every second."""
+    return start_registrars(
+        scenario, registrars, directory, "-trace_stat", "-stf", os.path.join(directory, "stat{port}.csv"), "-fd", "1", *extra
+    )
+
+
+def completed(directory: str, ports: list[int]) -> int:
+    """Registrations the registrars completed (200 sent), summed."""
+    return sum(successful(os.path.join(directory, f"stat{p}.csv")) for p in ports)
+
+
+def successful(path: str) -> int:
+    """The registrar's count of completed registrations (200 sent), from SIPp's statistics file."""
+    try:
+        with open(path) as f:
+            lines = [line for line in f.read().splitlines() if line.strip()]
+    except OSError:
+        return 0
+    if len(lines) < 2:
+        return 0
+    header = lines[0].split(";")
+    values = lines[-1].split(";")
+    try:
+        return int(values[header.index("SuccessfulCall(C)")])
+    except (ValueError, IndexError):
+        return 0
 
 
 def stop_registrars(ports: list[int]) -> None:

@@ -160,8 +160,9 @@ class Registrant:
         self.account = account
         self.policy = policy
         self.state = RegState.NOT_REGISTERED_STATE
-        # Call-ID (32 hex digits) and From-tag (10) from one random token.
-        self._ids = policy.token(21)
+        # Call-ID (32 hex digits) and From-tag (10) from one random token,
+        # kept as its 21 bytes (hex text would take 37 more per record).
+        self._ids = bytes.fromhex(policy.token(21))
         self.cseq = 0
         self.expires = account.expiry
         self.wanted_expires = account.expiry
@@ -193,12 +194,12 @@ class Registrant:
     @property
     def call_id(self) -> str:
         """The Call-ID of every request of this record."""
-        return self._ids[:32]
+        return self._ids[:16].hex()
 
     @property
     def from_tag(self) -> str:
         """The From tag of every request of this record."""
-        return self._ids[32:]
+        return self._ids[16:].hex()
 
     @property
     def enabled(self) -> bool:

@@ -13,6 +13,7 @@ call for the earliest live timer.
 from __future__ import annotations
 
 import heapq
+import math
 import itertools
 from typing import Any, Callable, TypeVar
 
@@ -49,15 +50,17 @@ class Timer:
 
 class TimerQueue:
     """
-    Timers sharing one reactor delayed call.
+    Timers sharing one reactor delayed call, fired at most C{resolution}
+    seconds late.
 
     A cancelled timer's entry stays in the heap until its time comes, so
     the heap holds at most what was scheduled over the longest delay in
     use (transaction timers: seconds; refresh wake-ups: one per record).
     """
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, resolution: float = 0.01) -> None:
         self._clock = clock
+        self._resolution = resolution
         self._heap: list[tuple[float, int, Timer]] = []
         self._sequence = itertools.count()
         self._call: IDelayedCall | None = None
@@ -90,10 +93,15 @@ class TimerQueue:
         self._armed_at = float("inf")
 
     def _arm(self, when: float) -> None:
+        # Wake on the next multiple of the resolution: timers due close
+        # together share one reactor call (none fires early).
+        slot = max(when, math.ceil(when / self._resolution) * self._resolution)
+        if slot >= self._armed_at:
+            return
         if self._call is not None and self._call.active():
             self._call.cancel()
-        self._armed_at = when
-        self._call = self._clock.callLater(max(0.0, when - self._clock.seconds()), self._fire)
+        self._armed_at = slot
+        self._call = self._clock.callLater(max(0.0, slot - self._clock.seconds()), self._fire)
 
     def _fire(self) -> None:
         self._call = None

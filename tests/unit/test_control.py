@@ -85,6 +85,21 @@ class ControlTests(SynchronousTestCase):
         self.assertEqual(stats["bindings_held"], 3)
         self.assertIn("REGISTERED_STATE: 3", self.ask("reg_stats"))
 
+    def test_reg_stats_in_slices(self) -> None:
+        """A registry larger than a slice is counted over several reactor turns, with the same totals."""
+        from uacregistrant.control import commands
+
+        self.patch(commands, "STATS_SLICE", 1)
+        self.transport.clear()
+        self.protocol.dataReceived(b"reg_stats json\r\n")
+        self.assertEqual(self.transport.value(), b"")  # first slice counted, three to go
+        self.sim.run(0.001)
+        self.drain()
+        lines = self.transport.value().decode().split("\n")
+        stats = json.loads(lines[1])
+        self.assertEqual((lines[0], stats["total"], stats["enabled"], stats["bindings_held"]), ("200 OK", 4, 3, 3))
+        self.assertEqual(stats["states"]["REGISTERED_STATE"], 3)
+
     def test_errors_and_session(self) -> None:
         """Bad commands get 4xx; the connection stays open until quit."""
         self.assertEqual(self.ask("frobnicate now")[0], "400 Unknown command")

@@ -136,31 +136,41 @@ class Commands:
             return selected
         return Reply(200, "OK", stream=_json_body(selected) if as_json else _text_body(selected))
 
-    def reg_stats(self, args: list[str]) -> Reply:
-        """Totals per state and the SIP counters."""
+    def reg_stats(self, args: list[str]) -> Result:
+        """
+        Totals per state, bindings held, and the SIP counters.  A large
+        registry is counted a slice per reactor turn (a snapshot of the
+        records taken when the command arrived).
+        """
         as_json, args = self._json_flag(args)
         if args:
             return Reply(400, "Too many arguments", ["usage: reg_stats [json]"])
-        counts: Counter[tuple[RegState, bool]] = Counter((r.state, r.account.enabled) for r in self._registry)
-        by_state = {state.name: counts[(state, True)] + counts[(state, False)] for state in RegState}
-        enabled = sum(count for (_, on), count in counts.items() if on)
-        now = self._clock.seconds()
-        # Bindings the registrars still hold for us (a REGISTERED record
-        # whose refresh is overdue no longer has one).
-        held = sum(1 for r in self._registry if r.registered_until is not None and r.registered_until > now)
-        stats = {
-            "total": len(self._registry),
-            "enabled": enabled,
-            "bindings_held": held,
-            "states": by_state,
-            "sip": self._counters.as_dict(),
-        }
-        if as_json:
-            return Reply(200, "OK", [json.dumps(stats, separators=(",", ":"))])
-        lines = [f"total: {stats['total']}", f"enabled: {enabled}", f"bindings_held: {held}"]
-        lines += [f"{name}: {count}" for name, count in by_state.items()]
-        lines += [f"sip.{name}: {value}" for name, value in self._counters.as_dict().items()]
-        return Reply(200, "OK", lines)
+        records = list(self._registry)
+        tally = _Tally(self._clock.seconds())
+
+        def reply() -> Reply:
+            stats = tally.result(len(self._registry), self._counters.as_dict())
+            if as_json:
+                return Reply(200, "OK", [json.dumps(stats, separators=(",", ":"))])
+            lines = [f"total: {stats['total']}", f"enabled: {stats['enabled']}", f"bindings_held: {stats['bindings_held']}"]
+            lines += [f"{name}: {count}" for name, count in tally.by_state().items()]
+            lines += [f"sip.{name}: {value}" for name, value in self._counters.as_dict().items()]
+            return Reply(200, "OK", lines)
+
+        if len(records) <= STATS_SLICE:
+            tally.count(records)
+            return reply()
+        done: defer.Deferred[Reply] = defer.Deferred()
+
+        def step(start: int) -> None:
+            tally.count(records[start : start + STATS_SLICE])
+            if start + STATS_SLICE < len(records):
+                self._clock.callLater(0, step, start + STATS_SLICE)
+            else:
+                done.callback(reply())
+
+        step(0)
+        return done
 
     def reg_reload(self, args: list[str]) -> Result:
         """Reload all, or one record (a missing row retires the record)."""
@@ -215,3 +225,42 @@ def _text_body(registrants: list[Registrant]) -> Iterator[str]:
     """A block of lines per record."""
     for registrant in registrants:
         yield "".join(line.replace("\n", " ") + "\n" for line in record_text(registrant))
+
+
+#: Records counted per reactor turn by reg_stats.
+STATS_SLICE = 20000
+
+
+class _Tally:
+    """reg_stats's counts, accumulated slice by slice."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.counts: Counter[tuple[RegState, bool]] = Counter()
+        self.held = 0
+
+    def count(self, records: list[Registrant]) -> None:
+        now = self.now
+        counts = self.counts
+        held = 0
+        for r in records:
+            counts[(r.state, r.account.enabled)] += 1
+            until = r.registered_until
+            if until is not None and until > now:
+                held += 1
+        self.held += held
+
+    def by_state(self) -> dict[str, int]:
+        counts = self.counts
+        return {state.name: counts[(state, True)] + counts[(state, False)] for state in RegState}
+
+    def result(self, total: int, sip: dict[str, int]) -> dict[str, Any]:
+        # Bindings held: the registrars still hold them for us (a
+        # REGISTERED record whose refresh is overdue no longer has one).
+        return {
+            "total": total,
+            "enabled": sum(count for (_, on), count in self.counts.items() if on),
+            "bindings_held": self.held,
+            "states": self.by_state(),
+            "sip": sip,
+        }

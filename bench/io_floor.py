@@ -7,7 +7,7 @@ A cold-start registration is two such round trips (REGISTER/401,
 REGISTER/200) plus the SIP work; this prints the sender's CPU per round
 trip and per two, to set against the daemon's CPU per registration.
 
-    python bench/io_floor.py --datagrams 200000 --window 1000
+    python bench/io_floor.py --datagrams 200000 --window 200
 
 Bounded by --datagrams and --timeout; only 127.0.0.1.
 """
@@ -30,7 +30,7 @@ from common import report  # noqa: E402
 ECHO = """
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", socket.SO_RCVBUF), 8 << 20)
 s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1], flush=True)
 s.settimeout(float(sys.argv[1]))
@@ -53,7 +53,7 @@ PAYLOAD = (
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--datagrams", type=int, default=200000)
-    parser.add_argument("--window", type=int, default=1000)
+    parser.add_argument("--window", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=60)
     options = parser.parse_args()
 
@@ -95,7 +95,7 @@ def main() -> int:
     sender = Sender()
     port = reactor.listenUDP(0, sender, interface="127.0.0.1")  # type: ignore[attr-defined]
     handle = port.getHandle()
-    handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    handle.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", socket.SO_RCVBUF), 8 << 20)
     reactor.callLater(options.timeout, reactor.stop)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     echo.kill()

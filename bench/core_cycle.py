@@ -1,0 +1,163 @@
+"""
+The daemon's own Python work per registration, without sockets or noise
+from other processes: the real service (SQLite table, registry, walker,
+pacer, client, transactions, transport, parser, digest) on a fake clock;
+its datagrams are captured and answered in-process by a templated
+registrar (401 with a nonce, then 200; credentials up front get 200 at
+once).  The registrar's own time is measured and taken out.
+
+    python bench/core_cycle.py --accounts 20000            # cold start: load + 2 transactions each
+    python bench/core_cycle.py --accounts 20000 --profile  # and the top functions (cProfile, slower)
+
+Bounded by --accounts; nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import dataclasses
+import os
+import pstats
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import report, write_accounts  # noqa: E402
+
+from twisted.internet.address import IPv4Address  # noqa: E402
+from twisted.internet.task import Clock  # noqa: E402
+from twisted.names.resolve import ResolverChain  # noqa: E402
+
+from uacregistrant.registrant import RegState  # noqa: E402
+from uacregistrant.service import RegistrantService  # noqa: E402
+from uacregistrant.settings import build_settings  # noqa: E402
+from uacregistrant.store.sqlite import SqliteStore  # noqa: E402
+
+REGISTRAR = ("127.0.0.1", 5080)
+_FIELDS = re.compile(
+    rb"Via: ([^\r]+)\r\n.*?From: ([^\r]+)\r\n.*?Call-ID: ([^\r]+)\r\nCSeq: (\d+) REGISTER\r\nContact: ([^\r]+)\r\n(Authorization)?",
+    re.DOTALL,
+)
+
+
+class CapturePort:
+    """A UDP port that keeps what is written to it."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.outbox: list[tuple[bytes, Any]] = []
+
+    def write(self, data: bytes, addr: Any) -> None:
+        self.outbox.append((data, addr))
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("UDP", self.host, self.port)
+
+    def stopListening(self) -> None:
+        pass
+
+
+class Reactor(Clock):
+    """A clock that can listen (capturing) on UDP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: list[CapturePort] = []
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> CapturePort:
+        captured = CapturePort(interface or "0.0.0.0", port or 40000)
+        self.ports.append(captured)
+        protocol.makeConnection(captured)
+        return captured
+
+
+def respond(request: bytes, nonce: int) -> bytes:
+    """The registrar's answer: 401 without credentials, 200 with them."""
+    match = _FIELDS.search(request)
+    assert match is not None, request[:200]
+    via, sender, call_id, cseq, contact, authorized = match.groups()
+    head = (
+        b"Via: " + via + b"\r\nFrom: " + sender + b"\r\nTo: " + sender.split(b";")[0] + b";tag=r1\r\nCall-ID: "
+        + call_id + b"\r\nCSeq: " + cseq + b" REGISTER\r\n"
+    )
+    if authorized:
+        return b"SIP/2.0 200 OK\r\n" + head + b"Contact: " + contact + b"\r\nContent-Length: 0\r\n\r\n"
+    return (
+        b"SIP/2.0 401 Unauthorized\r\n" + head
+        + b'WWW-Authenticate: Digest realm="bench.invalid", nonce="n%d", qop="auth", algorithm=MD5\r\nContent-Length: 0\r\n\r\n' % nonce
+    )
+
+
+def run(accounts: int, profile: bool) -> dict[str, object]:
+    directory = tempfile.mkdtemp(prefix="uacreg-core-")
+    db = os.path.join(directory, "r.db")
+    write_accounts(db, accounts, [f"sip:{REGISTRAR[0]}:{REGISTRAR[1]}"], 5060)
+    reactor = Reactor()
+    values = {"db_url": f"sqlite:{db}", "listen": ["udp:127.0.0.1:5060"], "control": ["unix:unused"],
+              "hash_size": 0, "timer_interval": 1800, "send_rate": 1e9, "max_in_flight": 10**9}
+    settings = dataclasses.replace(build_settings(values), control=())
+    store = SqliteStore(db, settings.table, reactor)
+    store.open()
+    service = RegistrantService(settings, store, reactor, resolver=ResolverChain([]))
+    transport = next(iter(service.transports.values()))
+    profiler = cProfile.Profile() if profile else None
+    registrar_time = 0.0
+    nonce = 0
+    start = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    service.startService()
+    port = reactor.ports[0]
+    while True:
+        reactor.advance(0)
+        if not port.outbox:
+            if service.counters.responses_accepted >= 2 * accounts:
+                break
+            if not reactor.getDelayedCalls():
+                raise RuntimeError("nothing left to do before every account registered")
+            reactor.advance(0.001)
+            continue
+        outbox, port.outbox = port.outbox, []
+        for data, _ in outbox:
+            t = time.perf_counter()
+            nonce += 1
+            answer = respond(data, nonce)
+            registrar_time += time.perf_counter() - t
+            transport.datagramReceived(answer, REGISTRAR)
+    if profiler:
+        profiler.disable()
+    elapsed = time.perf_counter() - start - registrar_time
+    registered = sum(1 for r in service.registry if r.state == RegState.REGISTERED_STATE)
+    service.stopService()
+    if profiler:
+        stats = pstats.Stats(profiler)
+        stats.strip_dirs().sort_stats("tottime").print_stats(25)
+    return {
+        "accounts": accounts,
+        "daemon_s": round(elapsed, 2),
+        "registrar_s_excluded": round(registrar_time, 2),
+        "us_per_registration": round(1e6 * elapsed / accounts, 1),
+        "registered": registered,
+        "requests": service.counters.requests_sent,
+        "profiled": profile,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--accounts", type=int, default=20000)
+    parser.add_argument("--profile", action="store_true")
+    options = parser.parse_args()
+    report([run(options.accounts, options.profile)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

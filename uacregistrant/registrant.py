@@ -344,6 +344,7 @@ class Registrant:
 
     def _on_success(self, response: Response, now: float) -> Outgoing | None:
         self._stale_answers = 0
+        self._answered = ()  # only meaningful within an attempt
         if self.state in _UNREGISTER_STATES:
             self.registered_until = None
             self.failures = 0

@@ -115,3 +115,16 @@ class RoundTripTests(SynchronousTestCase):
             self.assertTrue(verify_authorization(params, "pw", "REGISTER"), algorithm)
             self.assertFalse(verify_authorization(params, "other", "REGISTER"), algorithm)
             self.assertNotIn("pw", value)
+
+
+class SharedTextTests(SynchronousTestCase):
+    def test_kept_challenges_share_repeated_text(self) -> None:
+        """Realm, qop, algorithm and names are kept once across challenges; nonces are each their own."""
+        first, second = (
+            parse_challenges(f'Digest realm="shared.test", nonce="{n}", qop="auth", algorithm=MD5')[0] for n in ("n1", "n2")
+        )
+        self.assertEqual(first.params, {"realm": "shared.test", "nonce": "n1", "qop": "auth", "algorithm": "MD5"})
+        self.assertIs(first.params["realm"], second.params["realm"])
+        self.assertIs(first.params["qop"], second.params["qop"])
+        self.assertIs(first.scheme, second.scheme)
+        self.assertEqual(second.nonce, "n2")

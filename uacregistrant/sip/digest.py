@@ -70,6 +70,24 @@ class Challenge:
 _AUTH_ITEM = re.compile(r'[\s,]*([^\s=,"]+)[ \t]*(?:=[ \t]*("(?:[^"\\]|\\.)*"|[^\s,"]*))?')
 
 
+#: Kept challenges (one per registered record) repeat their names and
+#: most values (realm, qop, algorithm): those are kept once.  Nonces and
+#: opaques differ per challenge and are not.  Bounded, so a registrar
+#: inventing values cannot grow it without end.
+_SHARED_TEXT: dict[str, str] = {}
+_SHARED_MAX = 4096
+_UNIQUE_PARAMS = frozenset({"nonce", "opaque"})
+
+
+def _share(text: str) -> str:
+    shared = _SHARED_TEXT.get(text)
+    if shared is None:
+        if len(_SHARED_TEXT) >= _SHARED_MAX:
+            return text
+        _SHARED_TEXT[text] = shared = text
+    return shared
+
+
 def parse_challenges(value: str) -> list[Challenge]:
     """
     Parse a WWW-Authenticate/Proxy-Authenticate value into challenges.
@@ -93,11 +111,13 @@ def parse_challenges(value: str) -> list[Challenge]:
         if param is None:
             if scheme is not None:
                 challenges.append(Challenge(scheme, params))
-            scheme, params = token, {}
+            scheme, params = _share(token), {}
             continue
         if scheme is None:
             raise SipParseError("auth-param before the scheme")
-        params[token.lower()] = unquote_string(param) if param.startswith('"') else param
+        name = _share(token.lower())
+        text = unquote_string(param) if param.startswith('"') else param
+        params[name] = text if name in _UNIQUE_PARAMS else _share(text)
     if scheme is not None:
         challenges.append(Challenge(scheme, params))
     return challenges

@@ -113,9 +113,12 @@ def _shared_reply(status: int, reason: str) -> tuple[int, str]:
 
 
 class _Auth:
-    __slots__ = ("challenge", "nc")
+    """A kept challenge: the header that answers it, and the nonce count."""
 
-    def __init__(self, challenge: Challenge) -> None:
+    __slots__ = ("header", "challenge", "nc")
+
+    def __init__(self, header: str, challenge: Challenge) -> None:
+        self.header = header
         self.challenge = challenge
         self.nc = 0
 
@@ -180,7 +183,7 @@ class Registrant:
         self.retiring = False
         # Challenges kept for credentials sent up front (nc counting up),
         # and the headers answered after a challenge in this attempt.
-        self._auth: dict[str, _Auth] | None = None
+        self._auth: tuple[_Auth, ...] = ()
         self._answered: tuple[str, ...] = ()
         self._stale_answers = 0
         # Scheduling marks owned by the walker and the pacer.
@@ -230,9 +233,9 @@ class Registrant:
     def _request(self, expires: int) -> Outgoing:
         self.cseq += 1
         auth = []
-        for header, state in (self._auth or {}).items():
+        for state in self._auth:
             state.nc += 1
-            auth.append((header, self._answer(state)))
+            auth.append((state.header, self._answer(state)))
         return Outgoing(self.cseq, expires, tuple(auth))
 
     def _answer(self, state: _Auth) -> str:
@@ -303,7 +306,7 @@ class Registrant:
             return False
         self.account = account
         self.wanted_expires = account.expiry
-        self._auth = None
+        self._auth = ()
         self.send_soon(now)
         return True
 
@@ -431,9 +434,8 @@ class Registrant:
                 return None
             self._stale_answers += 1
         self._answered += (header,)
-        if self._auth is None:
-            self._auth = {}
-        self._auth[header] = _Auth(chosen)
+        # One kept challenge per header (a tuple: smaller than a dict).
+        self._auth = tuple(kept for kept in self._auth if kept.header != header) + (_Auth(header, chosen),)
         if self.state in _UNREGISTER_STATES:
             self.state = RegState.AUTHENTICATING_UNREGISTER_STATE
             return self._request(0)
@@ -460,7 +462,7 @@ class Registrant:
         return self._request(minimum)
 
     def _fail(self, state: RegState, now: float, error: str, response: Response | None = None) -> None:
-        self._auth = None
+        self._auth = ()
         self.state = state
         self.failures += 1
         self.last_error = error

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from .sip.errors import SipParseError
 from .sip.message import parse_params
-from .sip.uri import SipUri, parse_uri, strip_angle_brackets
+from .sip.uri import SipUri, parse_uri, parse_uri_uncached, strip_angle_brackets
 from .sockets import SocketSpecError, normalise_socket
 
 #: Largest expiry a REGISTER can carry (RFC 3261 delta-seconds).
@@ -112,7 +112,9 @@ def account_from_row(
         raise RowError("empty binding_URI", "set binding_URI to the Contact to register, e.g. sip:alice@192.0.2.1:5060")
     for column, text in (("aor", aor), ("registrar", registrar), ("binding_URI", binding)):
         try:
-            parse_uri(text)
+            # AORs and bindings are one per account: checked without the
+            # parse cache, which they would only churn.
+            (parse_uri if column == "registrar" else parse_uri_uncached)(text)
         except SipParseError as e:
             raise RowError(f"unparsable {column} {text!r}: {e}", f"write {column} as a sip: or sips: URI") from None
     registrar = strip_angle_brackets(registrar)

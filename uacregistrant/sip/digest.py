@@ -216,21 +216,18 @@ def authorization_value(
 ) -> str:
     """The value of an Authorization/Proxy-Authorization header."""
     response, qop = compute_response(challenge, credentials, method, uri, cnonce, nc, body)
-    parts = [
-        f"username={quote_string(credentials.username)}",
-        f"realm={quote_string(challenge.realm)}",
-        f"nonce={quote_string(challenge.nonce)}",
-        f"uri={quote_string(uri)}",
-        f"response={quote_string(response)}",
-        f"algorithm={challenge.params.get('algorithm', 'MD5')}",
-    ]
+    params = challenge.params
+    value = (
+        f"Digest username={quote_string(credentials.username)}, realm={quote_string(params.get('realm', ''))}, "
+        f"nonce={quote_string(params.get('nonce', ''))}, uri={quote_string(uri)}, response=\"{response}\", "
+        f"algorithm={params.get('algorithm', 'MD5')}"
+    )
     if qop is not None:
-        parts.append(f"qop={qop}")
-        parts.append(f"nc={nc:08x}")
-        parts.append(f"cnonce={quote_string(cnonce)}")
-    if "opaque" in challenge.params:
-        parts.append(f"opaque={quote_string(challenge.params['opaque'])}")
-    return "Digest " + ", ".join(parts)
+        value += f", qop={qop}, nc={nc:08x}, cnonce={quote_string(cnonce)}"
+    opaque = params.get("opaque")
+    if opaque is not None:
+        value += f", opaque={quote_string(opaque)}"
+    return value
 
 
 def parse_authorization(value: str) -> dict[str, str]:

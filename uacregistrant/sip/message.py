@@ -313,6 +313,8 @@ def unquote_string(text: str) -> str:
 
 def quote_string(text: str) -> str:
     """Render C{text} as a quoted-string."""
+    if "\\" not in text and '"' not in text:
+        return f'"{text}"'
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

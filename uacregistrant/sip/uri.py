@@ -73,6 +73,11 @@ def parse_uri(text: str) -> SipUri:
     @raise SipParseError: if C{text} is not a C{sip:}/C{sips:} URI with a
         valid host and port.
     """
+    return parse_uri_uncached(text)
+
+
+def parse_uri_uncached(text: str) -> SipUri:
+    """L{parse_uri} without the cache, for texts seen once (an AOR, a binding)."""
     raw = strip_angle_brackets(text)
     scheme, sep, rest = raw.partition(":")
     scheme = scheme.lower()

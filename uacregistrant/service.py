@@ -177,8 +177,10 @@ class RegistrantService(MultiService):
 
         d = self.store.load(feed)
 
-        def finished(_: object) -> dict[str, int]:
-            counts = full.finish()
+        def finished(_: object) -> defer.Deferred[dict[str, int]]:
+            return full.finish_later(self._clock).addCallback(report)
+
+        def report(counts: dict[str, int]) -> dict[str, int]:
             # The walk starts after the first complete pass, whichever it is
             # (the initial load may have failed with the database away).
             self._start_walking(None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -158,10 +159,38 @@ class FullSync:
 
     def finish(self) -> dict[str, int]:
         """Retire every record whose row is gone; return the counts."""
+        self._retire_vanished(list(self._sync._registry.keys()))
+        return self.counts
+
+    def finish_later(self, clock: IReactorTime, slice_size: int = 10000) -> defer.Deferred[dict[str, int]]:
+        """
+        L{finish}, looking for vanished rows a slice of the registry per
+        reactor turn (100k keys in one turn stalled the reactor 50 ms).
+        """
+        keys = list(self._sync._registry.keys())
+        done: defer.Deferred[dict[str, int]] = defer.Deferred()
+
+        def step(start: int) -> None:
+            try:
+                self._retire_vanished(keys[start : start + slice_size])
+            except Exception:
+                done.errback()
+                return
+            if start + slice_size < len(keys):
+                clock.callLater(0, step, start + slice_size)
+            else:
+                done.callback(self.counts)
+
+        step(0)
+        return done
+
+    def _retire_vanished(self, keys: list[AccountKey]) -> None:
+        seen = self.seen
         registry = self._sync._registry
-        for key in registry.keys() - self.seen:
+        for key in keys:
+            if key in seen:
+                continue
             registrant = registry.get(key)
             if registrant is not None and not registrant.retiring:
                 self._sync.retire(key)
                 self.counts["removed"] += 1
-        return self.counts

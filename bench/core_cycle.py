@@ -11,6 +11,7 @@ challenge, its refresh wake-up).
 
     python bench/core_cycle.py --accounts 20000            # cold start: load + 2 transactions each
     python bench/core_cycle.py --accounts 20000 --profile  # and the top functions (cProfile, slower)
+    python bench/core_cycle.py --accounts 100000 --no-gc-policy  # without the daemon's GC policy
 
 Bounded by --accounts; nothing touches the network.
 """
@@ -39,6 +40,7 @@ from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.names.resolve import ResolverChain  # noqa: E402
 
+from uacregistrant.gcpolicy import FreezeSurvivors  # noqa: E402
 from uacregistrant.registrant import RegState  # noqa: E402
 from uacregistrant.service import RegistrantService  # noqa: E402
 from uacregistrant.settings import build_settings  # noqa: E402
@@ -104,7 +106,7 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run(accounts: int, profile: bool) -> dict[str, object]:
+def run(accounts: int, profile: bool, gc_policy: bool = True) -> dict[str, object]:
     directory = tempfile.mkdtemp(prefix="uacreg-core-")
     db = os.path.join(directory, "r.db")
     write_accounts(db, accounts, [f"sip:{REGISTRAR[0]}:{REGISTRAR[1]}"], 5060)
@@ -117,6 +119,17 @@ def run(accounts: int, profile: bool) -> dict[str, object]:
     store = SqliteStore(db, settings.table, reactor)
     store.open()
     service = RegistrantService(settings, store, reactor, resolver=ResolverChain([]))
+    if gc_policy:  # as build_service gives the daemon
+        FreezeSurvivors().setServiceParent(service)
+    pauses: list[float] = []
+
+    def timed(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            pauses.append(time.perf_counter())
+        else:
+            pauses[-1] = time.perf_counter() - pauses[-1]
+
+    gc.callbacks.insert(0, timed)
     transport = next(iter(service.transports.values()))
     profiler = cProfile.Profile() if profile else None
     registrar_time = 0.0
@@ -145,6 +158,7 @@ def run(accounts: int, profile: bool) -> dict[str, object]:
     if profiler:
         profiler.disable()
     elapsed = time.perf_counter() - start - registrar_time
+    gc.callbacks.remove(timed)
     registered = sum(1 for r in service.registry if r.state == RegState.REGISTERED_STATE)
     outbox = []  # the harness's last batch is not the daemon's memory
     # Let finished transactions go as they would: their timers and Timer K
@@ -166,6 +180,8 @@ def run(accounts: int, profile: bool) -> dict[str, object]:
         "registered": registered,
         "requests": service.counters.requests_sent,
         "rss_bytes_per_registered_account": round(rss_growth / accounts),
+        "gc_s": round(sum(pauses), 2),
+        "longest_gc_pause_ms": round(1000 * max(pauses, default=0), 1),
         "profiled": profile,
     }
 
@@ -174,8 +190,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--accounts", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--no-gc-policy", action="store_true", help="without the daemon's FreezeSurvivors (for comparison)")
     options = parser.parse_args()
-    report([run(options.accounts, options.profile)])
+    report([run(options.accounts, options.profile, not options.no_gc_policy)])
     return 0
 
 

@@ -22,6 +22,7 @@ from .client import RegistrationClient
 from .control.commands import Commands
 from .control.events import EventHub
 from .control.protocol import ControlFactory
+from .gcpolicy import FreezeSurvivors
 from .registrant import Policy, Registrant
 from .registry import Registry
 from .resolver import SipResolver
@@ -293,4 +294,7 @@ def build_service(settings: Settings, reactor: Any | None = None) -> RegistrantS
         store = open_store(settings, reactor)
     except StoreError as e:
         raise ConfigError(str(e)) from None
-    return RegistrantService(settings, store, cast(IReactorCore, reactor))
+    registrant = RegistrantService(settings, store, cast(IReactorCore, reactor))
+    # The daemon owns its process: keep the cyclic GC's pauses short.
+    FreezeSurvivors().setServiceParent(registrant)
+    return registrant

@@ -1,0 +1,47 @@
+# -*- test-case-name: tests.unit.test_gcpolicy -*-
+"""
+Short pauses from Python's cyclic garbage collector.
+
+A full collection scans every tracked object that is not frozen.  The
+table's records are frozen after the first load, but registering them
+creates more long-lived objects (kept challenges, refresh wake-ups): at
+100,000 registered accounts a full collection paused the reactor 140-170
+ms and the collector took a sixth of the daemon's CPU, while finding
+almost nothing to free (69 objects in a 20,000-account cold start: the
+daemon's long-lived objects do not form garbage cycles).
+
+L{FreezeSurvivors} moves the objects that survived a generation-1
+collection out of the collector's reach (C{gc.freeze()}, a constant-time
+list splice), so full collections only ever see young objects.  Cycles
+that are still alive at that point and die later are no longer collected;
+refcounting still frees everything that is not in a cycle.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any, Callable
+
+from twisted.application.service import Service
+
+
+class FreezeSurvivors(Service):
+    """While running, freeze what survives each generation-1 or -2 collection."""
+
+    def __init__(self, freeze: Callable[[], None] = gc.freeze) -> None:
+        self._freeze = freeze
+        self.freezes = 0
+
+    def startService(self) -> None:
+        self.running = True
+        gc.callbacks.append(self._after_collection)
+
+    def stopService(self) -> None:
+        if self._after_collection in gc.callbacks:
+            gc.callbacks.remove(self._after_collection)
+        self.running = False
+
+    def _after_collection(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop" and info.get("generation", 0) >= 1:
+            self._freeze()
+            self.freezes += 1

@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .sharing import SharedValues
 from .sip.errors import SipParseError
 from .sip.message import parse_params
 from .sip.uri import SipUri, parse_uri, parse_uri_uncached, strip_angle_brackets
@@ -176,7 +177,7 @@ def account_from_row(
         aor=strip_angle_brackets(aor),
         registrar=sys.intern(registrar),
         binding_uri=strip_angle_brackets(binding),
-        expiry=_SHARED_INTS.setdefault(expiry, expiry),
+        expiry=_EXPIRIES.share(expiry),
         enabled=enabled,
         proxy=_shared(proxy),
         third_party_registrant=_shared(third_party),
@@ -188,7 +189,7 @@ def account_from_row(
 
 
 #: One object per distinct expiry value (most accounts share a few).
-_SHARED_INTS: dict[int, int] = {}
+_EXPIRIES: SharedValues[int] = SharedValues()
 
 
 def _shared(text: str | None) -> str | None:

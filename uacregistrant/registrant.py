@@ -11,15 +11,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 import random
-import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from .account import Account
 from .sip.digest import Challenge, Credentials, authorization_value, choose_challenge, parse_challenges
 from .sip.errors import SipParseError
 from .sip.message import Response, parse_name_addr
 from .sip.uri import parse_uri, uris_equal
+from .sharing import SharedValues
 from .tokens import token_hex
 
 if TYPE_CHECKING:
@@ -96,20 +96,9 @@ class Outgoing:
     authorization: tuple[tuple[str, str], ...] = ()
 
 
-#: Values most records repeat (granted expiries, status lines), kept once;
-#: bounded, so a registrar inventing values cannot grow it without end.
-_SHARED: dict[object, Any] = {}
-_SHARED_MAX = 4096
-
-
-def _shared_reply(status: int, reason: str) -> tuple[int, str]:
-    key = (status, reason)
-    shared: tuple[int, str] | None = _SHARED.get(key)
-    if shared is None:
-        shared = (status, sys.intern(reason))
-        if len(_SHARED) < _SHARED_MAX:
-            _SHARED[key] = shared
-    return shared
+#: Status lines and granted expiries most records repeat, kept once.
+_REPLIES: SharedValues[tuple[int, str]] = SharedValues()
+_EXPIRIES: SharedValues[int] = SharedValues()
 
 
 class _Auth:
@@ -260,7 +249,7 @@ class Registrant:
         status = response.status
         if status < 200 or self.state not in IN_TRANSACTION:
             return None
-        self.last_reply = _shared_reply(status, response.reason)
+        self.last_reply = _REPLIES.share((status, response.reason))
         follow: Outgoing | None = None
         if status < 300:
             follow = self._on_success(response, now)
@@ -365,7 +354,7 @@ class Registrant:
         if not self.enabled:
             return self.start(now)
         self.state = RegState.REGISTERED_STATE
-        self.expires = _SHARED.setdefault(granted, granted) if len(_SHARED) < _SHARED_MAX else granted
+        self.expires = _EXPIRIES.share(granted)
         self.recovered_after = self.failures
         self.failures = 0
         self.last_error = ""

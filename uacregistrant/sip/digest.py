@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from ..sharing import SharedValues
 from .errors import SipParseError
 from .message import _is_token, quote_string, unquote_string
 
@@ -72,20 +73,9 @@ _AUTH_ITEM = re.compile(r'[\s,]*([^\s=,"]+)[ \t]*(?:=[ \t]*("(?:[^"\\]|\\.)*"|[^
 
 #: Kept challenges (one per registered record) repeat their names and
 #: most values (realm, qop, algorithm): those are kept once.  Nonces and
-#: opaques differ per challenge and are not.  Bounded, so a registrar
-#: inventing values cannot grow it without end.
-_SHARED_TEXT: dict[str, str] = {}
-_SHARED_MAX = 4096
+#: opaques differ per challenge and are not.
+_TEXT: SharedValues[str] = SharedValues()
 _UNIQUE_PARAMS = frozenset({"nonce", "opaque"})
-
-
-def _share(text: str) -> str:
-    shared = _SHARED_TEXT.get(text)
-    if shared is None:
-        if len(_SHARED_TEXT) >= _SHARED_MAX:
-            return text
-        _SHARED_TEXT[text] = shared = text
-    return shared
 
 
 def parse_challenges(value: str) -> list[Challenge]:
@@ -111,13 +101,13 @@ def parse_challenges(value: str) -> list[Challenge]:
         if param is None:
             if scheme is not None:
                 challenges.append(Challenge(scheme, params))
-            scheme, params = _share(token), {}
+            scheme, params = _TEXT.share(token), {}
             continue
         if scheme is None:
             raise SipParseError("auth-param before the scheme")
-        name = _share(token.lower())
+        name = _TEXT.share(token.lower())
         text = unquote_string(param) if param.startswith('"') else param
-        params[name] = text if name in _UNIQUE_PARAMS else _share(text)
+        params[name] = text if name in _UNIQUE_PARAMS else _TEXT.share(text)
     if scheme is not None:
         challenges.append(Challenge(scheme, params))
     return challenges

@@ -8,7 +8,7 @@ feeds the final response (or the timeout) back to the registrant.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -19,6 +19,7 @@ from .account import Account
 from .registrant import Outgoing, RegState, Registrant
 from .resolver import Address, SipResolver
 from .sip.message import Response
+from .slices import in_slices
 from .stats import SipCounters
 from .transaction import TransactionLayer
 from .tokens import token_hex
@@ -171,14 +172,14 @@ class RegistrationClient:
             self._fail(registrant, f"sending to {address[0]}:{address[1]} failed: {e}")
 
     def _on_final(self, registrant: Registrant, response: Response, address: Address) -> None:
-        self._last_answer[address] = self._clock.seconds()
+        now = self._clock.seconds()
+        self._last_answer[address] = now
         if self._stalled and address in self._stalled:
             self._answering_again(address)
         if registrant.removed:
             return
         before = registrant.state
         held_until = registrant.registered_until
-        now = self._clock.seconds()
         follow = registrant.on_response(response, now)
         if held_until is not None and now > held_until and registrant.state == RegState.REGISTERED_STATE:
             self.counters.lapsed_registrations += 1
@@ -212,21 +213,18 @@ class RegistrationClient:
             port=address[1],
             count=len(waiting),
         )
-        self._release(iter(waiting))
+        d = in_slices(self._clock, list(waiting), self.release_slice, self._retry_now)
+        d.addErrback(lambda f: _log.failure("retrying after {host}:{port} answered failed", f, host=address[0], port=address[1]))
 
-    def _release(self, records: Iterator[Registrant]) -> None:
+    def _retry_now(self, records: Sequence[Registrant]) -> None:
         now = self._clock.seconds()
-        examined = 0
         for registrant in records:
             at = registrant.next_at
-            if not (registrant.removed or registrant.state != RegState.REGISTER_TIMEOUT_STATE or at is None or at <= now):
+            # Skip records gone, already retrying, or retried meanwhile.
+            if not registrant.removed and registrant.state == RegState.REGISTER_TIMEOUT_STATE and at is not None and at > now:
                 registrant.next_at = now
                 self.counters.early_retries += 1
                 self.reschedule(registrant)
-            examined += 1
-            if examined == self.release_slice:
-                self._clock.callLater(0, self._release, records)
-                return
 
     def _fail(self, registrant: Registrant, reason: str) -> None:
         before = registrant.state

@@ -179,7 +179,7 @@ class RegistrantService(MultiService):
         d = self.store.load(feed)
 
         def finished(_: object) -> defer.Deferred[dict[str, int]]:
-            return full.finish_later(self._clock).addCallback(report)
+            return full.finish(self._clock).addCallback(report)
 
         def report(counts: dict[str, int]) -> dict[str, int]:
             # The walk starts after the first complete pass, whichever it is

@@ -8,7 +8,7 @@ change.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from .account import Account, AccountKey, RowError, account_from_row
 from .registrant import Policy, Registrant
 from .registry import Registry
+from .slices import in_slices
 from .store import Row
 
 _log = Logger()
@@ -157,34 +158,16 @@ class FullSync:
             self.seen.add(account.key)
             self.counts[self._sync.apply(account, immediate=not self._initial)] += 1
 
-    def finish(self) -> dict[str, int]:
-        """Retire every record whose row is gone; return the counts."""
-        self._retire_vanished(list(self._sync._registry.keys()))
-        return self.counts
-
-    def finish_later(self, clock: IReactorTime, slice_size: int = 10000) -> defer.Deferred[dict[str, int]]:
+    def finish(self, clock: IReactorTime, slice_size: int = 10000) -> defer.Deferred[dict[str, int]]:
         """
-        L{finish}, looking for vanished rows a slice of the registry per
-        reactor turn (100k keys in one turn stalled the reactor 50 ms).
+        Retire every record whose row is gone, looking a slice of the
+        registry per reactor turn (100k keys in one turn stalled the
+        reactor 50 ms); fires with the counts.
         """
         keys = list(self._sync._registry.keys())
-        done: defer.Deferred[dict[str, int]] = defer.Deferred()
+        return in_slices(clock, keys, slice_size, self._retire_vanished).addCallback(lambda _: self.counts)
 
-        def step(start: int) -> None:
-            try:
-                self._retire_vanished(keys[start : start + slice_size])
-            except Exception:
-                done.errback()
-                return
-            if start + slice_size < len(keys):
-                clock.callLater(0, step, start + slice_size)
-            else:
-                done.callback(self.counts)
-
-        step(0)
-        return done
-
-    def _retire_vanished(self, keys: list[AccountKey]) -> None:
+    def _retire_vanished(self, keys: Sequence[AccountKey]) -> None:
         seen = self.seen
         registry = self._sync._registry
         for key in keys:

@@ -26,14 +26,14 @@ class FullSyncTests(SynchronousTestCase):
         )
         first = self.sync.full(initial=True)
         first.feed([row(i) for i in range(25)])
-        self.assertEqual(first.finish()["added"], 25)
+        self.assertEqual(self.successResultOf(first.finish(self.clock))["added"], 25)
 
     def test_vanished_rows_found_a_slice_per_turn(self) -> None:
         """Rows gone from the table are retired over several reactor turns; the counts arrive with the last slice."""
         again = self.sync.full()
         again.feed([row(i) for i in range(25) if i % 5])  # rows 0, 5, 10, 15, 20 deleted
         result: list = []
-        again.finish_later(self.clock, slice_size=10).addCallback(result.append)
+        again.finish(self.clock, slice_size=10).addCallback(result.append)
         self.assertEqual(result, [])  # first slice done, two to go
         self.clock.advance(0)
         self.clock.advance(0)
@@ -48,5 +48,5 @@ class FullSyncTests(SynchronousTestCase):
         again = self.sync.full()
         again.feed([row(i) for i in range(24)])
         result: list = []
-        again.finish_later(self.clock).addCallback(result.append)
+        again.finish(self.clock).addCallback(result.append)
         self.assertEqual(result[0]["removed"], 1)

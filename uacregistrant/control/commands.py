@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from ..admin import Admin, AdminError
 from ..registrant import RegState, Registrant
 from ..registry import Registry
+from ..slices import in_slices
 from ..stats import SipCounters
 from ..store import StoreError
 from .events import EventHub
@@ -157,20 +158,7 @@ class Commands:
             lines += [f"sip.{name}: {value}" for name, value in self._counters.as_dict().items()]
             return Reply(200, "OK", lines)
 
-        if len(records) <= STATS_SLICE:
-            tally.count(records)
-            return reply()
-        done: defer.Deferred[Reply] = defer.Deferred()
-
-        def step(start: int) -> None:
-            tally.count(records[start : start + STATS_SLICE])
-            if start + STATS_SLICE < len(records):
-                self._clock.callLater(0, step, start + STATS_SLICE)
-            else:
-                done.callback(reply())
-
-        step(0)
-        return done
+        return in_slices(self._clock, records, STATS_SLICE, tally.count).addCallback(lambda _: reply())
 
     def reg_reload(self, args: list[str]) -> Result:
         """Reload all, or one record (a missing row retires the record)."""
@@ -239,7 +227,7 @@ class _Tally:
         self.counts: Counter[tuple[RegState, bool]] = Counter()
         self.held = 0
 
-    def count(self, records: list[Registrant]) -> None:
+    def count(self, records: Sequence[Registrant]) -> None:
         now = self.now
         counts = self.counts
         held = 0

@@ -13,8 +13,8 @@ call for the earliest live timer.
 from __future__ import annotations
 
 import heapq
-import math
 import itertools
+import math
 from typing import Any, Callable, TypeVar
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime

@@ -203,7 +203,7 @@ class TransactionLayer:
     def stop(self) -> None:
         """Cancel every timer (service shutdown)."""
         for txn in self._table.values():
-            if txn.timer is not None and txn.timer.active():
+            if txn.timer is not None:
                 txn.timer.cancel()
         self._table.clear()
         self._completed.clear()

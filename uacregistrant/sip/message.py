@@ -36,19 +36,19 @@ _COMPACT = {
     "u": "allow-events",
 }
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
-# SIP / 2.0 / transport  sent-by[;params]  (LWS allowed around the slashes)
 _WHITESPACE = re.compile(r"\s")
 # header-name HCOLON value (RFC 3261 §7.3.1; LWS allowed before the colon)
 _HEADER_LINE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:(.*)", re.DOTALL)
 _ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^\s<>\"]+")
+# SIP / 2.0 / transport  sent-by[;params]  (LWS allowed around the slashes)
 _VIA = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+(\S.*)$", re.IGNORECASE | re.DOTALL)
-# Headers whose values are comma-separated lists (RFC 3261 §7.3.1).
 # The common To/From shape, <absolute-URI> then token parameters: a value
 # matching it is one parse_name_addr accepts, so it needs no full parse.
 _PLAIN_NAME_ADDR = re.compile(
     r"<[A-Za-z][A-Za-z0-9+\-.]*:[^\s<>\"]+>"
     r"(?:[ \t]*;[ \t]*[A-Za-z0-9\-.!%*_+`'~]+(?:[ \t]*=[ \t]*[A-Za-z0-9\-.!%*_+`'~]+)?)*"
 )
+# Headers whose values are comma-separated lists (RFC 3261 §7.3.1).
 _LIST_HEADERS = frozenset({"via", "contact", "route", "record-route", "supported", "allow", "require"})
 _MAX_UINT32 = 2**32 - 1
 

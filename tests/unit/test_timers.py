@@ -103,3 +103,15 @@ class TimerQueueTests(SynchronousTestCase):
         self.clock.advance(1)
         self.clock.advance(1)
         self.assertEqual(self.fired, [(2, "near")])
+
+    def test_timers_due_close_together_share_one_wake_and_none_fires_early(self) -> None:
+        """On the 10 ms grid: two timers due within one slot wake the reactor once, at the slot's end."""
+        self.queue.call_at(1.001, self.note, "a")
+        self.queue.call_at(1.004, self.note, "b")
+        pending = [c.getTime() for c in self.clock.getDelayedCalls() if c.active()]
+        self.assertEqual(len(pending), 1)
+        self.assertAlmostEqual(pending[0], 1.01)
+        self.clock.advance(1.0045)
+        self.assertEqual(self.fired, [])
+        self.clock.advance(0.0055)
+        self.assertEqual([name for _, name in self.fired], ["a", "b"])

@@ -24,14 +24,16 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_accounts(path: str, accounts: int, registrars: Sequence[str], binding_port: int = 5999, password: str = "bench-pw") -> None:
+def write_accounts(
+    path: str, accounts: int, registrars: Sequence[str], binding_port: int = 5999, password: str = "bench-pw", expiry: int = 3600
+) -> None:
     """An OpenSIPS-schema SQLite table of C{accounts} bench accounts spread over C{registrars}."""
     db = sqlite3.connect(path)
     db.executescript(schema_sql("sqlite"))
     db.executemany(
         "INSERT INTO registrant (registrar, aor, username, password, binding_URI, expiry) VALUES (?,?,?,?,?,?)",
         ((registrars[i % len(registrars)], f"sip:u{i}@bench.invalid", f"u{i}", password,
-          f"sip:u{i}@127.0.0.1:{binding_port}", 3600) for i in range(accounts)),
+          f"sip:u{i}@127.0.0.1:{binding_port}", expiry) for i in range(accounts)),
     )
     db.commit()
     db.close()
@@ -127,3 +129,11 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reg_stats(control: str) -> dict[str, Any]:
+    """The daemon's C{reg_stats json}, parsed."""
+    from uacregistrant.control.ctl import request
+
+    status, body = request(control, "reg_stats json", timeout=30)
+    return json.loads(body[0])  # type: ignore[no-any-return]

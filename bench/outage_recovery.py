@@ -15,10 +15,8 @@ Bounded by --timeout for each phase; only 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
@@ -27,17 +25,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import cpu_seconds, free_udp_port, report, start_daemon, start_registrars, stop_registrars, write_accounts  # noqa: E402
+from common import (  # noqa: E402
+    cpu_seconds,
+    free_udp_port,
+    reg_stats,
+    report,
+    start_daemon,
+    start_registrars,
+    stop_registrars,
+    write_accounts,
+)
 
-from uacregistrant.control.ctl import request  # noqa: E402
 from uacregistrant.registrant import Policy  # noqa: E402
 
 SCENARIO = ROOT / "bench" / "sipp" / "registrar_steady.xml"
-
-
-def stats(control: str) -> dict:  # type: ignore[type-arg]
-    status, body = request(control, "reg_stats json", timeout=30)
-    return json.loads(body[0])  # type: ignore[no-any-return]
 
 
 def all_registered(current: dict, accounts: int) -> bool:  # type: ignore[type-arg]
@@ -59,11 +60,7 @@ def main() -> int:
     ports = start_registrars(SCENARIO, options.registrars, directory, *extra)
     local = free_udp_port()
     db = os.path.join(directory, "r.db")
-    write_accounts(db, options.accounts, [f"sip:127.0.0.1:{p}" for p in ports], local)
-    connection = sqlite3.connect(db)
-    connection.execute("UPDATE registrant SET expiry = ?", (options.expiry,))
-    connection.commit()
-    connection.close()
+    write_accounts(db, options.accounts, [f"sip:127.0.0.1:{p}" for p in ports], local, expiry=options.expiry)
     control = f"unix:{directory}/ctl"
     start = time.monotonic()
     daemon = start_daemon(
@@ -76,7 +73,7 @@ def main() -> int:
         while time.monotonic() - start < options.timeout:
             time.sleep(max(0.2, options.accounts / 100000))
             try:
-                current = stats(control)
+                current = reg_stats(control)
             except OSError:
                 continue
             if all_registered(current, options.accounts):
@@ -92,7 +89,7 @@ def main() -> int:
         down_at = time.monotonic()
         while time.monotonic() - down_at < options.down:
             time.sleep(1)
-            samples.append((time.monotonic(), stats(control)))
+            samples.append((time.monotonic(), reg_stats(control)))
         fewest_held = min(s["bindings_held"] for _, s in samples)
         start_registrars(SCENARIO, options.registrars, directory, *extra, ports=ports)
         back_at = time.monotonic()
@@ -100,7 +97,7 @@ def main() -> int:
         recovered = None
         while time.monotonic() - back_at < options.timeout:
             time.sleep(1)
-            current = stats(control)
+            current = reg_stats(control)
             samples.append((time.monotonic(), current))
             if all_registered(current, options.accounts):
                 recovered = time.monotonic() - back_at

@@ -13,7 +13,6 @@ Bounded by --seconds plus the cold start's --timeout; only 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -24,16 +23,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import completed, cpu_seconds, free_udp_port, registrar_statistics, report, start_daemon, stop_registrars, write_accounts  # noqa: E402
-
-from uacregistrant.control.ctl import request  # noqa: E402
+from common import (  # noqa: E402
+    completed,
+    cpu_seconds,
+    free_udp_port,
+    reg_stats,
+    registrar_statistics,
+    report,
+    start_daemon,
+    stop_registrars,
+    write_accounts,
+)
 
 SCENARIO = ROOT / "bench" / "sipp" / "registrar_steady.xml"
 
-
-def stats(control: str) -> dict:  # type: ignore[type-arg]
-    status, body = request(control, "reg_stats json", timeout=30)
-    return json.loads(body[0])  # type: ignore[no-any-return]
 
 
 def run(accounts: int, expiry: int, seconds: int, registrars: int, timeout: float) -> dict[str, object]:
@@ -44,13 +47,7 @@ def run(accounts: int, expiry: int, seconds: int, registrars: int, timeout: floa
     ports = registrar_statistics(SCENARIO, registrars, directory, "-deadcall_wait", "1000")
     local = free_udp_port()
     db = os.path.join(directory, "r.db")
-    write_accounts(db, accounts, [f"sip:127.0.0.1:{p}" for p in ports], local)
-    import sqlite3
-
-    connection = sqlite3.connect(db)
-    connection.execute("UPDATE registrant SET expiry = ?", (expiry,))
-    connection.commit()
-    connection.close()
+    write_accounts(db, accounts, [f"sip:127.0.0.1:{p}" for p in ports], local, expiry=expiry)
     control = f"unix:{directory}/ctl"
     daemon = start_daemon(
         directory, db, local, control,
@@ -61,12 +58,12 @@ def run(accounts: int, expiry: int, seconds: int, registrars: int, timeout: floa
         while time.monotonic() - start < timeout:
             time.sleep(max(0.2, accounts / 100000))
             try:
-                if stats(control)["states"]["REGISTERED_STATE"] == accounts:
+                if reg_stats(control)["states"]["REGISTERED_STATE"] == accounts:
                     break
             except OSError:
                 continue
         registered_after = time.monotonic() - start
-        before, cpu_before, t0 = stats(control), cpu_seconds(daemon.pid), time.monotonic()
+        before, cpu_before, t0 = reg_stats(control), cpu_seconds(daemon.pid), time.monotonic()
         done_before = completed(directory, ports)
         worst = accounts
         # reg_stats walks every record (about 0.1 s of CPU at 100k): sample
@@ -75,10 +72,10 @@ def run(accounts: int, expiry: int, seconds: int, registrars: int, timeout: floa
         while time.monotonic() - t0 < seconds:
             time.sleep(min(60, seconds - (time.monotonic() - t0)) if seconds > 60 else 10)
             before_probe = cpu_seconds(daemon.pid)
-            worst = min(worst, stats(control)["bindings_held"])
+            worst = min(worst, reg_stats(control)["bindings_held"])
             probes += cpu_seconds(daemon.pid) - before_probe
         cpu_after, t1 = cpu_seconds(daemon.pid), time.monotonic()
-        after = stats(control)
+        after = reg_stats(control)
         # SIPp writes its statistics every second: read at both ends alike.
         refreshes = completed(directory, ports) - done_before
     finally:

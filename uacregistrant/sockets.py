@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from .sip.numbers import parse_digits
+
 
 class SocketSpecError(ValueError):
     """A socket specification that cannot be understood."""
@@ -64,9 +66,10 @@ def parse_socket(text: str, default_port: int = 5060) -> SocketSpec:
 
 
 def _port(text: str, original: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) < 65536:
-        raise SocketSpecError(f"invalid port in {original!r}")
-    return int(text)
+    port = parse_digits(text, 65535)
+    if port is None:
+        raise SocketSpecError(f"invalid port in {original[:200]!r}: write 0-65535 in ASCII digits")
+    return port
 
 
 def normalise_socket(text: str) -> str:

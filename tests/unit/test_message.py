@@ -2,16 +2,20 @@
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from uacregistrant.sip.errors import SipParseError
+from uacregistrant.sip.errors import SipParseError, SipRenderError
+from uacregistrant.sip.uri import parse_uri_uncached
 from uacregistrant.sip.message import (
     MAX_MESSAGE_SIZE,
     Request,
     Response,
     parse_message,
     parse_name_addr,
+    parse_via,
     render_request,
     render_response,
+    quote_string,
     split_list,
+    unquote_string,
 )
 
 OK = (
@@ -79,7 +83,7 @@ class ParseTests(SynchronousTestCase):
             b"SIP/2.0 200 OK\r\nNo colon here\r\n\r\n",
             b"SIP/2.0 200 OK\r\n folded first\r\n\r\n",
             b"SIP/2.0 200 OK\r\nContent-Length: 10\r\n\r\nabc",
-            b"SIP/2.0 200 OK\r\n" + b"X: y\r\n" * 300 + b"\r\n",
+            b"SIP/2.0 200 OK\r\n" + b"X: y\r\n" * 1100 + b"\r\n",
             b"SIP/2.0 200 OK\r\n" + b"X: " + b"a" * MAX_MESSAGE_SIZE + b"\r\n\r\n",
         ]
         for data in cases:
@@ -101,6 +105,54 @@ class ParseTests(SynchronousTestCase):
         with self.assertRaises(SipParseError):
             message.retry_after
 
+    def test_numbers_are_ascii_digits(self) -> None:
+        """
+        Every number the parser reads refuses Unicode digits (which
+        C{str.isdigit} accepts) with the codec's own error, never another.
+        """
+        base = (
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h:5060;branch=z9hG4bK1\r\nTo: <sip:a@h>\r\nFrom: <sip:a@h:5060>;tag=1\r\n"
+            "Call-ID: c\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\nExpires: 60\r\nMin-Expires: 60\r\n"
+            "Retry-After: 60\r\nContent-Length: 0\r\n\r\n"
+        )
+        parse_message(base.encode())
+        for digit in ("\u00b2", "\u0661", "\uff11", "\u09e7", "1\u00b3"):
+            eager = [
+                base.replace("200 OK", f"20{digit} OK"),
+                base.replace("CSeq: 1", f"CSeq: {digit}"),
+                base.replace("Max-Forwards: 70", f"Max-Forwards: {digit}"),
+                base.replace("h:5060;branch", f"h:{digit};branch"),
+                base.replace("Content-Length: 0", f"Content-Length: {digit}"),
+            ]
+            for text in eager:
+                with self.assertRaises(SipParseError, msg=text):
+                    parse_message(text.encode()).top_via
+            for name in ("Expires", "Min-Expires"):
+                message = parse_message(base.replace(f"{name}: 60", f"{name}: {digit}").encode())
+                with self.assertRaises(SipParseError):
+                    message.int_header(name)
+            message = parse_message(base.replace("Retry-After: 60", f"Retry-After: {digit}").encode())
+            assert isinstance(message, Response)
+            with self.assertRaises(SipParseError):
+                message.retry_after
+            with self.assertRaises(SipParseError):
+                parse_uri_uncached(f"sip:a@h:{digit}")
+            with self.assertRaises(SipParseError):
+                parse_via(f"SIP/2.0/UDP h:{digit}")
+
+    def test_bare_cr_refused(self) -> None:
+        """A bare CR inside a header line (which would end a line if echoed) is refused."""
+        with self.assertRaises(SipParseError):
+            parse_message(OK.replace(b"i: call-1", b"i: call-1\rInjected: 1"))
+
+    def test_many_bindings(self) -> None:
+        """A 200 listing 250 bindings, a Contact header each, parses (about 20 KiB)."""
+        contacts = b"".join(b"Contact: <sip:u%d@192.0.2.%d:5060>;expires=%d\r\n" % (i, i % 250, 60 + i) for i in range(250))
+        data = OK.replace(b"l: 0", contacts + b"l: 0")
+        self.assertGreater(len(data), 8192)
+        message = parse_message(data)
+        self.assertEqual(len(message.get_all("contact")), 3 + 250)
+
     def test_huge_expires_clamped(self) -> None:
         """delta-seconds beyond 2**32-1 are clamped (RFC 3261 §20.19)."""
         message = parse_message(
@@ -115,6 +167,19 @@ class ParseTests(SynchronousTestCase):
 
 
 class RenderTests(SynchronousTestCase):
+    def test_no_value_can_end_a_line(self) -> None:
+        """A CR or LF in any rendered value is refused; never a header line of its own."""
+        headers = [("Via", "SIP/2.0/UDP a;branch=z9hG4bK1"), ("To", "<sip:a@r>"), ("From", "<sip:a@r>;tag=1"),
+                   ("Call-ID", "c"), ("CSeq", "3 REGISTER")]
+        for bad in ("x\r\nInjected: 1", "x\rInjected: 1", "x\nInjected: 1"):
+            with self.assertRaises(SipRenderError):
+                render_request("REGISTER", "sip:r", headers + [("X", bad)])
+            with self.assertRaises(SipRenderError):
+                render_request("REGISTER", "sip:r" + bad, headers)
+            with self.assertRaises(SipRenderError):
+                quote_string(bad)
+        self.assertEqual(unquote_string(quote_string("a\x00b\x7f\\\"")), "a\x00b\x7f\\\"")
+
     def test_response_copies_dialog_headers(self) -> None:
         """A response copies Via, From, Call-ID, CSeq and adds a To tag."""
         request = parse_message(

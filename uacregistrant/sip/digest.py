@@ -16,6 +16,7 @@ from typing import Callable
 from ..sharing import SharedValues
 from .errors import SipParseError
 from .message import _is_token, quote_string, unquote_string
+from .numbers import is_hex
 
 _HASHES: dict[str, Callable[[bytes], str]] = {
     "MD5": lambda data: hashlib.md5(data).hexdigest(),
@@ -131,11 +132,7 @@ class Credentials:
     def ha1_hex(self) -> str | None:
         """The HA1 if the secret is written C{0x<hex>}, else C{None}."""
         s = self.secret
-        if len(s) > 2 and s[:2] in ("0x", "0X") and len(s) - 2 in (32, 64):
-            try:
-                int(s[2:], 16)
-            except ValueError:
-                return None
+        if len(s) - 2 in (32, 64) and s[:2] in ("0x", "0X") and is_hex(s[2:]):
             return s[2:].lower()
         return None
 
@@ -250,7 +247,10 @@ def verify_authorization(
                 **({"qop": params["qop"]} if "qop" in params else {}),
             },
         )
-        nc = int(params.get("nc", "1"), 16)
+        nc_text = params.get("nc", "1")
+        if not is_hex(nc_text) or len(nc_text) > 8:
+            return False
+        nc = int(nc_text, 16)
         expected, _ = compute_response(
             challenge,
             Credentials(params["username"], password),

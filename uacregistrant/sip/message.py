@@ -13,12 +13,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from .errors import SipParseError
+from .errors import SipParseError, SipRenderError
+from .numbers import is_digits, parse_digits
 
 #: The largest message the parser accepts (bytes).
 MAX_MESSAGE_SIZE = 65535
-#: The most header fields the parser accepts in one message.
-MAX_HEADERS = 256
+#: The most header fields the parser accepts in one message (a 200 may
+#: list hundreds of bindings, one Contact header each).
+MAX_HEADERS = 1024
 
 _COMPACT = {
     "v": "via",
@@ -37,6 +39,10 @@ _COMPACT = {
 }
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _WHITESPACE = re.compile(r"\s")
+# A bare CR left in a header section once its line ends (CRLF, or a bare
+# LF) are taken out: echoed into a request (a realm, a nonce) it would end
+# a header line there.  Other control characters may appear escaped in
+# quoted strings (RFC 4475 §3.1.1.2) and are escaped again when quoted.
 # header-name HCOLON value (RFC 3261 §7.3.1; LWS allowed before the colon)
 _HEADER_LINE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:(.*)", re.DOTALL)
 _ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^\s<>\"]+")
@@ -112,11 +118,12 @@ class SipMessage:
         value = self.get("cseq")
         if value is None:
             raise SipParseError("missing CSeq")
-        number, _, method = value.partition(" ")
+        text, _, method = value.partition(" ")
         method = method.strip()
-        if not number.isdigit() or int(number) > _MAX_UINT32 or not _is_token(method):
-            raise SipParseError(f"invalid CSeq {value!r}")
-        return int(number), method.upper()
+        number = parse_digits(text, _MAX_UINT32)
+        if number is None or not _is_token(method):
+            raise SipParseError(f"invalid CSeq {value[:80]!r}")
+        return number, method.upper()
 
     @property
     def top_via(self) -> "Via":
@@ -188,8 +195,9 @@ class NameAddr:
 def parse_delta_seconds(value: str, name: str) -> int:
     """Parse a delta-seconds value, clamping to 2**32-1 as RFC 3261 says."""
     value = value.strip()
-    if not value.isdigit():
-        raise SipParseError(f"invalid {name} value {value!r}")
+    if not is_digits(value):
+        raise SipParseError(f"invalid {name} value {value[:80]!r}")
+    value = value.lstrip("0") or "0"
     if len(value) > 10:
         return _MAX_UINT32
     return min(int(value), _MAX_UINT32)
@@ -312,10 +320,21 @@ def unquote_string(text: str) -> str:
 
 
 def quote_string(text: str) -> str:
-    """Render C{text} as a quoted-string."""
-    if "\\" not in text and '"' not in text:
+    """
+    Render C{text} as a quoted-string; a backslash, a quote and control
+    characters go as quoted-pairs.
+
+    @raise SipRenderError: if C{text} holds a CR or LF, which no
+        quoted-string can carry (RFC 3261 §25.1).
+    """
+    if "\\" not in text and '"' not in text and text.isprintable():
         return f'"{text}"'
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if "\r" in text or "\n" in text:
+        raise SipRenderError(f"CR or LF in a quoted value {text[:40]!r}")
+    return '"' + _QUOTED_PAIR.sub(r"\\\g<0>", text) + '"'
+
+
+_QUOTED_PAIR = re.compile(r'[\\"\x00-\x08\x0b\x0c\x0e-\x1f\x7f]')
 
 
 def parse_via(value: str) -> Via:
@@ -348,10 +367,10 @@ def parse_via(value: str) -> Via:
 
 
 def _via_port(text: str, value: str) -> int:
-    text = text.strip()
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise SipParseError(f"invalid Via port {value!r}")
-    return int(text)
+    port = parse_digits(text.strip(), 65535)
+    if not port:
+        raise SipParseError(f"invalid Via port {value[:80]!r}")
+    return port
 
 
 def parse_name_addr(value: str) -> NameAddr:
@@ -413,8 +432,10 @@ def parse_message(data: bytes) -> Request | Response:
         if end == -1:
             raise SipParseError("truncated message: no end of headers")
         head, body = data[:end], data[end + 2 :]
-    text = head.decode("utf-8", errors="replace")
-    lines = text.replace("\r\n", "\n").split("\n")
+    text = head.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    if "\r" in text:
+        raise SipParseError("a bare CR in the header section")
+    lines = text.split("\n")
     start_line = lines[0]
     headers = _parse_header_lines(lines[1:])
     index: dict[str, list[str]] = {}
@@ -438,7 +459,7 @@ def parse_message(data: bytes) -> Request | Response:
         if version.upper() != "SIP/2.0":
             raise SipParseError(f"unsupported version in {start_line[:80]!r}")
         code, _, reason = rest.partition(" ")
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        if len(code) != 3 or not is_digits(code) or not 100 <= int(code) <= 699:
             raise SipParseError(f"invalid status line {start_line[:80]!r}")
         message = Response(headers, body, index, status=int(code), reason=reason.strip())
     else:
@@ -478,7 +499,7 @@ def _validate(message: SipMessage) -> None:
         if _PLAIN_NAME_ADDR.fullmatch(value) is None:
             parse_name_addr(value)  # the full check, raising for bad values
     forwards = index.get("max-forwards")
-    if forwards is not None and not (forwards[0].isdigit() and int(forwards[0]) <= 255):
+    if forwards is not None and parse_digits(forwards[0], 255) is None:
         raise SipParseError(f"invalid Max-Forwards {forwards[0][:20]!r}")
 
 
@@ -517,7 +538,26 @@ def render_request(
     lines = [f"{method} {uri} SIP/2.0"]
     lines.extend(f"{name}: {value}" for name, value in headers)
     lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
+    return _head_bytes(lines) + body
+
+
+def _head_bytes(lines: list[str]) -> bytes:
+    """Join a header section; refuse a line that would hold a CR or LF."""
+    text = "\r\n".join(lines) + "\r\n\r\n"
+    check_line_count(text, len(lines))
+    return text.encode("utf-8")
+
+
+def check_line_count(text: str, lines: int) -> None:
+    """
+    Make sure a rendered header section of C{lines} lines holds no CR or LF
+    but the line ends: a value carrying one would inject a header line.
+
+    @raise SipRenderError: otherwise.
+    """
+    expected = lines + 1  # the empty line ending the header section
+    if text.count("\n") != expected or text.count("\r") != expected:
+        raise SipRenderError("a header value holds a CR or LF")
 
 
 def render_response(
@@ -543,4 +583,4 @@ def render_response(
     lines.append(f"CSeq: {request.get('cseq') or ''}")
     lines.extend(f"{name}: {value}" for name, value in extra)
     lines.append("Content-Length: 0")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+    return _head_bytes(lines)

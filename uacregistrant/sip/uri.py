@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from .errors import SipParseError
+from .numbers import parse_digits
 
 # Parameters that must match whenever either URI has them (§19.1.4).
 _SIGNIFICANT_PARAMS = ("user", "ttl", "method", "maddr", "transport")
@@ -138,9 +139,10 @@ def _parse_hostport(hostport: str, original: str) -> tuple[str, int | None]:
 
 
 def _parse_port(text: str, original: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise SipParseError(f"invalid port in {original!r}")
-    return int(text)
+    port = parse_digits(text, 65535)
+    if not port:
+        raise SipParseError(f"invalid port in {original[:200]!r}")
+    return port
 
 
 def _param_equal(a: str | None, b: str | None) -> bool:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Callable
 from .account import Account
 from .sip.digest import Challenge, Credentials, authorization_value, choose_challenge, parse_challenges
 from .sip.errors import SipParseError
-from .sip.message import Response, parse_name_addr
-from .sip.uri import parse_uri, uris_equal
+from .sip.message import Response, parse_delta_seconds, parse_name_addr
+from .sip.uri import parse_uri_uncached, uris_equal
 from .sharing import SharedValues
 from .tokens import token_hex
 
@@ -53,6 +53,11 @@ IN_TRANSACTION = frozenset(
 _UNREGISTER_STATES = frozenset({RegState.UNREGISTERING_STATE, RegState.AUTHENTICATING_UNREGISTER_STATE})
 #: Stale-nonce answers allowed within one attempt.
 MAX_STALE_ANSWERS = 2
+#: 423 follow-ups (a longer expiry asked for) allowed within one attempt.
+MAX_TOO_BRIEF = 2
+#: Follow-up requests of any kind (digest answers, 423 retries) allowed
+#: within one attempt: a hostile registrar cannot keep one going.
+MAX_FOLLOW_UPS = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,9 @@ class Policy:
     transaction_timeout: float = 32.0
     rng: random.Random = field(default_factory=random.SystemRandom)
     token: Callable[[int], str] = token_hex
+    #: Called each time a 200 lists no Contact of ours and the granted
+    #: expiry had to be guessed (counted for reg_stats).
+    expiry_guessed: Callable[[], None] = lambda: None
 
     def backoff(self, failures: int) -> float:
         """Exponential back-off with equal jitter, capped at C{retry_max}."""
@@ -80,6 +88,14 @@ class Policy:
     def refresh_lead(self, granted: int) -> float:
         """How long before expiry a registration of C{granted} s is refreshed."""
         return min(granted / 2, max(self.transaction_timeout, granted / 10))
+
+    def retry_after(self, seconds: int) -> float:
+        """
+        A registrar's C{Retry-After}, clamped to [C{retry_base}/4,
+        C{retry_max}]: C{0} must not mean a retry every round trip, nor
+        4294967295 never.
+        """
+        return float(min(self.retry_max, max(self.retry_base / 4, seconds)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +115,8 @@ class Outgoing:
 #: Status lines and granted expiries most records repeat, kept once.
 _REPLIES: SharedValues[tuple[int, str]] = SharedValues()
 _EXPIRIES: SharedValues[int] = SharedValues()
+#: Follow-ups, stale-nonce answers and 423 retries in the current attempt.
+_NO_TRIES = (0, 0, 0)
 
 
 class _Auth:
@@ -142,7 +160,7 @@ class Registrant:
         "retiring",
         "_auth",
         "_answered",
-        "_stale_answers",
+        "_tries",
         "queued",
         "wake",
         "removed",
@@ -174,7 +192,7 @@ class Registrant:
         # and the headers answered after a challenge in this attempt.
         self._auth: tuple[_Auth, ...] = ()
         self._answered: tuple[str, ...] = ()
-        self._stale_answers = 0
+        self._tries = _NO_TRIES
         # Scheduling marks owned by the walker and the pacer.
         self.queued = False
         self.wake: Timer | None = None
@@ -210,16 +228,16 @@ class Registrant:
         next nonce count, saving a round trip while the nonce lives.
         """
         self._answered = ()
-        self._stale_answers = 0
-        self.last_register_sent = now
+        self._tries = _NO_TRIES
         self.next_at = None
         if self.enabled:
             self.state = RegState.REGISTERING_STATE
-            return self._request(self.wanted_expires)
+            return self._request(self.wanted_expires, now)
         self.state = RegState.UNREGISTERING_STATE
-        return self._request(0)
+        return self._request(0, now)
 
-    def _request(self, expires: int) -> Outgoing:
+    def _request(self, expires: int, now: float) -> Outgoing:
+        self.last_register_sent = now
         self.cseq += 1
         auth = []
         for state in self._auth:
@@ -276,6 +294,26 @@ class Registrant:
         self._fail(RegState.INTERNAL_ERROR_STATE, now, reason)
         self._settle(now)
 
+    def on_internal_error(self, now: float, reason: str) -> None:
+        """
+        Something failed while handling this record (a bug, or input no
+        check foresaw): INTERNAL_ERROR with the normal back-off, so the
+        record always has pending work.  Only plain assignments and the
+        back-off: this must not fail in turn.
+        """
+        self._auth = ()
+        self._answered = ()
+        self._tries = _NO_TRIES
+        self.state = RegState.INTERNAL_ERROR_STATE
+        self.failures += 1
+        self.last_error = reason
+        if not self.enabled and (self.registered_until is None or self.registered_until <= now):
+            self.registered_until = None
+            self.next_at = None
+        else:
+            self.next_at = now + self.policy.backoff(self.failures)
+        self._settle(now)
+
     @property
     def in_transaction(self) -> bool:
         """Whether a request is outstanding."""
@@ -287,11 +325,15 @@ class Registrant:
 
         A changed enabled record registers again at once with its new data;
         a newly disabled one un-registers.  Unchanged configuration is a
-        no-op, so reloads never cause a registration storm.
+        no-op, so reloads never cause a registration storm (the row id is
+        not configuration: a record added by the console and later read
+        from its row is unchanged; it only learns the id).
 
         @return: whether anything changed.
         """
         if account == self.account:
+            if account.row_id != self.account.row_id:
+                self.account = account
             return False
         self.account = account
         self.wanted_expires = account.expiry
@@ -335,7 +377,7 @@ class Registrant:
             self.send_soon(now)
 
     def _on_success(self, response: Response, now: float) -> Outgoing | None:
-        self._stale_answers = 0
+        self._tries = _NO_TRIES
         self._answered = ()  # only meaningful within an attempt
         if self.state in _UNREGISTER_STATES:
             self.registered_until = None
@@ -362,28 +404,64 @@ class Registrant:
         return None
 
     def _granted(self, response: Response) -> int:
-        """The expiry granted to our binding (RFC 3261 §10.2.4)."""
+        """
+        The expiry granted to our binding (RFC 3261 §10.2.4): its Contact's
+        expires parameter, else the Expires header.
+
+        A registrar that rewrote our Contact (added a parameter, changed
+        the host) lists none that matches: then the smallest expiry of the
+        bindings plausibly ours (same user part, or the only one) is used,
+        else the Expires header, else the smallest expiry listed, never more
+        than we asked for, and the guess is counted.  Guessing short costs
+        an early refresh; guessing long would let the binding lapse.
+        """
         account = self.account
         echo = f"<{account.binding_uri}>"
-        for value in response.get_all("contact"):
+        try:
+            contacts = response.get_all("contact")
+        except SipParseError:
+            contacts = []  # an unsplittable list (an open quote): nothing to match
+        ours = None
+        plausible: list[int] = []
+        listed: list[int] = []
+        for value in contacts:
             try:
                 contact = parse_name_addr(value)
-                # Our binding echoed as sent needs no URI comparison.
-                if not value.startswith(echo) and (
-                    contact.uri == "*" or not uris_equal(parse_uri(contact.uri), account.binding)
-                ):
+                if contact.uri == "*":
                     continue
-                expires = contact.params.get("expires")
-                if expires is not None and expires.isdigit():
-                    return min(int(expires), 2**32 - 1)
+                expires = _expires_param(contact.params.get("expires"))
+                # Our binding echoed as sent needs no URI comparison.
+                if value.startswith(echo):
+                    ours = expires
+                    break
+                uri = parse_uri_uncached(contact.uri)
+                if uris_equal(uri, account.binding):
+                    ours = expires
+                    break
             except SipParseError:
                 continue
-            break
+            if expires is not None and expires > 0:
+                listed.append(expires)
+                if len(contacts) == 1 or (uri.user is not None and uri.user == account.binding.user):
+                    plausible.append(expires)
+        else:
+            ours = -1  # no Contact is ours
+        if ours is not None and ours >= 0:
+            return ours
         try:
             header = response.int_header("expires")
         except SipParseError:
             header = None
-        return header if header is not None else self.wanted_expires
+        if ours is None and header is not None:
+            return header  # ours, without a parameter: the header says
+        self.policy.expiry_guessed()
+        if plausible:
+            return min(min(plausible), self.wanted_expires)
+        if header is not None:
+            return min(header, self.wanted_expires)
+        if listed:
+            return min(min(listed), self.wanted_expires)
+        return self.wanted_expires
 
     def _on_challenge(self, response: Response, now: float) -> Outgoing | None:
         account = self.account
@@ -413,23 +491,28 @@ class Registrant:
                 f"no digest challenge we can answer in {response.status} (algorithms offered: {offered})",
             )
             return None
+        follow_ups, stale, too_brief = self._tries
         if header in self._answered:
-            if not chosen.stale or self._stale_answers >= MAX_STALE_ANSWERS:
+            if not chosen.stale or stale >= MAX_STALE_ANSWERS:
                 self._fail(
                     RegState.WRONG_CREDENTIALS_STATE,
                     now,
                     f"credentials rejected: {response.status} {response.reason}",
                 )
                 return None
-            self._stale_answers += 1
+            stale += 1
+        if follow_ups >= MAX_FOLLOW_UPS:
+            self._fail(RegState.REGISTRAR_ERROR_STATE, now, f"{response.status} after {follow_ups} follow-up requests")
+            return None
+        self._tries = (follow_ups + 1, stale, too_brief)
         self._answered += (header,)
         # One kept challenge per header (a tuple: smaller than a dict).
         self._auth = tuple(kept for kept in self._auth if kept.header != header) + (_Auth(header, chosen),)
         if self.state in _UNREGISTER_STATES:
             self.state = RegState.AUTHENTICATING_UNREGISTER_STATE
-            return self._request(0)
+            return self._request(0, now)
         self.state = RegState.AUTHENTICATING_STATE
-        return self._request(self.wanted_expires)
+        return self._request(self.wanted_expires, now)
 
     def _on_too_brief(self, response: Response, now: float) -> Outgoing | None:
         try:
@@ -441,17 +524,29 @@ class Registrant:
                 RegState.REGISTRAR_ERROR_STATE,
                 now,
                 f"423 without a usable Min-Expires (got {minimum}, asked {self.wanted_expires})",
+                response,
             )
             return None
+        follow_ups, stale, too_brief = self._tries
+        if too_brief >= MAX_TOO_BRIEF or follow_ups >= MAX_FOLLOW_UPS:
+            self._fail(
+                RegState.REGISTRAR_ERROR_STATE,
+                now,
+                f"423 again after {too_brief} longer expiries in this attempt (Min-Expires {minimum})",
+                response,
+            )
+            return None
+        self._tries = (follow_ups + 1, stale, too_brief + 1)
         self.wanted_expires = minimum
         # Credentials already accepted go again (nc + 1); a challenge to
         # them is a fresh challenge, not a rejection.
         self._answered = ()
         self.state = RegState.REGISTERING_STATE
-        return self._request(minimum)
+        return self._request(minimum, now)
 
     def _fail(self, state: RegState, now: float, error: str, response: Response | None = None) -> None:
         self._auth = ()
+        self._tries = _NO_TRIES
         self.state = state
         self.failures += 1
         self.last_error = error
@@ -461,10 +556,23 @@ class Registrant:
                 retry_after = response.retry_after
             except SipParseError:
                 retry_after = None
-        delay = float(retry_after) if retry_after is not None else self.policy.backoff(self.failures)
+        if retry_after is not None:
+            delay = self.policy.retry_after(retry_after)
+        else:
+            delay = self.policy.backoff(self.failures)
         if not self.enabled and (self.registered_until is None or self.registered_until <= now):
             # Nothing left to un-register: stop here.
             self.registered_until = None
             self.next_at = None
             return
         self.next_at = now + delay
+
+
+def _expires_param(text: str | None) -> int | None:
+    """A Contact's expires parameter, or C{None} if absent or not a number."""
+    if text is None:
+        return None
+    try:
+        return parse_delta_seconds(text, "expires")
+    except SipParseError:
+        return None

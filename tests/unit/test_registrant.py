@@ -5,7 +5,7 @@ import random
 from twisted.trial.unittest import SynchronousTestCase
 
 from uacregistrant.account import Account
-from uacregistrant.registrant import Policy, RegState, Registrant
+from uacregistrant.registrant import IN_TRANSACTION, MAX_FOLLOW_UPS, Policy, RegState, Registrant
 from uacregistrant.sip.digest import parse_authorization, verify_authorization
 from uacregistrant.sip.message import Response, parse_message
 
@@ -99,19 +99,38 @@ class RegistrantTests(SynchronousTestCase):
         self.assertEqual(out.authorization[0][0], "Proxy-Authorization")
 
     def test_granted_expiry_sources(self) -> None:
-        """Matching Contact's expires, else Expires header, else the requested value."""
+        """
+        Our Contact's expires, else the Expires header; with no Contact of
+        ours, a guess that is never long: the smallest expiry of bindings
+        plausibly ours (same user, or the only one), else the Expires
+        header, else the smallest listed, never above what was asked.
+        """
+        guesses = []
+        self.policy = Policy(retry_base=10, retry_max=100, transaction_timeout=32, rng=random.Random(7),
+                             expiry_guessed=lambda: guesses.append(1))
         cases = [
-            ("Contact: <sip:other@192.0.2.9>;expires=5\r\nContact: <sip:alice@192.0.2.1:5060;ob>;expires=300\r\nExpires: 50\r\n", 300),
-            ("Contact: <sip:other@192.0.2.9>;expires=5\r\nExpires: 50\r\n", 50),
-            ("Contact: <sip:ALICE@192.0.2.1:5060>;expires=9\r\nExpires: 50\r\n", 50),
-            ("Contact: <sip:alice@192.0.2.1:5060>\r\nExpires: 70\r\n", 70),
-            ("", 3600),
+            ("Contact: <sip:other@192.0.2.9>;expires=5\r\nContact: <sip:alice@192.0.2.1:5060;ob>;expires=300\r\nExpires: 50\r\n", 300, False),
+            ("Contact: <sip:alice@192.0.2.1:5060>\r\nExpires: 70\r\n", 70, False),
+            # Rewritten by the registrar (a parameter added, the host changed): same user part.
+            ("Contact: <sip:alice@192.0.2.1:5060;transport=udp>;expires=60\r\nContact: <sip:bob@192.0.2.9>;expires=5\r\n", 60, True),
+            ("Contact: <sip:alice@203.0.113.7:5060>;expires=80\r\nContact: <sip:alice@203.0.113.8>;expires=90\r\nExpires: 3600\r\n", 80, True),
+            # The only Contact is plausibly ours, whatever its user part.
+            ("Contact: <sip:other@192.0.2.9>;expires=5\r\nExpires: 50\r\n", 5, True),
+            ("Contact: <sip:ALICE@192.0.2.1:5060>;expires=9\r\nExpires: 50\r\n", 9, True),
+            # Nothing plausibly ours: the Expires header, never above what was asked.
+            ("Contact: <sip:x@192.0.2.9>;expires=5\r\nContact: <sip:y@192.0.2.9>;expires=7\r\nExpires: 50\r\n", 50, True),
+            ("Contact: <sip:x@192.0.2.9>;expires=5\r\nContact: <sip:y@192.0.2.9>;expires=7\r\nExpires: 99999\r\n", 3600, True),
+            ("Contact: <sip:x@192.0.2.9>;expires=500\r\nContact: <sip:y@192.0.2.9>;expires=700\r\n", 500, True),
+            # Expiries that are not ASCII numbers are not offers.
+            ("Contact: <sip:alice@192.0.2.2:5060>;expires=\u00b2\r\nContact: <sip:z@192.0.2.9>;expires=40\r\n", 40, True),
+            ("", 3600, True),
         ]
-        for headers, granted in cases:
+        for headers, granted, guessed in cases:
+            del guesses[:]
             r = self.registrant()
             r.start(0)
             r.on_response(response(200, "OK", headers), 0)
-            self.assertEqual(r.expires, granted, headers)
+            self.assertEqual((r.state, r.expires, bool(guesses)), (RegState.REGISTERED_STATE, granted, guessed), headers)
 
     def test_no_credentials(self) -> None:
         """A challenge to a record without credentials is WRONG_CREDENTIALS, retried later."""
@@ -245,6 +264,102 @@ class RegistrantTests(SynchronousTestCase):
         self.assertEqual(self.policy.refresh_lead(3600), 360)
         self.assertEqual(self.policy.refresh_lead(300), 32)
         self.assertEqual(self.policy.refresh_lead(20), 10)
+
+
+class HostileRegistrarTests(SynchronousTestCase):
+    """
+    Answers no check foresaw end in a settled state with pending work
+    (C{next_at} set), never in a transaction state with nothing to end it.
+    """
+
+    def setUp(self) -> None:
+        self.policy = Policy(retry_base=40, retry_max=1000, transaction_timeout=32, rng=random.Random(3))
+
+    def settled(self, r: Registrant, now: float) -> None:
+        self.assertNotIn(r.state, IN_TRANSACTION)
+        assert r.next_at is not None
+        self.assertGreater(r.next_at, now)
+
+    def test_unicode_digits_never_wedge(self) -> None:
+        """Superscript and Arabic-Indic digits are not numbers: each answer still settles the record."""
+        for digit in ("\u00b2", "\u00b3", "\u0661", "\uff11", "1\u00b2"):
+            cases = [
+                (200, f"Contact: <sip:alice@192.0.2.1:5060>;expires={digit}\r\n", RegState.REGISTERED_STATE),
+                (200, f"Expires: {digit}\r\n", RegState.REGISTERED_STATE),
+                (423, f"Min-Expires: {digit}\r\n", RegState.REGISTRAR_ERROR_STATE),
+                (503, f"Retry-After: {digit}\r\n", RegState.REGISTRAR_ERROR_STATE),
+            ]
+            for status, headers, state in cases:
+                r = Registrant(account(), self.policy)
+                r.start(0)
+                self.assertIsNone(r.on_response(response(status, "X", headers), 1), headers)
+                self.assertEqual(r.state, state, headers)
+                self.settled(r, 1)
+
+    def test_unsplittable_contact_list(self) -> None:
+        """A 200 whose Contact list has an open quote (found by the fuzzer): registered on a guess."""
+        r = Registrant(account(), self.policy)
+        r.start(0)
+        self.assertIsNone(r.on_response(response(200, "OK", 'Contact: "open <sip:alice@192.0.2.1:5060>;expires=60\r\nExpires: 60\r\n'), 1))
+        self.assertEqual((r.state, r.expires), (RegState.REGISTERED_STATE, 60))
+        self.settled(r, 1)
+
+    def test_interval_too_brief_forever(self) -> None:
+        """A registrar raising Min-Expires on every 423 gets two follow-ups, then the back-off."""
+        r = Registrant(account(expiry=60), self.policy)
+        r.start(0)
+        sent = 1
+        minimum = 100
+        while (out := r.on_response(response(423, "Interval Too Brief", f"Min-Expires: {minimum}\r\n"), sent)) is not None:
+            self.assertEqual(out.expires, minimum)
+            sent += 1
+            minimum += 100
+            self.assertLess(sent, 10)
+        self.assertEqual(sent, 3)
+        self.assertEqual(r.state, RegState.REGISTRAR_ERROR_STATE)
+        self.assertIn("423 again", r.last_error)
+        self.settled(r, sent)
+        # The next attempt may raise it again (kept for later refreshes).
+        self.assertEqual(r.start(10**4).expires, 200)
+
+    def test_follow_ups_are_capped(self) -> None:
+        """423s and fresh challenges in turn cannot keep one attempt going."""
+        r = Registrant(account(expiry=60), self.policy)
+        r.start(0)
+        follow_ups = 0
+        minimum = 100
+        for i in range(20):
+            if i % 2:
+                answer = response(423, "Interval Too Brief", f"Min-Expires: {minimum}\r\n")
+                minimum += 100
+            else:
+                answer = response(401, "Unauthorized", CHALLENGE.replace("n1", f"n{i}"))
+            if r.on_response(answer, i) is None:
+                break
+            follow_ups += 1
+        self.assertLessEqual(follow_ups, MAX_FOLLOW_UPS)
+        self.assertEqual(r.state, RegState.REGISTRAR_ERROR_STATE)
+        self.settled(r, 20)
+
+    def test_retry_after_is_clamped(self) -> None:
+        """Retry-After 0 waits a quarter of the retry interval; 4294967295 waits the maximum interval."""
+        for header, delay in (("0", 10.0), ("5", 10.0), ("300", 300.0), ("4294967295", 1000.0), ("99999999999999999999", 1000.0)):
+            r = Registrant(account(), self.policy)
+            r.start(0)
+            r.on_response(response(503, "Service Unavailable", f"Retry-After: {header}\r\n"), 1)
+            self.assertEqual(r.next_at, 1 + delay, header)
+
+    def test_internal_error(self) -> None:
+        """An internal error settles the record in INTERNAL_ERROR with the reason and the back-off."""
+        r = Registrant(account(), self.policy)
+        r.start(0)
+        r.on_response(response(401, "Unauthorized", CHALLENGE), 1)
+        r.on_internal_error(2, "internal error handling a response: ValueError: x")
+        self.assertEqual((r.state, r.last_error, r.failures), (RegState.INTERNAL_ERROR_STATE, "internal error handling a response: ValueError: x", 1))
+        self.settled(r, 2)
+        assert r.next_at is not None
+        self.assertTrue(2 + 20 <= r.next_at <= 2 + 40)
+        self.assertEqual(r.start(r.next_at).authorization, ())
 
 
 class RenderRegisterTests(SynchronousTestCase):

@@ -16,10 +16,12 @@ from twisted.python.failure import Failure
 
 from . import __version__
 from .account import Account
+from .ratelimit import LogLimit
 from .registrant import Outgoing, RegState, Registrant
 from .resolver import Address, SipResolver
-from .sip.message import Response
+from .sip.message import Response, check_line_count
 from .slices import in_slices
+from .statelog import FAILURE_STATES, StateLog
 from .stats import SipCounters
 from .transaction import TransactionLayer
 from .tokens import token_hex
@@ -28,14 +30,6 @@ from .transport import SipTransport
 _log = Logger()
 
 USER_AGENT = f"uacregistrant/{__version__}"
-_FAILURE_STATES = frozenset(
-    {
-        RegState.REGISTER_TIMEOUT_STATE,
-        RegState.INTERNAL_ERROR_STATE,
-        RegState.WRONG_CREDENTIALS_STATE,
-        RegState.REGISTRAR_ERROR_STATE,
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +51,17 @@ def render_register(
     branch: str,
     user_agent: str = USER_AGENT,
 ) -> bytes:
-    """The REGISTER (or un-REGISTER) for one attempt, as bytes."""
+    """
+    The REGISTER (or un-REGISTER) for one attempt, as bytes.
+
+    @raise SipRenderError: if a value would put a CR or LF on the wire
+        (rows holding one are refused when loaded; this is the last check).
+    """
     host, port = via
     sent_by = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     authorization = "".join(f"{name}: {value}\r\n" for name, value in out.authorization)
     # One format string: this runs twice per registration.
-    return (
+    text = (
         f"REGISTER {account.registrar} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP {sent_by};rport;branch={branch}\r\n"
         "Max-Forwards: 70\r\n"
@@ -74,16 +73,30 @@ def render_register(
         f"{authorization}"
         f"User-Agent: {user_agent}\r\n"
         "Content-Length: 0\r\n\r\n"
-    ).encode("utf-8")
+    )
+    check_line_count(text, _REGISTER_LINES + len(out.authorization))
+    return text.encode("utf-8")
+
+
+#: Lines of a REGISTER without its Authorization headers (request line included).
+_REGISTER_LINES = 10
 
 
 class RegistrationClient:
     """
     The transaction user for every registrant.
 
+    Every step it takes for a record (start an attempt, send, a response,
+    a timeout, a lookup's result) runs inside one guard: an exception no
+    check foresaw puts the record in INTERNAL_ERROR with the normal
+    back-off, so no record is ever left with no pending work.
+
     @ivar observers: called with each L{StateChange}.
     @ivar reschedule: called with a registrant whose next send time may
         have changed (the walker wires itself in here).
+    @ivar queue_follow_up: called with a registrant whose follow-up request
+        (a digest answer, a 423 retry) is ready: the pacer sends it through
+        L{send} like any other request.
     """
 
     def __init__(
@@ -94,6 +107,7 @@ class RegistrationClient:
         transports: dict[str, SipTransport],
         counters: SipCounters,
         user_agent: str = USER_AGENT,
+        branch_token: Callable[[int], str] = token_hex,
     ) -> None:
         self._clock = clock
         self.counters = counters
@@ -102,8 +116,13 @@ class RegistrationClient:
         self._transports = transports
         self._default = next(iter(transports.values()))
         self.user_agent = user_agent
-        self.observers: list[Callable[[StateChange], None]] = [_log_change]
+        self._branch_token = branch_token
+        self.state_log = StateLog(clock)
+        self.observers: list[Callable[[StateChange], None]] = [self.state_log]
         self.reschedule: Callable[[Registrant], None] = lambda registrant: None
+        self.queue_follow_up: Callable[[Registrant], None] = self.send
+        # Follow-up requests waiting for the pacer, by record.
+        self._follow_ups: dict[Registrant, Outgoing] = {}
         # Records whose last attempt timed out, by the address it went to:
         # when that address answers again they retry at once (paced)
         # instead of sitting out their back-off.
@@ -112,6 +131,7 @@ class RegistrationClient:
         self._stalled: dict[Address, set[Registrant]] = {}
         self._last_answer: dict[Address, float] = {}
         self.release_slice = 2000
+        self._error_log: LogLimit[str] = LogLimit()
 
     def transport_for(self, account: Account) -> SipTransport:
         """The socket a record sends from."""
@@ -120,11 +140,29 @@ class RegistrationClient:
         return self._transports[account.forced_socket]
 
     def send(self, registrant: Registrant) -> None:
-        """Start a new attempt for a due record (the pacer calls this)."""
+        """
+        Send a record's waiting follow-up, or start a new attempt for a due
+        record (the pacer calls this).
+        """
+        self._guarded(registrant, "starting an attempt", self._send, registrant)
+
+    def _send(self, registrant: Registrant) -> None:
+        out = self._follow_ups.pop(registrant, None)
+        if out is not None:
+            if self._current(registrant, out.cseq):
+                self._dispatch(registrant, out)
+            return
+        if registrant.in_transaction or registrant.removed:
+            return  # a follow-up that went stale: nothing to start
         before = registrant.state
         out = registrant.start(self._clock.seconds())
         self._changed(registrant, before)
         self._dispatch(registrant, out)
+
+    @property
+    def follow_ups_waiting(self) -> int:
+        """Follow-up requests waiting for the pacer."""
+        return len(self._follow_ups)
 
     def _dispatch(self, registrant: Registrant, out: Outgoing) -> None:
         hop = registrant.account.next_hop
@@ -135,19 +173,31 @@ class RegistrationClient:
         d = self._resolver.resolve(hop)
 
         def resolved(address: Address) -> None:
-            if not registrant.removed and registrant.cseq == out.cseq:
-                self._transmit(registrant, out, address)
+            if self._current(registrant, out.cseq):
+                self._guarded(registrant, "sending after a lookup", self._transmit, registrant, out, address)
 
         def failed(reason: Failure) -> None:
-            if not registrant.removed and registrant.cseq == out.cseq:
-                self._fail(registrant, f"cannot resolve {hop.host}: {reason.getErrorMessage()}")
+            if self._current(registrant, out.cseq):
+                self._guarded(
+                    registrant,
+                    "a failed lookup",
+                    self._fail,
+                    registrant,
+                    f"cannot resolve {hop.host}: {reason.getErrorMessage()}",
+                )
 
         d.addCallbacks(resolved, failed)
+        d.addErrback(lambda f: _log.failure("a lookup's callback failed", f))
+
+    @staticmethod
+    def _current(registrant: Registrant, cseq: int) -> bool:
+        """Whether a callback for request C{cseq} still concerns the record."""
+        return not registrant.removed and registrant.cseq == cseq and registrant.in_transaction
 
     def _transmit(self, registrant: Registrant, out: Outgoing, address: Address) -> None:
         account = registrant.account
         transport = self.transport_for(account)
-        branch = "z9hG4bK" + token_hex(10)
+        branch = "z9hG4bK" + self._branch_token(10)
         data = render_register(
             account,
             registrant.call_id,
@@ -158,25 +208,26 @@ class RegistrationClient:
             self.user_agent,
         )
         sent = self._clock.seconds()
+        cseq = out.cseq
         try:
             self._transactions.start(
                 transport,
                 address,
                 data,
                 branch,
-                out.cseq,
-                lambda response: self._on_final(registrant, response, address),
-                lambda: self._on_timeout(registrant, address, sent),
+                cseq,
+                lambda response: self._guarded(registrant, "handling a response", self._on_final, registrant, cseq, response, address),
+                lambda: self._guarded(registrant, "handling a timeout", self._on_timeout, registrant, cseq, address, sent),
             )
         except OSError as e:
             self._fail(registrant, f"sending to {address[0]}:{address[1]} failed: {e}")
 
-    def _on_final(self, registrant: Registrant, response: Response, address: Address) -> None:
+    def _on_final(self, registrant: Registrant, cseq: int, response: Response, address: Address) -> None:
         now = self._clock.seconds()
         self._last_answer[address] = now
         if self._stalled and address in self._stalled:
             self._answering_again(address)
-        if registrant.removed:
+        if not self._current(registrant, cseq):
             return
         before = registrant.state
         held_until = registrant.registered_until
@@ -185,12 +236,13 @@ class RegistrationClient:
             self.counters.lapsed_registrations += 1
         self._changed(registrant, before)
         if follow is not None:
-            self._dispatch(registrant, follow)
+            self._follow_ups[registrant] = follow
+            self.queue_follow_up(registrant)
         else:
             self.reschedule(registrant)
 
-    def _on_timeout(self, registrant: Registrant, address: Address, sent: float) -> None:
-        if registrant.removed:
+    def _on_timeout(self, registrant: Registrant, cseq: int, address: Address, sent: float) -> None:
+        if not self._current(registrant, cseq):
             return
         before = registrant.state
         registrant.on_timeout(self._clock.seconds())
@@ -232,9 +284,41 @@ class RegistrationClient:
         self._changed(registrant, before)
         self.reschedule(registrant)
 
+    def recover_stuck(self, registrant: Registrant, waited: float) -> None:
+        """
+        A record has waited C{waited} seconds in a transaction state with
+        nothing left to end it (the walker's last-resort check).
+        """
+        self._internal_error(registrant, f"no response, timeout or lookup result after {waited:.0f}s", None)
+
+    def _guarded(self, registrant: Registrant, what: str, step: Callable[..., None], *args: object) -> None:
+        """Run one step for C{registrant}; an exception ends in INTERNAL_ERROR."""
+        try:
+            step(*args)
+        except Exception:
+            self._internal_error(registrant, what, Failure())
+
+    def _internal_error(self, registrant: Registrant, what: str, failure: Failure | None) -> None:
+        self.counters.internal_errors += 1
+        if failure is not None:
+            reason = f"internal error {what}: {failure.type.__name__ if failure.type else 'error'}: {failure.getErrorMessage()}"[:300]
+            held = self._error_log.allow(what, self._clock.seconds())
+            if held is not None:
+                _log.failure("{what} for {aor} failed ({held} more like it not logged)", failure, what=what, aor=registrant.account.aor, held=held)
+        else:
+            reason = f"internal error: {what}"
+        try:
+            self._follow_ups.pop(registrant, None)
+            before = registrant.state
+            registrant.on_internal_error(self._clock.seconds(), reason)
+            self._changed(registrant, before)
+            self.reschedule(registrant)
+        except Exception:
+            _log.failure("recovering {aor} from an internal error failed", aor=registrant.account.aor)
+
     def _changed(self, registrant: Registrant, before: RegState) -> None:
         after = registrant.state
-        if after == before and after not in _FAILURE_STATES:
+        if after == before and after not in FAILURE_STATES:
             return
         change = StateChange(registrant, before, after, self._clock.seconds())
         for observer in self.observers:
@@ -242,28 +326,3 @@ class RegistrationClient:
                 observer(change)
             except Exception:
                 _log.failure("state observer failed")
-
-
-def _log_change(change: StateChange) -> None:
-    registrant = change.registrant
-    account = registrant.account
-    if change.new in _FAILURE_STATES:
-        _log.warn(
-            "{aor} ({binding} at {registrar}, id {row_id}): {state}: {error}; retry in {retry:.0f}s",
-            aor=account.aor,
-            binding=account.binding_uri,
-            registrar=account.registrar,
-            row_id=account.row_id,
-            state=change.new.name,
-            error=registrant.last_error,
-            retry=(registrant.next_at or change.time) - change.time,
-        )
-    elif change.new == RegState.REGISTERED_STATE and registrant.recovered_after:
-        _log.info(
-            "{aor} ({binding} at {registrar}): registered again after {failures} failure(s), for {expires}s",
-            aor=account.aor,
-            binding=account.binding_uri,
-            registrar=account.registrar,
-            failures=registrant.recovered_after,
-            expires=registrant.expires,
-        )

@@ -26,6 +26,10 @@ class SipCounters:
     lapsed_registrations: int = 0
     #: Retries brought forward because their registrar answered again.
     early_retries: int = 0
+    #: 200s listing no Contact of ours: the granted expiry was guessed.
+    expiry_guesses: int = 0
+    #: Records put in INTERNAL_ERROR by an unexpected failure.
+    internal_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""

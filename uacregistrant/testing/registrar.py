@@ -6,7 +6,9 @@ Used by the demo and the integration tests.  Each user (the To URI's user
 part) has a L{UserPolicy} saying how the registrar treats it: which
 challenge (401 or 407, which algorithms), whether it demands a longer
 expiry (423), fails with a fixed code, stays silent, drops the first
-requests, or says a nonce is stale.
+requests, or says a nonce is stale.  Some policies play a hostile or
+careless registrar: one that raises Min-Expires on every 423, adds headers
+of its own to every answer, or rewrites the Contact it was sent.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from twisted.logger import Logger
 
 from ..sip.digest import parse_authorization, verify_authorization
 from ..sip.errors import SipParseError
-from ..sip.message import Request, parse_message, parse_name_addr, quote_string, render_response
+from ..sip.message import Request, parse_delta_seconds, parse_message, parse_name_addr, quote_string, render_response
 from ..sip.uri import parse_uri
 
 _log = Logger()
@@ -50,6 +52,13 @@ class UserPolicy:
     stale_once: bool = False
     extra_bindings: int = 0
     delay: float = 0.0
+    #: Answer every REGISTER with 423 and a Min-Expires above what it asked.
+    escalate_min_expires: bool = False
+    #: Headers added to every answer, as C{[name, value]} pairs.
+    headers: tuple[tuple[str, str], ...] = ()
+    #: Keep and list the binding with this appended to its URI (a
+    #: registrar rewriting the Contact), and send no Expires header.
+    rewrite_contact: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "UserPolicy":
@@ -58,7 +67,8 @@ class UserPolicy:
         algorithms = data.pop("algorithms", data.pop("algorithm", ("MD5",)))
         if isinstance(algorithms, str):
             algorithms = tuple(a.strip() for a in algorithms.split(","))
-        return cls(algorithms=tuple(algorithms), **data)
+        headers = tuple((str(name), str(value)) for name, value in data.pop("headers", ()))
+        return cls(algorithms=tuple(algorithms), headers=headers, **data)
 
 
 @dataclass
@@ -143,7 +153,7 @@ class TestRegistrar(DatagramProtocol):
         expires = None
         if contacts and contacts[0].uri != "*":
             value = contacts[0].params.get("expires")
-            expires = int(value) if value is not None and value.isdigit() else request.int_header("expires")
+            expires = parse_delta_seconds(value, "expires") if value is not None else request.int_header("expires")
         header = "authorization"
         if policy is not None and policy.challenge == 407:
             header = "proxy-authorization"
@@ -174,6 +184,10 @@ class TestRegistrar(DatagramProtocol):
             extra = [("Retry-After", str(policy.retry_after))] if policy.retry_after is not None else []
             self._reply(request, addr, policy.reply, _REASONS.get(policy.reply, "Failure"), extra, delay)
             return
+        if policy.escalate_min_expires:
+            asked = expires if expires is not None else 3600
+            self._reply(request, addr, 423, "Interval Too Brief", [("Min-Expires", str(asked + 1))], delay)
+            return
         if policy.min_expires is not None and expires and expires < policy.min_expires:
             self._reply(request, addr, 423, "Interval Too Brief", [("Min-Expires", str(policy.min_expires))], delay)
             return
@@ -183,6 +197,11 @@ class TestRegistrar(DatagramProtocol):
                 self._challenge(request, addr, policy, delay, stale=verdict == "stale")
                 return
         self._accept(request, addr, str(aor), contacts, expires, policy, delay)
+
+    def _policy_headers(self, request: Request) -> list[tuple[str, str]]:
+        to = parse_name_addr(request.get("to") or "")
+        policy = self.users.get(parse_uri(to.uri).user or "")
+        return list(policy.headers) if policy is not None else []
 
     def _check(self, request: Request, credentials: str | None, policy: UserPolicy, user: str) -> str | None:
         """C{None} if the credentials are good, else C{"challenge"} or C{"stale"}."""
@@ -233,6 +252,8 @@ class TestRegistrar(DatagramProtocol):
         now = self.clock.seconds()
         number, _ = request.cseq
         for contact in contacts:
+            if policy.rewrite_contact and contact.uri != "*":
+                contact = type(contact)(contact.uri + policy.rewrite_contact, contact.params, contact.display)
             if contact.uri == "*":
                 for key in [k for k in self.bindings if k[0] == aor]:
                     del self.bindings[key]
@@ -262,6 +283,7 @@ class TestRegistrar(DatagramProtocol):
         extra: list[tuple[str, str]],
         delay: float,
     ) -> None:
+        extra = extra + self._policy_headers(request)
         data = render_response(request, status, reason, extra, to_tag="reg" + request.call_id[:6])
         if delay > 0:
             self.clock.callLater(delay, self._send, data, addr)

@@ -4,7 +4,8 @@ One UDP socket: a L{DatagramProtocol} that sends requests and hands
 parsed responses to the transaction layer.
 
 Whatever arrives, nothing escapes C{datagramReceived}: garbage, requests,
-oversized or truncated datagrams are counted and dropped.
+oversized or truncated datagrams are counted and dropped, and logged at
+most once a minute per source, in one line.
 """
 
 from __future__ import annotations
@@ -12,17 +13,20 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from .ratelimit import LogLimit
 from .sip.errors import SipParseError
 from .sip.message import Response, parse_message
 from .sockets import SocketSpec
 from .stats import SipCounters
 from .transaction import Address, TransactionLayer
 
-#: Datagrams larger than this are dropped unparsed.
-MAX_DATAGRAM = 16384
+#: The largest datagram read (the UDP maximum): the port is opened with
+#: this C{maxPacketSize}, so nothing is cut short by the socket read.
+MAX_DATAGRAM = 65535
 
 _log = Logger()
 
@@ -54,13 +58,15 @@ class SipTransport(DatagramProtocol):
     @ivar spec: the configured socket (port 0 is replaced once bound).
     """
 
-    def __init__(self, spec: SocketSpec, transactions: TransactionLayer, counters: SipCounters) -> None:
+    def __init__(self, spec: SocketSpec, transactions: TransactionLayer, counters: SipCounters, clock: IReactorTime) -> None:
         self.spec = spec
         self.configured_name = spec.name
         self._transactions = transactions
         self._counters = counters
+        self._clock = clock
         self._local_ips: dict[str, str] = {}
         self._sendto: Any = None
+        self._noise: LogLimit[str] = LogLimit()
 
     def startProtocol(self) -> None:
         """Learn the bound port (for port 0); enlarge the socket's buffers."""
@@ -124,24 +130,34 @@ class SipTransport(DatagramProtocol):
         """Parse, filter and dispatch one datagram."""
         counters = self._counters
         counters.datagrams_received += 1
-        if len(datagram) > MAX_DATAGRAM:
+        if len(datagram) >= MAX_DATAGRAM:
+            # As large as a read can return: it may have been cut short.
             counters.dropped_oversized += 1
+            self._noisy(addr, f"dropped a datagram of {len(datagram)} bytes or more")
             return
         if not datagram.strip():
             return  # keep-alive (RFC 5626 CRLF)
         try:
             message = parse_message(datagram)
-        except SipParseError:
+        except SipParseError as e:
             counters.dropped_malformed += 1
+            self._noisy(addr, f"dropped a malformed datagram ({len(datagram)} bytes): {str(e)[:120]}")
             return
-        except Exception:
+        except Exception as e:
             counters.dropped_malformed += 1
-            _log.failure("parser failed on a datagram from {source}", source=addr)
+            self._noisy(addr, f"the parser failed on a datagram ({len(datagram)} bytes): {type(e).__name__}: {str(e)[:120]}")
             return
         if not isinstance(message, Response):
             counters.dropped_requests += 1
             return
         try:
             self._transactions.receive(message, (addr[0], addr[1]))
-        except Exception:
-            _log.failure("handling a response from {source} failed", source=addr)
+        except Exception as e:
+            self._noisy(addr, f"handling a response failed: {type(e).__name__}: {str(e)[:120]}")
+
+    def _noisy(self, addr: Any, what: str) -> None:
+        """Log what a source sent, once a minute per source at most."""
+        source = f"{addr[0]}:{addr[1]}"
+        held = self._noise.allow(str(addr[0]), self._clock.seconds())
+        if held is not None:
+            _log.info("{source}: {what} ({held} more from this address in the last minute not logged)", source=source, what=what, held=held)

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.fuzzing import SEEDS, SEPARATOR, RegistrantScenario
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import _PLAIN_NAME_ADDR, Response, parse_message, parse_name_addr, parse_params
 from uacregistrant.sockets import SocketSpec
@@ -51,7 +52,59 @@ mutated = st.builds(
 )
 
 
+#: ASCII digits and look-alikes that are digits to str.isdigit() but not to SIP.
+_DIGITS = st.sampled_from(list("0123456789") + ["\u00b2", "\u00b3", "\u0661", "\uff11", "\u09e7", "\U0001d7ce"])
+
+
+def _digits_swapped(data: bytes, choices: list[str]) -> bytes:
+    """Replace the ASCII digits of C{data}, in order, by C{choices} (cycled)."""
+    if not choices:
+        return data
+    text = data.decode("utf-8", errors="surrogateescape")
+    out = []
+    n = 0
+    for c in text:
+        if c.isascii() and c.isdigit():
+            out.append(choices[n % len(choices)])
+            n += 1
+        else:
+            out.append(c)
+    return "".join(out).encode("utf-8", errors="surrogateescape")
+
+
+exchanges = st.builds(
+    lambda seed, cut, junk, at, digits: _digits_swapped(seed[:cut] + junk + seed[at:], digits),
+    st.sampled_from(SEEDS),
+    st.integers(0, 900),
+    st.binary(max_size=30),
+    st.integers(0, 900),
+    st.lists(_DIGITS, max_size=8),
+)
+
+
 class FuzzTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(exchanges)
+    def test_registrant_always_has_pending_work(self, data: bytes) -> None:
+        """
+        Whole exchanges, spliced and with Unicode digits for ASCII ones,
+        through the daemon's client, transaction layer and a real
+        registrant: the record always ends with pending work and no
+        internal error.
+        """
+        RegistrantScenario().feed(data)
+
+    def test_seeds(self) -> None:
+        """The fuzzing seeds are whole exchanges that end as their names say."""
+        ends = []
+        for seed in SEEDS:
+            scenario = RegistrantScenario()
+            scenario.feed(seed)
+            ends.append(scenario.registrant.state.name)
+        self.assertEqual(ends[:2], ["REGISTERED_STATE", "REGISTERED_STATE"])
+        self.assertEqual(len(SEEDS[0].split(SEPARATOR)), 2)
+
+
     @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.binary(max_size=2000))
     def test_random_bytes(self, data: bytes) -> None:
@@ -69,7 +122,7 @@ class FuzzTests(SynchronousTestCase):
     def test_transport_never_raises(self, datagrams: list[bytes]) -> None:
         """The datagram entry point counts every datagram and never raises."""
         counters = SipCounters()
-        transport = SipTransport(SocketSpec("127.0.0.1", 5060), TransactionLayer(Clock(), counters), counters)
+        transport = SipTransport(SocketSpec("127.0.0.1", 5060), TransactionLayer(Clock(), counters), counters, Clock())
         for data in datagrams:
             transport.datagramReceived(data, ("127.0.0.1", 5080))
         self.assertEqual(counters.datagrams_received, len(datagrams))

@@ -3,11 +3,20 @@
 One account as configured in the table, validated.
 
 A table row becomes an L{Account} or raises L{RowError} saying why and how
-to fix it; nothing else here.
+to fix it, whatever the row holds (text that is not UTF-8, a REAL where a
+number belongs, a control character); nothing else here.
+
+Every value that reaches the wire is checked here: no control character
+(CR and LF above all) and no whitespace inside a URI or outside the quoted
+parts of binding_params.  The key columns (aor, binding_URI, registrar)
+must be stored exactly as the daemon uses them (no C{<>}, no surrounding
+spaces), because admin writes and NOTIFYs find rows by that text.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -15,6 +24,7 @@ from typing import Any, Mapping
 from .sharing import SharedValues
 from .sip.errors import SipParseError
 from .sip.message import parse_params
+from .sip.numbers import is_digits
 from .sip.uri import SipUri, parse_uri, parse_uri_uncached, strip_angle_brackets
 from .sockets import SocketSpecError, normalise_socket
 
@@ -43,7 +53,7 @@ class Account:
         send from, or C{None} for the first listening socket.
     """
 
-    row_id: int | None
+    row_id: int | None = field(compare=False)
     aor: str
     registrar: str
     binding_uri: str
@@ -78,14 +88,59 @@ class Account:
         return bool(self.username) and bool(self.password)
 
 
-def _text(row: Mapping[str, Any], name: str) -> str | None:
+#: What no text column may hold: control characters (CR and LF among
+#: them) and lone surrogates (how bytes that are not UTF-8 read).
+_BAD_TEXT = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_WHITESPACE = re.compile(r"\s")
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+_KEY_HINT = "the daemon finds rows by the key as stored: write it as a bare URI, without <> or surrounding spaces"
+
+
+def _string(row: Mapping[str, Any], name: str) -> str | None:
+    """A column's value as text, or C{None}; refuses what text cannot be."""
     value = row.get(name)
     if value is None:
         return None
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    text = str(value).strip()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise RowError(f"{name} is not valid UTF-8", f"store {name} as UTF-8 text") from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    elif not isinstance(value, str):
+        raise RowError(f"{name} holds a {type(value).__name__}, not text", f"store {name} as text")
+    return value
+
+
+def _text(row: Mapping[str, Any], name: str) -> str | None:
+    """A text column that may reach the wire: stripped, no control characters."""
+    value = _string(row, name)
+    if value is None:
+        return None
+    bad = _BAD_TEXT.search(value)
+    if bad is not None:
+        what = "invalid UTF-8" if "\ud800" <= bad.group() <= "\udfff" else f"a control character ({bad.group()!r})"
+        raise RowError(
+            f"{name} holds {what} at position {bad.start()}",
+            f"remove it: CR, LF and other control characters would end a header line of the REGISTER",
+        )
+    text = value.strip()
     return text or None
+
+
+def _uri_text(row: Mapping[str, Any], name: str, key: bool = False) -> str | None:
+    """A URI column: no whitespace inside; a key column exactly as stored."""
+    raw = _string(row, name)
+    text = _text(row, name)
+    if text is None:
+        return None
+    if key and (raw != text or any(c in text for c in '<>"')):
+        raise RowError(f"{name} {raw!r} is not stored as a bare URI", _KEY_HINT)
+    inner = strip_angle_brackets(text) if not key else text
+    if _WHITESPACE.search(inner):
+        raise RowError(f"{name} {text!r} holds whitespace", f"write {name} as a SIP URI without spaces")
+    return text
 
 
 def account_from_row(
@@ -101,10 +156,29 @@ def account_from_row(
     @param sockets: the canonical names of the listening sockets.
     @raise RowError: with the reason and a hint for the operator.
     """
+    try:
+        return _account_from_row(row, default_expires=default_expires, timer_interval=timer_interval, sockets=sockets)
+    except RowError:
+        raise
+    except Exception as e:
+        # No check foresaw this value: still one row's problem, not the table's.
+        raise RowError(
+            f"unusable row ({type(e).__name__}: {str(e)[:200]})",
+            "check the row's values against the table's schema",
+        ) from None
+
+
+def _account_from_row(
+    row: Mapping[str, Any],
+    *,
+    default_expires: int,
+    timer_interval: int,
+    sockets: list[str],
+) -> Account:
     row_id = row.get("id")
-    aor = _text(row, "aor")
-    registrar = _text(row, "registrar")
-    binding = _text(row, "binding_URI")
+    aor = _uri_text(row, "aor", key=True)
+    registrar = _uri_text(row, "registrar", key=True)
+    binding = _uri_text(row, "binding_URI", key=True)
     if not aor:
         raise RowError("empty aor", "set aor to the account's SIP URI, e.g. sip:alice@example.com")
     if not registrar:
@@ -118,13 +192,12 @@ def account_from_row(
             (parse_uri if column == "registrar" else parse_uri_uncached)(text)
         except SipParseError as e:
             raise RowError(f"unparsable {column} {text!r}: {e}", f"write {column} as a sip: or sips: URI") from None
-    registrar = strip_angle_brackets(registrar)
     if parse_uri(registrar).user is not None:
         raise RowError(
             f"registrar {registrar!r} has a user part",
             "the registrar is the Request-URI of the REGISTER: write it without user@ (e.g. sip:example.com)",
         )
-    proxy = _text(row, "proxy")
+    proxy = _uri_text(row, "proxy")
     if proxy:
         try:
             proxy_uri = parse_uri(proxy)
@@ -133,7 +206,7 @@ def account_from_row(
         if proxy_uri.user is not None:
             raise RowError(f"proxy {proxy!r} has a user part", "write the outbound proxy without user@")
         proxy = strip_angle_brackets(proxy)
-    third_party = _text(row, "third_party_registrant")
+    third_party = _uri_text(row, "third_party_registrant")
     if third_party:
         try:
             parse_uri(third_party)
@@ -150,6 +223,8 @@ def account_from_row(
         parse_params(params)
     except SipParseError as e:
         raise RowError(f"unparsable binding_params {params!r}: {e}", "write binding_params as ;name=value;flag") from None
+    if _WHITESPACE.search(_QUOTED.sub("", params)):
+        raise RowError(f"binding_params {params!r} holds whitespace outside quotes", "write binding_params as ;name=value;flag, quoting values with spaces")
     expiry = _expiry(row.get("expiry"), default_expires)
     if expiry <= timer_interval:
         raise RowError(
@@ -167,16 +242,13 @@ def account_from_row(
                 f"forced_socket {forced} is not a listening socket",
                 f"use one of {', '.join(sockets)} or add --listen {forced}",
             )
-    state = row.get("state")
-    try:
-        enabled = state is None or int(state) == 0
-    except (TypeError, ValueError):
-        raise RowError(f"invalid state {state!r}", "state is 0 (enabled) or another integer (disabled)") from None
+    state = _whole_number(row.get("state"), "state", "state is 0 (enabled) or another integer (disabled)")
+    enabled = state is None or state == 0
     return Account(
         row_id=int(row_id) if isinstance(row_id, int) else None,
-        aor=strip_angle_brackets(aor),
+        aor=aor,
         registrar=sys.intern(registrar),
-        binding_uri=strip_angle_brackets(binding),
+        binding_uri=binding,
         expiry=_EXPIRIES.share(expiry),
         enabled=enabled,
         proxy=_shared(proxy),
@@ -198,18 +270,41 @@ def _shared(text: str | None) -> str | None:
 
 
 def _password(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    return str(value) if value not in (None, "") else None
+    """The password as stored (never rendered: only hashed), or C{None}."""
+    text = _string({"password": value}, "password")
+    if text is not None and _SURROGATE.search(text):
+        raise RowError("password is not valid UTF-8", "store the password as UTF-8 text")
+    return text if text else None
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _whole_number(value: Any, name: str, hint: str) -> int | None:
+    """
+    A whole number as a row may hold it (INTEGER, a REAL with no fraction,
+    ASCII digits), or C{None} for NULL or empty.
+
+    @raise RowError: for anything else (C{9e999}, C{nan}, C{"²"}, a blob).
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        digits = text[1:] if text.startswith("-") else text
+        if is_digits(digits) and len(digits) <= 20:
+            return int(text)
+    raise RowError(f"invalid {name} {str(value)[:40]!r}", hint)
 
 
 def _expiry(value: Any, default: int) -> int:
-    if value is None or value == "":
+    expiry = _whole_number(value, "expiry", "expiry is a whole number of seconds, or NULL for the default")
+    if expiry is None:
         return default
-    try:
-        expiry = int(value)
-    except (TypeError, ValueError):
-        raise RowError(f"invalid expiry {value!r}", "expiry is a whole number of seconds, or NULL for the default") from None
     if not 0 < expiry <= MAX_EXPIRES:
         raise RowError(f"expiry {expiry} out of range", f"expiry must be between 1 and {MAX_EXPIRES}")
     return expiry

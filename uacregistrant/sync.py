@@ -4,6 +4,11 @@ Applies the table's contents to the registry: adds new records, hands
 changed configuration to existing ones, and retires records whose rows are
 gone, so that a reload, a NOTIFY or a poll never re-registers what did not
 change.
+
+A full pass reads a snapshot that may be older than a single-row change
+(a NOTIFY, an admin command) applied while the pass runs: the pass leaves
+alone every key changed that way after it started, so a deleted row is
+not brought back, nor a disabled one enabled, by the pass's older copy.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ class TableSync:
         #: Keys deleted by an admin: their rows stay (disabled) but the
         #: records stay forgotten until a row for the key is enabled again.
         self.deleted: set[AccountKey] = set()
+        #: Full passes under way (each learns the keys changed meanwhile).
+        self._passes: set[FullSync] = set()
 
     def validate(self, row: Row) -> Account:
         """Validate a row; raises L{RowError}."""
@@ -65,21 +72,33 @@ class TableSync:
         )
 
     def account(self, row: Row) -> Account | None:
-        """Validate a row; log and return C{None} if unusable."""
+        """Validate a row; log (with its id) and return C{None} if unusable, whatever went wrong."""
         try:
             return self.validate(row)
         except RowError as e:
-            _log.error("skipping row id={row_id}: {reason}; fix: {hint}", row_id=row.get("id"), reason=e.reason, hint=e.hint)
-            return None
+            reason, hint = e.reason, e.hint
+        except Exception as e:
+            reason, hint = f"unusable row ({type(e).__name__}: {str(e)[:200]})", "check the row's values"
+        _log.error("skipping row id={row_id}: {reason}; fix: {hint}", row_id=_row_id(row), reason=reason, hint=hint)
+        return None
+
+    def touch(self, key: AccountKey) -> None:
+        """A single-row change of C{key} is under way: passes running now leave it alone."""
+        for full in self._passes:
+            full.touched.add(key)
 
     def apply(self, account: Account, immediate: bool = True) -> str:
         """
-        Add or update one record.
+        Add or update one record (a single-row change: see L{touch}).
 
         @param immediate: send a new record's first REGISTER now (paced)
             rather than at its bucket's next visit.
         @return: C{"added"}, C{"changed"} or C{"unchanged"}.
         """
+        self.touch(account.key)
+        return self._apply(account, immediate)
+
+    def _apply(self, account: Account, immediate: bool) -> str:
         now = self._clock.seconds()
         if account.key in self.deleted:
             if not account.enabled:
@@ -105,7 +124,11 @@ class TableSync:
         return self.retire(key)
 
     def retire(self, key: AccountKey) -> bool:
-        """Un-register (if needed) and forget one record; C{False} if unknown."""
+        """Un-register (if needed) and forget one record (a single-row change); C{False} if unknown."""
+        self.touch(key)
+        return self._retire(key)
+
+    def _retire(self, key: AccountKey) -> bool:
         registrant = self._registry.get(key)
         if registrant is None:
             return False
@@ -128,16 +151,27 @@ class TableSync:
         @param initial: the first load: new records wait for their bucket's
             visit, so start-up follows the bucket walk.
         """
-        return FullSync(self, initial)
+        full = FullSync(self, initial)
+        self._passes.add(full)
+        return full
+
+    def _ended(self, full: "FullSync") -> None:
+        self._passes.discard(full)
 
 
 class FullSync:
-    """One full pass over the table (load, reload or poll)."""
+    """
+    One full pass over the table (load, reload or poll): C{feed} it every
+    row, then C{finish} (or C{abandon} if the read failed).
+
+    @ivar touched: keys changed by single-row changes since the pass began.
+    """
 
     def __init__(self, sync: TableSync, initial: bool) -> None:
         self._sync = sync
         self._initial = initial
         self.seen: set[AccountKey] = set()
+        self.touched: set[AccountKey] = set()
         self.counts = {"added": 0, "changed": 0, "unchanged": 0, "skipped": 0, "removed": 0}
 
     def feed(self, rows: list[Row]) -> None:
@@ -147,6 +181,9 @@ class FullSync:
             if account is None:
                 self.counts["skipped"] += 1
                 continue
+            if account.key in self.touched:
+                self.seen.add(account.key)
+                continue  # changed since this pass's snapshot: the newer change stands
             if account.key in self.seen:
                 _log.error(
                     "skipping row id={row_id}: duplicate of (aor, binding_URI, registrar) {key}",
@@ -156,7 +193,7 @@ class FullSync:
                 self.counts["skipped"] += 1
                 continue
             self.seen.add(account.key)
-            self.counts[self._sync.apply(account, immediate=not self._initial)] += 1
+            self.counts[self._sync._apply(account, immediate=not self._initial)] += 1
 
     def finish(self, clock: IReactorTime, slice_size: int = 10000) -> defer.Deferred[dict[str, int]]:
         """
@@ -165,15 +202,32 @@ class FullSync:
         reactor 50 ms); fires with the counts.
         """
         keys = list(self._sync._registry.keys())
-        return in_slices(clock, keys, slice_size, self._retire_vanished).addCallback(lambda _: self.counts)
+        d = in_slices(clock, keys, slice_size, self._retire_vanished)
+        d.addBoth(self._end)
+        return d.addCallback(lambda _: self.counts)
+
+    def abandon(self) -> None:
+        """The read failed: end the pass without retiring anything."""
+        self._sync._ended(self)
+
+    def _end(self, result: object) -> object:
+        self._sync._ended(self)
+        return result
 
     def _retire_vanished(self, keys: Sequence[AccountKey]) -> None:
         seen = self.seen
+        touched = self.touched
         registry = self._sync._registry
         for key in keys:
-            if key in seen:
+            if key in seen or key in touched:
                 continue
             registrant = registry.get(key)
             if registrant is not None and not registrant.retiring:
-                self._sync.retire(key)
+                self._sync._retire(key)
                 self.counts["removed"] += 1
+
+
+def _row_id(row: Row) -> object:
+    """The row's id for a log line (whatever the column holds, shortened)."""
+    row_id = row.get("id")
+    return row_id if isinstance(row_id, int) or row_id is None else str(row_id)[:40]

@@ -69,12 +69,78 @@ class RowTests(SynchronousTestCase):
             self.assertTrue(caught.exception.hint)
 
 
+class HostileRowTests(SynchronousTestCase):
+    """Whatever a row holds, it is an Account or a RowError with a hint; nothing else."""
+
+    def load(self, **kw: object):  # type: ignore[no-untyped-def]
+        return account_from_row(row(**kw), default_expires=3600, timer_interval=100, sockets=["udp:127.0.0.1:5060"])
+
+    def refused(self, word: str, **kw: object) -> RowError:
+        with self.assertRaises(RowError, msg=repr(kw)) as caught:
+            self.load(**kw)
+        self.assertIn(word, caught.exception.reason + " " + caught.exception.hint, repr(kw))
+        self.assertTrue(caught.exception.hint)
+        return caught.exception
+
+    def test_numbers(self) -> None:
+        """Ports and numbers in Unicode digits, infinite or not-a-number REALs."""
+        self.refused("port", registrar="sip:example.com:\u00b2")
+        self.refused("port", binding_URI="sip:alice@192.0.2.1:\u0661")
+        self.refused("port", proxy="sip:proxy.example.com:\u00b3")
+        for value in (float("inf"), float("nan"), 9e999, 1.5, "\u00b2", "\u0661\u0662", "1e3", b"\xff", [1]):
+            self.refused("expiry", expiry=value)
+            self.refused("state", state=value)
+        self.assertEqual(self.load(expiry=3600.0, state=1.0).expiry, 3600)
+        self.assertEqual(self.load(expiry="7200").expiry, 7200)
+        self.refused("out of range", expiry=2**40)
+
+    def test_text_that_is_not_utf8(self) -> None:
+        """Bytes that are not UTF-8, or read as surrogates, are refused per column."""
+        self.refused("UTF-8", username=b"al\xffice")
+        self.refused("UTF-8", username="al\udcffice")
+        self.refused("UTF-8", password="p\udcff")
+        self.refused("UTF-8", aor="sip:al\udcffice@example.com")
+
+    def test_control_characters(self) -> None:
+        """CR, LF and other control characters in any value that reaches the wire."""
+        for column in ("username", "binding_params", "aor", "third_party_registrant", "proxy", "registrar", "binding_URI"):
+            base = {"username": "alice", "binding_params": ";ob", "aor": "sip:alice@example.com",
+                    "third_party_registrant": "sip:admin@example.com", "proxy": "sip:proxy.example.com",
+                    "registrar": "sip:example.com", "binding_URI": "sip:alice@192.0.2.1"}[column]
+            for bad in ("\r\nX-Injected: 1", "\n", "\r", "\x00", "\x1b[31m"):
+                self.refused("control character", **{column: base + bad})
+
+    def test_keys_as_stored(self) -> None:
+        """Key columns written with <>, quotes or spaces are refused with a hint, not cleaned."""
+        for column, value in (("aor", "<sip:alice@example.com>"), ("aor", " sip:alice@example.com"),
+                              ("binding_URI", "sip:alice@192.0.2.1 "), ("registrar", "<sip:example.com>"),
+                              ("aor", '"A"<sip:alice@example.com>')):
+            error = self.refused(column, **{column: value})
+            self.assertIn("as stored", error.hint)
+        self.refused("whitespace", aor="sip:alice@example.com;x=a b")
+        self.refused("whitespace", binding_params=";a=b c")
+        self.assertEqual(self.load(binding_params=';x="a b"').binding_params, ';x="a b"')
+
+    def test_unforeseen_values(self) -> None:
+        """A value no check foresaw is still a RowError, never another exception."""
+        class Weird:
+            def __str__(self) -> str:
+                raise RuntimeError("no")
+
+        class WeirdText(str):
+            def strip(self, chars: str | None = None) -> str:
+                raise RuntimeError("no")
+
+        self.refused("username", username=Weird())
+        self.refused("unusable row", id=1, forced_socket=WeirdText("udp:127.0.0.1"))
+
+
 class SettingsTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         """The defaults mirror the seed and are safe."""
         settings = build_settings({})
         self.assertEqual((settings.hash_size, settings.timer_interval, settings.sip_t1), (1, 100, 500))
-        self.assertEqual(settings.control, ("unix:uacregistrant.ctl:mode=600",))
+        self.assertEqual([c.description for c in settings.control], ["unix:uacregistrant.ctl:mode=600"])
         self.assertEqual([s.name for s in settings.listen], ["udp:0.0.0.0:5060"])
         self.assertEqual(settings.bucket_interval, 50)
 
@@ -90,11 +156,34 @@ class SettingsTests(SynchronousTestCase):
             ({"control": ["tcp:5000:interface=0.0.0.0"]}, "loopback"),
             ({"bogus": 1}, "bogus"),
             ({"hash_size": "x"}, "hash_size"),
+            ({"default_expires": 2**40}, "default_expires"),
+            ({"default_expires": 100}, "timer_interval"),
+            ({"db_poll": "nan"}, "db_poll"),
+            ({"db_poll": float("nan")}, "db_poll"),
+            ({"db_poll": float("inf")}, "db_poll"),
+            ({"db_poll": "1e-300"}, "db_poll"),
+            ({"db_poll": 0.5}, "db_poll"),
+            ({"send_rate": "inf"}, "send_rate"),
+            ({"send_rate": 1e-300}, "send_rate"),
+            ({"retry_interval": 0.001}, "retry_interval"),
+            ({"retry_max_interval": 2**40}, "retry_max_interval"),
+            ({"hash_size": "\u00b2"}, "hash_size"),
+            ({"timer_interval": "\u0661\u0660\u0660"}, "timer_interval"),
+            ({"max_in_flight": "1_000"}, "max_in_flight"),
+            ({"sip_t1": 2.5}, "sip_t1"),
+            ({"listen": ["udp:127.0.0.1:\u00b2"]}, "port"),
+            ({"control": ["tcp:\u00b2"]}, "port"),
         ]
         for values, word in cases:
             with self.assertRaises(ConfigError, msg=str(values)) as caught:
                 build_settings(values)
             self.assertIn(word, str(caught.exception))
+
+    def test_numbers_within_bounds(self) -> None:
+        """Whole numbers and decimals in ASCII digits within bounds are accepted from either source."""
+        settings = build_settings({"db_poll": "2.5", "send_rate": 50, "default_expires": "4294967295", "retry_interval": "1"})
+        self.assertEqual((settings.db_poll, settings.send_rate, settings.default_expires), (2.5, 50.0, 2**32 - 1))
+        self.assertEqual(build_settings({"db_poll": 0}).db_poll, 0)
 
     def test_secure_control(self) -> None:
         """UNIX sockets default to 0600, TCP to loopback."""

@@ -185,6 +185,39 @@ class SimulationTests(SynchronousTestCase):
         self.assertEqual(sorted(e["row_id"] for e in skipped), [2, 3, 4, 5])
         self.assertTrue(all(e["hint"] for e in skipped))
 
+    def test_hostile_rows_skipped_one_by_one(self) -> None:
+        """
+        Rows no check of the old loader survived (a Unicode digit in a port,
+        REAL infinities, text that is not UTF-8, CR/LF, keys with <>) are
+        each logged with their id and skipped; every good row registers.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        users = {f"good{i}": UserPolicy() for i in range(3)}
+        sim = self.simulation(users, hash_size=0, timer_interval=100)
+        sim.add("good0")
+        sim.add("port", registrar="sip:127.0.0.1:\u00b2")
+        sim.add("bport", binding_URI="sip:bport@127.0.0.1:\u0661")
+        sim.add("inf", expiry=float("inf"))
+        sim.add("infstate", state=9e999)
+        sim.add("crlf", username="crlf\r\nX-Injected: 1")
+        sim.add("params", binding_params=";a=b\r\nX-Injected: 1")
+        sim.add("bracket", aor="<sip:bracket@test.invalid>")
+        sim.add("good1")
+        sim.db.execute(
+            "INSERT INTO registrant (registrar, aor, binding_URI, username) VALUES (?, ?, ?, CAST(x'61ff62' AS TEXT))",
+            (f"sip:{REGISTRAR[0]}:{REGISTRAR[1]}", "sip:utf@test.invalid", "sip:utf@127.0.0.1:5060"),
+        )
+        sim.db.commit()
+        sim.add("good2")
+        service = sim.start()
+        sim.run(2)
+        self.assertEqual(sim.states(), {f"good{i}": "REGISTERED_STATE" for i in range(3)})
+        skipped = {e["row_id"]: e["reason"] for e in events if "skipping row" in e.get("log_format", "")}
+        self.assertEqual(sorted(skipped), [2, 3, 4, 5, 6, 7, 8, 10])
+        self.assertIn("UTF-8", skipped[10])
+        self.assertIn("control character", skipped[6])
+        self.assertEqual(len(service.registry), 3)
+
     def test_large_table_loads_in_slices(self) -> None:
         """Loading gives the reactor a turn every BATCH_SIZE rows; walking starts after the last."""
         users = {f"u{i}": UserPolicy() for i in range(4500)}

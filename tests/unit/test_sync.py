@@ -50,3 +50,65 @@ class FullSyncTests(SynchronousTestCase):
         result: list = []
         again.finish(self.clock).addCallback(result.append)
         self.assertEqual(result[0]["removed"], 1)
+
+
+class SingleRowChangesDuringPassTests(SynchronousTestCase):
+    """A full pass's older snapshot never undoes a newer single-row change."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.registry = Registry(2)
+        self.sync = TableSync(
+            self.registry, Policy(rng=random.Random(1)), self.clock, default_expires=3600, timer_interval=60,
+            sockets=[], poke=lambda r: None, forget=lambda r: None,
+        )
+        first = self.sync.full(initial=True)
+        first.feed([row(i) for i in range(5)])
+        self.successResultOf(first.finish(self.clock))
+
+    def test_delete_during_pass(self) -> None:
+        """Row 1 deleted (its NOTIFY applied) while a pass that read it runs: it stays gone."""
+        full = self.sync.full()
+        full.feed([row(0), row(1)])
+        self.sync.retire(("sip:u1@test.invalid", "sip:u1@127.0.0.1:5060", "sip:127.0.0.1:5080"))
+        full.feed([row(2), row(3), row(4)])
+        counts = self.successResultOf(full.finish(self.clock))
+        self.assertIsNone(self.registry.get(("sip:u1@test.invalid", "sip:u1@127.0.0.1:5060", "sip:127.0.0.1:5080")))
+        self.assertEqual(counts["removed"], 0)
+
+    def test_delete_before_the_row_is_read(self) -> None:
+        """A NOTIFY arriving before the pass reaches the row: the snapshot's copy does not bring it back."""
+        full = self.sync.full()
+        key = ("sip:u3@test.invalid", "sip:u3@127.0.0.1:5060", "sip:127.0.0.1:5080")
+        self.sync.retire(key)
+        full.feed([row(i) for i in range(5)])
+        self.successResultOf(full.finish(self.clock))
+        self.assertIsNone(self.registry.get(key))
+
+    def test_insert_during_pass(self) -> None:
+        """A row inserted (and applied) during a pass whose snapshot lacks it is not retired by the pass."""
+        full = self.sync.full()
+        account = self.sync.account(row(9))
+        assert account is not None
+        self.sync.apply(account)
+        full.feed([row(i) for i in range(5)])
+        counts = self.successResultOf(full.finish(self.clock))
+        self.assertIsNotNone(self.registry.get(account.key))
+        self.assertEqual(counts["removed"], 0)
+
+    def test_later_passes_see_everything_again(self) -> None:
+        """Only passes under way when the change came leave the key alone."""
+        key = ("sip:u3@test.invalid", "sip:u3@127.0.0.1:5060", "sip:127.0.0.1:5080")
+        self.sync.retire(key)
+        full = self.sync.full()
+        full.feed([row(i) for i in range(5)])
+        self.successResultOf(full.finish(self.clock))
+        self.assertIsNotNone(self.registry.get(key))
+
+    def test_row_id_is_not_configuration(self) -> None:
+        """The same row read with another id (re-inserted, or first added from the console) is unchanged."""
+        full = self.sync.full()
+        full.feed([dict(row(i), id=100 + i) for i in range(5)])
+        counts = self.successResultOf(full.finish(self.clock))
+        self.assertEqual(counts["unchanged"], 5)
+        self.assertEqual(sorted(r.account.row_id or 0 for r in self.registry), [100, 101, 102, 103, 104])

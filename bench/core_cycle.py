@@ -44,7 +44,7 @@ from uacregistrant.gcpolicy import FreezeSurvivors  # noqa: E402
 from uacregistrant.registrant import RegState  # noqa: E402
 from uacregistrant.service import RegistrantService  # noqa: E402
 from uacregistrant.settings import build_settings  # noqa: E402
-from uacregistrant.store.sqlite import SqliteStore  # noqa: E402
+from uacregistrant.store.sqlite import SqliteStore, run_synchronously  # noqa: E402
 
 REGISTRAR = ("127.0.0.1", 5080)
 _FIELDS = re.compile(
@@ -116,8 +116,7 @@ def run(accounts: int, profile: bool, gc_policy: bool = True) -> dict[str, objec
     values = {"db_url": f"sqlite:{db}", "listen": ["udp:127.0.0.1:5060"], "control": ["unix:unused"],
               "hash_size": 0, "timer_interval": 1800, "send_rate": 1e9, "max_in_flight": 1000}
     settings = dataclasses.replace(build_settings(values), control=())
-    store = SqliteStore(db, settings.table, reactor)
-    store.open()
+    store = SqliteStore(db, settings.table, reactor, run_in_thread=run_synchronously)
     service = RegistrantService(settings, store, reactor, resolver=ResolverChain([]))
     if gc_policy:  # as build_service gives the daemon
         FreezeSurvivors().setServiceParent(service)

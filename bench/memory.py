@@ -23,7 +23,8 @@ from common import report, write_accounts  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.names.resolve import ResolverChain  # noqa: E402
 
-from uacregistrant.service import RegistrantService, open_store  # noqa: E402
+from uacregistrant.service import RegistrantService  # noqa: E402
+from uacregistrant.store.sqlite import SqliteStore, run_synchronously  # noqa: E402
 from uacregistrant.settings import build_settings  # noqa: E402
 
 
@@ -40,7 +41,9 @@ def measure(accounts: int) -> dict[str, float]:
     clock = Clock()
     gc.collect()
     before = rss_bytes()
-    service = RegistrantService(settings, open_store(settings, clock), clock, resolver=ResolverChain([]))
+    store = SqliteStore(path, settings.table, clock, run_in_thread=run_synchronously)
+    store.start()
+    service = RegistrantService(settings, store, clock, resolver=ResolverChain([]))
     start = time.monotonic()
     outcome: list[object] = []
     service._reload_lock.run(service._reload, True).addBoth(outcome.append)

@@ -68,7 +68,13 @@ def main() -> int:
 
         service.privilegedStartService()
         LoopingCall(probe).start(0.01)
-        service._reload_lock.run(service._reload, True).addCallback(loaded)
+
+        def started(_: object) -> None:
+            nonlocal start
+            start = time.monotonic()
+            service._reload_lock.run(service._reload, True).addCallback(loaded)
+
+        service.store.start().addCallback(started)
         reactor.callLater(300, reactor.stop)
         reactor.run()
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

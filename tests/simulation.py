@@ -14,7 +14,8 @@ from twisted.names.resolve import ResolverChain
 from tests.fakes import FakeReactor
 from uacregistrant.service import RegistrantService
 from uacregistrant.settings import build_settings
-from uacregistrant.store.sqlite import SqliteStore
+from uacregistrant.store import schema_sql
+from uacregistrant.store.sqlite import SqliteStore, run_synchronously
 from uacregistrant.testing.registrar import TestRegistrar, UserPolicy
 
 REGISTRAR = ("127.0.0.1", 5080)
@@ -30,9 +31,10 @@ class Simulation:
         values = {"db_url": f"sqlite:{path}", "listen": ["udp:127.0.0.1:5060"], "control": ["unix:unused"]}
         values.update(settings)
         self.settings = dataclasses.replace(build_settings(values), control=())
-        self.store = SqliteStore(path, self.settings.table, self.reactor)
-        self.store.open()
         self.db = sqlite3.connect(path)
+        self.db.executescript(schema_sql("sqlite"))
+        self.store = SqliteStore(path, self.settings.table, self.reactor, run_in_thread=run_synchronously)
+        self.store.check()
         self.service: RegistrantService | None = None
 
     def add(self, user: str, **columns: Any) -> None:

@@ -6,16 +6,21 @@ pacer → client → transactions → transports, and the control endpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from typing import Any, cast
+
+import sys
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints
-from twisted.internet.interfaces import IReactorCore, IReactorTime, IResolver
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorTime, IResolver
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.names import client as dns_client
+from twisted.python.failure import Failure
 
 from .admin import Admin
 from .client import RegistrationClient
@@ -23,6 +28,7 @@ from .control.commands import Commands
 from .control.events import EventHub
 from .control.protocol import ControlFactory
 from .gcpolicy import FreezeSurvivors
+from .preflight import preflight
 from .registrant import Policy, Registrant
 from .registry import Registry
 from .resolver import SipResolver
@@ -33,14 +39,19 @@ from .store.sqlite import SqliteStore, sqlite_path
 from .sync import TableSync
 from .timers import TimerQueue
 from .transaction import TransactionLayer
-from .transport import SipTransport
+from .transport import MAX_DATAGRAM, SipTransport
 from .walker import BucketWalker, Pacer
 
 _log = Logger()
 
 
+#: Delays (seconds) between attempts to start the store and load the
+#: table, doubling up to the last.
+START_RETRY = (1.0, 60.0)
+
+
 def open_store(settings: Settings, reactor: Any) -> IRegistrantStore:
-    """The store named by C{db_url}, opened and checked."""
+    """The store named by C{db_url}, not yet connected (see L{preflight})."""
     url = settings.db_url
     store: IRegistrantStore
     if url.startswith("sqlite:"):
@@ -51,8 +62,16 @@ def open_store(settings: Settings, reactor: Any) -> IRegistrantStore:
         store = PostgresStore(url, settings.table, reactor, notify=settings.db_notify)
     else:
         raise ConfigError("unsupported db_url: use sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DBNAME")
-    store.open()
     return store
+
+
+def stuck_after(transaction_timeout: float) -> float:
+    """
+    Seconds after which a record still waiting in a transaction state can
+    only be stuck: longer than every follow-up's Timer F and the slowest
+    lookup together.
+    """
+    return max(300.0, 8 * transaction_timeout)
 
 
 class RegistrantService(MultiService):
@@ -78,16 +97,20 @@ class RegistrantService(MultiService):
         self._clock = clock = cast(IReactorTime, reactor)
         self.counters = SipCounters()
         self.registry = Registry(settings.hash_size)
-        self.policy = policy or Policy(
-            retry_base=settings.retry_interval,
-            retry_max=settings.retry_max_interval,
-            transaction_timeout=64 * settings.sip_t1 / 1000,
+        self.policy = dataclasses.replace(
+            policy
+            or Policy(
+                retry_base=settings.retry_interval,
+                retry_max=settings.retry_max_interval,
+                transaction_timeout=64 * settings.sip_t1 / 1000,
+            ),
+            expiry_guessed=self._expiry_guessed,
         )
         #: Transaction timers and refresh wake-ups, on one reactor call.
         self.timers = TimerQueue(clock)
         self.transactions = TransactionLayer(clock, self.counters, t1=settings.sip_t1 / 1000, timers=self.timers)
         self.transports = {
-            spec.name: SipTransport(spec, self.transactions, self.counters) for spec in settings.listen
+            spec.name: SipTransport(spec, self.transactions, self.counters, clock) for spec in settings.listen
         }
         self.ports: list[Any] = []
         self.client = RegistrationClient(
@@ -104,7 +127,16 @@ class RegistrantService(MultiService):
             window=settings.max_in_flight,
             in_flight=self.transactions.__len__,
         )
-        self.walker = BucketWalker(self.registry, clock, settings.bucket_interval, self.pacer, timers=self.timers)
+        self.walker = BucketWalker(
+            self.registry,
+            clock,
+            settings.bucket_interval,
+            self.pacer,
+            timers=self.timers,
+            stuck_after=stuck_after(self.policy.transaction_timeout),
+            on_stuck=self.client.recover_stuck,
+        )
+        self.client.queue_follow_up = self.pacer.push_follow_up
         self.sync = TableSync(
             self.registry,
             self.policy,
@@ -125,35 +157,76 @@ class RegistrantService(MultiService):
         self._reload_lock = defer.DeferredLock()
         self.admin = Admin(self.registry, store, self.sync, clock, self.reload)
         self.commands = Commands(self.registry, self.counters, self.admin, self.events, clock)
-        factory = ControlFactory(self.commands)
-        for description in settings.control:
-            endpoint = endpoints.serverFromString(reactor, description)
-            control = StreamServerEndpointService(endpoint, factory)
-            control._raiseSynchronously = True
-            control.setServiceParent(self)
+        factory = ControlFactory(self.commands, clock)
+        self._loaded = False
+        self._store_started = False
+        self._start_delay = START_RETRY[0]
+        self._start_retry: IDelayedCall | None = None
+        for control in settings.control:
+            endpoint = endpoints.serverFromString(reactor, control.description)
+            listening = StreamServerEndpointService(endpoint, factory)
+            listening._raiseSynchronously = True
+            listening.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
-        """Bind the UDP sockets and the control endpoints (may need root)."""
+        """
+        Bind the UDP sockets and the control endpoints (may need root).  A
+        socket taken since the start-up checks is one line and exit 1.
+        """
         udp = self.reactor
-        for transport in self.transports.values():
-            spec = transport.spec
-            self.ports.append(udp.listenUDP(spec.port, transport, interface=spec.host))
-        super().privilegedStartService()
+        try:
+            for transport in self.transports.values():
+                spec = transport.spec
+                self.ports.append(udp.listenUDP(spec.port, transport, interface=spec.host, maxPacketSize=MAX_DATAGRAM))
+            super().privilegedStartService()
+        except CannotListenError as e:
+            for port in self.ports:
+                port.stopListening()
+            self.ports = []
+            print(f"uacregistrant: cannot start: cannot listen on {e.interface or '*'}:{e.port}: {_reason(e)}", file=sys.stderr)
+            raise SystemExit(1) from None
 
     def startService(self) -> None:
-        """Load the table, then start walking the buckets."""
+        """Open the store and load the table (retried until it works), then walk the buckets."""
         if not self.ports:
             self.privilegedStartService()
         super().startService()
-        d = self._reload_lock.run(self._reload, True)
-        d.addErrback(lambda f: _log.failure("loading the table failed; retrying on the next poll or reconnection", f))
+        self._start_attempt()
+
+    def _start_attempt(self) -> None:
+        self._start_retry = None
+        if not self.running or self._loaded:
+            return
+        if self._store_started:
+            d: defer.Deferred[Any] = defer.succeed(None)
+        else:
+            d = self.store.start().addCallback(self._store_ready)
+        d.addCallback(lambda _: self._reload_lock.run(self._reload, True))
+        d.addErrback(self._start_failed)
+
+    def _store_ready(self, _: object) -> None:
+        self._store_started = True
         self.store.watch(self._on_table_change, self._on_resync)
+
+    def _start_failed(self, failure: Failure) -> None:
+        if not self.running or self._loaded:
+            return
+        delay = self._start_delay
+        self._start_delay = min(START_RETRY[1], delay * 2)
+        if failure.check(StoreError):
+            _log.error("loading the table failed: {error}; retrying in {delay:.0f}s", error=failure.getErrorMessage(), delay=delay)
+        else:
+            _log.failure("loading the table failed; retrying in {delay:.0f}s", failure, delay=delay)
+        self._start_retry = self._clock.callLater(delay, self._start_attempt)
 
     def _start_walking(self, _: object) -> None:
         if self.running and not self._loop.running:
             self._loop.start(self.settings.bucket_interval, now=True)
         if self.running and self.settings.db_poll > 0 and not self._poll.running:
             self._poll.start(self.settings.db_poll, now=False)
+
+    def _expiry_guessed(self) -> None:
+        self.counters.expiry_guesses += 1
 
     def _after_step(self, registrant: Registrant) -> None:
         self.walker.poke(registrant)
@@ -181,9 +254,14 @@ class RegistrantService(MultiService):
         def finished(_: object) -> defer.Deferred[dict[str, int]]:
             return full.finish(self._clock).addCallback(report)
 
+        def abandoned(failure: Failure) -> Failure:
+            full.abandon()
+            return failure
+
         def report(counts: dict[str, int]) -> dict[str, int]:
             # The walk starts after the first complete pass, whichever it is
             # (the initial load may have failed with the database away).
+            self._loaded = True
             self._start_walking(None)
             _log.info(
                 "table {table}: {added} added, {changed} changed, {unchanged} unchanged, "
@@ -195,7 +273,7 @@ class RegistrantService(MultiService):
             )
             return counts
 
-        return d.addCallback(finished)
+        return d.addCallbacks(finished, abandoned)
 
     def _poll_table(self) -> None:
         d = self.reload()
@@ -203,6 +281,9 @@ class RegistrantService(MultiService):
 
     def _on_table_change(self, key: tuple[str, str, str] | None, old_key: tuple[str, str, str] | None) -> defer.Deferred[None]:
         """A NOTIFY: re-read one record (C{key}), retire C{old_key} if it changed or went."""
+        for changed in (key, old_key):
+            if changed is not None:
+                self.sync.touch(changed)  # a full pass under way keeps out of it
         if old_key is not None and old_key != key:
             self.sync.retire(old_key)
         if key is None:
@@ -253,6 +334,9 @@ class RegistrantService(MultiService):
         for loop in (self._loop, self._poll):
             if loop.running:
                 loop.stop()
+        if self._start_retry is not None and self._start_retry.active():
+            self._start_retry.cancel()
+        self._start_retry = None
         if self.settings.unregister_on_shutdown and self.ports:
             d = self.unregister_all(self.settings.shutdown_timeout)
             d.addCallback(self._log_unregistered)
@@ -273,6 +357,7 @@ class RegistrantService(MultiService):
         for registrant in self.registry:
             self.walker.forget(registrant)
         self.timers.stop()
+        self.client.state_log.stop()
         for port in self.ports:
             port.stopListening()
         self.ports = []
@@ -290,11 +375,14 @@ def build_service(settings: Settings, reactor: Any | None = None) -> RegistrantS
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    try:
-        store = open_store(settings, reactor)
-    except StoreError as e:
-        raise ConfigError(str(e)) from None
+    store = open_store(settings, reactor)
+    preflight(settings, store)
     registrant = RegistrantService(settings, store, cast(IReactorCore, reactor))
     # The daemon owns its process: keep the cyclic GC's pauses short.
     FreezeSurvivors().setServiceParent(registrant)
     return registrant
+
+
+def _reason(error: CannotListenError) -> str:
+    socket_error = error.socketError
+    return str(getattr(socket_error, "strerror", None) or socket_error)

@@ -6,11 +6,14 @@ then a TOML file, then command-line options, and validated once.
 
 from __future__ import annotations
 
-import ipaddress
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .control.endpoints import ControlEndpoint, ControlEndpointError, parse_control
+from .sip.numbers import is_digits
 from .sockets import SocketSpec, SocketSpecError, parse_socket
 from .store import COLUMNS, TableLayout
 
@@ -32,7 +35,7 @@ class Settings:
     hash_size: int = 1
     timer_interval: int = 100
     listen: tuple[SocketSpec, ...] = (SocketSpec("0.0.0.0", 5060),)
-    control: tuple[str, ...] = ("unix:uacregistrant.ctl:mode=600",)
+    control: tuple[ControlEndpoint, ...] = (ControlEndpoint("unix", path="uacregistrant.ctl"),)
     sip_t1: int = 500
     default_expires: int = 3600
     send_rate: float = 1000.0
@@ -65,6 +68,21 @@ SCALARS: dict[str, tuple[type, Any]] = {
     "db_poll": (float, 0.0),
     "shutdown_timeout": (float, 5.0),
 }
+#: name -> (smallest, largest) accepted; C{db_poll} also takes 0 (off).
+BOUNDS: dict[str, tuple[float, float]] = {
+    "hash_size": (0, 20),
+    "timer_interval": (1, 86400),
+    "sip_t1": (1, 10000),
+    "default_expires": (1, 2**32 - 1),
+    "send_rate": (0.1, 1_000_000),
+    "retry_interval": (1, 86400),
+    "retry_max_interval": (1, 7 * 86400),
+    "max_in_flight": (1, 1_000_000),
+    "db_poll": (1, 86400),
+    "shutdown_timeout": (0, 3600),
+}
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
 #: name -> default; on the command line as --no-NAME.
 FLAGS: dict[str, bool] = {"db_notify": True, "unregister_on_shutdown": True}
 LISTS = ("listen", "control")
@@ -99,31 +117,18 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
     scalars = {name: _coerce(name, kind, values.get(name, default)) for name, (kind, default) in SCALARS.items()}
     hash_size = scalars["hash_size"]
     timer_interval = scalars["timer_interval"]
-    if not 0 <= hash_size <= 20:
-        raise ConfigError(f"hash_size must be between 0 and 20, not {hash_size}")
-    if timer_interval < 1:
-        raise ConfigError(f"timer_interval must be at least 1 second, not {timer_interval}")
     if timer_interval < (1 << hash_size):
         raise ConfigError(
             f"timer_interval={timer_interval} must be at least 2^hash_size={1 << hash_size} "
             "(one bucket per second at most)"
         )
-    if not 1 <= scalars["sip_t1"] <= 10000:
-        raise ConfigError(f"sip_t1 must be between 1 and 10000 ms, not {scalars['sip_t1']}")
-    if scalars["default_expires"] < 1:
-        raise ConfigError(f"default_expires must be positive, not {scalars['default_expires']}")
-    if not scalars["send_rate"] > 0:
-        raise ConfigError(f"send_rate must be positive, not {scalars['send_rate']}")
-    if not scalars["retry_interval"] > 0:
-        raise ConfigError(f"retry_interval must be positive, not {scalars['retry_interval']}")
+    if scalars["default_expires"] <= timer_interval:
+        raise ConfigError(
+            f"default_expires={scalars['default_expires']} must be longer than timer_interval={timer_interval} "
+            "(rows with a NULL expiry would all be refused)"
+        )
     if scalars["retry_max_interval"] < scalars["retry_interval"]:
         raise ConfigError("retry_max_interval must not be less than retry_interval")
-    if scalars["max_in_flight"] < 1:
-        raise ConfigError(f"max_in_flight must be at least 1, not {scalars['max_in_flight']}")
-    if scalars["db_poll"] < 0:
-        raise ConfigError(f"db_poll must be 0 (off) or a positive number of seconds, not {scalars['db_poll']}")
-    if not 0 <= scalars["shutdown_timeout"] <= 3600:
-        raise ConfigError(f"shutdown_timeout must be between 0 and 3600 seconds, not {scalars['shutdown_timeout']}")
     flags = {}
     for name, default in FLAGS.items():
         value = values.get(name, default)
@@ -140,9 +145,7 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
     if not table or '"' in table:
         raise ConfigError(f"invalid table_name {table!r}")
     listen = _listen(_as_list(values.get("listen"), "listen") or ["udp:0.0.0.0:5060"])
-    control = tuple(
-        secure_control_endpoint(e) for e in (_as_list(values.get("control"), "control") or ["unix:uacregistrant.ctl"])
-    )
+    control = tuple(_control(e) for e in (_as_list(values.get("control"), "control") or ["unix:uacregistrant.ctl"]))
     return Settings(
         db_url=scalars["db_url"],
         table=TableLayout(table, columns),
@@ -163,12 +166,39 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
 
 
 def _coerce(name: str, kind: type, value: Any) -> Any:
+    """
+    A setting's value as C{kind}: numbers in ASCII digits (a decimal point
+    for seconds and rates), finite, within L{BOUNDS}.
+    """
     if isinstance(value, bool) or (kind is str and not isinstance(value, str)):
         raise ConfigError(f"invalid {name} {value!r}")
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"invalid {name} {value!r}: expected {kind.__name__}") from None
+    if kind is str:
+        return value
+    number: float | int
+    if isinstance(value, str):
+        text = value.strip()
+        if kind is int and is_digits(text):
+            number = int(text)
+        elif kind is float and _DECIMAL.fullmatch(text) and text.isascii():
+            number = float(text)
+        else:
+            raise ConfigError(f"invalid {name} {value[:40]!r}: {_expected(name, kind)}")
+    elif isinstance(value, int) or (isinstance(value, float) and kind is float):
+        number = value
+    else:
+        raise ConfigError(f"invalid {name} {str(value)[:40]!r}: {_expected(name, kind)}")
+    low, high = BOUNDS.get(name, (-math.inf, math.inf))
+    off = name == "db_poll" and number == 0
+    if not math.isfinite(number) or not (low <= number <= high or off):
+        raise ConfigError(f"invalid {name} {str(value)[:40]!r}: {_expected(name, kind)}")
+    return kind(number)
+
+
+def _expected(name: str, kind: type) -> str:
+    low, high = BOUNDS.get(name, (-math.inf, math.inf))
+    what = "a whole number" if kind is int else "a number"
+    rule = f"{what} from {low:g} to {high:g}"
+    return rule + " (or 0 for off)" if name == "db_poll" else rule
 
 
 def _as_list(value: Any, name: str) -> list[str]:
@@ -196,27 +226,16 @@ def _listen(specs: list[str]) -> tuple[SocketSpec, ...]:
 
 def secure_control_endpoint(description: str) -> str:
     """
-    Make a control endpoint safe by default: UNIX sockets get mode 0600
-    unless a mode is given; TCP listens on 127.0.0.1 unless an interface is
-    given, and a non-loopback interface is refused.
+    Make a control endpoint safe by default (see L{parse_control}); its
+    canonical description in Twisted's syntax.
+
+    @raise ConfigError: if it cannot be made safe.
     """
-    kind, _, rest = description.partition(":")
-    kind = kind.lower()
-    if kind == "unix":
-        if not rest:
-            raise ConfigError(f"control endpoint {description!r} lacks a path")
-        return description if ":mode=" in description else f"{description}:mode=600"
-    if kind in ("tcp", "tcp6"):
-        parts = rest.split(":")
-        interface = next((p.partition("=")[2] for p in parts if p.startswith("interface=")), None)
-        if interface is None:
-            loopback_interface = "\\:\\:1" if kind == "tcp6" else "127.0.0.1"
-            return f"{description}:interface={loopback_interface}"
-        try:
-            loopback = ipaddress.ip_address(interface.replace("\\", "")).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise ConfigError(f"control endpoint {description!r} must listen on a loopback interface")
-        return description
-    raise ConfigError(f"control endpoint {description!r} must be unix:PATH or tcp:PORT")
+    return _control(description).description
+
+
+def _control(description: str) -> ControlEndpoint:
+    try:
+        return parse_control(description)
+    except ControlEndpointError as e:
+        raise ConfigError(str(e)) from None

@@ -191,8 +191,37 @@ class DaemonTests(ProcessTestCase):
         self.assertIn("does not exist", err)
         junk = self.directory / "junk.db"
         junk.write_bytes(b"not a database" * 100)
-        self.assertIn("cannot open database", self.refusal("--db-url", f"sqlite:{junk}", *listen))
+        self.assertIn("not a database", self.refusal("--db-url", f"sqlite:{junk}", *listen))
         self.assertIn("invalid sip_t1", self.refusal("--sip-t1", "fast", *listen))
+
+    def test_startup_failures_are_one_line(self) -> None:
+        """
+        A port in use, an address not of this host, a control socket in a
+        missing directory, a Unicode digit or an unbounded number: one line
+        on stderr, a non-zero exit, and nothing created (no table, no socket).
+        """
+        busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        busy.bind(("127.0.0.1", 0))
+        self.addCleanup(busy.close)
+        taken = busy.getsockname()[1]
+        port = free_udp_port()
+        db = self.directory / "never.db"
+        cases = [
+            (["--listen", f"udp:127.0.0.1:{taken}"], "address already in use"),
+            (["--listen", "udp:192.0.2.1:5060"], "not an address of this host"),
+            (["--listen", "udp:127.0.0.1:\u00b2"], "invalid port"),
+            (["--listen", f"udp:127.0.0.1:{port}", "--control", f"unix:{self.directory}/missing/ctl"], "does not exist"),
+            (["--listen", f"udp:127.0.0.1:{port}", "--db-poll", "nan"], "invalid db_poll"),
+            (["--listen", f"udp:127.0.0.1:{port}", "--default-expires", str(2**40)], "invalid default_expires"),
+            (["--listen", f"udp:127.0.0.1:{port}", "--send-rate", "1e-300"], "invalid send_rate"),
+        ]
+        for args, expected in cases:
+            err = self.refusal("--db-url", f"sqlite:{db}", *args)
+            self.assertIn(expected, err.lower(), args)
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+            self.assertTrue(err.startswith("uacregistrant: cannot start: "), err)
+            self.assertFalse(db.exists(), args)
+        self.assertEqual(list(self.processes.sockets.iterdir()), [])
 
     def test_help_lists_options_and_tac(self) -> None:
         """twistd uacregistrant --help lists every option; the .tac file runs the same service."""

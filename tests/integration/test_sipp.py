@@ -25,7 +25,7 @@ class SippTests(ProcessTestCase):
         super().setUp()
 
     def run_scenario(
-        self, scenario: str, password: str, expiry: int = 60, settled: tuple[str, ...] = ()
+        self, scenario: str, password: str, expiry: int = 60, settled: tuple[str, ...] = (), extra: tuple[str, ...] = ()
     ) -> tuple[subprocess.Popen[bytes], dict]:
         users = self.directory / "users.csv"
         users.write_text("SEQUENTIAL\nalice;secret;\n")
@@ -41,7 +41,7 @@ class SippTests(ProcessTestCase):
                          "password": password, "binding_URI": f"sip:alice@127.0.0.1:{local}", "expiry": expiry}])
         _, control = self.control = self.processes.daemon(
             ["--db-url", f"sqlite:{db}", "--listen", f"udp:127.0.0.1:{local}", "--hash-size", "0",
-             "--timer-interval", "30", "--sip-t1", "200"]
+             "--timer-interval", "30", "--sip-t1", "200", *extra]
         )
         try:
             record = wait_for(
@@ -98,8 +98,14 @@ class SippTests(ProcessTestCase):
         self.assertEqual(self.finished(sipp), 0)
 
     def test_503_with_retry_after(self) -> None:
-        """503 + Retry-After: 2 is REGISTRAR_ERROR, retried after 2 s on the same Call-ID."""
-        sipp, record = self.run_scenario("uas_503_retry_after.xml", "secret", settled=("REGISTRAR_ERROR_STATE",))
+        """
+        503 + Retry-After: 2 is REGISTRAR_ERROR, retried after 2 s on the same
+        Call-ID (Retry-After is clamped to at least a quarter of the retry
+        interval: 8 s here).
+        """
+        sipp, record = self.run_scenario(
+            "uas_503_retry_after.xml", "secret", settled=("REGISTRAR_ERROR_STATE",), extra=("--retry-interval", "8")
+        )
         self.assertEqual(record["last_reply"], "503 Service Unavailable")
         failed_at = time.monotonic()
         later = wait_for(lambda: (r := records(self.control[1])["alice"])["state"] == "REGISTERED_STATE" and r, 10, 0.05)

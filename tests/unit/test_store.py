@@ -3,19 +3,26 @@
 import os
 import sqlite3
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from uacregistrant.store import COLUMNS, StoreError, TableLayout, schema_sql
-from uacregistrant.store.sqlite import SqliteStore, sqlite_path
+from uacregistrant.store.sqlite import SqliteStore, run_synchronously, sqlite_path
+
+
+def started(test: SynchronousTestCase, path: str, layout: TableLayout) -> SqliteStore:
+    """A store opened on this thread (fake clock), closed at the end of the test."""
+    store = SqliteStore(path, layout, Clock(), run_in_thread=run_synchronously)
+    test.successResultOf(store.start())
+    test.addCleanup(store.close)
+    return store
 
 
 class SqliteStoreTests(SynchronousTestCase):
     def test_creates_opensips_table(self) -> None:
         """A missing table is created with the seed's schema and version row."""
         path = self.mktemp()
-        store = SqliteStore(path, TableLayout())
-        store.open()
-        self.addCleanup(store.close)
+        store = started(self, path, TableLayout())
         db = sqlite3.connect(path)
         columns = [r[1] for r in db.execute("PRAGMA table_info(registrant)")]
         self.assertEqual(columns, list(COLUMNS))
@@ -38,9 +45,7 @@ class SqliteStoreTests(SynchronousTestCase):
         db.commit()
         columns = {name: name for name in COLUMNS}
         columns.update(registrar="reg", binding_URI="contact")
-        store = SqliteStore(path, TableLayout("accounts", columns))
-        store.open()
-        self.addCleanup(store.close)
+        store = started(self, path, TableLayout("accounts", columns))
         rows: list = []
         self.successResultOf(store.load(rows.extend))
         (row,) = rows
@@ -49,20 +54,20 @@ class SqliteStoreTests(SynchronousTestCase):
     def test_refusals(self) -> None:
         """Missing directory, non-database file, missing column: one clear error each."""
         with self.assertRaises(StoreError) as caught:
-            SqliteStore(os.path.join(self.mktemp(), "x.db"), TableLayout()).open()
+            SqliteStore(os.path.join(self.mktemp(), "x.db"), TableLayout(), Clock()).check()
         self.assertIn("does not exist", str(caught.exception))
         junk = self.mktemp()
         with open(junk, "wb") as f:
             f.write(b"this is not sqlite" * 100)
         with self.assertRaises(StoreError) as caught:
-            SqliteStore(junk, TableLayout()).open()
-        self.assertIn("cannot open database", str(caught.exception))
+            SqliteStore(junk, TableLayout(), Clock()).check()
+        self.assertIn("not a database", str(caught.exception))
         path = self.mktemp()
         db = sqlite3.connect(path)
         db.execute("CREATE TABLE registrant (aor TEXT, registrar TEXT)")
         db.commit()
         with self.assertRaises(StoreError) as caught:
-            SqliteStore(path, TableLayout()).open()
+            SqliteStore(path, TableLayout(), Clock()).check()
         self.assertIn("binding_URI", str(caught.exception))
 
     def test_urls(self) -> None:

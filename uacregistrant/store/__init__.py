@@ -48,7 +48,11 @@ BATCH_SIZE = 1000
 
 
 class StoreError(Exception):
-    """The store cannot be used (unreadable, missing table or column)."""
+    """The store cannot be used (unreadable, missing table or column, unavailable)."""
+
+
+class StoreValueError(StoreError):
+    """The table refused the values written (too long, out of range, a constraint)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +83,16 @@ def schema_sql(flavour: str) -> str:
 class IRegistrantStore(Interface):
     """A source of registrant rows, and where admin changes are written."""
 
-    def open() -> None:
+    def check() -> None:
         """
-        Check the store is usable, creating the table if missing.
+        Before the daemon forks: refuse what cannot work, creating nothing
+        and keeping no connection.
 
         @raise StoreError: with one line saying what is wrong.
         """
+
+    def start() -> "Deferred[None]":
+        """Connect (and create the table if missing); fails with L{StoreError}."""
 
     def load(consume: Callable[[list[Row]], None]) -> "Deferred[None]":
         """
@@ -96,11 +104,14 @@ class IRegistrantStore(Interface):
     def load_key(key: Key) -> "Deferred[Row | None]":
         """The row with this (aor, binding_URI, registrar), or C{None}."""
 
-    def set_state(key: Key, state: int) -> "Deferred[None]":
-        """Write the state column of exactly this record."""
+    def set_state(key: Key, state: int) -> "Deferred[int]":
+        """Write the state column of exactly this record; fires with the number of rows changed."""
 
-    def upsert(row: Row) -> "Deferred[None]":
-        """Insert the row, or update the row with the same key."""
+    def upsert(row: Row) -> "Deferred[str]":
+        """
+        Update the columns C{row} names (the key columns find the row), or
+        insert the row; fires with C{"updated"} or C{"inserted"}.
+        """
 
     def watch(
         on_change: Callable[[Key | None, Key | None], "Deferred[None]"],

@@ -33,6 +33,7 @@ from . import (
     Key,
     Row,
     StoreError,
+    StoreValueError,
     TableLayout,
     make_row,
     match_columns,
@@ -138,41 +139,56 @@ class PostgresStore:
         self._listening_once = False
         self._closed = False
 
-    # Start-up checks: synchronous, before the reactor runs.
+    # Before the fork: a quick, read-only check with a connection not kept.
 
-    def open(self) -> None:
-        """Connect once, create the table if missing, check columns, install the trigger."""
+    def check(self) -> None:
+        """Connect once, check the table and its columns (creating nothing), disconnect."""
         try:
             db = psycopg2.connect(self.url, connect_timeout=5)
         except psycopg2.Error as e:
-            raise StoreError(f"cannot connect to {redact(self.url)}: {str(e).strip().splitlines()[0]}") from None
+            raise StoreError(f"cannot connect to {redact(self.url)}: {_first_line(e)}") from None
         try:
             db.autocommit = True
             with db.cursor() as cursor:
-                self._prepare(cursor)
+                cursor.execute("SELECT to_regclass(%s)", (quote_identifier(self.layout.table),))
+                if cursor.fetchone()[0] is None:
+                    self._no_table()
+                else:
+                    cursor.execute(_COLUMNS_SQL, (self.layout.table,))
+                    match_columns(self.layout, [str(name) for (name,) in cursor.fetchall()], self.layout.table)
         except psycopg2.Error as e:
-            raise StoreError(f"cannot use table {self.layout.table} at {redact(self.url)}: {str(e).strip().splitlines()[0]}") from None
+            raise StoreError(f"cannot use table {self.layout.table} at {redact(self.url)}: {_first_line(e)}") from None
         finally:
             db.close()
 
-    def _prepare(self, cursor: Any) -> None:
+    def _no_table(self) -> None:
+        if not self.layout.is_default:
+            raise StoreError(
+                f"table {self.layout.table} does not exist; create it (see the packaged schema registrant-postgres.sql) "
+                "or use the default table and column names"
+            )
+
+    # After the fork: everything through txpostgres, off the reactor's back.
+
+    def start(self) -> defer.Deferred[None]:
+        """Create the table if missing, read its columns, install the NOTIFY trigger."""
         table = self.layout.table
-        cursor.execute("SELECT to_regclass(%s)", (quote_identifier(table),))
-        if cursor.fetchone()[0] is None:
-            if not self.layout.is_default:
-                raise StoreError(
-                    f"table {table} does not exist; create it (see the packaged schema registrant-postgres.sql) "
-                    "or use the default table and column names"
-                )
-            cursor.execute(schema_sql("postgres"))
-            _log.info("created table {table}", table=table)
-        cursor.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s",
-            (table,),
-        )
-        self._present = match_columns(self.layout, [str(name) for (name,) in cursor.fetchall()], table)
-        if self.notify:
-            cursor.execute(notify_sql(self.layout, self._present))
+
+        @defer.inlineCallbacks
+        def prepare(cursor: Any) -> Any:
+            yield cursor.execute("SELECT to_regclass(%s)", (quote_identifier(table),))
+            if cursor.fetchone()[0] is None:
+                self._no_table()
+                yield cursor.execute(schema_sql("postgres"))
+                _log.warn("created an empty table {table}: there are no accounts to register until rows are added", table=table)
+            yield cursor.execute(_COLUMNS_SQL, (table,))
+            self._present = match_columns(self.layout, [str(name) for (name,) in cursor.fetchall()], table)
+            if self.notify:
+                yield cursor.execute(notify_sql(self.layout, self._present))
+            yield cursor.execute(f"SELECT count(*) FROM {quote_identifier(table)}")
+            _log.info("table {table} holds {rows} row(s)", table=table, rows=cursor.fetchone()[0])
+
+        return self._run(lambda connection: connection.runInteraction(prepare)).addCallback(lambda _: None)
 
     # Connections.
 
@@ -210,6 +226,8 @@ class PostgresStore:
                 return reason
             if reason.check(psycopg2.OperationalError, psycopg2.InterfaceError):
                 self._drop_query_connection()
+            if reason.check(psycopg2.DataError, psycopg2.IntegrityError):
+                return Failure(StoreValueError(f"the table refused the values: {_message(reason)}"))
             return Failure(StoreError(f"database error: {_message(reason)}"))
 
         return d.addErrback(failed)
@@ -237,19 +255,24 @@ class PostgresStore:
 
     def load(self, consume: Callable[[list[Row]], None]) -> defer.Deferred[None]:
         """Read every row in one snapshot, BATCH_SIZE per FETCH."""
+        if not self._present:
+            return defer.fail(StoreError("the store is not started"))
         logical, query = self._select()
 
         @defer.inlineCallbacks
         def interaction(cursor: Any) -> Any:
             yield cursor.execute(f"DECLARE uacregistrant_load NO SCROLL CURSOR FOR {query}")
+            read = 0
             while True:
                 yield cursor.execute(f"FETCH {BATCH_SIZE} FROM uacregistrant_load")
                 values = cursor.fetchall()
+                read += len(values)
                 if values:
                     consume([make_row(logical, v) for v in values])
                 if len(values) < BATCH_SIZE:
                     break
             yield cursor.execute("CLOSE uacregistrant_load")
+            _log.info("read {rows} row(s) from {table}", rows=read, table=self.layout.table)
 
         return self._run(lambda connection: connection.runInteraction(interaction))
 
@@ -260,37 +283,55 @@ class PostgresStore:
         def found(rows: list[tuple[Any, ...]]) -> Row | None:
             return make_row(logical, rows[0]) if rows else None
 
+        if not self._present:
+            return defer.fail(StoreError("the store is not started"))
+
         return self._run(lambda c: c.runQuery(f"{query} WHERE {self._where_key()}", key)).addCallback(found)
 
     # Writing.
 
-    def set_state(self, key: Key, state: int) -> defer.Deferred[None]:
-        """Write the state column of exactly this record."""
+    def set_state(self, key: Key, state: int) -> defer.Deferred[int]:
+        """Write the state column of exactly this record; fires with the rows changed."""
         if "state" not in self._present:
-            return defer.succeed(None)
+            return self.load_key(key).addCallback(lambda row: 0 if row is None else 1)
         sql = (
             f"UPDATE {quote_identifier(self.layout.table)} SET {quote_identifier(self._present['state'])} = %s "
             f"WHERE {self._where_key()}"
         )
-        return self._run(lambda c: c.runOperation(sql, (state, *key))).addCallback(lambda _: None)
-
-    def upsert(self, row: Row) -> defer.Deferred[None]:
-        """Update the row with the same key, or insert it (one transaction)."""
-        assignments = row_assignments(row, self._present)
-        table = quote_identifier(self.layout.table)
-        key = [row[name] for name in KEY_COLUMNS]
-        sets = ", ".join(f"{quote_identifier(name)} = %s" for name, _ in assignments)
-        names = ", ".join(quote_identifier(name) for name, _ in assignments)
-        marks = ", ".join("%s" for _ in assignments)
-        values = [v for _, v in assignments]
 
         @defer.inlineCallbacks
         def interaction(cursor: Any) -> Any:
-            yield cursor.execute(f"UPDATE {table} SET {sets} WHERE {self._where_key()}", values + key)
-            if cursor.rowcount == 0:
-                yield cursor.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", values)
+            yield cursor.execute(sql, (state, *key))
+            return int(cursor.rowcount)
 
-        return self._run(lambda c: c.runInteraction(interaction)).addCallback(lambda _: None)
+        return self._run(lambda c: c.runInteraction(interaction))
+
+    def upsert(self, row: Row) -> defer.Deferred[str]:
+        """
+        Update the columns C{row} names in the row with its key, or insert
+        it (one transaction); fires with C{"updated"} or C{"inserted"}.
+        """
+        assignments = row_assignments(row, self._present)
+        table = quote_identifier(self.layout.table)
+        key = [row[name] for name in KEY_COLUMNS]
+        key_columns = {self._present[k] for k in KEY_COLUMNS}
+        changes = [(name, value) for name, value in assignments if name not in key_columns]
+        sets = ", ".join(f"{quote_identifier(name)} = %s" for name, _ in changes)
+        names = ", ".join(quote_identifier(name) for name, _ in assignments)
+        marks = ", ".join("%s" for _ in assignments)
+
+        @defer.inlineCallbacks
+        def interaction(cursor: Any) -> Any:
+            if changes:
+                yield cursor.execute(f"UPDATE {table} SET {sets} WHERE {self._where_key()}", [v for _, v in changes] + key)
+            else:
+                yield cursor.execute(f"SELECT 1 FROM {table} WHERE {self._where_key()}", key)
+            if cursor.rowcount:
+                return "updated"
+            yield cursor.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", [v for _, v in assignments])
+            return "inserted"
+
+        return self._run(lambda c: c.runInteraction(interaction))
 
     # Live changes.
 
@@ -400,6 +441,14 @@ def _key(value: Any) -> Key | None:
     if isinstance(value, list) and len(value) == 3 and all(isinstance(v, str) for v in value):
         return (value[0], value[1], value[2])
     return None
+
+
+_COLUMNS_SQL = "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s"
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _message(reason: Failure) -> str:

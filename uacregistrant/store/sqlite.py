@@ -1,27 +1,42 @@
 # -*- test-case-name: tests.unit.test_store -*-
 """
-The embedded default store: an SQLite file read on the reactor thread
-(SQLite answers from a local file in microseconds; no thread pool).
+The embedded default store: an SQLite file, read and written on a thread
+of its own, never on the reactor's.
+
+Another process holding a write lock (an operator's long transaction, a
+backup) must not freeze the console or let registrations lapse: each
+statement waits at most L{BUSY_TIMEOUT} on its thread, and a busy
+database is retried from the reactor with back-off (L{BUSY_RETRIES}) before
+the call fails with L{StoreError}.
+
+Before twistd forks, L{SqliteStore.check} only reads (nothing is created,
+no connection kept); L{SqliteStore.start} opens the connection on the
+store's thread, creating the table if it is missing (with a warning: an
+empty new table usually means the file was moved or deleted).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
+from typing import Any, Callable, TypeVar
 
-from typing import Any, Callable
-
-from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from . import (
     BATCH_SIZE,
+    KEY_COLUMNS,
     IRegistrantStore,
     Key,
     Row,
     StoreError,
+    StoreValueError,
     TableLayout,
     make_row,
     match_columns,
@@ -33,6 +48,19 @@ from . import (
 )
 
 _log = Logger()
+_T = TypeVar("_T")
+
+#: Seconds a statement waits for another connection's lock, on the store's thread.
+BUSY_TIMEOUT = 0.2
+#: Delays (seconds) between retries of a call that found the database busy.
+BUSY_RETRIES = (0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0)
+
+#: Text that is not UTF-8 is read with surrogates in place of the bad
+#: bytes (a C-level call), so one bad row is refused by validation instead
+#: of failing the whole read.
+_TEXT_FACTORY = functools.partial(str, encoding="utf-8", errors="surrogateescape")
+
+RunInThread = Callable[..., "defer.Deferred[Any]"]
 
 
 def sqlite_path(url: str) -> str:
@@ -47,48 +75,158 @@ def sqlite_path(url: str) -> str:
     return path
 
 
+def run_synchronously(function: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+    """Run C{function} now, on this thread (for tests on a fake clock)."""
+    return defer.maybeDeferred(function, *args)
+
+
+def _is_busy(failure: Failure) -> bool:
+    error = failure.value
+    return isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "busy" in str(error))
+
+
 @implementer(IRegistrantStore)
 class SqliteStore:
-    """The registrant table in an SQLite file."""
+    """
+    The registrant table in an SQLite file.
 
-    def __init__(self, path: str, layout: TableLayout, clock: IReactorTime | None = None) -> None:
+    @param run_in_thread: runs a function off the reactor thread and
+        returns a Deferred of its result; by default, the store's own
+        one-thread pool (one connection, used only there).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        layout: TableLayout,
+        reactor: Any,
+        run_in_thread: RunInThread | None = None,
+    ) -> None:
         self.path = path
         self.layout = layout
-        self.clock = clock
+        self._clock: IReactorTime = reactor
+        self._reactor = reactor
+        self._pool: ThreadPool | None = None
+        self._run_in_thread = run_in_thread
         self._db: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None
         self._present: dict[str, str] = {}
+        self._closed = False
 
-    def open(self) -> None:
-        """Connect, create the table if missing, check the columns."""
+    # Before the fork: read only, keep nothing open.
+
+    def check(self) -> None:
+        """
+        Refuse at once what cannot work (a missing directory, a file that is
+        not a database, a table without a required column), creating nothing.
+
+        @raise StoreError: with one line saying what is wrong.
+        """
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise StoreError(f"cannot open database {self.path}: directory {directory} does not exist")
+        if not os.path.exists(self.path):
+            if not os.access(directory, os.W_OK):
+                raise StoreError(f"cannot create database {self.path}: directory {directory} is not writable")
+            return
         try:
-            db = sqlite3.connect(self.path)
-            db.execute("PRAGMA schema_version").fetchone()
+            db = sqlite3.connect(f"file:{_uri_path(self.path)}?mode=ro", uri=True, timeout=1.0)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open database {self.path}: {e}") from None
-        self._db = db
-        table = self.layout.table
         try:
-            found = db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
-            if found is None:
-                if not self.layout.is_default:
-                    raise StoreError(
-                        f"table {table} does not exist in {self.path}; create it (see the packaged "
-                        "schema registrant-sqlite.sql) or use the default table and column names"
-                    )
-                db.executescript(schema_sql("sqlite"))
-                db.commit()
-                _log.info("created table {table} in {path}", table=table, path=self.path)
-            info = db.execute(f"PRAGMA table_info({quote_identifier(table)})").fetchall()
+            self._inspect(db, create=False)
         except sqlite3.Error as e:
-            raise StoreError(f"cannot read table {table} in {self.path}: {e}") from None
-        self._present = match_columns(self.layout, [str(row[1]) for row in info], f"{table} in {self.path}")
+            raise StoreError(f"cannot read database {self.path}: {e}") from None
+        finally:
+            db.close()
+
+    def _inspect(self, db: sqlite3.Connection, create: bool) -> bool:
+        """Check (and if asked create) the table; return whether it was created."""
+        table = self.layout.table
+        db.execute("PRAGMA schema_version").fetchone()
+        found = db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
+        if found is None:
+            if not self.layout.is_default:
+                raise StoreError(
+                    f"table {table} does not exist in {self.path}; create it (see the packaged "
+                    "schema registrant-sqlite.sql) or use the default table and column names"
+                )
+            if not create:
+                return False
+            db.executescript(schema_sql("sqlite"))
+            db.commit()
+            self._present = match_columns(self.layout, _columns(db, table), f"{table} in {self.path}")
+            return True
+        self._present = match_columns(self.layout, _columns(db, table), f"{table} in {self.path}")
+        return False
+
+    # After the fork: everything on the store's thread.
+
+    def start(self) -> defer.Deferred[None]:
+        """Start the store's thread and open the connection there (creating the table if missing)."""
+        if self._run_in_thread is None:
+            pool = self._pool = ThreadPool(minthreads=1, maxthreads=1, name="uacregistrant-sqlite")
+            pool.start()
+            reactor: IReactorThreads = self._reactor
+            self._run_in_thread = functools.partial(threads.deferToThreadPool, reactor, pool)
+        return self._call("opening", self._open).addCallback(self._opened)
+
+    def _open(self) -> tuple[bool, int]:
+        self._close_db()
+        try:
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open database {self.path}: {e}") from None
+        db.text_factory = _TEXT_FACTORY
+        try:
+            created = self._inspect(db, create=True)
+            rows = db.execute(f"SELECT count(*) FROM {quote_identifier(self.layout.table)}").fetchone()[0]
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        self._identity = _identity(self.path)
+        return created, int(rows)
+
+    def _opened(self, result: tuple[bool, int]) -> None:
+        created, rows = result
+        if created:
+            _log.warn(
+                "created an empty table {table} in {path}: there are no accounts to register until rows are added "
+                "(if this file held accounts, it was moved or deleted)",
+                table=self.layout.table,
+                path=os.path.abspath(self.path),
+            )
+        else:
+            _log.info("opened {path}: table {table} holds {rows} row(s)", path=os.path.abspath(self.path), table=self.layout.table, rows=rows)
+
+    def _call(self, what: str, function: Callable[..., _T], *args: Any) -> defer.Deferred[_T]:
+        """
+        Run C{function} on the store's thread; retry while the database is
+        busy (another process's lock), with back-off, then fail with
+        L{StoreError} naming C{what}.
+        """
+        done: defer.Deferred[_T] = defer.Deferred()
+
+        def attempt(tries: int) -> None:
+            if self._closed or self._run_in_thread is None:
+                done.errback(StoreError(f"{what} {self.layout.table}: the store is closed"))
+                return
+            d = self._run_in_thread(function, *args)
+            d.addCallbacks(done.callback, lambda failure: failed(failure, tries))
+
+        def failed(failure: Failure, tries: int) -> None:
+            if _is_busy(failure) and tries < len(BUSY_RETRIES) and not self._closed:
+                self._clock.callLater(BUSY_RETRIES[tries], attempt, tries + 1)
+                return
+            done.errback(_store_error(what, self.layout.table, failure))
+
+        attempt(0)
+        return done
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
-            raise StoreError("store is not open")
+            raise StoreError("the store is not open")
         return self._db
 
     def _select(self) -> tuple[list[str], str]:
@@ -98,77 +236,112 @@ class SqliteStore:
         return where_key_sql(self._present, "?")
 
     def load(self, consume: Callable[[list[Row]], None]) -> defer.Deferred[None]:
-        """Read every row, C{BATCH_SIZE} per reactor turn."""
+        """
+        Read every row, C{BATCH_SIZE} per trip to the store's thread; each
+        batch is handed to C{consume} on the reactor thread.
+        """
+        logical, query = self._select()
         done: defer.Deferred[None] = defer.Deferred()
-        try:
-            logical, query = self._select()
-            cursor = self._connection().execute(query)
-        except (sqlite3.Error, StoreError) as e:
-            return defer.fail(StoreError(f"reading {self.layout.table} failed: {e}"))
+        cursor: list[sqlite3.Cursor] = []
+        read = [0]
 
-        def batch() -> None:
+        def first() -> list[Row]:
+            self._notice_replacement()
+            opened = self._connection().execute(query)
+            cursor.append(opened)
+            return [make_row(logical, v) for v in opened.fetchmany(BATCH_SIZE)]
+
+        def more() -> list[Row]:
+            return [make_row(logical, v) for v in cursor[0].fetchmany(BATCH_SIZE)]
+
+        def got(rows: list[Row]) -> None:
+            read[0] += len(rows)
             try:
-                values = cursor.fetchmany(BATCH_SIZE)
-                if values:
-                    consume([make_row(logical, v) for v in values])
-            except Exception as e:
-                done.errback(StoreError(f"reading {self.layout.table} failed: {e}"))
+                if rows:
+                    consume(rows)
+            except Exception:
+                done.errback()
                 return
-            if len(values) < BATCH_SIZE:
+            if len(rows) < BATCH_SIZE:
+                _log.info("read {rows} row(s) from {table}", rows=read[0], table=self.layout.table)
                 done.callback(None)
-            elif self.clock is not None:
-                self.clock.callLater(0, batch)
             else:
-                batch()
+                # The next batch on a later reactor turn, however fast the thread answers.
+                self._clock.callLater(0, lambda: self._call("reading", more).addCallbacks(got, done.errback))
 
-        batch()
+        self._call("reading", first).addCallbacks(got, done.errback)
         return done
+
+    def _notice_replacement(self) -> None:
+        """
+        On the store's thread: the file deleted or replaced under the open
+        connection is said in the log; a replaced file is opened anew.
+        """
+        now = _identity(self.path)
+        if now == self._identity:
+            return
+        if now is None:
+            _log.error(
+                "database file {path} was deleted: still reading the copy held open; restore the file "
+                "(a restart would create an empty table)",
+                path=os.path.abspath(self.path),
+            )
+            return
+        _log.warn("database file {path} was replaced: opening the new file", path=os.path.abspath(self.path))
+        self._open()
 
     def load_key(self, key: Key) -> defer.Deferred[Row | None]:
         """The row with this key, or C{None}."""
-        try:
-            logical, query = self._select()
-            found = self._connection().execute(f"{query} WHERE {self._where_key()}", key).fetchone()
-        except (sqlite3.Error, StoreError) as e:
-            return defer.fail(StoreError(f"reading {self.layout.table} failed: {e}"))
-        return defer.succeed(None if found is None else make_row(logical, found))
+        logical, query = self._select()
 
-    def set_state(self, key: Key, state: int) -> defer.Deferred[None]:
-        """Write the state column of exactly this record (all three key columns)."""
+        def read() -> Row | None:
+            found = self._connection().execute(f"{query} WHERE {self._where_key()}", key).fetchone()
+            return None if found is None else make_row(logical, found)
+
+        return self._call("reading", read)
+
+    def set_state(self, key: Key, state: int) -> defer.Deferred[int]:
+        """Write the state column of exactly this record; fires with the rows changed."""
         if "state" not in self._present:
-            return defer.succeed(None)
-        return self._write(
+            return self.load_key(key).addCallback(lambda row: 0 if row is None else 1)
+        sql = (
             f"UPDATE {quote_identifier(self.layout.table)} SET {quote_identifier(self._present['state'])} = ? "
-            f"WHERE {self._where_key()}",
-            (state, *key),
+            f"WHERE {self._where_key()}"
         )
 
-    def upsert(self, row: Row) -> defer.Deferred[None]:
-        """Update the row with the same key, or insert it."""
+        def write() -> int:
+            db = self._connection()
+            with db:
+                return int(db.execute(sql, (state, *key)).rowcount)
+
+        return self._call("writing", write)
+
+    def upsert(self, row: Row) -> defer.Deferred[str]:
+        """
+        Update the columns C{row} names in the row with its key, or insert
+        it; fires with C{"updated"} or C{"inserted"}.
+        """
         assignments = row_assignments(row, self._present)
         table = quote_identifier(self.layout.table)
-        key = (row["aor"], row["binding_URI"], row["registrar"])
-        sets = ", ".join(f"{quote_identifier(name)} = ?" for name, _ in assignments)
-        try:
-            db = self._connection()
-            with db:
-                cursor = db.execute(f"UPDATE {table} SET {sets} WHERE {self._where_key()}", [v for _, v in assignments] + list(key))
-                if cursor.rowcount == 0:
-                    names = ", ".join(quote_identifier(name) for name, _ in assignments)
-                    marks = ", ".join("?" for _ in assignments)
-                    db.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", [v for _, v in assignments])
-        except (sqlite3.Error, StoreError) as e:
-            return defer.fail(StoreError(f"writing {self.layout.table} failed: {e}"))
-        return defer.succeed(None)
+        key = [row[name] for name in KEY_COLUMNS]
+        changes = [(name, value) for name, value in assignments if name not in {self._present[k] for k in KEY_COLUMNS}]
+        sets = ", ".join(f"{quote_identifier(name)} = ?" for name, _ in changes)
+        names = ", ".join(quote_identifier(name) for name, _ in assignments)
+        marks = ", ".join("?" for _ in assignments)
+        exists = f"SELECT 1 FROM {table} WHERE {self._where_key()}"
 
-    def _write(self, sql: str, params: tuple[Any, ...]) -> defer.Deferred[None]:
-        try:
+        def write() -> str:
             db = self._connection()
             with db:
-                db.execute(sql, params)
-        except (sqlite3.Error, StoreError) as e:
-            return defer.fail(StoreError(f"writing {self.layout.table} failed: {e}"))
-        return defer.succeed(None)
+                if changes:
+                    if db.execute(f"UPDATE {table} SET {sets} WHERE {self._where_key()}", [v for _, v in changes] + key).rowcount:
+                        return "updated"
+                elif db.execute(exists, key).fetchone() is not None:
+                    return "updated"
+                db.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", [v for _, v in assignments])
+                return "inserted"
+
+        return self._call("writing", write)
 
     def watch(
         self,
@@ -178,7 +351,46 @@ class SqliteStore:
         """SQLite has no NOTIFY: changes are found by --db-poll."""
 
     def close(self) -> None:
-        """Close the connection."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        """Close the connection and stop the store's thread."""
+        self._closed = True
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.callInThread(self._close_db)
+            pool.stop()
+        else:
+            self._close_db()
+
+    def _close_db(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+
+def _columns(db: sqlite3.Connection, table: str) -> list[str]:
+    return [str(row[1]) for row in db.execute(f"PRAGMA table_info({quote_identifier(table)})").fetchall()]
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """The file's (device, inode), or C{None} if it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _uri_path(path: str) -> str:
+    from urllib.parse import quote
+
+    return quote(os.path.abspath(path))
+
+
+def _store_error(what: str, table: str, failure: Failure) -> StoreError:
+    error = failure.value
+    if isinstance(error, StoreError):
+        return error
+    if isinstance(error, (sqlite3.IntegrityError, OverflowError)):
+        return StoreValueError(f"{what} {table}: the table refused the values: {error}")
+    if isinstance(error, sqlite3.OperationalError) and _is_busy(failure):
+        return StoreError(f"{what} {table}: the database stayed locked by another process")
+    return StoreError(f"{what} {table} failed: {type(error).__name__}: {error}")

@@ -3,7 +3,8 @@
 What the admin commands do to records, the table and the registrations:
 reload, enable, disable, force a registration, delete, upsert.
 
-Every table write names exactly one record: all three key columns.
+Every table write names exactly one record: all three key columns, as
+stored; a write that changes no row is a 404, never "changed".
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ from twisted.internet.interfaces import IReactorTime
 from .account import Account, AccountKey, RowError
 from .registrant import Registrant
 from .registry import Registry
-from .store import COLUMN_ALIASES, COLUMNS, IRegistrantStore, Row
+from .sip.numbers import is_digits
+from .store import COLUMN_ALIASES, COLUMNS, KEY_COLUMNS, IRegistrantStore, Row
 from .sync import TableSync
+
+#: The table's INTEGER columns hold 32 bits in PostgreSQL.
+_INT32 = (-(2**31), 2**31 - 1)
 
 
 class AdminError(Exception):
@@ -81,7 +86,8 @@ class Admin:
             return defer.succeed("unchanged")
         d = self._store.set_state(key, 0 if enabled else 1)
 
-        def written(_: object) -> str:
+        def written(rows: int) -> str:
+            _require_row(rows, key)
             current = self._registry.get(key)
             if current is not None:
                 self._sync.apply(dataclasses.replace(current.account, enabled=enabled))
@@ -104,26 +110,41 @@ class Admin:
         """
         key = registrant.account.key
         d = self._store.set_state(key, 1)
-        d.addCallback(lambda _: None if self._sync.delete(key) else None)
-        return d
+
+        def written(rows: int) -> None:
+            _require_row(rows, key)
+            self._sync.delete(key)
+
+        return d.addCallback(written)
 
     def upsert(self, pairs: list[str]) -> defer.Deferred[str]:
         """
-        Add or change one record from C{column=value} pairs, in the table
-        and in memory.
+        Add one record, or change the columns named in C{column=value}
+        pairs and keep the others, in the table and in memory (the record
+        is then read back from its row).
         """
-        row = self.row_from_pairs(pairs)
-        account = self._validate(row)
-        # Decided before writing: the table's own NOTIFY may apply the row
-        # before this write's callback runs.
-        existing = self._registry.get(account.key)
-        outcome = "added" if existing is None else "unchanged" if existing.account == account else "changed"
+        named = self.row_from_pairs(pairs)
+        key: AccountKey = (named["aor"], named["binding_URI"], named["registrar"])
 
-        def written(_: object) -> str:
-            self._sync.apply(account)
+        def merge(stored: Row | None) -> defer.Deferred[str]:
+            merged: Row = dict(stored) if stored is not None else {"state": 0}
+            merged.update(named)
+            account = self._validate(merged)
+            # Decided before writing: the table's own NOTIFY may apply the
+            # row before this write's callback runs.
+            existing = self._registry.get(account.key)
+            outcome = "added" if existing is None else "unchanged" if existing.account == account else "changed"
+            written: defer.Deferred[str] = self._store.upsert(named)
+            reread: defer.Deferred[Row | None] = written.addCallback(lambda _: self._store.load_key(key))
+            return reread.addCallback(lambda row: read_back(row, outcome))
+
+        def read_back(row: Row | None, outcome: str) -> str:
+            if row is None:
+                raise AdminError(409, "Row changed meanwhile", [f"the row for {' '.join(key)[:512]} is gone; try again"])
+            self._sync.apply(self._validate(row))
             return outcome
 
-        return self._store.upsert(row).addCallback(written)
+        return self._store.load_key(key).addCallback(merge)
 
     def _validate(self, row: Row) -> Account:
         try:
@@ -132,24 +153,25 @@ class Admin:
             raise AdminError(400, "Bad record", [f"{e.reason}; fix: {e.hint}"]) from None
 
     def row_from_pairs(self, pairs: list[str]) -> Row:
-        """Parse C{column=value} pairs into a validated row."""
+        """
+        Parse C{column=value} pairs into the columns they name (an empty
+        value is NULL); the key columns are required.
+        """
         row: Row = {}
         for pair in pairs:
             name, eq, value = pair.partition("=")
             column = COLUMN_ALIASES.get(name.lower())
             if not eq or column is None or column == "id":
                 raise AdminError(400, "Bad arguments", [f"unknown column in {pair[:64]!r}; columns: {', '.join(COLUMNS[1:])}"])
+            if column in row:
+                raise AdminError(400, "Bad arguments", [f"{column} given twice"])
             row[column] = value if value != "" else None
-        missing = [name for name in ("aor", "registrar", "binding_URI") if not row.get(name)]
+        missing = [name for name in KEY_COLUMNS if not row.get(name)]
         if missing:
             raise AdminError(400, "Bad arguments", [f"missing {', '.join(missing)}"])
-        for name in ("expiry", "state"):
+        for name, low in (("expiry", 1), ("state", _INT32[0])):
             if row.get(name) is not None:
-                try:
-                    row[name] = int(row[name])
-                except ValueError:
-                    raise AdminError(400, "Bad arguments", [f"{name} must be an integer"]) from None
-        row.setdefault("state", 0)
+                row[name] = _integer(name, row[name], low, _INT32[1])
         return row
 
     def reload(self, args: list[str]) -> defer.Deferred[dict[str, Any]]:
@@ -170,7 +192,21 @@ class Admin:
                 raise AdminError(404, "No such registrant in database", [" ".join(key)[:512]])
             account = self._validate(row)
             if account.key != key:
-                raise AdminError(500, "Key mismatch")
+                raise AdminError(409, "Key mismatch", ["the row read back has another key; reload all"])
             return {self._sync.apply(account): 1}
 
         return self._store.load_key(key).addCallback(loaded)
+
+
+def _integer(name: str, text: str, low: int, high: int) -> int:
+    """A console value as an integer in [low, high], in ASCII digits."""
+    digits = text[1:] if text.startswith("-") else text
+    if not is_digits(digits) or len(digits) > 12 or not low <= int(text) <= high:
+        raise AdminError(400, "Bad arguments", [f"{name} must be a whole number from {low} to {high}, not {text[:40]!r}"])
+    return int(text)
+
+
+def _require_row(rows: int, key: AccountKey) -> None:
+    """A write that changed no row: the row is gone (or its key differs)."""
+    if rows == 0:
+        raise AdminError(404, "No such row in the table", [f"no row has the key {' '.join(key)[:512]}; reg_reload to resynchronise"])

@@ -29,7 +29,7 @@ class ControlTests(SynchronousTestCase):
         self.addCleanup(self.service.stopService)
         self.sim.run(2)
         self.transport = StringTransport()
-        self.protocol = ControlFactory(self.service.commands).buildProtocol(None)
+        self.protocol = ControlFactory(self.service.commands, self.sim.reactor).buildProtocol(None)
         self.protocol.makeConnection(self.transport)
 
     def ask(self, line: str, run: float = 0.0) -> list[str]:
@@ -42,9 +42,11 @@ class ControlTests(SynchronousTestCase):
         return self.transport.value().decode().split("\n")
 
     def drain(self) -> None:
-        """Pull a streamed body as a real connection would, slice by slice."""
-        while self.transport.producer is not None:
-            self.transport.producer.resumeProducing()
+        """Let a streamed body go out, a slice per reactor turn."""
+        for _ in range(10000):
+            if self.protocol.idle:
+                return
+            self.sim.reactor.advance(0)
 
     def table(self, user: str) -> list[tuple]:
         db = sqlite3.connect(self.path)
@@ -224,6 +226,132 @@ class ControlTests(SynchronousTestCase):
         self.assertEqual(self.service.events._subscribers, set())
 
 
+class HostileClientTests(ControlTests):
+    """What a careless or hostile console client can cost: bounded, and answered clearly."""
+
+    # The tests of the base class are not run again here.
+    for _name in [n for n in dir(ControlTests) if n.startswith("test_")]:
+        locals()[_name] = None
+    del _name
+
+    def test_client_not_reading(self) -> None:
+        """
+        When replies back up (the transport pauses its producer), commands
+        are no longer read nor run; they run once the client has read.
+        """
+        self.transport.clear()
+        self.protocol.pauseProducing()  # what the transport does when its buffer is full
+        self.assertEqual(self.transport.producerState, "paused")  # reading commands stopped
+        self.protocol.dataReceived(b"help\n" * 100)
+        self.assertEqual(self.transport.value(), b"")
+        self.protocol.resumeProducing()
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(self.transport.value().count(b"200 OK\n"), 100)
+
+    def test_pending_commands_are_bounded(self) -> None:
+        """More than MAX_PENDING bytes of unread commands: one clear line, then the connection closes."""
+        from uacregistrant.control.protocol import MAX_PENDING
+
+        self.protocol.pauseProducing()
+        line = b"reg_list json\n"
+        self.protocol.dataReceived(line * (MAX_PENDING // len(line) + 10))
+        self.assertTrue(self.transport.value().startswith(b"503 Too many commands waiting"))
+        self.assertTrue(self.transport.disconnecting)
+        self.assertTrue(self.protocol.idle)
+
+    def test_slow_event_subscriber_dropped(self) -> None:
+        """A reg_events subscriber that stops reading is dropped after MAX_EVENTS_BEHIND lines, saying why."""
+        from uacregistrant.client import StateChange
+        from uacregistrant.control.protocol import MAX_EVENTS_BEHIND
+        from uacregistrant.registrant import RegState
+
+        self.ask("reg_events")
+        self.protocol.pauseProducing()
+        registrant = next(iter(self.service.registry))
+        change = StateChange(registrant, RegState.REGISTERED_STATE, RegState.REGISTERING_STATE, 0.0)
+        for _ in range(MAX_EVENTS_BEHIND + 5):
+            self.service.events.publish(change)
+        lines = self.transport.value().decode().split("\n")
+        self.assertEqual(len([x for x in lines if "REGISTERING_STATE" in x]), MAX_EVENTS_BEHIND)
+        self.assertIn("dropped: more than", lines[-2])
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.service.events._subscribers, set())
+
+    def test_too_many_connections(self) -> None:
+        """Past MAX_CONNECTIONS at once, a new connection is told why and closed."""
+        from uacregistrant.control.protocol import MAX_CONNECTIONS
+
+        factory = ControlFactory(self.service.commands, self.sim.reactor)
+        kept = []
+        for _ in range(MAX_CONNECTIONS):
+            transport = StringTransport()
+            factory.buildProtocol(None).makeConnection(transport)
+            kept.append(transport)
+        refused = StringTransport()
+        factory.buildProtocol(None).makeConnection(refused)
+        self.assertTrue(refused.value().startswith(b"503 Too many control connections"))
+        self.assertTrue(refused.disconnecting)
+
+    def test_quoting(self) -> None:
+        """Values may hold spaces when quoted, shell-like; an open quote is a clear error."""
+        lines = self.ask(f'reg_upsert aor=sip:dan@test.invalid registrar={REG} binding_URI=sip:dan@127.0.0.1:5060 '
+                         'username=dan password="Top Secret!" binding_params=\';x="a b"\'', run=1)
+        self.assertEqual(lines[:2], ["200 OK", "added"])
+        db = sqlite3.connect(self.path)
+        self.assertEqual(db.execute("SELECT password, binding_params FROM registrant WHERE username = 'dan'").fetchone(),
+                         ("Top Secret!", ';x="a b"'))
+        self.assertEqual(self.ask('reg_upsert aor="sip:dan@test.invalid')[0], "400 Bad quoting")
+
+    def test_bad_values_are_400(self) -> None:
+        """Out-of-range numbers, Unicode digits, CR/LF and bracketed keys: 400 with the reason, never 500."""
+        base = f"reg_upsert aor=sip:eve@test.invalid registrar={REG} binding_URI=sip:eve@127.0.0.1:5060"
+        cases = [
+            (f"{base} state={2**70}", "state"),
+            (f"{base} expiry=\u00b2", "expiry"),
+            (f"{base} expiry=0", "expiry"),
+            (f"reg_upsert aor=sip:eve@test.invalid registrar=sip:h:\u00b2 binding_URI=sip:eve@127.0.0.1:5060", "port"),
+            (f"reg_upsert aor='<sip:eve@test.invalid>' registrar={REG} binding_URI=sip:eve@127.0.0.1:5060", "as stored"),
+            (f"{base} username={'x' * 300}", ""),
+        ]
+        for command, word in cases[:-1]:
+            lines = self.ask(command)
+            self.assertEqual(lines[0][:4], "400 ", command)
+            self.assertIn(word, " ".join(lines[1:]), command)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_partial_upsert_keeps_other_columns(self) -> None:
+        """reg_upsert naming only the key and expiry changes expiry and keeps credentials, in memory and in the table."""
+        key = f"aor=sip:alice@test.invalid registrar={REG} binding_URI=sip:alice@127.0.0.1:5060"
+        self.assertEqual(self.ask(f"reg_upsert {key} expiry=1800", run=2)[:2], ["200 OK", "changed"])
+        db = sqlite3.connect(self.path)
+        self.assertEqual(db.execute("SELECT username, password, proxy, expiry, state FROM registrant WHERE username = 'alice'").fetchone(),
+                         ("alice", "TopSecret!", REG, 1800, 0))
+        record = self.records()["sip:alice@127.0.0.1:5060"]
+        self.assertEqual((record["state"], record["expires"], record.get("username")), ("REGISTERED_STATE", 1800, "alice"))
+        # A disabled row stays disabled when state is not named.
+        bob = f"aor=sip:bob@test.invalid registrar={REG} binding_URI=sip:bob@127.0.0.1:5060"
+        self.ask(f"reg_upsert {bob} expiry=1200", run=1)
+        self.assertEqual(db.execute("SELECT state, expiry FROM registrant WHERE username = 'bob'").fetchone(), (1, 1200))
+
+    def test_upserted_record_unchanged_on_reload(self) -> None:
+        """A record added by reg_upsert is unchanged on the next reg_reload: nothing is sent again."""
+        self.ask(f"reg_upsert aor=sip:dan@test.invalid registrar={REG} binding_URI=sip:dan@127.0.0.1:5060 "
+                 "username=dan password=TopSecret!", run=1)
+        sent = len(self.sim.registrar.received)
+        lines = self.ask("reg_reload json", run=1)
+        self.assertEqual(json.loads(lines[1])["changed"], 0)
+        self.assertEqual(len(self.sim.registrar.received), sent)
+
+    def test_writes_to_no_row_are_404(self) -> None:
+        """A row deleted behind the daemon's back (no NOTIFY on SQLite): enable/disable/delete answer 404, not 'changed'."""
+        db = sqlite3.connect(self.path)
+        db.execute("DELETE FROM registrant WHERE username = 'alice'")
+        db.commit()
+        self.assertEqual(self.ask("reg_disable sip:alice@test.invalid")[0], "404 No such row in the table")
+        self.assertEqual(self.ask("reg_delete sip:alice@test.invalid")[0], "404 No such row in the table")
+        self.assertEqual(self.records()["sip:alice@127.0.0.1:5060"]["enabled"], "yes")
+
+
 class StreamingTests(SynchronousTestCase):
     def test_large_listing_is_streamed_in_slices(self) -> None:
         """reg_list json over 3000 records is written slice by slice, still one line, then the next command."""
@@ -238,15 +366,16 @@ class StreamingTests(SynchronousTestCase):
         self.addCleanup(service.stopService)
         sim.reactor.advance(0)
         transport = StringTransport()
-        protocol = ControlFactory(service.commands).buildProtocol(None)
+        protocol = ControlFactory(service.commands, sim.reactor).buildProtocol(None)
         protocol.makeConnection(transport)
         protocol.dataReceived(b"reg_list json\nreg_stats json\n")
-        self.assertEqual(transport.value(), b"200 OK\n")  # body waits for the connection to drain
-        slices = 0
-        while transport.producer is not None:
-            transport.producer.resumeProducing()
-            slices += 1
-        self.assertGreater(slices, 3)
+        first = len(transport.value())
+        self.assertLess(first, 300 * 1024)  # one slice, then a reactor turn per slice
+        turns = [call for call in sim.reactor.getDelayedCalls() if call.getTime() == sim.reactor.seconds()]
+        self.assertEqual(len(turns), 1)
+        sim.reactor.advance(0)
+        self.assertTrue(protocol.idle)
+        self.assertGreater(len(transport.value()), 3 * first)
         lines = transport.value().decode().split("\n")
         self.assertEqual((lines[0], lines[2], lines[3]), ("200 OK", "", "200 OK"))
         self.assertEqual(len(json.loads(lines[1])["Records"]), 3000)

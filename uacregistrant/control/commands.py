@@ -6,6 +6,7 @@ The admin commands: a command line in, a L{Reply} out.
 from __future__ import annotations
 
 import json
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -20,7 +21,7 @@ from ..registrant import RegState, Registrant
 from ..registry import Registry
 from ..slices import in_slices
 from ..stats import SipCounters
-from ..store import StoreError
+from ..store import StoreError, StoreValueError
 from .events import EventHub
 from .formatting import record_dict, record_text
 
@@ -57,6 +58,8 @@ def _failed(failure: Failure) -> Reply:
     if failure.check(AdminError):
         error: Any = failure.value
         return Reply(error.code, error.reason, error.detail)
+    if failure.check(StoreValueError):
+        return Reply(400, "Bad record", [failure.getErrorMessage()])
     if failure.check(StoreError):
         return Reply(503, "Database unavailable", [failure.getErrorMessage()])
     _log.failure("admin command failed", failure)
@@ -87,8 +90,16 @@ class Commands:
         }
 
     def run(self, line: str) -> Result:
-        """Run one command line; never raises (a Deferred never fails)."""
-        words = line.split()
+        """
+        Run one command line; never raises (a Deferred never fails).
+
+        Words split as a shell would: C{key="a b"} or C{'a b'} keeps the
+        space, a backslash escapes the next character.
+        """
+        try:
+            words = shlex.split(line)
+        except ValueError as e:
+            return Reply(400, "Bad quoting", [f"{e}: close every quote (a value with a space: key=\"a b\")"])
         if not words:
             return Reply(400, "Empty command")
         entry = self._table.get(words[0].lower())

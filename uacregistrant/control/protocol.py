@@ -3,6 +3,13 @@
 The line-based control protocol: one command per line; the reply is a
 status line, the body lines, then an empty line.  Usable with telnet or
 socat; the connection stays open until C{quit}.
+
+Every connection's memory is bounded, whatever the client does: the
+protocol is the connection's push producer, so when replies back up (a
+client pipelining commands without reading, a huge listing to a slow
+reader) it stops reading commands until the client has read; commands
+already read wait in a bounded queue; a C{reg_events} subscriber that
+falls too far behind is dropped with a last line saying why.
 """
 
 from __future__ import annotations
@@ -11,15 +18,25 @@ from collections import deque
 from typing import Iterator, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IConsumer, IPullProducer
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .commands import Commands, Reply
 
+#: Bytes written per reactor turn at most while streaming a body.
+SLICE = 256 * 1024
+#: Bytes of commands read but not yet run, at most per connection.
+MAX_PENDING = 1 << 20
+#: reg_events lines written to a subscriber that is not reading, at most.
+MAX_EVENTS_BEHIND = 10000
+#: Control connections at once, at most.
+MAX_CONNECTIONS = 64
 
+
+@implementer(IPushProducer)
 class ControlProtocol(LineOnlyReceiver):
     """
     One admin connection.  Commands are answered in the order they came,
@@ -30,23 +47,84 @@ class ControlProtocol(LineOnlyReceiver):
     delimiter = b"\n"
     MAX_LENGTH = 65536
 
-    def __init__(self, commands: Commands) -> None:
+    def __init__(self, commands: Commands, clock: IReactorTime) -> None:
         self._commands = commands
-        self._pending: deque[str] = deque()
+        self._clock = clock
+        self._pending: deque[tuple[str, int]] = deque()
+        self._pending_bytes = 0
         self._busy = False
+        self._stream: Iterator[str] | None = None
+        self._paused = False
+        self._closing = False
         self._watching = False
+        self._behind = 0
+        self._next_turn: IDelayedCall | None = None
+
+    @property
+    def idle(self) -> bool:
+        """Whether nothing is waiting to be run or written."""
+        return not (self._pending or self._busy or self._stream is not None)
+
+    def connectionMade(self) -> None:
+        """Be told when the client stops reading (the transport's buffer is full)."""
+        assert self.transport is not None
+        cast(IConsumer, self.transport).registerProducer(self, True)
+
+    # IPushProducer: called by the transport as its write buffer fills and drains.
+
+    def pauseProducing(self) -> None:
+        """The client is not reading: stop reading its commands too."""
+        self._paused = True
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        """The client has read what was written: carry on."""
+        self._paused = False
+        self._behind = 0
+        if self.transport is not None and not self._closing:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        self._work()
+
+    def stopProducing(self) -> None:
+        """The connection is going away."""
+        self._stream = None
+        self._pending.clear()
+
+    # Commands.
 
     def lineReceived(self, line: bytes) -> None:
-        """Queue a command; run it now unless one is still running."""
+        """Queue a command (bounded); run it now unless the connection is busy or backed up."""
+        if self._closing:
+            return
         text = line.decode("utf-8", errors="replace").strip()
         if not text:
             return
-        self._pending.append(text)
-        self._next()
+        size = len(line) + 1
+        if self._pending_bytes + size > MAX_PENDING:
+            self._close_with(f"503 Too many commands waiting: read the replies before sending more (over {MAX_PENDING} bytes queued)\n\n")
+            return
+        self._pending.append((text, size))
+        self._pending_bytes += size
+        self._work()
 
-    def _next(self) -> None:
-        while self._pending and not self._busy and self.transport is not None:
-            text = self._pending.popleft()
+    def _continue(self) -> None:
+        self._next_turn = None
+        self._work()
+
+    def _work(self) -> None:
+        """Run queued commands and write streamed bodies while the client keeps up."""
+        if self._next_turn is not None:
+            return  # a body is half written: the next slice waits for its turn
+        while not self._paused and not self._closing and self.transport is not None:
+            if self._stream is not None:
+                if not self._write_slice():
+                    return
+                continue
+            if self._busy or not self._pending:
+                return
+            text, size = self._pending.popleft()
+            self._pending_bytes -= size
             if self._watching and text.lower() == "quit":
                 self._stop_watching()
                 self.transport.write(b"\n")
@@ -60,99 +138,118 @@ class ControlProtocol(LineOnlyReceiver):
     def _finish(self, reply: Reply) -> None:
         self._busy = False
         self.sendReply(reply)
-        if not self._busy:
-            self._next()
+        self._work()
 
-    def _finish_stream(self) -> None:
-        if self.transport is not None:
-            cast(IConsumer, self.transport).unregisterProducer()
-            self.transport.write(b"\n")
-        self._busy = False
-        self._next()
+    def _write_slice(self) -> bool:
+        """
+        Write up to L{SLICE} bytes of the streamed body; C{True} if the body
+        is done (and the loop may go on), C{False} to wait for a later turn.
+        """
+        assert self._stream is not None and self.transport is not None
+        pieces: list[str] = []
+        size = 0
+        for chunk in self._stream:
+            pieces.append(chunk)
+            size += len(chunk)
+            if size >= SLICE:
+                self.transport.write("".join(pieces).encode("utf-8"))
+                if not self._paused and self._next_turn is None:
+                    # Give the reactor a turn before the next slice.
+                    self._next_turn = self._clock.callLater(0, self._continue)
+                return False
+        if pieces:
+            self.transport.write("".join(pieces).encode("utf-8"))
+        self.transport.write(b"\n")
+        self._stream = None
+        return True
 
     def sendReply(self, reply: Reply) -> None:
         """Write a reply; body lines never contain a newline."""
-        if self.transport is None or self.transport.disconnecting:  # type: ignore[attr-defined]
+        if self.transport is None or self._closing:
             return
         if reply.stream is not None:
             self.transport.write(reply.status_line.encode("utf-8") + b"\n")
-            self._busy = True
-            cast(IConsumer, self.transport).registerProducer(_BodyProducer(self, reply.stream), False)
+            self._stream = reply.stream
             return
         lines = [reply.status_line, *(line.replace("\n", " ") for line in reply.body)]
         if reply.subscribe:
             self.transport.write(("\n".join(lines) + "\n").encode("utf-8"))
             if not self._watching:
                 self._watching = True
+                self._behind = 0
                 self._commands.events.subscribe(self._event)
             return
         self.transport.write(("\n".join(lines) + "\n\n").encode("utf-8"))
         if reply.close:
+            self._closing = True
             self.transport.loseConnection()
 
+    # Events.
+
     def _event(self, line: str) -> None:
-        if self.transport is not None:
-            self.transport.write(line.encode("utf-8") + b"\n")
+        if self.transport is None or self._closing:
+            return
+        if self._paused:
+            self._behind += 1
+            if self._behind > MAX_EVENTS_BEHIND:
+                self._stop_watching()
+                self._close_with(f"dropped: more than {MAX_EVENTS_BEHIND} events behind (read faster, or filter with reg_list)\n")
+                return
+        self.transport.write(line.encode("utf-8") + b"\n")
 
     def _stop_watching(self) -> None:
         if self._watching:
             self._watching = False
             self._commands.events.unsubscribe(self._event)
 
+    def _close_with(self, text: str) -> None:
+        """Write a last line and close: the client broke a bound."""
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._stream = None
+        if self.transport is not None and not self._closing:
+            self._closing = True
+            self.transport.write(text.encode("utf-8"))
+            self.transport.loseConnection()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        """Stop following events."""
+        """Stop following events; drop what was queued."""
         self._stop_watching()
         self._pending.clear()
+        self._stream = None
+        if self._next_turn is not None and self._next_turn.active():
+            self._next_turn.cancel()
+        factory = self.factory
+        if isinstance(factory, ControlFactory):
+            factory.connections -= 1
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """Refuse an over-long line and drop the connection."""
         self.sendReply(Reply(400, "Line too long", close=True))
 
 
-@implementer(IPullProducer)
-class _BodyProducer:
-    """
-    Writes a streamed body a slice at a time, each time the connection's
-    buffer drains, so a listing of 100k records never stalls the reactor.
-    """
+class _Refuse(Protocol):
+    """Says why and hangs up (too many control connections)."""
 
-    #: Bytes written per resumeProducing at most (roughly).
-    SLICE = 256 * 1024
-
-    def __init__(self, protocol: ControlProtocol, chunks: Iterator[str]) -> None:
-        self._protocol = protocol
-        self._chunks = chunks
-
-    def resumeProducing(self) -> None:
-        """Write the next slice; finish the reply at the end."""
-        transport = self._protocol.transport
-        if transport is None:
-            return
-        pieces: list[str] = []
-        size = 0
-        for chunk in self._chunks:
-            pieces.append(chunk)
-            size += len(chunk)
-            if size >= self.SLICE:
-                transport.write("".join(pieces).encode("utf-8"))
-                return
-        if pieces:
-            transport.write("".join(pieces).encode("utf-8"))
-        self._protocol._finish_stream()
-
-    def stopProducing(self) -> None:
-        """The connection went away: drop the rest."""
-        self._chunks = iter(())
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(f"503 Too many control connections (at most {MAX_CONNECTIONS})\n\n".encode())
+        self.transport.loseConnection()
 
 
 class ControlFactory(Factory):
-    """Builds a L{ControlProtocol} per connection."""
+    """Builds a L{ControlProtocol} per connection, at most L{MAX_CONNECTIONS} at once."""
 
-    def __init__(self, commands: Commands) -> None:
+    def __init__(self, commands: Commands, clock: IReactorTime) -> None:
         self.commands = commands
+        self.clock = clock
+        self.connections = 0
 
-    def buildProtocol(self, addr: object) -> ControlProtocol:
-        """A protocol bound to the shared command table."""
-        protocol = ControlProtocol(self.commands)
+    def buildProtocol(self, addr: object) -> Protocol:
+        """A protocol bound to the shared command table, or a refusal."""
+        if self.connections >= MAX_CONNECTIONS:
+            return _Refuse()
+        self.connections += 1
+        protocol = ControlProtocol(self.commands, self.clock)
         protocol.factory = self
         return protocol

@@ -2,36 +2,26 @@
 """
 C{uacregistrant-ctl}: send one command to a running daemon and print the
 reply's body; the exit status is 0 for a 2xx status line, 1 otherwise,
-2 when the daemon cannot be reached.
+2 when the daemon cannot be reached.  C{reg_events} prints each state
+change as it comes, until interrupted (exit 0) or the daemon closes the
+connection.
+
+Words are sent as given; a value holding a space is quoted for the
+console (C{uacregistrant-ctl reg_upsert ... "password=a b"}).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import socket
 import sys
+from typing import TextIO
+
+from .endpoints import split_description as _split
 
 DEFAULT_CONTROL = "unix:uacregistrant.ctl"
-
-
-def _split(description: str) -> list[str]:
-    parts: list[str] = []
-    current = ""
-    escaped = False
-    for c in description:
-        if escaped:
-            current += c
-            escaped = False
-        elif c == "\\":
-            escaped = True
-        elif c == ":":
-            parts.append(current)
-            current = ""
-        else:
-            current += c
-    parts.append(current)
-    return parts
 
 
 def connect(description: str, timeout: float = 10.0) -> socket.socket:
@@ -90,6 +80,32 @@ def request(description: str, command: str, timeout: float = 10.0) -> tuple[str,
     return status, body
 
 
+def follow(description: str, command: str, out: TextIO, timeout: float = 10.0) -> int:
+    """
+    Send a streaming command (C{reg_events}) and copy every line to C{out}
+    as it arrives, until the daemon closes the connection.
+
+    @return: the exit status (0 after a 2xx status line, else 1).
+    """
+    with connect(description, timeout) as sock:
+        sock.sendall(command.encode("utf-8") + b"\n")
+        reader = sock.makefile("r", encoding="utf-8", errors="replace", newline="\n")
+        status = reader.readline().rstrip("\r\n")
+        if status[:1] != "2":
+            print(status, file=sys.stderr)
+            return 1
+        sock.settimeout(None)  # events may be minutes apart
+        for line in reader:
+            out.write(line)
+            out.flush()
+    return 0
+
+
+def _command_line(words: list[str]) -> str:
+    """The words as one console line, quoted where needed."""
+    return " ".join(shlex.quote(word) if word else "''" for word in words)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     parser = argparse.ArgumentParser(prog="uacregistrant-ctl", description="Send one command to uacregistrant.")
@@ -101,8 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default %(default)s)")
     parser.add_argument("command", nargs="+", help="e.g. reg_list json")
     options = parser.parse_args(argv)
+    # One argument is a whole command line, as typed at the console.
+    line = options.command[0] if len(options.command) == 1 else _command_line(options.command)
+    if line.split()[:1] == ["reg_events"]:
+        try:
+            return follow(options.control, line, sys.stdout, options.timeout)
+        except KeyboardInterrupt:
+            return 0
+        except (OSError, ValueError) as e:
+            print(f"uacregistrant-ctl: cannot reach {options.control}: {e}", file=sys.stderr)
+            return 2
     try:
-        status, body = request(options.control, " ".join(options.command), options.timeout)
+        status, body = request(options.control, line, options.timeout)
     except (OSError, ValueError) as e:
         print(f"uacregistrant-ctl: cannot reach {options.control}: {e}", file=sys.stderr)
         return 2

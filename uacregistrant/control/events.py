@@ -6,7 +6,11 @@ from __future__ import annotations
 import datetime
 from typing import Callable
 
+from twisted.logger import Logger
+
 from ..client import StateChange
+
+_log = Logger()
 
 
 def event_line(change: StateChange) -> str:
@@ -35,9 +39,13 @@ class EventHub:
         self._subscribers.discard(subscriber)
 
     def publish(self, change: StateChange) -> None:
-        """Format once, send to every subscriber."""
+        """Format once, send to every subscriber (one failing does not starve the others)."""
         if not self._subscribers:
             return
         line = event_line(change)
         for subscriber in list(self._subscribers):
-            subscriber(line)
+            try:
+                subscriber(line)
+            except Exception:
+                _log.failure("a reg_events subscriber failed; dropping it")
+                self._subscribers.discard(subscriber)

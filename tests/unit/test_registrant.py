@@ -386,3 +386,26 @@ class RenderRegisterTests(SynchronousTestCase):
         self.assertEqual(message.get("user-agent"), "ua/1")
         self.assertEqual(message.body, b"")
         self.assertTrue(data.endswith(b"Content-Length: 0\r\n\r\n"))
+
+    def test_no_value_can_inject_a_line(self) -> None:
+        """
+        Even an account that bypassed row validation cannot put a CR or LF
+        on the wire: rendering refuses (and the client's guard turns that
+        into INTERNAL_ERROR).
+        """
+        from uacregistrant.client import render_register
+        from uacregistrant.registrant import Outgoing
+        from uacregistrant.sip.errors import SipRenderError
+
+        for field in ("aor", "binding_uri", "binding_params", "third_party_registrant", "registrar"):
+            value = {"aor": "sip:alice@example.com", "binding_uri": "sip:alice@192.0.2.1:5060", "binding_params": ";ob",
+                     "third_party_registrant": "sip:admin@example.com", "registrar": "sip:example.com"}[field]
+            for bad in ("\r\nX-Injected: 1", "\rX-Injected: 1", "\nX-Injected: 1"):
+                bad_account = account(**{field: value + bad}) if field != "registrar" else account()
+                if field == "registrar":
+                    object.__setattr__(bad_account, "registrar", value + bad)
+                with self.assertRaises(SipRenderError, msg=(field, bad)):
+                    render_register(bad_account, "cid", "ftag", Outgoing(1, 60), ("192.0.2.1", 5060), "z9hG4bKb1")
+        with self.assertRaises(SipRenderError):
+            render_register(account(), "cid", "ftag", Outgoing(1, 60, (("Authorization", "Digest x\r\nY: 1"),)),
+                            ("192.0.2.1", 5060), "z9hG4bKb1")

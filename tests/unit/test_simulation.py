@@ -218,6 +218,34 @@ class SimulationTests(SynchronousTestCase):
         self.assertIn("control character", skipped[6])
         self.assertEqual(len(service.registry), 3)
 
+    def test_notify_during_a_full_pass(self) -> None:
+        """
+        A row deleted (its NOTIFY handled) while a reload reads the table in
+        batches stays deleted: the pass's older snapshot does not bring it
+        back.
+        """
+        users = {f"u{i}": UserPolicy() for i in range(2500)}
+        sim = self.simulation(users, hash_size=0, timer_interval=100, send_rate=10000, max_in_flight=10000)
+        sim.db.executemany(
+            "INSERT INTO registrant (registrar, aor, binding_URI, expiry) VALUES (?, ?, ?, 3600)",
+            [(f"sip:{REGISTRAR[0]}:{REGISTRAR[1]}", f"sip:{u}@test.invalid", f"sip:{u}@127.0.0.1:5060") for u in users],
+        )
+        sim.db.commit()
+        sim.db.execute("PRAGMA journal_mode=WAL")  # a reader (the pass) does not block this test's writes
+        service = sim.start()
+        sim.run(5)
+        self.assertEqual(len(sim.registrar.bindings), 2500)
+        gone = ("sip:u2400@test.invalid", "sip:u2400@127.0.0.1:5060", f"sip:{REGISTRAR[0]}:{REGISTRAR[1]}")
+        reload = service.reload()  # reads the first batch now, the rest on later turns
+        sim.db.execute("DELETE FROM registrant WHERE aor = ?", (gone[0],))
+        sim.db.commit()
+        service._on_table_change(None, gone)  # the DELETE's NOTIFY, before the pass reads that row
+        sim.run(2)
+        counts = self.successResultOf(reload)
+        self.assertEqual((counts["removed"], counts["unchanged"]), (0, 2499))
+        self.assertIsNone(service.registry.get(gone))
+        self.assertNotIn((gone[0], gone[1]), sim.registrar.bindings)
+
     def test_large_table_loads_in_slices(self) -> None:
         """Loading gives the reactor a turn every BATCH_SIZE rows; walking starts after the last."""
         users = {f"u{i}": UserPolicy() for i in range(4500)}

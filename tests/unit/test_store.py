@@ -89,3 +89,111 @@ class NotifySqlTests(SynchronousTestCase):
         shipped = schema_sql("notify-postgres")
         self.assertIn(notify_sql(TableLayout(), columns), shipped)
         self.assertIn("pg_notify('uacregistrant_registrant'", shipped)
+
+
+class SqliteStoreHardeningTests(SynchronousTestCase):
+    """The SQLite store against a careless operator and another process's locks."""
+
+    def table(self, path: str, rows: int) -> None:
+        db = sqlite3.connect(path)
+        db.executescript(schema_sql("sqlite"))
+        for i in range(rows):
+            db.execute("INSERT INTO registrant (registrar, aor, binding_URI) VALUES ('sip:r', ?, 'sip:a@h')", (f"sip:a{i}@r",))
+        db.commit()
+        db.close()
+
+    def rows(self, store: SqliteStore) -> list:
+        found: list = []
+        self.successResultOf(store.load(found.extend))
+        return found
+
+    def test_check_creates_nothing(self) -> None:
+        """The check before forking leaves a missing database missing."""
+        path = self.mktemp()
+        SqliteStore(path, TableLayout(), Clock()).check()
+        self.assertFalse(os.path.exists(path))
+
+    def test_created_table_warns_and_loads_count(self) -> None:
+        """A table created at start is a warning; every load says how many rows it read."""
+        from twisted.internet.testing import EventLoggingObserver
+        from twisted.logger import globalLogPublisher
+
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        path = self.mktemp()
+        store = started(self, path, TableLayout())
+        (created,) = [e for e in events if "created an empty table" in e["log_format"]]
+        self.assertEqual(created["log_level"].name, "warn")
+        self.assertEqual(self.rows(store), [])
+        self.assertEqual([e["rows"] for e in events if "read {rows}" in e["log_format"]], [0])
+
+    def test_text_that_is_not_utf8_is_a_row_not_an_error(self) -> None:
+        """A TEXT value that is not UTF-8 reaches validation (as surrogates) instead of failing the whole read."""
+        path = self.mktemp()
+        self.table(path, 2)
+        db = sqlite3.connect(path)
+        db.execute("UPDATE registrant SET username = CAST(x'61ff62' AS TEXT) WHERE id = 1")
+        db.commit()
+        store = started(self, path, TableLayout())
+        found = self.rows(store)
+        self.assertEqual(len(found), 2)
+        self.assertEqual(found[0]["username"], "a\udcffb")
+
+    def test_replaced_and_deleted_file(self) -> None:
+        """A file replaced under the daemon is opened anew; a deleted one is said loudly and the open copy kept."""
+        path = self.mktemp()
+        self.table(path, 1)
+        store = started(self, path, TableLayout())
+        other = self.mktemp()
+        self.table(other, 3)
+        os.replace(other, path)
+        self.assertEqual(len(self.rows(store)), 3)
+        os.unlink(path)
+        self.assertEqual(len(self.rows(store)), 3)
+        self.assertFalse(os.path.exists(path))
+
+    def test_busy_database_is_retried(self) -> None:
+        """Another connection's exclusive lock: the call waits (on the clock, not the reactor) and succeeds after it."""
+        from uacregistrant.store import sqlite as module
+
+        self.patch(module, "BUSY_TIMEOUT", 0.01)
+        self.patch(module, "BUSY_RETRIES", (1.0, 1.0, 1.0))
+        path = self.mktemp()
+        self.table(path, 2)
+        clock = Clock()
+        store = SqliteStore(path, TableLayout(), clock, run_in_thread=run_synchronously)
+        self.successResultOf(store.start())
+        self.addCleanup(store.close)
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        found: list = []
+        d = store.load(found.extend)
+        self.assertNoResult(d)
+        clock.advance(1)
+        self.assertNoResult(d)
+        holder.execute("COMMIT")
+        clock.advance(1)
+        self.successResultOf(d)
+        self.assertEqual(len(found), 2)
+        # Held for longer than the retries: a StoreError saying so.
+        holder.execute("BEGIN EXCLUSIVE")
+        d = store.load(found.extend)
+        clock.pump([1, 1, 1, 1])
+        self.assertIn("locked", str(self.failureResultOf(d, StoreError).value))
+        holder.execute("COMMIT")
+
+    def test_writes_report_rows(self) -> None:
+        """set_state says how many rows it changed; upsert updates only the columns named."""
+        path = self.mktemp()
+        self.table(path, 1)
+        store = started(self, path, TableLayout())
+        self.assertEqual(self.successResultOf(store.set_state(("sip:a0@r", "sip:a@h", "sip:r"), 1)), 1)
+        self.assertEqual(self.successResultOf(store.set_state(("sip:zz@r", "sip:a@h", "sip:r"), 1)), 0)
+        db = sqlite3.connect(path)
+        db.execute("UPDATE registrant SET username = 'kept', password = 'pw' WHERE id = 1")
+        db.commit()
+        key = {"aor": "sip:a0@r", "binding_URI": "sip:a@h", "registrar": "sip:r"}
+        self.assertEqual(self.successResultOf(store.upsert({**key, "expiry": 900})), "updated")
+        self.assertEqual(db.execute("SELECT username, password, expiry, state FROM registrant WHERE id = 1").fetchone(),
+                         ("kept", "pw", 900, 1))
+        self.assertEqual(self.successResultOf(store.upsert(dict(key))), "updated")
+        self.assertEqual(self.successResultOf(store.upsert({**key, "aor": "sip:new@r"})), "inserted")

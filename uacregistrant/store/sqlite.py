@@ -135,6 +135,10 @@ class SqliteStore:
             raise StoreError(f"cannot open database {self.path}: {e}") from None
         try:
             self._inspect(db, create=False)
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                return  # another process's lock: the start retries until it is gone
+            raise StoreError(f"cannot read database {self.path}: {e}") from None
         except sqlite3.Error as e:
             raise StoreError(f"cannot read database {self.path}: {e}") from None
         finally:

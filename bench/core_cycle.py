@@ -114,7 +114,7 @@ def run(accounts: int, profile: bool, gc_policy: bool = True) -> dict[str, objec
     rss_before = rss_bytes()
     reactor = Reactor()
     values = {"db_url": f"sqlite:{db}", "listen": ["udp:127.0.0.1:5060"], "control": ["unix:unused"],
-              "hash_size": 0, "timer_interval": 1800, "send_rate": 1e9, "max_in_flight": 1000}
+              "hash_size": 0, "timer_interval": 1800, "send_rate": 1_000_000, "max_in_flight": 1000}
     settings = dataclasses.replace(build_settings(values), control=())
     store = SqliteStore(db, settings.table, reactor, run_in_thread=run_synchronously)
     service = RegistrantService(settings, store, reactor, resolver=ResolverChain([]))

@@ -78,7 +78,7 @@ class RegistrantScenario:
             branch_token=self._branch,
         )
         self.client.state_log.budget = 0
-        self.pacer = Pacer(clock, 1000, self.client.send)
+        self.pacer = Pacer(clock, 1000, self.client.send, send_follow_up=self.client.send_follow_up)
         self.client.queue_follow_up = self.pacer.push_follow_up
         policy = Policy(retry_base=30, retry_max=1800, transaction_timeout=32, rng=random.Random(0), token=lambda n: "ab" * n)
         account = Account(

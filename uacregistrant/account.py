@@ -92,6 +92,8 @@ class Account:
 #: them) and lone surrogates (how bytes that are not UTF-8 read).
 _BAD_TEXT = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _WHITESPACE = re.compile(r"\s")
+#: What a key column may not hold: angle brackets, quotes, whitespace.
+_NOT_BARE = re.compile(r'[<>"\s]')
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _KEY_HINT = "the daemon finds rows by the key as stored: write it as a bare URI, without <> or surrounding spaces"
 
@@ -115,7 +117,10 @@ def _string(row: Mapping[str, Any], name: str) -> str | None:
 
 def _text(row: Mapping[str, Any], name: str) -> str | None:
     """A text column that may reach the wire: stripped, no control characters."""
-    value = _string(row, name)
+    return _clean(_string(row, name), name)
+
+
+def _clean(value: str | None, name: str) -> str | None:
     if value is None:
         return None
     bad = _BAD_TEXT.search(value)
@@ -132,14 +137,24 @@ def _text(row: Mapping[str, Any], name: str) -> str | None:
 def _uri_text(row: Mapping[str, Any], name: str, key: bool = False) -> str | None:
     """A URI column: no whitespace inside; a key column exactly as stored."""
     raw = _string(row, name)
-    text = _text(row, name)
+    text = _clean(raw, name)
     if text is None:
         return None
-    if key and (raw != text or any(c in text for c in '<>"')):
-        raise RowError(f"{name} {raw!r} is not stored as a bare URI", _KEY_HINT)
-    inner = strip_angle_brackets(text) if not key else text
-    if _WHITESPACE.search(inner):
-        raise RowError(f"{name} {text!r} holds whitespace", f"write {name} as a SIP URI without spaces")
+    if key:
+        bad = _NOT_BARE.search(text) if raw == text else None
+        if raw != text or (bad is not None and not bad.group().isspace()):
+            raise RowError(f"{name} {raw!r} is not stored as a bare URI", _KEY_HINT)
+        if bad is not None:
+            raise RowError(f"{name} {text!r} holds whitespace", f"write {name} as a SIP URI without spaces")
+        return text
+    try:
+        inner = strip_angle_brackets(text)
+    except SipParseError:
+        inner = text  # an unmatched "<": refused just below
+    bad = _NOT_BARE.search(inner)
+    if bad is not None:
+        what = "whitespace" if bad.group().isspace() else repr(bad.group())
+        raise RowError(f"{name} {text!r} holds {what} inside the URI", f"write {name} as one SIP URI, e.g. sip:host;lr")
     return text
 
 
@@ -223,8 +238,7 @@ def _account_from_row(
         parse_params(params)
     except SipParseError as e:
         raise RowError(f"unparsable binding_params {params!r}: {e}", "write binding_params as ;name=value;flag") from None
-    if _WHITESPACE.search(_QUOTED.sub("", params)):
-        raise RowError(f"binding_params {params!r} holds whitespace outside quotes", "write binding_params as ;name=value;flag, quoting values with spaces")
+    _check_params(params)
     expiry = _expiry(row.get("expiry"), default_expires)
     if expiry <= timer_interval:
         raise RowError(
@@ -267,6 +281,31 @@ _EXPIRIES: SharedValues[int] = SharedValues()
 def _shared(text: str | None) -> str | None:
     """One string object for values many accounts repeat (registrar, proxy...)."""
     return None if text is None else sys.intern(text)
+
+
+#: An unquoted Contact parameter value: a token, or a host (an IPv6 reference included).
+_PARAM_VALUE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~\[\]:]+")
+
+
+def _check_params(params: str) -> None:
+    """
+    Every binding parameter must be C{name}, C{name=token} or
+    C{name="quoted"} (RFC 3261 generic-param): anything else (a comma, an
+    angle bracket, a space) would change the Contact header's structure.
+    C{params} has passed L{parse_params}.
+    """
+    unquoted = _QUOTED.sub('""', params)
+    if _WHITESPACE.search(unquoted):
+        raise RowError(f"binding_params {params!r} holds whitespace outside quotes", "write binding_params as ;name=value;flag, quoting values with spaces")
+    for item in unquoted.split(";")[1:]:
+        name, eq, value = item.partition("=")
+        if name.strip().lower() == "expires":
+            raise RowError("binding_params sets expires", "remove it: the expiry column (or --default-expires) sets the Contact's expires")
+        if eq and value != '""' and _PARAM_VALUE.fullmatch(value) is None:
+            raise RowError(
+                f"binding_params {params!r}: {item!r} is neither name=token nor name=\"quoted\"",
+                "write binding_params as ;name=value;flag, quoting a value that holds other characters",
+            )
 
 
 def _password(value: Any) -> str | None:

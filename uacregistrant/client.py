@@ -96,7 +96,7 @@ class RegistrationClient:
         have changed (the walker wires itself in here).
     @ivar queue_follow_up: called with a registrant whose follow-up request
         (a digest answer, a 423 retry) is ready: the pacer sends it through
-        L{send} like any other request.
+        L{send_follow_up}, paced like any other request.
     """
 
     def __init__(
@@ -120,7 +120,7 @@ class RegistrationClient:
         self.state_log = StateLog(clock)
         self.observers: list[Callable[[StateChange], None]] = [self.state_log]
         self.reschedule: Callable[[Registrant], None] = lambda registrant: None
-        self.queue_follow_up: Callable[[Registrant], None] = self.send
+        self.queue_follow_up: Callable[[Registrant], None] = self.send_follow_up
         # Follow-up requests waiting for the pacer, by record.
         self._follow_ups: dict[Registrant, Outgoing] = {}
         # Records whose last attempt timed out, by the address it went to:
@@ -140,20 +140,28 @@ class RegistrationClient:
         return self._transports[account.forced_socket]
 
     def send(self, registrant: Registrant) -> None:
-        """
-        Send a record's waiting follow-up, or start a new attempt for a due
-        record (the pacer calls this).
-        """
+        """Start a new attempt for a due record (the pacer calls this)."""
         self._guarded(registrant, "starting an attempt", self._send, registrant)
 
-    def _send(self, registrant: Registrant) -> None:
+    def send_follow_up(self, registrant: Registrant) -> None:
+        """Send a record's waiting follow-up, if it still has one (the pacer's first lane)."""
         out = self._follow_ups.pop(registrant, None)
-        if out is not None:
-            if self._current(registrant, out.cseq):
-                self._dispatch(registrant, out)
-            return
+        if out is not None and self._current(registrant, out.cseq):
+            self._guarded(registrant, "sending a follow-up", self._dispatch, registrant, out)
+
+    def forget(self, registrant: Registrant) -> None:
+        """A record is gone: drop everything kept about it."""
+        self._follow_ups.pop(registrant, None)
+        self.state_log.forget(registrant)
+        for address in [a for a, waiting in self._stalled.items() if registrant in waiting]:
+            waiting = self._stalled[address]
+            waiting.discard(registrant)
+            if not waiting:
+                del self._stalled[address]
+
+    def _send(self, registrant: Registrant) -> None:
         if registrant.in_transaction or registrant.removed:
-            return  # a follow-up that went stale: nothing to start
+            return  # already under way (or gone): nothing to start
         before = registrant.state
         out = registrant.start(self._clock.seconds())
         self._changed(registrant, before)

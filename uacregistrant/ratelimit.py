@@ -43,10 +43,18 @@ class LogLimit(Generic[_K]):
             if len(self._last) >= self._max_keys:
                 self.overflow += 1
                 return None
+        # Re-inserted at the end: the dict stays in time order, oldest first.
+        self._last.pop(key, None)
         self._last[key] = now
         return self._held.pop(key, 0)
 
     def _prune(self, now: float) -> None:
-        for key in [k for k, t in self._last.items() if now - t >= self.interval]:
+        """Drop expired keys from the front (oldest first): O(1) per key dropped."""
+        expired = []
+        for key, last in self._last.items():
+            if now - last < self.interval:
+                break
+            expired.append(key)
+        for key in expired:
             del self._last[key]
             self._held.pop(key, None)

@@ -115,8 +115,20 @@ class Outgoing:
 #: Status lines and granted expiries most records repeat, kept once.
 _REPLIES: SharedValues[tuple[int, str]] = SharedValues()
 _EXPIRIES: SharedValues[int] = SharedValues()
+#: Characters of last_error kept.
+MAX_ERROR = 300
 #: Follow-ups, stale-nonce answers and 423 retries in the current attempt.
 _NO_TRIES = (0, 0, 0)
+
+
+#: A challenge whose parameters take more characters than this is answered
+#: but not kept for credentials up front: a registrar sending huge nonces
+#: must not make every registered record hold one.
+KEEP_CHALLENGE_MAX = 2048
+#: A guessed expiry is never shorter than this (or what was asked, if less).
+GUESS_FLOOR = 10
+#: The expiry guessed when a 200 says nothing usable about any binding.
+NO_INFORMATION_GUESS = 60
 
 
 class _Auth:
@@ -128,6 +140,11 @@ class _Auth:
         self.header = header
         self.challenge = challenge
         self.nc = 0
+
+    @property
+    def small(self) -> bool:
+        """Whether the challenge is small enough to keep after the attempt."""
+        return sum(len(value) for value in self.challenge.params.values()) <= KEEP_CHALLENGE_MAX
 
 
 class Registrant:
@@ -306,7 +323,7 @@ class Registrant:
         self._tries = _NO_TRIES
         self.state = RegState.INTERNAL_ERROR_STATE
         self.failures += 1
-        self.last_error = reason
+        self.last_error = reason[:MAX_ERROR]
         if not self.enabled and (self.registered_until is None or self.registered_until <= now):
             self.registered_until = None
             self.next_at = None
@@ -396,6 +413,8 @@ class Registrant:
         if not self.enabled:
             return self.start(now)
         self.state = RegState.REGISTERED_STATE
+        if self._auth and not all(kept.small for kept in self._auth):
+            self._auth = tuple(kept for kept in self._auth if kept.small)
         self.expires = _EXPIRIES.share(granted)
         self.recovered_after = self.failures
         self.failures = 0
@@ -411,17 +430,19 @@ class Registrant:
         A registrar that rewrote our Contact (added a parameter, changed
         the host) lists none that matches: then the smallest expiry of the
         bindings plausibly ours (same user part, or the only one) is used,
-        else the Expires header, else the smallest expiry listed, never more
-        than we asked for, and the guess is counted.  Guessing short costs
+        else the Expires header, else the smallest listed, else
+        L{NO_INFORMATION_GUESS}; never more than we asked for, never less
+        than L{GUESS_FLOOR}; and the guess is counted.  Guessing short costs
         an early refresh; guessing long would let the binding lapse.
         """
         account = self.account
+        binding = account.binding
         echo = f"<{account.binding_uri}>"
         try:
             contacts = response.get_all("contact")
         except SipParseError:
             contacts = []  # an unsplittable list (an open quote): nothing to match
-        ours = None
+        found = False
         plausible: list[int] = []
         listed: list[int] = []
         for value in contacts:
@@ -430,38 +451,41 @@ class Registrant:
                 if contact.uri == "*":
                     continue
                 expires = _expires_param(contact.params.get("expires"))
-                # Our binding echoed as sent needs no URI comparison.
-                if value.startswith(echo):
-                    ours = expires
-                    break
-                uri = parse_uri_uncached(contact.uri)
-                if uris_equal(uri, account.binding):
-                    ours = expires
-                    break
+                if value.startswith(echo):  # our binding echoed as sent: no URI comparison
+                    ours, user = True, binding.user
+                else:
+                    uri = parse_uri_uncached(contact.uri)
+                    ours, user = uris_equal(uri, binding), uri.user
             except SipParseError:
+                continue
+            if ours and not found:
+                if expires is not None:
+                    return expires
+                found = True  # ours, without a parameter: the header says
                 continue
             if expires is not None and expires > 0:
                 listed.append(expires)
-                if len(contacts) == 1 or (uri.user is not None and uri.user == account.binding.user):
+                if len(contacts) == 1 or (user is not None and user == binding.user):
                     plausible.append(expires)
-        else:
-            ours = -1  # no Contact is ours
-        if ours is not None and ours >= 0:
-            return ours
         try:
             header = response.int_header("expires")
         except SipParseError:
             header = None
-        if ours is None and header is not None:
-            return header  # ours, without a parameter: the header says
+        if found and header is not None:
+            return header
         self.policy.expiry_guessed()
-        if plausible:
-            return min(min(plausible), self.wanted_expires)
-        if header is not None:
-            return min(header, self.wanted_expires)
-        if listed:
-            return min(min(listed), self.wanted_expires)
-        return self.wanted_expires
+        if found:
+            guess = NO_INFORMATION_GUESS  # ours is listed, for how long nobody says
+        elif plausible:
+            guess = min(plausible)
+        elif header is not None:
+            guess = header
+        elif listed:
+            guess = min(listed)
+        else:
+            guess = NO_INFORMATION_GUESS
+        wanted = self.wanted_expires
+        return min(wanted, max(guess, min(wanted, GUESS_FLOOR))) if guess > 0 else 0
 
     def _on_challenge(self, response: Response, now: float) -> Outgoing | None:
         account = self.account
@@ -549,7 +573,7 @@ class Registrant:
         self._tries = _NO_TRIES
         self.state = state
         self.failures += 1
-        self.last_error = error
+        self.last_error = error[:MAX_ERROR]
         retry_after = None
         if response is not None:
             try:

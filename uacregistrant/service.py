@@ -126,6 +126,7 @@ class RegistrantService(MultiService):
             self.client.send,
             window=settings.max_in_flight,
             in_flight=self.transactions.__len__,
+            send_follow_up=self.client.send_follow_up,
         )
         self.walker = BucketWalker(
             self.registry,
@@ -145,7 +146,7 @@ class RegistrantService(MultiService):
             timer_interval=settings.timer_interval,
             sockets=list(self.transports),
             poke=self.walker.poke,
-            forget=self.walker.forget,
+            forget=self._forget,
         )
         self.client.reschedule = self._after_step
         self.events = EventHub()
@@ -225,6 +226,11 @@ class RegistrantService(MultiService):
         if self.running and self.settings.db_poll > 0 and not self._poll.running:
             self._poll.start(self.settings.db_poll, now=False)
 
+    def _forget(self, registrant: Registrant) -> None:
+        """A retired record is removed: nothing may keep it."""
+        self.walker.forget(registrant)
+        self.client.forget(registrant)
+
     def _expiry_guessed(self) -> None:
         self.counters.expiry_guesses += 1
 
@@ -275,9 +281,15 @@ class RegistrantService(MultiService):
 
         return d.addCallbacks(finished, abandoned)
 
-    def _poll_table(self) -> None:
+    def _poll_table(self) -> defer.Deferred[None] | None:
+        """
+        One poll; the loop waits for it (polls never pile up behind a locked
+        database), and a poll due while another full pass runs is skipped.
+        """
+        if self._reload_lock.locked:
+            return None
         d = self.reload()
-        d.addErrback(lambda f: _log.failure("polling the table failed; registrations continue from memory", f))
+        return d.addCallbacks(lambda _: None, lambda f: _pass_failed(f, "polling the table"))
 
     def _on_table_change(self, key: tuple[str, str, str] | None, old_key: tuple[str, str, str] | None) -> defer.Deferred[None]:
         """A NOTIFY: re-read one record (C{key}), retire C{old_key} if it changed or went."""
@@ -303,7 +315,7 @@ class RegistrantService(MultiService):
     def _on_resync(self) -> None:
         """The store reconnected: a full pass catches whatever changed meanwhile."""
         d = self.reload()
-        d.addErrback(lambda f: _log.failure("resync after reconnecting failed", f))
+        d.addErrback(lambda f: _pass_failed(f, "resynchronising after reconnecting"))
 
     def unregister_all(self, timeout: float) -> defer.Deferred[int]:
         """
@@ -381,6 +393,14 @@ def build_service(settings: Settings, reactor: Any | None = None) -> RegistrantS
     # The daemon owns its process: keep the cyclic GC's pauses short.
     FreezeSurvivors().setServiceParent(registrant)
     return registrant
+
+
+def _pass_failed(failure: Failure, what: str) -> None:
+    """A full pass failed: one line for the database's own errors, a traceback for anything else."""
+    if failure.check(StoreError):
+        _log.error("{what} failed: {error}; registrations continue from memory", what=what, error=failure.getErrorMessage())
+    else:
+        _log.failure("{what} failed; registrations continue from memory", failure, what=what)
 
 
 def _reason(error: CannotListenError) -> str:

@@ -58,6 +58,8 @@ class StateLog:
                 _log_failure(change)
             else:
                 self._hold(new.name)
+        elif not self._failing:
+            return  # the common case: nothing was failing
         elif new == RegState.REGISTERED_STATE:
             if self._failing.pop(registrant, None) is None:
                 return
@@ -67,6 +69,10 @@ class StateLog:
                 self._hold("recovered")
         elif new == RegState.NOT_REGISTERED_STATE:
             self._failing.pop(registrant, None)
+
+    def forget(self, registrant: Registrant) -> None:
+        """A record is gone."""
+        self._failing.pop(registrant, None)
 
     @property
     def failing(self) -> int:

@@ -180,6 +180,12 @@ class FullSync:
             account = self._sync.account(row)
             if account is None:
                 self.counts["skipped"] += 1
+                # A record whose row turned unusable keeps running on its
+                # last good configuration (as after a NOTIFY for that row):
+                # an edit mistake must not un-register the account.
+                key = _raw_key(row)
+                if key is not None:
+                    self.seen.add(key)
                 continue
             if account.key in self.touched:
                 self.seen.add(account.key)
@@ -231,3 +237,11 @@ def _row_id(row: Row) -> object:
     """The row's id for a log line (whatever the column holds, shortened)."""
     row_id = row.get("id")
     return row_id if isinstance(row_id, int) or row_id is None else str(row_id)[:40]
+
+
+def _raw_key(row: Row) -> AccountKey | None:
+    """The row's key columns as stored, if they are text."""
+    aor, binding, registrar = row.get("aor"), row.get("binding_URI"), row.get("registrar")
+    if isinstance(aor, str) and isinstance(binding, str) and isinstance(registrar, str):
+        return (aor, binding, registrar)
+    return None

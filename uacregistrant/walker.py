@@ -44,8 +44,9 @@ class Pacer:
     request: a registrar answering every REGISTER with a challenge or a
     423 cannot make the daemon exceed the rate.
 
-    @param send: called with each released registrant (still due, or with
-        a follow-up waiting).
+    @param send: called with each released registrant that is still due.
+    @param send_follow_up: called with each registrant released from the
+        follow-up lane.
     @param in_flight: how many transactions are outstanding.
     """
 
@@ -57,10 +58,12 @@ class Pacer:
         quantum: float = 0.01,
         window: int | None = None,
         in_flight: Callable[[], int] = lambda: 0,
+        send_follow_up: Callable[[Registrant], None] | None = None,
     ) -> None:
         self._clock = clock
         self._rate = rate
         self._send = send
+        self._send_follow_up = send_follow_up or send
         self._window = window
         self._in_flight = in_flight
         self._quantum = quantum
@@ -105,7 +108,7 @@ class Pacer:
         follow_ups = self._follow_ups
         while follow_ups and self._tokens >= _WHOLE:
             self._tokens -= 1
-            self._release(follow_ups.popleft())
+            self._release(self._send_follow_up, follow_ups.popleft())
         queue = self._queue
         window = self._window
         while queue and self._tokens >= _WHOLE:
@@ -116,14 +119,14 @@ class Pacer:
             if registrant.removed or not registrant.due(now):
                 continue
             self._tokens -= 1
-            self._release(registrant)
+            self._release(self._send, registrant)
         if queue or follow_ups:
             wait = max(self._quantum, (1 - self._tokens) / self._rate)
             self._call = self._clock.callLater(wait, self._drain)
 
-    def _release(self, registrant: Registrant) -> None:
+    def _release(self, send: Callable[[Registrant], None], registrant: Registrant) -> None:
         try:
-            self._send(registrant)
+            send(registrant)
         except Exception:
             _log.failure("sending for {aor} failed", aor=registrant.account.aor)
 

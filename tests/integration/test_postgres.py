@@ -132,6 +132,46 @@ class PostgresTests(ProcessTestCase):
         finally:
             print(self.processes.log("daemon")[-5000:])
 
+    def test_hostile_rows_and_writes(self) -> None:
+        """
+        On PostgreSQL, through a host name (looked up off the reactor): a
+        row with a bracketed key or a CR/LF is skipped and the others load;
+        a partial reg_upsert keeps the other columns; a value the table
+        cannot hold is 400; a write to a row deleted behind the daemon's
+        back is 404.
+        """
+        port = self.processes.registrar(USERS)
+        local = free_udp_port()
+        self.server.execute(schema_sql("postgres"))
+        self.row("u1", port, local)
+        self.row("u2", port, local, aor="<sip:u2@test.invalid>")
+        self.row("u3", port, local, username="u3\r\nX-Injected: 1")
+        self.row("u4", port, local)
+        url = self.server.url.replace("@127.0.0.1:", "@localhost:")
+        _, control = self.processes.daemon(
+            ["--db-url", url, "--no-db-notify", "--listen", f"udp:127.0.0.1:{local}", "--hash-size", "0",
+             "--timer-interval", "4", "--sip-t1", "100"]
+        )
+        try:
+            wait_for(lambda: {u: r["state"] for u, r in records(control).items()} ==
+                     {"u1": "REGISTERED_STATE", "u4": "REGISTERED_STATE"}, 20)
+            log = self.processes.log("daemon")
+            self.assertIn("skipping row id=2: aor '<sip:u2@test.invalid>' is not stored as a bare URI", log)
+            self.assertIn("skipping row id=3: username holds a control character", log)
+            key = f"aor=sip:u1@test.invalid registrar=sip:127.0.0.1:{port} binding_URI=sip:u1@127.0.0.1:{local}"
+            self.assertEqual(request(control, f"reg_upsert {key} expiry=30"), ("200 OK", ["changed"]))
+            self.assertEqual(self.server.execute("SELECT username, password, expiry FROM registrant WHERE id = 1"),
+                             [("u1", "pw-1", 30)])
+            wait_for(lambda: records(control)["u1"]["expires"] == 30 and records(control)["u1"]["state"] == "REGISTERED_STATE", 10)
+            status, body = request(control, f"reg_upsert {key} username={'x' * 100}")
+            self.assertEqual(status, "400 Bad record")
+            self.assertIn("refused", body[0])
+            self.server.execute("DELETE FROM registrant WHERE username = 'u4'")
+            self.assertEqual(request(control, "reg_disable sip:u4@test.invalid")[0], "404 No such row in the table")
+            self.assertNotIn("Traceback", self.processes.log("daemon"))
+        finally:
+            print(self.processes.log("daemon")[-5000:])
+
     def test_refuses_unreachable_database(self) -> None:
         """An unreachable server stops the start with one line, password hidden."""
         self.server.stop()

@@ -121,6 +121,15 @@ class HostileRowTests(SynchronousTestCase):
         self.refused("whitespace", binding_params=";a=b c")
         self.assertEqual(self.load(binding_params=';x="a b"').binding_params, ';x="a b"')
 
+    def test_header_structure(self) -> None:
+        """Values that would change a header's structure without CR/LF: a second Contact, a closed From."""
+        self.refused("neither", binding_params=";x=y,<sip:evil@203.0.113.9>")
+        self.refused("expires", binding_params=";expires=0")
+        self.refused("inside the URI", third_party_registrant="sip:x@example.com;p=a>")
+        self.refused("inside the URI", proxy="sip:proxy.example.com;a=<b")
+        self.assertEqual(self.load(binding_params=";maddr=[2001:db8::1];+sip.instance=\"<urn:uuid:1>\"").binding_params,
+                         ';maddr=[2001:db8::1];+sip.instance="<urn:uuid:1>"')
+
     def test_unforeseen_values(self) -> None:
         """A value no check foresaw is still a RowError, never another exception."""
         class Weird:

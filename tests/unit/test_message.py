@@ -140,6 +140,15 @@ class ParseTests(SynchronousTestCase):
             with self.assertRaises(SipParseError):
                 parse_via(f"SIP/2.0/UDP h:{digit}")
 
+    def test_name_caches_keep_short_names_only(self) -> None:
+        """A header or parameter name padded with thousands of spaces is parsed but never cached."""
+        from uacregistrant.sip import message as module
+
+        padded = OK.replace(b"i: call-1", b"i" + b" " * 20000 + b": call-1").replace(b";tag=xyz", b";tag" + b" " * 20000 + b"=xyz")
+        self.assertEqual(parse_message(padded).call_id, "call-1")
+        for cache in (module._HEADER_NAMES, module._PARAM_NAMES):
+            self.assertLessEqual(max(len(raw) for raw in cache), 32)
+
     def test_bare_cr_refused(self) -> None:
         """A bare CR inside a header line (which would end a line if echoed) is refused."""
         with self.assertRaises(SipParseError):

@@ -103,7 +103,8 @@ class RegistrantTests(SynchronousTestCase):
         Our Contact's expires, else the Expires header; with no Contact of
         ours, a guess that is never long: the smallest expiry of bindings
         plausibly ours (same user, or the only one), else the Expires
-        header, else the smallest listed, never above what was asked.
+        header, else the smallest listed, else 60 s; never above what was
+        asked, never below 10 s.
         """
         guesses = []
         self.policy = Policy(retry_base=10, retry_max=100, transaction_timeout=32, rng=random.Random(7),
@@ -115,15 +116,18 @@ class RegistrantTests(SynchronousTestCase):
             ("Contact: <sip:alice@192.0.2.1:5060;transport=udp>;expires=60\r\nContact: <sip:bob@192.0.2.9>;expires=5\r\n", 60, True),
             ("Contact: <sip:alice@203.0.113.7:5060>;expires=80\r\nContact: <sip:alice@203.0.113.8>;expires=90\r\nExpires: 3600\r\n", 80, True),
             # The only Contact is plausibly ours, whatever its user part.
-            ("Contact: <sip:other@192.0.2.9>;expires=5\r\nExpires: 50\r\n", 5, True),
-            ("Contact: <sip:ALICE@192.0.2.1:5060>;expires=9\r\nExpires: 50\r\n", 9, True),
+            ("Contact: <sip:other@192.0.2.9>;expires=25\r\nExpires: 50\r\n", 25, True),
+            ("Contact: <sip:ALICE@192.0.2.1:5060>;expires=9\r\nExpires: 50\r\n", 10, True),
             # Nothing plausibly ours: the Expires header, never above what was asked.
             ("Contact: <sip:x@192.0.2.9>;expires=5\r\nContact: <sip:y@192.0.2.9>;expires=7\r\nExpires: 50\r\n", 50, True),
             ("Contact: <sip:x@192.0.2.9>;expires=5\r\nContact: <sip:y@192.0.2.9>;expires=7\r\nExpires: 99999\r\n", 3600, True),
             ("Contact: <sip:x@192.0.2.9>;expires=500\r\nContact: <sip:y@192.0.2.9>;expires=700\r\n", 500, True),
             # Expiries that are not ASCII numbers are not offers.
             ("Contact: <sip:alice@192.0.2.2:5060>;expires=\u00b2\r\nContact: <sip:z@192.0.2.9>;expires=40\r\n", 40, True),
-            ("", 3600, True),
+            # Nothing usable: short, never sub-second.
+            ("", 60, True),
+            ("Contact: <sip:bob@192.0.2.9>;expires=5\r\nContact: <sip:alice@192.0.2.1:5060>\r\n", 60, True),
+            ("Contact: <sip:alice@192.0.2.7>;expires=1\r\nContact: <sip:alice@192.0.2.8>;expires=900\r\n", 10, True),
         ]
         for headers, granted, guessed in cases:
             del guesses[:]
@@ -192,7 +196,7 @@ class RegistrantTests(SynchronousTestCase):
         follow = r.on_response(response(401, "Unauthorized", CHALLENGE.replace("n1", "n2")), 3)
         assert follow is not None
         self.assertEqual(r.state, RegState.AUTHENTICATING_STATE)
-        r.on_response(response(200, "OK"), 4)
+        r.on_response(response(200, "OK", "Contact: <sip:alice@192.0.2.1:5060>;expires=600\r\n"), 4)
         self.assertEqual((r.state, r.expires), (RegState.REGISTERED_STATE, 600))
 
     def test_interval_too_brief_without_progress(self) -> None:
@@ -303,6 +307,26 @@ class HostileRegistrarTests(SynchronousTestCase):
         self.assertIsNone(r.on_response(response(200, "OK", 'Contact: "open <sip:alice@192.0.2.1:5060>;expires=60\r\nExpires: 60\r\n'), 1))
         self.assertEqual((r.state, r.expires), (RegState.REGISTERED_STATE, 60))
         self.settled(r, 1)
+
+    def test_registrar_text_is_bounded(self) -> None:
+        """A 60 KB reason phrase is kept to 128 characters; last_error to 300."""
+        r = Registrant(account(), self.policy)
+        r.start(0)
+        r.on_response(response(503, "Busy " + "x" * 60000), 1)
+        assert r.last_reply is not None
+        self.assertEqual(len(r.last_reply[1]), 128)
+        self.assertLessEqual(len(r.last_error), 300)
+
+    def test_huge_nonce_answered_not_kept(self) -> None:
+        """A challenge with a 5 KB nonce is answered, but not kept for credentials up front."""
+        r = Registrant(account(), self.policy)
+        r.start(0)
+        out = r.on_response(response(401, "Unauthorized", CHALLENGE.replace("n1", "n" * 5000)), 1)
+        assert out is not None
+        self.assertIn("n" * 5000, out.authorization[0][1])
+        r.on_response(response(200, "OK", "Contact: <sip:alice@192.0.2.1:5060>;expires=600\r\n"), 2)
+        self.assertEqual(r.state, RegState.REGISTERED_STATE)
+        self.assertEqual(r.start(600).authorization, ())
 
     def test_interval_too_brief_forever(self) -> None:
         """A registrar raising Min-Expires on every 423 gets two follow-ups, then the back-off."""

@@ -139,7 +139,16 @@ class SqliteStoreHardeningTests(SynchronousTestCase):
         self.assertEqual(found[0]["username"], "a\udcffb")
 
     def test_replaced_and_deleted_file(self) -> None:
-        """A file replaced under the daemon is opened anew; a deleted one is said loudly and the open copy kept."""
+        """
+        A file replaced under the daemon by one holding the table is opened
+        anew; one without the table (an empty copy) is not, so the records
+        are not all retired; a deleted one is said once and the open copy
+        kept.
+        """
+        from twisted.internet.testing import EventLoggingObserver
+        from twisted.logger import globalLogPublisher
+
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         path = self.mktemp()
         self.table(path, 1)
         store = started(self, path, TableLayout())
@@ -147,9 +156,17 @@ class SqliteStoreHardeningTests(SynchronousTestCase):
         self.table(other, 3)
         os.replace(other, path)
         self.assertEqual(len(self.rows(store)), 3)
+        empty = self.mktemp()
+        sqlite3.connect(empty).execute("CREATE TABLE unrelated (x)").connection.close()
+        os.replace(empty, path)
+        self.assertEqual(len(self.rows(store)), 3)
+        self.assertEqual(len(self.rows(store)), 3)
         os.unlink(path)
         self.assertEqual(len(self.rows(store)), 3)
+        self.assertEqual(len(self.rows(store)), 3)
         self.assertFalse(os.path.exists(path))
+        said = [e["log_format"].split(":")[0] for e in events if "database file" in e["log_format"]]
+        self.assertEqual(len(said), 3, said)  # replaced, replaced by an unusable one, deleted: once each
 
     def test_busy_database_is_retried(self) -> None:
         """Another connection's exclusive lock: the call waits (on the clock, not the reactor) and succeeds after it."""

@@ -112,3 +112,12 @@ class SingleRowChangesDuringPassTests(SynchronousTestCase):
         counts = self.successResultOf(full.finish(self.clock))
         self.assertEqual(counts["unchanged"], 5)
         self.assertEqual(sorted(r.account.row_id or 0 for r in self.registry), [100, 101, 102, 103, 104])
+
+    def test_row_turned_unusable_keeps_its_record(self) -> None:
+        """A row edited into something unusable is skipped (logged) and its record runs on, as after a NOTIFY."""
+        full = self.sync.full()
+        full.feed([dict(row(i), expiry=5) if i == 2 else row(i) for i in range(5)])
+        counts = self.successResultOf(full.finish(self.clock))
+        self.assertEqual((counts["skipped"], counts["removed"]), (1, 0))
+        self.assertIsNotNone(self.registry.get(("sip:u2@test.invalid", "sip:u2@127.0.0.1:5060", "sip:127.0.0.1:5080")))
+        self.assertEqual(len(self.flushLoggedErrors()), 0)

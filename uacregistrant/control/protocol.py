@@ -9,7 +9,9 @@ protocol is the connection's push producer, so when replies back up (a
 client pipelining commands without reading, a huge listing to a slow
 reader) it stops reading commands until the client has read; commands
 already read wait in a bounded queue; a C{reg_events} subscriber that
-falls too far behind is dropped with a last line saying why.
+falls too far behind is dropped with a last line saying why; a connection
+idle for L{IDLE_TIMEOUT} (not following events) is closed; a connection
+told to close is aborted if the client does not read its last line.
 """
 
 from __future__ import annotations
@@ -28,12 +30,20 @@ from .commands import Commands, Reply
 
 #: Bytes written per reactor turn at most while streaming a body.
 SLICE = 256 * 1024
-#: Bytes of commands read but not yet run, at most per connection.
+#: Bytes of commands read but not yet run, at most per connection (each
+#: command also counts L{PENDING_OVERHEAD} for its own bookkeeping).
 MAX_PENDING = 1 << 20
-#: reg_events lines written to a subscriber that is not reading, at most.
-MAX_EVENTS_BEHIND = 10000
+PENDING_OVERHEAD = 100
+#: Commands run per reactor turn at most (the rest on later turns).
+COMMANDS_PER_TURN = 10
+#: reg_events bytes written to a subscriber that is not reading, at most.
+MAX_EVENTS_BEHIND = 4 << 20
 #: Control connections at once, at most.
 MAX_CONNECTIONS = 64
+#: Seconds without a command before a connection (not following events) is closed.
+IDLE_TIMEOUT = 600.0
+#: Seconds a closing connection gets to read its last line before it is cut.
+CLOSE_GRACE = 10.0
 
 
 @implementer(IPushProducer)
@@ -45,7 +55,8 @@ class ControlProtocol(LineOnlyReceiver):
     """
 
     delimiter = b"\n"
-    MAX_LENGTH = 65536
+    #: The longest command line (a reg_upsert with every column is well under it).
+    MAX_LENGTH = 8192
 
     def __init__(self, commands: Commands, clock: IReactorTime) -> None:
         self._commands = commands
@@ -59,6 +70,8 @@ class ControlProtocol(LineOnlyReceiver):
         self._watching = False
         self._behind = 0
         self._next_turn: IDelayedCall | None = None
+        self._idle: IDelayedCall | None = None
+        self._abort: IDelayedCall | None = None
 
     @property
     def idle(self) -> bool:
@@ -69,6 +82,21 @@ class ControlProtocol(LineOnlyReceiver):
         """Be told when the client stops reading (the transport's buffer is full)."""
         assert self.transport is not None
         cast(IConsumer, self.transport).registerProducer(self, True)
+        self._touch()
+
+    def _touch(self) -> None:
+        """A command came (or the connection opened): restart the idle clock."""
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(IDLE_TIMEOUT)
+        else:
+            self._idle = self._clock.callLater(IDLE_TIMEOUT, self._idled)
+
+    def _idled(self) -> None:
+        self._idle = None
+        if self._watching or not self.idle:
+            self._touch()  # following events, or still answering: not idle
+            return
+        self._close_with(f"408 Idle for {IDLE_TIMEOUT:.0f} s: closing\n\n")
 
     # IPushProducer: called by the transport as its write buffer fills and drains.
 
@@ -97,10 +125,11 @@ class ControlProtocol(LineOnlyReceiver):
         """Queue a command (bounded); run it now unless the connection is busy or backed up."""
         if self._closing:
             return
+        self._touch()
         text = line.decode("utf-8", errors="replace").strip()
         if not text:
             return
-        size = len(line) + 1
+        size = len(line) + 1 + PENDING_OVERHEAD
         if self._pending_bytes + size > MAX_PENDING:
             self._close_with(f"503 Too many commands waiting: read the replies before sending more (over {MAX_PENDING} bytes queued)\n\n")
             return
@@ -115,7 +144,8 @@ class ControlProtocol(LineOnlyReceiver):
     def _work(self) -> None:
         """Run queued commands and write streamed bodies while the client keeps up."""
         if self._next_turn is not None:
-            return  # a body is half written: the next slice waits for its turn
+            return  # the next slice or batch of commands waits for its turn
+        commands = 0
         while not self._paused and not self._closing and self.transport is not None:
             if self._stream is not None:
                 if not self._write_slice():
@@ -123,6 +153,10 @@ class ControlProtocol(LineOnlyReceiver):
                 continue
             if self._busy or not self._pending:
                 return
+            if commands == COMMANDS_PER_TURN:
+                self._next_turn = self._clock.callLater(0, self._continue)
+                return
+            commands += 1
             text, size = self._pending.popleft()
             self._pending_bytes -= size
             if self._watching and text.lower() == "quit":
@@ -181,21 +215,21 @@ class ControlProtocol(LineOnlyReceiver):
             return
         self.transport.write(("\n".join(lines) + "\n\n").encode("utf-8"))
         if reply.close:
-            self._closing = True
-            self.transport.loseConnection()
+            self._hang_up()
 
     # Events.
 
     def _event(self, line: str) -> None:
         if self.transport is None or self._closing:
             return
+        data = line.encode("utf-8") + b"\n"
         if self._paused:
-            self._behind += 1
+            self._behind += len(data)
             if self._behind > MAX_EVENTS_BEHIND:
                 self._stop_watching()
-                self._close_with(f"dropped: more than {MAX_EVENTS_BEHIND} events behind (read faster, or filter with reg_list)\n")
+                self._close_with(f"dropped: more than {MAX_EVENTS_BEHIND} bytes of events behind (read faster, or poll reg_list)\n")
                 return
-        self.transport.write(line.encode("utf-8") + b"\n")
+        self.transport.write(data)
 
     def _stop_watching(self) -> None:
         if self._watching:
@@ -208,17 +242,38 @@ class ControlProtocol(LineOnlyReceiver):
         self._pending_bytes = 0
         self._stream = None
         if self.transport is not None and not self._closing:
-            self._closing = True
             self.transport.write(text.encode("utf-8"))
-            self.transport.loseConnection()
+            self._hang_up()
+
+    def _hang_up(self) -> None:
+        """
+        Close after what was written; a client that does not read it within
+        L{CLOSE_GRACE} seconds is cut off.  The protocol stops being the
+        transport's producer first: a transport with a paused producer
+        would wait for it rather than close.
+        """
+        if self.transport is None or self._closing:
+            return
+        self._closing = True
+        cast(IConsumer, self.transport).unregisterProducer()
+        self.transport.loseConnection()
+        self._abort = self._clock.callLater(CLOSE_GRACE, self._cut)
+
+    def _cut(self) -> None:
+        self._abort = None
+        if self.transport is not None:
+            abort = getattr(self.transport, "abortConnection", None)
+            if abort is not None:
+                abort()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Stop following events; drop what was queued."""
         self._stop_watching()
         self._pending.clear()
         self._stream = None
-        if self._next_turn is not None and self._next_turn.active():
-            self._next_turn.cancel()
+        for call in (self._next_turn, self._idle, self._abort):
+            if call is not None and call.active():
+                call.cancel()
         factory = self.factory
         if isinstance(factory, ControlFactory):
             factory.connections -= 1

@@ -77,6 +77,9 @@ _AUTH_ITEM = re.compile(r'[\s,]*([^\s=,"]+)[ \t]*(?:=[ \t]*("(?:[^"\\]|\\.)*"|[^
 #: opaques differ per challenge and are not.
 _TEXT: SharedValues[str] = SharedValues()
 _UNIQUE_PARAMS = frozenset({"nonce", "opaque"})
+#: Longer values are not kept in the shared table (a registrar inventing
+#: 60 KB realms must not fill it with them).
+_SHARED_LENGTH_MAX = 256
 
 
 def parse_challenges(value: str) -> list[Challenge]:
@@ -108,7 +111,7 @@ def parse_challenges(value: str) -> list[Challenge]:
             raise SipParseError("auth-param before the scheme")
         name = _TEXT.share(token.lower())
         text = unquote_string(param) if param.startswith('"') else param
-        params[name] = text if name in _UNIQUE_PARAMS else _TEXT.share(text)
+        params[name] = text if name in _UNIQUE_PARAMS or len(text) > _SHARED_LENGTH_MAX else _TEXT.share(text)
     if scheme is not None:
         challenges.append(Challenge(scheme, params))
     return challenges

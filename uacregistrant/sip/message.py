@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 from .errors import SipParseError, SipRenderError
-from .numbers import is_digits, parse_digits
+from .numbers import parse_digits
 
 #: The largest message the parser accepts (bytes).
 MAX_MESSAGE_SIZE = 65535
+#: Characters of a reason phrase kept (the rest is dropped).
+MAX_REASON = 128
 #: The most header fields the parser accepts in one message (a 200 may
 #: list hundreds of bindings, one Contact header each).
 MAX_HEADERS = 1024
@@ -120,10 +122,10 @@ class SipMessage:
             raise SipParseError("missing CSeq")
         text, _, method = value.partition(" ")
         method = method.strip()
-        number = parse_digits(text, _MAX_UINT32)
-        if number is None or not _is_token(method):
+        # ASCII digits only (str.isdigit alone accepts "²"), checked inline: this runs per response.
+        if not (text.isascii() and text.isdigit() and len(text) <= 10) or int(text) > _MAX_UINT32 or not _is_token(method):
             raise SipParseError(f"invalid CSeq {value[:80]!r}")
-        return number, method.upper()
+        return int(text), method.upper()
 
     @property
     def top_via(self) -> "Via":
@@ -195,7 +197,7 @@ class NameAddr:
 def parse_delta_seconds(value: str, name: str) -> int:
     """Parse a delta-seconds value, clamping to 2**32-1 as RFC 3261 says."""
     value = value.strip()
-    if not is_digits(value):
+    if not (value.isascii() and value.isdigit()):  # ASCII digits only: "²".isdigit() is true
         raise SipParseError(f"invalid {name} value {value[:80]!r}")
     value = value.lstrip("0") or "0"
     if len(value) > 10:
@@ -285,10 +287,13 @@ def parse_params(text: str) -> dict[str, str | None]:
 _PARAM_NAMES: dict[str, str] = {}
 _HEADER_NAMES: dict[str, str] = {}
 _NAMES_MAX = 1024
+#: Only short spellings are remembered: a name padded with 60,000 spaces
+#: must not pin 60 KB in the cache.
+_NAME_LENGTH_MAX = 32
 
 
 def _remember(cache: dict[str, str], raw: str, name: str) -> None:
-    if len(cache) < _NAMES_MAX:
+    if len(raw) <= _NAME_LENGTH_MAX and len(cache) < _NAMES_MAX:
         cache[raw] = name
 
 
@@ -367,10 +372,10 @@ def parse_via(value: str) -> Via:
 
 
 def _via_port(text: str, value: str) -> int:
-    port = parse_digits(text.strip(), 65535)
-    if not port:
+    text = text.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or not 0 < int(text) < 65536:
         raise SipParseError(f"invalid Via port {value[:80]!r}")
-    return port
+    return int(text)
 
 
 def parse_name_addr(value: str) -> NameAddr:
@@ -459,9 +464,10 @@ def parse_message(data: bytes) -> Request | Response:
         if version.upper() != "SIP/2.0":
             raise SipParseError(f"unsupported version in {start_line[:80]!r}")
         code, _, reason = rest.partition(" ")
-        if len(code) != 3 or not is_digits(code) or not 100 <= int(code) <= 699:
+        if len(code) != 3 or not (code.isascii() and code.isdigit()) or not 100 <= int(code) <= 699:
             raise SipParseError(f"invalid status line {start_line[:80]!r}")
-        message = Response(headers, body, index, status=int(code), reason=reason.strip())
+        # The reason phrase is kept (last_reply, logs, events): bounded.
+        message = Response(headers, body, index, status=int(code), reason=reason.strip()[:MAX_REASON])
     else:
         parts = start_line.split(" ")
         if len(parts) != 3 or not _is_token(parts[0]) or parts[2] != "SIP/2.0":

@@ -12,9 +12,10 @@ whatever changed meanwhile.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
-from typing import Any, Callable
+from typing import Any, Callable, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -214,8 +215,27 @@ class PostgresStore:
             for w in waiters:
                 w.errback(StoreError(f"database unavailable: {_message(reason)}"))
 
-        connection.connect(self.url).addCallbacks(connected, failed)
+        self._connect(connection).addCallbacks(connected, failed)
         return waiter
+
+    def _connect(self, connection: _Connection) -> defer.Deferred[Any]:
+        """
+        Connect C{connection}, the server's name looked up first off the
+        reactor thread: libpq resolves a host name synchronously, which
+        would stall the reactor on every reconnection while DNS is slow.
+        """
+        host = urlsplit(self.url).hostname
+        if not host or host.startswith("/") or "," in host or _is_ip(host):
+            return cast(defer.Deferred[Any], connection.connect(self.url))
+        d: defer.Deferred[Any] = self.reactor.resolve(host)
+
+        def connect(address: str) -> defer.Deferred[Any]:
+            return cast(defer.Deferred[Any], connection.connect(self.url, hostaddr=address))
+
+        def unresolved(reason: Failure) -> Failure:
+            return Failure(StoreError(f"cannot resolve {host}: {_message(reason)}"))
+
+        return d.addCallbacks(connect, unresolved)
 
     def _run(self, operation: Callable[[_Connection], defer.Deferred[Any]]) -> defer.Deferred[Any]:
         d = self._query_connection()
@@ -353,7 +373,7 @@ class PostgresStore:
             return
         listener = _Connection(reactor=self.reactor)
         listener.addNotifyObserver(self._notified)
-        d = listener.connect(self.url)
+        d = self._connect(listener)
         d.addCallback(lambda _: listener.runOperation(f"LISTEN {channel_name(self.layout.table)}"))
 
         def listening(_: object) -> None:
@@ -444,6 +464,14 @@ def _key(value: Any) -> Key | None:
 
 
 _COLUMNS_SQL = "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _first_line(error: Exception) -> str:

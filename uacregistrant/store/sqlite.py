@@ -110,6 +110,7 @@ class SqliteStore:
         self._run_in_thread = run_in_thread
         self._db: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None
+        self._noticed: tuple[int, int] | None = None
         self._present: dict[str, str] = {}
         self._closed = False
 
@@ -144,12 +145,18 @@ class SqliteStore:
         finally:
             db.close()
 
-    def _inspect(self, db: sqlite3.Connection, create: bool) -> bool:
-        """Check (and if asked create) the table; return whether it was created."""
+    def _inspect(self, db: sqlite3.Connection, create: bool, require: bool = False) -> bool:
+        """
+        Check (and if asked create) the table; return whether it was created.
+
+        @param require: a missing table is an error (a replacement file).
+        """
         table = self.layout.table
         db.execute("PRAGMA schema_version").fetchone()
         found = db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
         if found is None:
+            if require:
+                raise StoreError(f"no table {table} in {self.path}")
             if not self.layout.is_default:
                 raise StoreError(
                     f"table {table} does not exist in {self.path}; create it (see the packaged "
@@ -176,21 +183,26 @@ class SqliteStore:
         return self._call("opening", self._open).addCallback(self._opened)
 
     def _open(self) -> tuple[bool, int]:
+        db, created, rows = self._connect(create=True)
         self._close_db()
+        self._db = db
+        self._identity = self._noticed = _identity(self.path)
+        return created, rows
+
+    def _connect(self, create: bool) -> tuple[sqlite3.Connection, bool, int]:
+        """On the store's thread: a checked connection, whether the table was created, its rows."""
         try:
             db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, check_same_thread=False)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open database {self.path}: {e}") from None
         db.text_factory = _TEXT_FACTORY
         try:
-            created = self._inspect(db, create=True)
+            created = self._inspect(db, create=create, require=not create)
             rows = db.execute(f"SELECT count(*) FROM {quote_identifier(self.layout.table)}").fetchone()[0]
         except BaseException:
             db.close()
             raise
-        self._db = db
-        self._identity = _identity(self.path)
-        return created, int(rows)
+        return db, created, int(rows)
 
     def _opened(self, result: tuple[bool, int]) -> None:
         created, rows = result
@@ -279,20 +291,36 @@ class SqliteStore:
     def _notice_replacement(self) -> None:
         """
         On the store's thread: the file deleted or replaced under the open
-        connection is said in the log; a replaced file is opened anew.
+        connection is said in the log (once per change); a replacement
+        that holds the table is opened in its place, one that does not
+        (an empty or broken file) is not: the copy held open is read on,
+        so a bad copy never retires every record.
         """
         now = _identity(self.path)
-        if now == self._identity:
+        if now == self._identity or now == self._noticed:
             return
+        self._noticed = now
+        path = os.path.abspath(self.path)
         if now is None:
             _log.error(
                 "database file {path} was deleted: still reading the copy held open; restore the file "
                 "(a restart would create an empty table)",
-                path=os.path.abspath(self.path),
+                path=path,
             )
             return
-        _log.warn("database file {path} was replaced: opening the new file", path=os.path.abspath(self.path))
-        self._open()
+        try:
+            db, _, rows = self._connect(create=False)
+        except (sqlite3.Error, StoreError) as e:
+            _log.error(
+                "database file {path} was replaced by one that cannot be used ({error}): still reading the copy held open",
+                path=path,
+                error=str(e),
+            )
+            return
+        self._close_db()
+        self._db = db
+        self._identity = now
+        _log.warn("database file {path} was replaced: reading the new file ({rows} rows)", path=path, rows=rows)
 
     def load_key(self, key: Key) -> defer.Deferred[Row | None]:
         """The row with this key, or C{None}."""

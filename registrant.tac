@@ -9,13 +9,20 @@ The file holds the same keys as the command-line options, seed spelling
 """
 
 import os
+import sys
 
 from twisted.application import service
 
 from uacregistrant.service import build_service
-from uacregistrant.settings import build_settings, load_toml
+from uacregistrant.settings import ConfigError, build_settings, load_toml
 
 config = os.environ.get("UACREG_CONFIG", "uacregistrant.toml")
-settings = build_settings(load_toml(config) if os.path.exists(config) else {})
+try:
+    settings = build_settings(load_toml(config) if os.path.exists(config) else {})
+    registrant = build_service(settings)
+except ConfigError as e:
+    # One line and a non-zero exit, as the plugin does (no traceback).
+    print(f"uacregistrant: cannot start: {e}", file=sys.stderr)
+    raise SystemExit(1) from None
 application = service.Application("uacregistrant")
-build_service(settings).setServiceParent(application)
+registrant.setServiceParent(application)

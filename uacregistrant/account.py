@@ -101,8 +101,8 @@ _KEY_HINT = "the daemon finds rows by the key as stored: write it as a bare URI,
 def _string(row: Mapping[str, Any], name: str) -> str | None:
     """A column's value as text, or C{None}; refuses what text cannot be."""
     value = row.get(name)
-    if value is None:
-        return None
+    if value is None or type(value) is str:
+        return value
     if isinstance(value, (bytes, bytearray, memoryview)):
         try:
             value = bytes(value).decode("utf-8")

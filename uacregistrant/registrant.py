@@ -135,16 +135,27 @@ class _Auth:
     """A kept challenge: the header that answers it, and the nonce count."""
 
     __slots__ = ("header", "challenge", "nc")
+    #: Small enough to keep after the attempt (see L{_LargeAuth}).
+    small = True
 
     def __init__(self, header: str, challenge: Challenge) -> None:
         self.header = header
         self.challenge = challenge
         self.nc = 0
 
-    @property
-    def small(self) -> bool:
-        """Whether the challenge is small enough to keep after the attempt."""
-        return sum(len(value) for value in self.challenge.params.values()) <= KEEP_CHALLENGE_MAX
+    @staticmethod
+    def of(header: str, challenge: Challenge) -> "_Auth":
+        """An L{_Auth}, or an L{_LargeAuth} for a challenge over L{KEEP_CHALLENGE_MAX}."""
+        if sum(len(value) for value in challenge.params.values()) > KEEP_CHALLENGE_MAX:
+            return _LargeAuth(header, challenge)
+        return _Auth(header, challenge)
+
+
+class _LargeAuth(_Auth):
+    """A challenge answered in its attempt but not kept after it."""
+
+    __slots__ = ()
+    small = False
 
 
 class Registrant:
@@ -405,7 +416,10 @@ class Registrant:
             self.next_at = None
             self.last_error = ""
             return None
-        granted = self._granted(response)
+        # A registrar may shorten what we asked for, not lengthen it (RFC 3261
+        # §10.3): a longer grant is taken as what we asked, so a registrar
+        # answering 4294967295 cannot make the record stop refreshing.
+        granted = min(self._granted(response), self.wanted_expires)
         if granted <= 0:
             self._fail(RegState.REGISTRAR_ERROR_STATE, now, "200 OK granted no time to our binding")
             return None
@@ -413,8 +427,10 @@ class Registrant:
         if not self.enabled:
             return self.start(now)
         self.state = RegState.REGISTERED_STATE
-        if self._auth and not all(kept.small for kept in self._auth):
-            self._auth = tuple(kept for kept in self._auth if kept.small)
+        for kept in self._auth:
+            if not kept.small:
+                self._auth = tuple(kept for kept in self._auth if kept.small)
+                break
         self.expires = _EXPIRIES.share(granted)
         self.recovered_after = self.failures
         self.failures = 0
@@ -436,7 +452,6 @@ class Registrant:
         an early refresh; guessing long would let the binding lapse.
         """
         account = self.account
-        binding = account.binding
         echo = f"<{account.binding_uri}>"
         try:
             contacts = response.get_all("contact")
@@ -452,8 +467,11 @@ class Registrant:
                     continue
                 expires = _expires_param(contact.params.get("expires"))
                 if value.startswith(echo):  # our binding echoed as sent: no URI comparison
-                    ours, user = True, binding.user
+                    if expires is not None:
+                        return expires
+                    ours, user = True, None
                 else:
+                    binding = account.binding
                     uri = parse_uri_uncached(contact.uri)
                     ours, user = uris_equal(uri, binding), uri.user
             except SipParseError:
@@ -465,7 +483,7 @@ class Registrant:
                 continue
             if expires is not None and expires > 0:
                 listed.append(expires)
-                if len(contacts) == 1 or (user is not None and user == binding.user):
+                if len(contacts) == 1 or (user is not None and user == account.binding.user):
                     plausible.append(expires)
         try:
             header = response.int_header("expires")
@@ -531,7 +549,7 @@ class Registrant:
         self._tries = (follow_ups + 1, stale, too_brief)
         self._answered += (header,)
         # One kept challenge per header (a tuple: smaller than a dict).
-        self._auth = tuple(kept for kept in self._auth if kept.header != header) + (_Auth(header, chosen),)
+        self._auth = tuple(kept for kept in self._auth if kept.header != header) + (_Auth.of(header, chosen),)
         if self.state in _UNREGISTER_STATES:
             self.state = RegState.AUTHENTICATING_UNREGISTER_STATE
             return self._request(0, now)
@@ -596,6 +614,8 @@ def _expires_param(text: str | None) -> int | None:
     """A Contact's expires parameter, or C{None} if absent or not a number."""
     if text is None:
         return None
+    if text.isascii() and text.isdigit() and len(text) <= 10:  # the common case, inline
+        return min(int(text), 2**32 - 1)
     try:
         return parse_delta_seconds(text, "expires")
     except SipParseError:

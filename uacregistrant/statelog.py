@@ -115,29 +115,28 @@ class StateLog:
         )
 
 
+def _record(change: StateChange) -> dict[str, object]:
+    """The fields naming a record in a log line (never its password)."""
+    account = change.registrant.account
+    return {"aor": account.aor, "binding": account.binding_uri, "registrar": account.registrar, "row_id": account.row_id}
+
+
 def _log_failure(change: StateChange) -> None:
     registrant = change.registrant
-    account = registrant.account
     _log.warn(
         "{aor} ({binding} at {registrar}, id {row_id}): {state}: {error}; retry in {retry:.0f}s",
-        aor=account.aor,
-        binding=account.binding_uri,
-        registrar=account.registrar,
-        row_id=account.row_id,
         state=change.new.name,
         error=registrant.last_error,
         retry=(registrant.next_at or change.time) - change.time,
+        **_record(change),
     )
 
 
 def _log_recovery(change: StateChange) -> None:
     registrant = change.registrant
-    account = registrant.account
     _log.info(
-        "{aor} ({binding} at {registrar}): registered again after {failures} failure(s), for {expires}s",
-        aor=account.aor,
-        binding=account.binding_uri,
-        registrar=account.registrar,
+        "{aor} ({binding} at {registrar}, id {row_id}): registered again after {failures} failure(s), for {expires}s",
         failures=registrant.recovered_after,
         expires=registrant.expires,
+        **_record(change),
     )

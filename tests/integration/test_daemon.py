@@ -222,6 +222,17 @@ class DaemonTests(ProcessTestCase):
             self.assertTrue(err.startswith("uacregistrant: cannot start: "), err)
             self.assertFalse(db.exists(), args)
         self.assertEqual(list(self.processes.sockets.iterdir()), [])
+        # The .tac refuses the same way.
+        config = self.directory / "bad.toml"
+        config.write_text(f'db_url = "sqlite:{db}"\nlisten = ["udp:127.0.0.1:{taken}"]\n')
+        result = subprocess.run(
+            [*TWISTD, "-n", "--pidfile=", "-y", str(ROOT / "registrant.tac")],
+            capture_output=True, env={**environment(), "UACREG_CONFIG": str(config)}, cwd=self.directory, timeout=60,
+        )
+        err = result.stderr.decode()
+        self.assertNotEqual(result.returncode, 0)
+        self.assertEqual(err.strip().splitlines(), [f"uacregistrant: cannot start: cannot listen on udp:127.0.0.1:{taken}: Address already in use"])
+        self.assertFalse(db.exists())
 
     def test_help_lists_options_and_tac(self) -> None:
         """twistd uacregistrant --help lists every option; the .tac file runs the same service."""

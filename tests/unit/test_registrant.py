@@ -308,6 +308,16 @@ class HostileRegistrarTests(SynchronousTestCase):
         self.assertEqual((r.state, r.expires), (RegState.REGISTERED_STATE, 60))
         self.settled(r, 1)
 
+    def test_longer_grant_taken_as_asked(self) -> None:
+        """A grant above the request (4294967295 from a hostile registrar) refreshes as if the request was granted."""
+        r = Registrant(account(), self.policy)
+        r.start(0)
+        r.on_response(response(200, "OK", "Contact: <sip:alice@192.0.2.1:5060>;expires=4294967295\r\n"), 1)
+        self.assertEqual((r.state, r.expires, r.registered_until), (RegState.REGISTERED_STATE, 3600, 3601))
+        self.settled(r, 1)
+        assert r.next_at is not None
+        self.assertLess(r.next_at, 3601)
+
     def test_registrar_text_is_bounded(self) -> None:
         """A 60 KB reason phrase is kept to 128 characters; last_error to 300."""
         r = Registrant(account(), self.policy)

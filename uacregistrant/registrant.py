@@ -407,6 +407,10 @@ class Registrant:
     def _on_success(self, response: Response, now: float) -> Outgoing | None:
         self._tries = _NO_TRIES
         self._answered = ()  # only meaningful within an attempt
+        for kept in self._auth:
+            if not kept.small:  # answered in this attempt, not kept after it
+                self._auth = tuple(kept for kept in self._auth if kept.small)
+                break
         if self.state in _UNREGISTER_STATES:
             self.registered_until = None
             self.failures = 0
@@ -427,10 +431,6 @@ class Registrant:
         if not self.enabled:
             return self.start(now)
         self.state = RegState.REGISTERED_STATE
-        for kept in self._auth:
-            if not kept.small:
-                self._auth = tuple(kept for kept in self._auth if kept.small)
-                break
         self.expires = _EXPIRIES.share(granted)
         self.recovered_after = self.failures
         self.failures = 0

@@ -172,6 +172,8 @@ class FullSync:
         self._initial = initial
         self.seen: set[AccountKey] = set()
         self.touched: set[AccountKey] = set()
+        #: Keys of rows that failed validation: their records are kept.
+        self.unusable: set[AccountKey] = set()
         self.counts = {"added": 0, "changed": 0, "unchanged": 0, "skipped": 0, "removed": 0}
 
     def feed(self, rows: list[Row]) -> None:
@@ -185,7 +187,7 @@ class FullSync:
                 # an edit mistake must not un-register the account.
                 key = _raw_key(row)
                 if key is not None:
-                    self.seen.add(key)
+                    self.unusable.add(key)
                 continue
             if account.key in self.touched:
                 self.seen.add(account.key)
@@ -223,9 +225,10 @@ class FullSync:
     def _retire_vanished(self, keys: Sequence[AccountKey]) -> None:
         seen = self.seen
         touched = self.touched
+        unusable = self.unusable
         registry = self._sync._registry
         for key in keys:
-            if key in seen or key in touched:
+            if key in seen or key in touched or key in unusable:
                 continue
             registrant = registry.get(key)
             if registrant is not None and not registrant.retiring:

@@ -250,6 +250,33 @@ class HostileClientTests(ControlTestBase):
         self.sim.reactor.advance(0)
         self.assertEqual(self.transport.value().count(b"200 OK\n"), 100)
 
+    def test_many_commands_answered_at_once(self) -> None:
+        """
+        Thousands of queued commands whose replies are ready at once (a
+        Deferred already fired) are all answered, ten per reactor turn,
+        without recursion.
+        """
+        self.transport.clear()
+        self.protocol.pauseProducing()
+        self.protocol.dataReceived(b"reg_stats json\n" * 3000)
+        self.protocol.resumeProducing()
+        self.assertEqual(self.transport.value().count(b"200 OK\n"), 10)
+        for _ in range(400):
+            self.sim.reactor.advance(0)
+        self.assertEqual(self.transport.value().count(b"200 OK\n"), 3000)
+        self.assertTrue(self.protocol.idle)
+
+    def test_client_that_never_reads_is_cut(self) -> None:
+        """A client that reads nothing for IDLE_TIMEOUT (the transport stays paused) loses its connection."""
+        from uacregistrant.control.protocol import IDLE_TIMEOUT
+
+        aborted = []
+        self.transport.abortConnection = lambda: aborted.append(True)  # type: ignore[attr-defined]
+        self.protocol.dataReceived(b"reg_list\n")
+        self.protocol.pauseProducing()
+        self.sim.reactor.advance(IDLE_TIMEOUT + 1)
+        self.assertEqual(aborted, [True])
+
     def test_pending_commands_are_bounded(self) -> None:
         """More than MAX_PENDING bytes of unread commands: one clear line, then the connection closes."""
         from uacregistrant.control.protocol import MAX_PENDING

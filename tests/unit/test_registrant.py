@@ -337,6 +337,13 @@ class HostileRegistrarTests(SynchronousTestCase):
         r.on_response(response(200, "OK", "Contact: <sip:alice@192.0.2.1:5060>;expires=600\r\n"), 2)
         self.assertEqual(r.state, RegState.REGISTERED_STATE)
         self.assertEqual(r.start(600).authorization, ())
+        # The same when the attempt was an un-REGISTER.
+        r = Registrant(account(enabled=False), self.policy)
+        r.registered_until = 1000
+        r.start(0)
+        self.assertIsNotNone(r.on_response(response(401, "Unauthorized", CHALLENGE.replace("n1", "n" * 5000)), 1))
+        r.on_response(response(200, "OK"), 2)
+        self.assertEqual((r.state, r._auth), (RegState.NOT_REGISTERED_STATE, ()))
 
     def test_interval_too_brief_forever(self) -> None:
         """A registrar raising Min-Expires on every 423 gets two follow-ups, then the back-off."""

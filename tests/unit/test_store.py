@@ -214,3 +214,28 @@ class SqliteStoreHardeningTests(SynchronousTestCase):
                          ("kept", "pw", 900, 1))
         self.assertEqual(self.successResultOf(store.upsert(dict(key))), "updated")
         self.assertEqual(self.successResultOf(store.upsert({**key, "aor": "sip:new@r"})), "inserted")
+
+    def test_replacement_with_other_columns_and_fixed_in_place(self) -> None:
+        """
+        The first load after a replacement reads with the new file's
+        columns (not the old one's names as string literals); a replacement
+        without the table that is fixed in place is picked up at a later load.
+        """
+        path = self.mktemp()
+        self.table(path, 1)
+        store = started(self, path, TableLayout())
+        other = self.mktemp()
+        db = sqlite3.connect(other)
+        db.execute("CREATE TABLE registrant (id INTEGER PRIMARY KEY, aor TEXT, registrar TEXT, binding_URI TEXT)")
+        db.execute("INSERT INTO registrant (aor, registrar, binding_URI) VALUES ('sip:n@r', 'sip:r', 'sip:n@h')")
+        db.commit()
+        db.close()
+        os.replace(other, path)
+        (row,) = self.rows(store)
+        self.assertEqual((row["aor"], row["binding_params"], row["username"]), ("sip:n@r", None, None))
+        empty = self.mktemp()
+        sqlite3.connect(empty).execute("CREATE TABLE unrelated (x)").connection.close()
+        os.replace(empty, path)
+        self.assertEqual(len(self.rows(store)), 1)  # the copy held open
+        self.table(path, 4)  # fixed in place: same file, the table created now
+        self.assertEqual(len(self.rows(store)), 4)

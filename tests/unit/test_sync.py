@@ -121,3 +121,13 @@ class SingleRowChangesDuringPassTests(SynchronousTestCase):
         self.assertEqual((counts["skipped"], counts["removed"]), (1, 0))
         self.assertIsNotNone(self.registry.get(("sip:u2@test.invalid", "sip:u2@127.0.0.1:5060", "sip:127.0.0.1:5080")))
         self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_unusable_row_does_not_shadow_a_good_one(self) -> None:
+        """In a table without a unique key, an unusable copy of a key does not hide the good row after it."""
+        full = self.sync.full()
+        full.feed([dict(row(2), expiry=5), dict(row(2), expiry=1800)] + [row(i) for i in range(5) if i != 2])
+        counts = self.successResultOf(full.finish(self.clock))
+        self.assertEqual((counts["skipped"], counts["changed"]), (1, 1))
+        registrant = self.registry.get(("sip:u2@test.invalid", "sip:u2@127.0.0.1:5060", "sip:127.0.0.1:5080"))
+        assert registrant is not None
+        self.assertEqual(registrant.account.expiry, 1800)

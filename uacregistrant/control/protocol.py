@@ -72,6 +72,8 @@ class ControlProtocol(LineOnlyReceiver):
         self._next_turn: IDelayedCall | None = None
         self._idle: IDelayedCall | None = None
         self._abort: IDelayedCall | None = None
+        self._working = False
+        self._ran = 0
 
     @property
     def idle(self) -> bool:
@@ -86,6 +88,8 @@ class ControlProtocol(LineOnlyReceiver):
 
     def _touch(self) -> None:
         """A command came (or the connection opened): restart the idle clock."""
+        if self._closing:
+            return
         if self._idle is not None and self._idle.active():
             self._idle.reset(IDLE_TIMEOUT)
         else:
@@ -93,6 +97,12 @@ class ControlProtocol(LineOnlyReceiver):
 
     def _idled(self) -> None:
         self._idle = None
+        if self._paused:
+            # The client has read nothing for that long: it keeps a slot
+            # and memory for nothing.
+            self._hang_up()
+            self._cut()
+            return
         if self._watching or not self.idle:
             self._touch()  # following events, or still answering: not idle
             return
@@ -110,6 +120,7 @@ class ControlProtocol(LineOnlyReceiver):
         """The client has read what was written: carry on."""
         self._paused = False
         self._behind = 0
+        self._touch()  # the client reads: it is not idle
         if self.transport is not None and not self._closing:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
         self._work()
@@ -139,13 +150,26 @@ class ControlProtocol(LineOnlyReceiver):
 
     def _continue(self) -> None:
         self._next_turn = None
+        self._ran = 0
         self._work()
 
     def _work(self) -> None:
-        """Run queued commands and write streamed bodies while the client keeps up."""
-        if self._next_turn is not None:
-            return  # the next slice or batch of commands waits for its turn
-        commands = 0
+        """
+        Run queued commands and write streamed bodies while the client keeps
+        up: at most L{COMMANDS_PER_TURN} commands before the reactor gets a
+        turn, however they arrived.  Never re-entered: a command answered
+        at once (a Deferred already fired) is followed by the loop, not by
+        a nested call.
+        """
+        if self._working or self._next_turn is not None:
+            return  # already running, or the next slice or batch waits for its turn
+        self._working = True
+        try:
+            self._run_queue()
+        finally:
+            self._working = False
+
+    def _run_queue(self) -> None:
         while not self._paused and not self._closing and self.transport is not None:
             if self._stream is not None:
                 if not self._write_slice():
@@ -153,10 +177,10 @@ class ControlProtocol(LineOnlyReceiver):
                 continue
             if self._busy or not self._pending:
                 return
-            if commands == COMMANDS_PER_TURN:
+            if self._ran >= COMMANDS_PER_TURN:
                 self._next_turn = self._clock.callLater(0, self._continue)
                 return
-            commands += 1
+            self._ran += 1
             text, size = self._pending.popleft()
             self._pending_bytes -= size
             if self._watching and text.lower() == "quit":
@@ -166,7 +190,9 @@ class ControlProtocol(LineOnlyReceiver):
             if isinstance(result, defer.Deferred):
                 self._busy = True
                 result.addCallback(self._finish)
-                return
+                if self._busy:
+                    return  # waits for the database: _finish carries on
+                continue
             self.sendReply(result)
 
     def _finish(self, reply: Reply) -> None:
@@ -268,6 +294,7 @@ class ControlProtocol(LineOnlyReceiver):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Stop following events; drop what was queued."""
+        self._closing = True
         self._stop_watching()
         self._pending.clear()
         self._stream = None

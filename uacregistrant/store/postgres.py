@@ -15,11 +15,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import socket
 from typing import Any, Callable, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import psycopg2
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -220,17 +221,22 @@ class PostgresStore:
 
     def _connect(self, connection: _Connection) -> defer.Deferred[Any]:
         """
-        Connect C{connection}, the server's name looked up first off the
-        reactor thread: libpq resolves a host name synchronously, which
-        would stall the reactor on every reconnection while DNS is slow.
+        Connect C{connection}.  libpq looks a host name up synchronously,
+        which would stall the reactor on every reconnection while DNS is
+        slow: a URL naming one plain host name is looked up first on a
+        thread (C{getaddrinfo}, IPv4 and IPv6) and connected to by address
+        (C{hostaddr}, the name kept for TLS and C{pg_hba}); any other form
+        (IP literals, UNIX socket directories, several hosts, C{host=} in
+        the query) is left to libpq as written.
         """
-        host = urlsplit(self.url).hostname
-        if not host or host.startswith("/") or "," in host or _is_ip(host):
+        host = _lookup_host(self.url)
+        if host is None:
             return cast(defer.Deferred[Any], connection.connect(self.url))
-        d: defer.Deferred[Any] = self.reactor.resolve(host)
+        port = urlsplit(self.url).port or 5432
+        d: defer.Deferred[Any] = threads.deferToThread(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
 
-        def connect(address: str) -> defer.Deferred[Any]:
-            return cast(defer.Deferred[Any], connection.connect(self.url, hostaddr=address))
+        def connect(addresses: list[Any]) -> defer.Deferred[Any]:
+            return cast(defer.Deferred[Any], connection.connect(self.url, hostaddr=addresses[0][4][0]))
 
         def unresolved(reason: Failure) -> Failure:
             return Failure(StoreError(f"cannot resolve {host}: {_message(reason)}"))
@@ -464,6 +470,23 @@ def _key(value: Any) -> Key | None:
 
 
 _COLUMNS_SQL = "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s"
+
+
+def _lookup_host(url: str) -> str | None:
+    """The one plain host name of C{url} to look up, or C{None} to leave the URL to libpq."""
+    parts = urlsplit(url)
+    try:
+        host = parts.hostname
+        parts.port  # raises for a port libpq would have to judge
+    except ValueError:
+        return None
+    query = parse_qs(parts.query)
+    if not host or "host" in query or "hostaddr" in query:
+        return None
+    netloc_host = parts.netloc.rpartition("@")[2]
+    if "," in netloc_host or "%" in netloc_host or host.startswith("/") or _is_ip(host):
+        return None
+    return host
 
 
 def _is_ip(host: str) -> bool:

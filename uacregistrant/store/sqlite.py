@@ -145,9 +145,10 @@ class SqliteStore:
         finally:
             db.close()
 
-    def _inspect(self, db: sqlite3.Connection, create: bool, require: bool = False) -> bool:
+    def _inspect(self, db: sqlite3.Connection, create: bool, require: bool = False) -> tuple[bool, dict[str, str]]:
         """
-        Check (and if asked create) the table; return whether it was created.
+        Check (and if asked create) the table; return whether it was
+        created, and its columns (logical name → real name).
 
         @param require: a missing table is an error (a replacement file).
         """
@@ -163,13 +164,11 @@ class SqliteStore:
                     "schema registrant-sqlite.sql) or use the default table and column names"
                 )
             if not create:
-                return False
+                return False, {}
             db.executescript(schema_sql("sqlite"))
             db.commit()
-            self._present = match_columns(self.layout, _columns(db, table), f"{table} in {self.path}")
-            return True
-        self._present = match_columns(self.layout, _columns(db, table), f"{table} in {self.path}")
-        return False
+            return True, match_columns(self.layout, _columns(db, table), f"{table} in {self.path}")
+        return False, match_columns(self.layout, _columns(db, table), f"{table} in {self.path}")
 
     # After the fork: everything on the store's thread.
 
@@ -183,26 +182,31 @@ class SqliteStore:
         return self._call("opening", self._open).addCallback(self._opened)
 
     def _open(self) -> tuple[bool, int]:
-        db, created, rows = self._connect(create=True)
-        self._close_db()
-        self._db = db
-        self._identity = self._noticed = _identity(self.path)
+        db, created, present, rows = self._connect(create=True)
+        self._adopt(db, present, _identity(self.path))
         return created, rows
 
-    def _connect(self, create: bool) -> tuple[sqlite3.Connection, bool, int]:
-        """On the store's thread: a checked connection, whether the table was created, its rows."""
+    def _adopt(self, db: sqlite3.Connection, present: dict[str, str], identity: tuple[int, int] | None) -> None:
+        """On the store's thread: use C{db} (and its columns) from now on."""
+        self._close_db()
+        self._db = db
+        self._present = present
+        self._identity = self._noticed = identity
+
+    def _connect(self, create: bool) -> tuple[sqlite3.Connection, bool, dict[str, str], int]:
+        """On the store's thread: a checked connection, whether the table was created, its columns, its rows."""
         try:
             db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, check_same_thread=False)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open database {self.path}: {e}") from None
         db.text_factory = _TEXT_FACTORY
         try:
-            created = self._inspect(db, create=create, require=not create)
+            created, present = self._inspect(db, create=create, require=not create)
             rows = db.execute(f"SELECT count(*) FROM {quote_identifier(self.layout.table)}").fetchone()[0]
         except BaseException:
             db.close()
             raise
-        return db, created, int(rows)
+        return db, created, present, int(rows)
 
     def _opened(self, result: tuple[bool, int]) -> None:
         created, rows = result
@@ -256,19 +260,23 @@ class SqliteStore:
         Read every row, C{BATCH_SIZE} per trip to the store's thread; each
         batch is handed to C{consume} on the reactor thread.
         """
-        logical, query = self._select()
         done: defer.Deferred[None] = defer.Deferred()
         cursor: list[sqlite3.Cursor] = []
+        columns: list[str] = []
         read = [0]
 
         def first() -> list[Row]:
+            # The query is built here, on the store's thread, after a
+            # replacement file may have been opened with other columns.
             self._notice_replacement()
+            logical, query = self._select()
+            columns.extend(logical)
             opened = self._connection().execute(query)
             cursor.append(opened)
-            return [make_row(logical, v) for v in opened.fetchmany(BATCH_SIZE)]
+            return [make_row(columns, v) for v in opened.fetchmany(BATCH_SIZE)]
 
         def more() -> list[Row]:
-            return [make_row(logical, v) for v in cursor[0].fetchmany(BATCH_SIZE)]
+            return [make_row(columns, v) for v in cursor[0].fetchmany(BATCH_SIZE)]
 
         def got(rows: list[Row]) -> None:
             read[0] += len(rows)
@@ -297,36 +305,39 @@ class SqliteStore:
         so a bad copy never retires every record.
         """
         now = _identity(self.path)
-        if now == self._identity or now == self._noticed:
+        if now == self._identity:
             return
+        first_notice = now != self._noticed
         self._noticed = now
         path = os.path.abspath(self.path)
         if now is None:
-            _log.error(
-                "database file {path} was deleted: still reading the copy held open; restore the file "
-                "(a restart would create an empty table)",
-                path=path,
-            )
+            if first_notice:
+                _log.error(
+                    "database file {path} was deleted: still reading the copy held open; restore the file "
+                    "(a restart would create an empty table)",
+                    path=path,
+                )
             return
         try:
-            db, _, rows = self._connect(create=False)
+            # Tried at every load while the file differs: a replacement
+            # fixed in place (the table created afterwards) is picked up.
+            db, _, present, rows = self._connect(create=False)
         except (sqlite3.Error, StoreError) as e:
-            _log.error(
-                "database file {path} was replaced by one that cannot be used ({error}): still reading the copy held open",
-                path=path,
-                error=str(e),
-            )
+            if first_notice:
+                _log.error(
+                    "database file {path} was replaced by one that cannot be used ({error}): still reading the copy held open",
+                    path=path,
+                    error=str(e),
+                )
             return
-        self._close_db()
-        self._db = db
-        self._identity = now
+        self._adopt(db, present, now)
         _log.warn("database file {path} was replaced: reading the new file ({rows} rows)", path=path, rows=rows)
 
     def load_key(self, key: Key) -> defer.Deferred[Row | None]:
         """The row with this key, or C{None}."""
-        logical, query = self._select()
 
         def read() -> Row | None:
+            logical, query = self._select()
             found = self._connection().execute(f"{query} WHERE {self._where_key()}", key).fetchone()
             return None if found is None else make_row(logical, found)
 
@@ -334,15 +345,15 @@ class SqliteStore:
 
     def set_state(self, key: Key, state: int) -> defer.Deferred[int]:
         """Write the state column of exactly this record; fires with the rows changed."""
-        if "state" not in self._present:
-            return self.load_key(key).addCallback(lambda row: 0 if row is None else 1)
-        sql = (
-            f"UPDATE {quote_identifier(self.layout.table)} SET {quote_identifier(self._present['state'])} = ? "
-            f"WHERE {self._where_key()}"
-        )
 
         def write() -> int:
             db = self._connection()
+            if "state" not in self._present:  # nothing to write: say whether the row is there
+                return 0 if db.execute(f"SELECT 1 FROM {quote_identifier(self.layout.table)} WHERE {self._where_key()}", key).fetchone() is None else 1
+            sql = (
+                f"UPDATE {quote_identifier(self.layout.table)} SET {quote_identifier(self._present['state'])} = ? "
+                f"WHERE {self._where_key()}"
+            )
             with db:
                 return int(db.execute(sql, (state, *key)).rowcount)
 
@@ -353,16 +364,16 @@ class SqliteStore:
         Update the columns C{row} names in the row with its key, or insert
         it; fires with C{"updated"} or C{"inserted"}.
         """
-        assignments = row_assignments(row, self._present)
         table = quote_identifier(self.layout.table)
         key = [row[name] for name in KEY_COLUMNS]
-        changes = [(name, value) for name, value in assignments if name not in {self._present[k] for k in KEY_COLUMNS}]
-        sets = ", ".join(f"{quote_identifier(name)} = ?" for name, _ in changes)
-        names = ", ".join(quote_identifier(name) for name, _ in assignments)
-        marks = ", ".join("?" for _ in assignments)
-        exists = f"SELECT 1 FROM {table} WHERE {self._where_key()}"
 
         def write() -> str:
+            assignments = row_assignments(row, self._present)
+            changes = [(name, value) for name, value in assignments if name not in {self._present[k] for k in KEY_COLUMNS}]
+            sets = ", ".join(f"{quote_identifier(name)} = ?" for name, _ in changes)
+            names = ", ".join(quote_identifier(name) for name, _ in assignments)
+            marks = ", ".join("?" for _ in assignments)
+            exists = f"SELECT 1 FROM {table} WHERE {self._where_key()}"
             db = self._connection()
             with db:
                 if changes:

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 from .sharing import SharedValues
 from .sip.errors import SipParseError
 from .sip.message import parse_params
-from .sip.numbers import is_digits
+from .sip.numbers import parse_signed
 from .sip.uri import SipUri, parse_uri, parse_uri_uncached, strip_angle_brackets
 from .sockets import SocketSpecError, normalise_socket
 
@@ -268,7 +268,7 @@ def _account_from_row(
         proxy=_shared(proxy),
         third_party_registrant=_shared(third_party),
         username=_text(row, "username"),
-        password=_password(row.get("password")),
+        password=_password(row),
         binding_params=sys.intern(params),
         forced_socket=_shared(forced),
     )
@@ -308,9 +308,9 @@ def _check_params(params: str) -> None:
             )
 
 
-def _password(value: Any) -> str | None:
+def _password(row: Mapping[str, Any]) -> str | None:
     """The password as stored (never rendered: only hashed), or C{None}."""
-    text = _string({"password": value}, "password")
+    text = _string(row, "password")
     if text is not None and _SURROGATE.search(text):
         raise RowError("password is not valid UTF-8", "store the password as UTF-8 text")
     return text if text else None
@@ -333,10 +333,9 @@ def _whole_number(value: Any, name: str, hint: str) -> int | None:
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
     if isinstance(value, str):
-        text = value.strip()
-        digits = text[1:] if text.startswith("-") else text
-        if is_digits(digits) and len(digits) <= 20:
-            return int(text)
+        number = parse_signed(value.strip())
+        if number is not None:
+            return number
     raise RowError(f"invalid {name} {str(value)[:40]!r}", hint)
 
 

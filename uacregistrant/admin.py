@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from .account import Account, AccountKey, RowError
 from .registrant import Registrant
 from .registry import Registry
-from .sip.numbers import is_digits
+from .sip.numbers import parse_signed
 from .store import COLUMN_ALIASES, COLUMNS, KEY_COLUMNS, IRegistrantStore, Row
 from .sync import TableSync
 
@@ -200,10 +200,10 @@ class Admin:
 
 def _integer(name: str, text: str, low: int, high: int) -> int:
     """A console value as an integer in [low, high], in ASCII digits."""
-    digits = text[1:] if text.startswith("-") else text
-    if not is_digits(digits) or len(digits) > 12 or not low <= int(text) <= high:
+    number = parse_signed(text, max_digits=12)
+    if number is None or not low <= number <= high:
         raise AdminError(400, "Bad arguments", [f"{name} must be a whole number from {low} to {high}, not {text[:40]!r}"])
-    return int(text)
+    return number
 
 
 def _require_row(rows: int, key: AccountKey) -> None:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-from typing import Any, cast
-
 import sys
+from typing import Any, cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -214,10 +213,7 @@ class RegistrantService(MultiService):
             return
         delay = self._start_delay
         self._start_delay = min(START_RETRY[1], delay * 2)
-        if failure.check(StoreError):
-            _log.error("loading the table failed: {error}; retrying in {delay:.0f}s", error=failure.getErrorMessage(), delay=delay)
-        else:
-            _log.failure("loading the table failed; retrying in {delay:.0f}s", failure, delay=delay)
+        _pass_failed(failure, "loading the table", f"retrying in {delay:.0f}s")
         self._start_retry = self._clock.callLater(delay, self._start_attempt)
 
     def _start_walking(self, _: object) -> None:
@@ -289,7 +285,7 @@ class RegistrantService(MultiService):
         if self._reload_lock.locked:
             return None
         d = self.reload()
-        return d.addCallbacks(lambda _: None, lambda f: _pass_failed(f, "polling the table"))
+        return d.addCallbacks(lambda _: None, lambda f: _pass_failed(f, "polling the table", _FROM_MEMORY))
 
     def _on_table_change(self, key: tuple[str, str, str] | None, old_key: tuple[str, str, str] | None) -> defer.Deferred[None]:
         """A NOTIFY: re-read one record (C{key}), retire C{old_key} if it changed or went."""
@@ -315,7 +311,7 @@ class RegistrantService(MultiService):
     def _on_resync(self) -> None:
         """The store reconnected: a full pass catches whatever changed meanwhile."""
         d = self.reload()
-        d.addErrback(lambda f: _pass_failed(f, "resynchronising after reconnecting"))
+        d.addErrback(lambda f: _pass_failed(f, "resynchronising after reconnecting", _FROM_MEMORY))
 
     def unregister_all(self, timeout: float) -> defer.Deferred[int]:
         """
@@ -395,12 +391,15 @@ def build_service(settings: Settings, reactor: Any | None = None) -> RegistrantS
     return registrant
 
 
-def _pass_failed(failure: Failure, what: str) -> None:
+_FROM_MEMORY = "registrations continue from memory"
+
+
+def _pass_failed(failure: Failure, what: str, then: str) -> None:
     """A full pass failed: one line for the database's own errors, a traceback for anything else."""
     if failure.check(StoreError):
-        _log.error("{what} failed: {error}; registrations continue from memory", what=what, error=failure.getErrorMessage())
+        _log.error("{what} failed: {error}; {then}", what=what, error=failure.getErrorMessage(), then=then)
     else:
-        _log.failure("{what} failed; registrations continue from memory", failure, what=what)
+        _log.failure("{what} failed; {then}", failure, what=what, then=then)
 
 
 def _reason(error: CannotListenError) -> str:

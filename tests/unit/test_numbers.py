@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from uacregistrant.sip.numbers import is_digits, is_hex, parse_digits
+from uacregistrant.sip.numbers import is_digits, is_hex, parse_digits, parse_signed
 
 
 class NumbersTests(SynchronousTestCase):
@@ -27,6 +27,13 @@ class NumbersTests(SynchronousTestCase):
         self.assertTrue(is_hex("0aF9"))
         for text in ("", "+a", "a_b", "\u0661", "0x1", " a"):
             self.assertFalse(is_hex(text), text)
+
+    def test_signed(self) -> None:
+        """An optional minus, ASCII digits, a bounded length; nothing else."""
+        self.assertEqual([parse_signed(t) for t in ("0", "-7", "0042")], [0, -7, 42])
+        for text in ("", "-", "+1", "--1", "1 ", "\u00b2", "-\u0661", "1e3", "1_0"):
+            self.assertIsNone(parse_signed(text), text)
+        self.assertIsNone(parse_signed("1" * 13, max_digits=12))
 
     @given(st.text(max_size=12))
     def test_agrees_with_int_on_ascii(self, text: str) -> None:

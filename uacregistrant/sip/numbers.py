@@ -2,7 +2,7 @@
 """
 Numbers as SIP, the table and the console write them: ASCII digits only.
 
-C{str.isdigit()} is true for C{²}, C{١} and other Unicode digits, which
+C{str.isdigit} (without C{isascii}) is true for C{²}, C{١} and other Unicode digits, which
 C{int()} then refuses or reads as something else; every number that comes
 from a peer, a row or an operator goes through here instead.
 """
@@ -37,3 +37,14 @@ def parse_digits(text: str, maximum: int) -> int | None:
         return None
     value = int(stripped)
     return value if value <= maximum else None
+
+
+def parse_signed(text: str, max_digits: int = 20) -> int | None:
+    """
+    C{text} as a whole number with an optional leading C{-}, in ASCII
+    digits (at most C{max_digits} of them), or C{None}.
+    """
+    digits = text[1:] if text.startswith("-") else text
+    if not is_digits(digits) or len(digits) > max_digits:
+        return None
+    return int(text)

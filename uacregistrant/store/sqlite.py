@@ -80,8 +80,8 @@ def run_synchronously(function: Callable[..., Any], *args: Any) -> defer.Deferre
     return defer.maybeDeferred(function, *args)
 
 
-def _is_busy(failure: Failure) -> bool:
-    error = failure.value
+def _is_busy(error: BaseException | None) -> bool:
+    """Whether C{error} says another connection holds the database's lock."""
     return isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "busy" in str(error))
 
 
@@ -136,11 +136,9 @@ class SqliteStore:
             raise StoreError(f"cannot open database {self.path}: {e}") from None
         try:
             self._inspect(db, create=False)
-        except sqlite3.OperationalError as e:
-            if "locked" in str(e) or "busy" in str(e):
-                return  # another process's lock: the start retries until it is gone
-            raise StoreError(f"cannot read database {self.path}: {e}") from None
         except sqlite3.Error as e:
+            if _is_busy(e):
+                return  # another process's lock: the start retries until it is gone
             raise StoreError(f"cannot read database {self.path}: {e}") from None
         finally:
             db.close()
@@ -236,7 +234,7 @@ class SqliteStore:
             d.addCallbacks(done.callback, lambda failure: failed(failure, tries))
 
         def failed(failure: Failure, tries: int) -> None:
-            if _is_busy(failure) and tries < len(BUSY_RETRIES) and not self._closed:
+            if _is_busy(failure.value) and tries < len(BUSY_RETRIES) and not self._closed:
                 self._clock.callLater(BUSY_RETRIES[tries], attempt, tries + 1)
                 return
             done.errback(_store_error(what, self.layout.table, failure))
@@ -434,6 +432,6 @@ def _store_error(what: str, table: str, failure: Failure) -> StoreError:
         return error
     if isinstance(error, (sqlite3.IntegrityError, OverflowError)):
         return StoreValueError(f"{what} {table}: the table refused the values: {error}")
-    if isinstance(error, sqlite3.OperationalError) and _is_busy(failure):
+    if _is_busy(error):
         return StoreError(f"{what} {table}: the database stayed locked by another process")
     return StoreError(f"{what} {table} failed: {type(error).__name__}: {error}")

@@ -13,8 +13,8 @@ import sys
 
 from twisted.application import service
 
-from uacregistrant.service import build_service
-from uacregistrant.settings import ConfigError, build_settings, load_toml
+from uacregistrant.app.service import build_service
+from uacregistrant.app.settings import ConfigError, build_settings, load_toml
 
 config = os.environ.get("UACREG_CONFIG", "uacregistrant.toml")
 try:

@@ -29,8 +29,8 @@ from twisted.internet import reactor  # noqa: E402
 from twisted.internet.task import LoopingCall  # noqa: E402
 from twisted.names.resolve import ResolverChain  # noqa: E402
 
-from uacregistrant.service import RegistrantService, open_store  # noqa: E402
-from uacregistrant.settings import build_settings  # noqa: E402
+from uacregistrant.app.service import RegistrantService, open_store  # noqa: E402
+from uacregistrant.app.settings import build_settings  # noqa: E402
 
 COMMANDS = ["reg_list json", "reg_list", "reg_stats json", "reg_reload json"]
 

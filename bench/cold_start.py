@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT))
 from twisted.internet import reactor  # noqa: E402
 from twisted.names.resolve import ResolverChain  # noqa: E402
 
-from uacregistrant.client import StateChange  # noqa: E402
-from uacregistrant.registrant import RegState  # noqa: E402
-from uacregistrant.service import RegistrantService, open_store  # noqa: E402
-from uacregistrant.settings import build_settings  # noqa: E402
+from uacregistrant.agent.client import StateChange  # noqa: E402
+from uacregistrant.core.registrant import RegState  # noqa: E402
+from uacregistrant.app.service import RegistrantService, open_store  # noqa: E402
+from uacregistrant.app.settings import build_settings  # noqa: E402
 from uacregistrant.store import schema_sql  # noqa: E402
 
 

@@ -36,7 +36,7 @@ from common import (  # noqa: E402
     write_accounts,
 )
 
-from uacregistrant.registrant import Policy  # noqa: E402
+from uacregistrant.core.registrant import Policy  # noqa: E402
 
 SCENARIO = ROOT / "bench" / "sipp" / "registrar_steady.xml"
 

@@ -24,8 +24,8 @@ from twisted.internet.task import LoopingCall  # noqa: E402
 from twisted.names.resolve import ResolverChain  # noqa: E402
 
 from tests.integration.postgres import PostgresServer  # noqa: E402
-from uacregistrant.service import RegistrantService, open_store  # noqa: E402
-from uacregistrant.settings import build_settings  # noqa: E402
+from uacregistrant.app.service import RegistrantService, open_store  # noqa: E402
+from uacregistrant.app.settings import build_settings  # noqa: E402
 from uacregistrant.store import schema_sql  # noqa: E402
 
 

@@ -31,12 +31,12 @@ import twisted.logger  # noqa: E402,F401
 import twisted.names.client  # noqa: E402,F401
 
 with atheris.instrument_imports(include=["uacregistrant"]):
-    import uacregistrant.client  # noqa: F401
-    import uacregistrant.registrant  # noqa: F401
+    import uacregistrant.agent.client  # noqa: F401
+    import uacregistrant.core.registrant  # noqa: F401
     import uacregistrant.sip.digest  # noqa: F401
     import uacregistrant.sip.message  # noqa: F401
-    import uacregistrant.transaction  # noqa: F401
-    import uacregistrant.transport  # noqa: F401
+    import uacregistrant.net.transaction  # noqa: F401
+    import uacregistrant.net.transport  # noqa: F401
 
 from tests.fuzzing import SEEDS, RegistrantScenario, touch_everything  # noqa: E402
 

@@ -17,19 +17,19 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.names.resolve import ResolverChain
 
-from uacregistrant.account import Account
-from uacregistrant.client import RegistrationClient
-from uacregistrant.registrant import Policy, Registrant
-from uacregistrant.resolver import SipResolver
+from uacregistrant.core.account import Account
+from uacregistrant.agent.client import RegistrationClient
+from uacregistrant.core.registrant import Policy, Registrant
+from uacregistrant.net.resolver import SipResolver
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import Response, parse_message, parse_name_addr
 from uacregistrant.sip.digest import parse_challenges
-from uacregistrant.sockets import SocketSpec
-from uacregistrant.stats import SipCounters
-from uacregistrant.timers import TimerQueue
-from uacregistrant.transaction import TransactionLayer
-from uacregistrant.transport import SipTransport
-from uacregistrant.walker import Pacer
+from uacregistrant.core.socketspec import SocketSpec
+from uacregistrant.core.counters import SipCounters
+from uacregistrant.schedule.timers import TimerQueue
+from uacregistrant.net.transaction import TransactionLayer
+from uacregistrant.net.transport import SipTransport
+from uacregistrant.schedule.walker import Pacer
 
 #: The registrar's address: datagrams come from here.
 REGISTRAR = ("127.0.0.1", 5080)

@@ -12,8 +12,8 @@ from typing import Any
 from twisted.names.resolve import ResolverChain
 
 from tests.fakes import FakeReactor
-from uacregistrant.service import RegistrantService
-from uacregistrant.settings import build_settings
+from uacregistrant.app.service import RegistrantService
+from uacregistrant.app.settings import build_settings
 from uacregistrant.store import schema_sql
 from uacregistrant.store.sqlite import SqliteStore, run_synchronously
 from uacregistrant.testing.registrar import TestRegistrar, UserPolicy

@@ -19,7 +19,7 @@ class DemoTests(TestCase):
         directory = Path(tempfile.mkdtemp(prefix="uacreg-demo-"))
         self.addCleanup(shutil.rmtree, directory, True)
         result = subprocess.run(
-            [sys.executable, "-m", "uacregistrant.demo", "--directory", str(directory), "--timeout", "30"],
+            [sys.executable, "-m", "uacregistrant.app.demo", "--directory", str(directory), "--timeout", "30"],
             capture_output=True, env=environment(), timeout=80,
         )
         out = result.stdout.decode()

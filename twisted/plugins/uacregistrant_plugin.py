@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 uacregistrant = ServiceMaker(
     "uacregistrant",
-    "uacregistrant.tap",
+    "uacregistrant.app.tap",
     "Keep SIP accounts from a database table registered at their registrars.",
     "uacregistrant",
 )

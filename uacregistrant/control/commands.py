@@ -16,14 +16,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..admin import Admin, AdminError
-from ..registrant import RegState, Registrant
-from ..registry import Registry
-from ..slices import in_slices
-from ..stats import SipCounters
-from ..store import StoreError, StoreValueError
-from .events import EventHub
-from .formatting import record_dict, record_text
+from uacregistrant.control.admin import Admin, AdminError
+from uacregistrant.core.registrant import RegState, Registrant
+from uacregistrant.core.registry import Registry
+from uacregistrant.schedule.slices import in_slices
+from uacregistrant.core.counters import SipCounters
+from uacregistrant.store import StoreError, StoreValueError
+from uacregistrant.control.events import EventHub
+from uacregistrant.control.formatting import record_dict, record_text
 
 _log = Logger()
 

@@ -19,7 +19,7 @@ import socket
 import sys
 from typing import TextIO
 
-from .endpoints import split_description as _split
+from uacregistrant.control.endpoints import split_description as _split
 
 DEFAULT_CONTROL = "unix:uacregistrant.ctl"
 

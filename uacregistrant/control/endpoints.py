@@ -12,7 +12,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from ..sip.numbers import parse_digits
+from uacregistrant.sip.numbers import parse_digits
 
 
 class ControlEndpointError(ValueError):

@@ -8,7 +8,7 @@ from typing import Callable
 
 from twisted.logger import Logger
 
-from ..client import StateChange
+from uacregistrant.agent.client import StateChange
 
 _log = Logger()
 

@@ -7,7 +7,7 @@ import datetime
 import functools
 from typing import Any
 
-from ..registrant import Registrant
+from uacregistrant.core.registrant import Registrant
 
 
 def iso_time(seconds: float | None) -> str | None:

@@ -26,7 +26,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .commands import Commands, Reply
+from uacregistrant.control.commands import Commands, Reply
 
 #: Bytes written per reactor turn at most while streaming a body.
 SLICE = 256 * 1024

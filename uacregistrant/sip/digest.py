@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from ..sharing import SharedValues
-from .errors import SipParseError
-from .message import _is_token, quote_string, unquote_string
-from .numbers import is_hex
+from uacregistrant.sip.sharing import SharedValues
+from uacregistrant.sip.errors import SipParseError
+from uacregistrant.sip.message import _is_token, quote_string, unquote_string
+from uacregistrant.sip.numbers import is_hex
 
 _HASHES: dict[str, Callable[[bytes], str]] = {
     "MD5": lambda data: hashlib.md5(data).hexdigest(),

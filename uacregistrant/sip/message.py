@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from .errors import SipParseError, SipRenderError
-from .numbers import parse_digits
+from uacregistrant.sip.errors import SipParseError, SipRenderError
+from uacregistrant.sip.numbers import parse_digits
 
 #: The largest message the parser accepts (bytes).
 MAX_MESSAGE_SIZE = 65535

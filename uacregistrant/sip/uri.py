@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from .errors import SipParseError
-from .numbers import parse_digits
+from uacregistrant.sip.errors import SipParseError
+from uacregistrant.sip.numbers import parse_digits
 
 # Parameters that must match whenever either URI has them (§19.1.4).
 _SIGNIFICANT_PARAMS = ("user", "ttl", "method", "maddr", "transport")

@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from txpostgres import txpostgres
 from zope.interface import implementer
 
-from . import (
+from uacregistrant.store import (
     BATCH_SIZE,
     KEY_COLUMNS,
     IRegistrantStore,

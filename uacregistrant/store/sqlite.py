@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from . import (
+from uacregistrant.store import (
     BATCH_SIZE,
     KEY_COLUMNS,
     IRegistrantStore,

@@ -26,10 +26,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from ..sip.digest import parse_authorization, verify_authorization
-from ..sip.errors import SipParseError
-from ..sip.message import Request, parse_delta_seconds, parse_message, parse_name_addr, quote_string, render_response
-from ..sip.uri import parse_uri
+from uacregistrant.sip.digest import parse_authorization, verify_authorization
+from uacregistrant.sip.errors import SipParseError
+from uacregistrant.sip.message import Request, parse_delta_seconds, parse_message, parse_name_addr, quote_string, render_response
+from uacregistrant.sip.uri import parse_uri
 
 _log = Logger()
 

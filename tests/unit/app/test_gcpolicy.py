@@ -1,0 +1,26 @@
+"""FreezeSurvivors: freezes after older-generation collections, only while running."""
+
+import gc
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from uacregistrant.app.gcpolicy import FreezeSurvivors
+
+
+class FreezeSurvivorsTests(SynchronousTestCase):
+    def test_freezes_after_generation_1_and_2_only_while_running(self) -> None:
+        frozen: list[int] = []
+        policy = FreezeSurvivors(freeze=lambda: frozen.append(1))
+        policy.startService()
+        self.addCleanup(lambda: policy.running and policy.stopService())
+        self.assertIn(policy._after_collection, gc.callbacks)
+        gc.collect(0)
+        self.assertEqual(frozen, [])
+        gc.collect(1)
+        gc.collect(2)
+        self.assertEqual(len(frozen), 2)
+        self.assertEqual(policy.freezes, 2)
+        policy.stopService()
+        self.assertNotIn(policy._after_collection, gc.callbacks)
+        gc.collect(2)
+        self.assertEqual(len(frozen), 2)

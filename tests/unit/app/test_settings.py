@@ -1,0 +1,97 @@
+"""Settings and the twistd plugin options."""
+
+import os
+
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from uacregistrant.app.settings import ConfigError, build_settings, secure_control_endpoint
+from uacregistrant.app.tap import Options
+
+
+class SettingsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        """The defaults mirror the seed and are safe."""
+        settings = build_settings({})
+        self.assertEqual((settings.hash_size, settings.timer_interval, settings.sip_t1), (1, 100, 500))
+        self.assertEqual([c.description for c in settings.control], ["unix:uacregistrant.ctl:mode=600"])
+        self.assertEqual([s.name for s in settings.listen], ["udp:0.0.0.0:5060"])
+        self.assertEqual(settings.bucket_interval, 50)
+
+    def test_refusals(self) -> None:
+        """Bad values are refused with a message naming them."""
+        cases = [
+            ({"hash_size": 3, "timer_interval": 4}, "2^hash_size"),
+            ({"hash_size": 21}, "hash_size"),
+            ({"sip_t1": 0}, "sip_t1"),
+            ({"send_rate": 0}, "send_rate"),
+            ({"listen": ["tcp:1.2.3.4:5060"]}, "listen"),
+            ({"listen": ["udp:1.2.3.4:5060", "1.2.3.4"]}, "twice"),
+            ({"control": ["tcp:5000:interface=0.0.0.0"]}, "loopback"),
+            ({"bogus": 1}, "bogus"),
+            ({"hash_size": "x"}, "hash_size"),
+            ({"default_expires": 2**40}, "default_expires"),
+            ({"default_expires": 100}, "timer_interval"),
+            ({"db_poll": "nan"}, "db_poll"),
+            ({"db_poll": float("nan")}, "db_poll"),
+            ({"db_poll": float("inf")}, "db_poll"),
+            ({"db_poll": "1e-300"}, "db_poll"),
+            ({"db_poll": 0.5}, "db_poll"),
+            ({"send_rate": "inf"}, "send_rate"),
+            ({"send_rate": 1e-300}, "send_rate"),
+            ({"retry_interval": 0.001}, "retry_interval"),
+            ({"retry_max_interval": 2**40}, "retry_max_interval"),
+            ({"hash_size": "\u00b2"}, "hash_size"),
+            ({"timer_interval": "\u0661\u0660\u0660"}, "timer_interval"),
+            ({"max_in_flight": "1_000"}, "max_in_flight"),
+            ({"sip_t1": 2.5}, "sip_t1"),
+            ({"listen": ["udp:127.0.0.1:\u00b2"]}, "port"),
+            ({"control": ["tcp:\u00b2"]}, "port"),
+        ]
+        for values, word in cases:
+            with self.assertRaises(ConfigError, msg=str(values)) as caught:
+                build_settings(values)
+            self.assertIn(word, str(caught.exception))
+
+    def test_numbers_within_bounds(self) -> None:
+        """Whole numbers and decimals in ASCII digits within bounds are accepted from either source."""
+        settings = build_settings({"db_poll": "2.5", "send_rate": 50, "default_expires": "4294967295", "retry_interval": "1"})
+        self.assertEqual((settings.db_poll, settings.send_rate, settings.default_expires), (2.5, 50.0, 2**32 - 1))
+        self.assertEqual(build_settings({"db_poll": 0}).db_poll, 0)
+
+    def test_secure_control(self) -> None:
+        """UNIX sockets default to 0600, TCP to loopback."""
+        self.assertEqual(secure_control_endpoint("unix:/run/x.ctl"), "unix:/run/x.ctl:mode=600")
+        self.assertEqual(secure_control_endpoint("unix:/run/x.ctl:mode=660"), "unix:/run/x.ctl:mode=660")
+        self.assertEqual(secure_control_endpoint("tcp:5028"), "tcp:5028:interface=127.0.0.1")
+        self.assertEqual(secure_control_endpoint("tcp:5028:interface=127.0.0.2"), "tcp:5028:interface=127.0.0.2")
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_cli_overrides_toml(self) -> None:
+        """TOML (seed spelling) fills in; the command line wins."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('hash_size = 3\ntimer_interval = 64\nbinding_URI_column = "contact"\nlisten = "udp:127.0.0.1:5090"\n')
+        options = Options()
+        options.parseOptions(["--config", path, "--hash-size", "2", "--listen", "udp:127.0.0.1:5070", "--listen", "udp:127.0.0.2:5070"])
+        settings = options.settings()
+        self.assertEqual((settings.hash_size, settings.timer_interval), (2, 64))
+        self.assertEqual(settings.table.columns["binding_URI"], "contact")
+        self.assertEqual([s.name for s in settings.listen], ["udp:127.0.0.1:5070", "udp:127.0.0.2:5070"])
+
+    def test_bad_toml(self) -> None:
+        """An unreadable or invalid config file is a ConfigError."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("hash_size = = 1\n")
+        for config in [path, os.path.join(self.mktemp(), "missing.toml")]:
+            options = Options()
+            options.parseOptions(["--config", config])
+            with self.assertRaises(ConfigError):
+                options.settings()
+
+    def test_unknown_option(self) -> None:
+        """Unknown options are usage errors."""
+        with self.assertRaises(UsageError):
+            Options().parseOptions(["--no-such-thing"])

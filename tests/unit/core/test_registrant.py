@@ -1,0 +1,452 @@
+"""Tests for L{uacregistrant.core.registrant}: the pure state machine."""
+
+import random
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from uacregistrant.core.account import Account
+from uacregistrant.core.registrant import IN_TRANSACTION, MAX_FOLLOW_UPS, Policy, RegState, Registrant
+from uacregistrant.sip.digest import parse_authorization, verify_authorization
+from uacregistrant.sip.message import Response, parse_message
+
+
+def account(**kw: object) -> Account:
+    values: dict = dict(
+        row_id=1, aor="sip:alice@example.com", registrar="sip:example.com",
+        binding_uri="sip:alice@192.0.2.1:5060", expiry=3600, username="alice", password="secret",
+    )
+    values.update(kw)
+    return Account(**values)
+
+
+def response(status: int, reason: str = "X", headers: str = "") -> Response:
+    data = (
+        f"SIP/2.0 {status} {reason}\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCSeq: 1 REGISTER\r\n"
+        f"To: <sip:alice@example.com>;tag=t\r\nFrom: <sip:alice@example.com>;tag=f\r\nCall-ID: c\r\n{headers}\r\n"
+    ).encode()
+    message = parse_message(data)
+    assert isinstance(message, Response)
+    return message
+
+
+CHALLENGE = 'WWW-Authenticate: Digest realm="r", nonce="n1", qop="auth", algorithm=MD5\r\n'
+
+
+class RegistrantTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.policy = Policy(retry_base=10, retry_max=100, transaction_timeout=32, rng=random.Random(7))
+
+    def registrant(self, **kw: object) -> Registrant:
+        return Registrant(account(**kw), self.policy)
+
+    def test_first_register(self) -> None:
+        """A new enabled record is due at once and asks for its configured expiry."""
+        r = self.registrant()
+        self.assertTrue(r.due(0))
+        out = r.start(100)
+        self.assertEqual((out.cseq, out.expires, out.authorization), (1, 3600, ()))
+        self.assertEqual((r.state, r.last_register_sent, r.next_at), (RegState.REGISTERING_STATE, 100, None))
+        self.assertFalse(r.due(10**9))
+
+    def test_disabled_record_idle(self) -> None:
+        """A disabled record with no binding never wants to send."""
+        self.assertFalse(self.registrant(enabled=False).due(10**9))
+
+    def test_challenge_then_ok(self) -> None:
+        """401 → authenticated REGISTER (same Call-ID, CSeq+1) → 200 → REGISTERED with refresh time."""
+        r = self.registrant()
+        call_id = r.call_id
+        r.start(0)
+        out = r.on_response(response(401, "Unauthorized", CHALLENGE), 1)
+        assert out is not None
+        self.assertEqual(r.state, RegState.AUTHENTICATING_STATE)
+        self.assertEqual(out.cseq, 2)
+        (name, value), = out.authorization
+        self.assertEqual(name, "Authorization")
+        params = parse_authorization(value)
+        self.assertEqual((params["uri"], params["nc"]), ("sip:example.com", "00000001"))
+        self.assertTrue(verify_authorization(params, "secret", "REGISTER"))
+        self.assertIsNone(r.on_response(response(200, "OK", "Contact: <sip:alice@192.0.2.1:5060>;expires=600\r\n"), 2))
+        self.assertEqual((r.state, r.expires, r.registered_until), (RegState.REGISTERED_STATE, 600, 602))
+        self.assertEqual(r.next_at, 602 - 60)
+        self.assertEqual(r.call_id, call_id)
+        self.assertEqual(r.start(r.next_at).cseq, 3)
+
+    def test_refresh_sends_credentials_up_front(self) -> None:
+        """A refresh reuses the nonce with nc+1; a challenge to it is a new challenge, not a rejection."""
+        r = self.registrant()
+        r.start(0)
+        r.on_response(response(401, "Unauthorized", CHALLENGE), 1)
+        r.on_response(response(200, "OK"), 2)
+        out = r.start(3000)
+        params = parse_authorization(out.authorization[0][1])
+        self.assertEqual((params["nonce"], params["nc"]), ("n1", "00000002"))
+        self.assertTrue(verify_authorization(params, "secret", "REGISTER"))
+        follow = r.on_response(response(401, "Unauthorized", CHALLENGE.replace("n1", "n9")), 3001)
+        assert follow is not None
+        self.assertEqual(r.state, RegState.AUTHENTICATING_STATE)
+        self.assertEqual(parse_authorization(follow.authorization[0][1])["nc"], "00000001")
+        self.assertIsNone(r.on_response(response(401, "Unauthorized", CHALLENGE), 3002))
+        self.assertEqual(r.state, RegState.WRONG_CREDENTIALS_STATE)
+        self.assertEqual(r.start(4000).authorization, ())
+
+    def test_proxy_challenge(self) -> None:
+        """407 is answered with Proxy-Authorization."""
+        r = self.registrant()
+        r.start(0)
+        out = r.on_response(response(407, "Proxy Authentication Required", CHALLENGE.replace("WWW", "Proxy")), 1)
+        assert out is not None
+        self.assertEqual(out.authorization[0][0], "Proxy-Authorization")
+
+    def test_granted_expiry_sources(self) -> None:
+        """
+        Our Contact's expires, else the Expires header; with no Contact of
+        ours, a guess that is never long: the smallest expiry of bindings
+        plausibly ours (same user, or the only one), else the Expires
+        header, else the smallest listed, else 60 s; never above what was
+        asked, never below 10 s.
+        """
+        guesses = []
+        self.policy = Policy(retry_base=10, retry_max=100, transaction_timeout=32, rng=random.Random(7),
+                             expiry_guessed=lambda: guesses.append(1))
+        cases = [
+            ("Contact: <sip:other@192.0.2.9>;expires=5\r\nContact: <sip:alice@192.0.2.1:5060;ob>;expires=300\r\nExpires: 50\r\n", 300, False),
+            ("Contact: <sip:alice@192.0.2.1:5060>\r\nExpires: 70\r\n", 70, False),
+            # Rewritten by the registrar (a parameter added, the host changed): same user part.
+            ("Contact: <sip:alice@192.0.2.1:5060;transport=udp>;expires=60\r\nContact: <sip:bob@192.0.2.9>;expires=5\r\n", 60, True),
+            ("Contact: <sip:alice@203.0.113.7:5060>;expires=80\r\nContact: <sip:alice@203.0.113.8>;expires=90\r\nExpires: 3600\r\n", 80, True),
+            # The only Contact is plausibly ours, whatever its user part.
+            ("Contact: <sip:other@192.0.2.9>;expires=25\r\nExpires: 50\r\n", 25, True),
+            ("Contact: <sip:ALICE@192.0.2.1:5060>;expires=9\r\nExpires: 50\r\n", 10, True),
+            # Nothing plausibly ours: the Expires header, never above what was asked.
+            ("Contact: <sip:x@192.0.2.9>;expires=5\r\nContact: <sip:y@192.0.2.9>;expires=7\r\nExpires: 50\r\n", 50, True),
+            ("Contact: <sip:x@192.0.2.9>;expires=5\r\nContact: <sip:y@192.0.2.9>;expires=7\r\nExpires: 99999\r\n", 3600, True),
+            ("Contact: <sip:x@192.0.2.9>;expires=500\r\nContact: <sip:y@192.0.2.9>;expires=700\r\n", 500, True),
+            # Expiries that are not ASCII numbers are not offers.
+            ("Contact: <sip:alice@192.0.2.2:5060>;expires=\u00b2\r\nContact: <sip:z@192.0.2.9>;expires=40\r\n", 40, True),
+            # Nothing usable: short, never sub-second.
+            ("", 60, True),
+            ("Contact: <sip:bob@192.0.2.9>;expires=5\r\nContact: <sip:alice@192.0.2.1:5060>\r\n", 60, True),
+            ("Contact: <sip:alice@192.0.2.7>;expires=1\r\nContact: <sip:alice@192.0.2.8>;expires=900\r\n", 10, True),
+        ]
+        for headers, granted, guessed in cases:
+            del guesses[:]
+            r = self.registrant()
+            r.start(0)
+            r.on_response(response(200, "OK", headers), 0)
+            self.assertEqual((r.state, r.expires, bool(guesses)), (RegState.REGISTERED_STATE, granted, guessed), headers)
+
+    def test_no_credentials(self) -> None:
+        """A challenge to a record without credentials is WRONG_CREDENTIALS, retried later."""
+        r = self.registrant(password=None)
+        r.start(0)
+        self.assertIsNone(r.on_response(response(401, "Unauthorized", CHALLENGE), 1))
+        self.assertEqual(r.state, RegState.WRONG_CREDENTIALS_STATE)
+        assert r.next_at is not None
+        self.assertTrue(1 + 5 <= r.next_at <= 1 + 10)
+
+    def test_rejected_credentials(self) -> None:
+        """A second challenge to an authenticated request is WRONG_CREDENTIALS."""
+        r = self.registrant()
+        r.start(0)
+        r.on_response(response(401, "Unauthorized", CHALLENGE), 1)
+        self.assertIsNone(r.on_response(response(401, "Unauthorized", CHALLENGE), 2))
+        self.assertEqual(r.state, RegState.WRONG_CREDENTIALS_STATE)
+        self.assertIn("credentials rejected", r.last_error)
+
+    def test_stale_nonce(self) -> None:
+        """stale=true is answered with the new nonce, a bounded number of times."""
+        r = self.registrant()
+        r.start(0)
+        r.on_response(response(401, "Unauthorized", CHALLENGE), 1)
+        stale = CHALLENGE.replace("n1", "n2").replace("MD5", "MD5, stale=true")
+        for _ in range(2):
+            out = r.on_response(response(401, "Unauthorized", stale), 2)
+            assert out is not None
+            self.assertIn('nonce="n2"', out.authorization[0][1])
+        self.assertIsNone(r.on_response(response(401, "Unauthorized", stale), 3))
+        self.assertEqual(r.state, RegState.WRONG_CREDENTIALS_STATE)
+
+    def test_unsupported_algorithm(self) -> None:
+        """Only unknown algorithms offered → INTERNAL_ERROR naming them."""
+        r = self.registrant()
+        r.start(0)
+        r.on_response(response(401, "Unauthorized", CHALLENGE.replace("MD5", "AKAv1-MD5")), 1)
+        self.assertEqual(r.state, RegState.INTERNAL_ERROR_STATE)
+        self.assertIn("AKAV1-MD5", r.last_error)
+
+    def test_interval_too_brief(self) -> None:
+        """423 → resend at once with Min-Expires, kept for later refreshes."""
+        r = self.registrant(expiry=60)
+        r.start(0)
+        out = r.on_response(response(423, "Interval Too Brief", "Min-Expires: 600\r\n"), 1)
+        assert out is not None
+        self.assertEqual((out.expires, out.cseq, r.state), (600, 2, RegState.REGISTERING_STATE))
+        r.on_response(response(200, "OK"), 2)
+        self.assertEqual(r.start(10**6).expires, 600)
+
+    def test_interval_too_brief_after_authentication(self) -> None:
+        """A 423 to an authenticated REGISTER (Kamailio's order) resends with credentials, nc+1."""
+        r = self.registrant(expiry=60)
+        r.start(0)
+        r.on_response(response(401, "Unauthorized", CHALLENGE), 1)
+        out = r.on_response(response(423, "Interval Too Brief", "Min-Expires: 600\r\n"), 2)
+        assert out is not None
+        self.assertEqual((out.expires, parse_authorization(out.authorization[0][1])["nc"]), (600, "00000002"))
+        follow = r.on_response(response(401, "Unauthorized", CHALLENGE.replace("n1", "n2")), 3)
+        assert follow is not None
+        self.assertEqual(r.state, RegState.AUTHENTICATING_STATE)
+        r.on_response(response(200, "OK", "Contact: <sip:alice@192.0.2.1:5060>;expires=600\r\n"), 4)
+        self.assertEqual((r.state, r.expires), (RegState.REGISTERED_STATE, 600))
+
+    def test_interval_too_brief_without_progress(self) -> None:
+        """A 423 whose Min-Expires is missing or not larger is a registrar error."""
+        for headers in ["", "Min-Expires: 30\r\n", "Min-Expires: junk\r\n"]:
+            r = self.registrant(expiry=60)
+            r.start(0)
+            self.assertIsNone(r.on_response(response(423, "Interval Too Brief", headers), 1))
+            self.assertEqual(r.state, RegState.REGISTRAR_ERROR_STATE)
+
+    def test_error_backoff_and_retry_after(self) -> None:
+        """Failures back off exponentially with jitter, capped; Retry-After wins."""
+        r = self.registrant()
+        delays = []
+        now = 0.0
+        for _ in range(8):
+            r.start(now)
+            r.on_response(response(500, "Server Internal Error"), now)
+            self.assertEqual(r.state, RegState.REGISTRAR_ERROR_STATE)
+            assert r.next_at is not None
+            delays.append(r.next_at - now)
+            now = r.next_at
+        for i, delay in enumerate(delays):
+            cap = min(100, 10 * 2**i)
+            self.assertTrue(cap / 2 <= delay <= cap, (i, delay))
+        r.start(now)
+        r.on_response(response(503, "Service Unavailable", "Retry-After: 42\r\n"), now)
+        self.assertEqual(r.next_at, now + 42)
+        r.start(now)
+        r.on_response(response(408, "Request Timeout"), now)
+        self.assertEqual(r.state, RegState.REGISTER_TIMEOUT_STATE)
+
+    def test_timeout_and_success_resets_failures(self) -> None:
+        """Timer F → REGISTER_TIMEOUT; a later 200 resets the back-off."""
+        r = self.registrant()
+        r.start(0)
+        r.on_timeout(32)
+        self.assertEqual((r.state, r.failures), (RegState.REGISTER_TIMEOUT_STATE, 1))
+        r.start(50)
+        r.on_response(response(200, "OK"), 51)
+        self.assertEqual((r.state, r.failures, r.last_error), (RegState.REGISTERED_STATE, 0, ""))
+
+    def test_unregister(self) -> None:
+        """A disabled record holding a binding un-registers, then goes idle."""
+        r = self.registrant()
+        r.start(0)
+        r.on_response(response(200, "OK"), 1)
+        r.account = account(enabled=False)
+        r.next_at = 5
+        out = r.start(5)
+        self.assertEqual((out.expires, r.state), (0, RegState.UNREGISTERING_STATE))
+        out2 = r.on_response(response(401, "Unauthorized", CHALLENGE), 6)
+        assert out2 is not None
+        self.assertEqual((out2.expires, r.state), (0, RegState.AUTHENTICATING_UNREGISTER_STATE))
+        self.assertIsNone(r.on_response(response(200, "OK"), 7))
+        self.assertEqual((r.state, r.next_at, r.registered_until), (RegState.NOT_REGISTERED_STATE, None, None))
+
+    def test_late_or_provisional_responses_ignored(self) -> None:
+        """Provisional responses and responses outside a transaction change nothing."""
+        r = self.registrant()
+        self.assertIsNone(r.on_response(response(200, "OK"), 0))
+        self.assertEqual(r.state, RegState.NOT_REGISTERED_STATE)
+        r.start(0)
+        self.assertIsNone(r.on_response(response(100, "Trying"), 0))
+        self.assertEqual(r.state, RegState.REGISTERING_STATE)
+
+    def test_refresh_lead(self) -> None:
+        """Refreshes start well before expiry, never later than half-way."""
+        self.assertEqual(self.policy.refresh_lead(3600), 360)
+        self.assertEqual(self.policy.refresh_lead(300), 32)
+        self.assertEqual(self.policy.refresh_lead(20), 10)
+
+
+class HostileRegistrarTests(SynchronousTestCase):
+    """
+    Answers no check foresaw end in a settled state with pending work
+    (C{next_at} set), never in a transaction state with nothing to end it.
+    """
+
+    def setUp(self) -> None:
+        self.policy = Policy(retry_base=40, retry_max=1000, transaction_timeout=32, rng=random.Random(3))
+
+    def settled(self, r: Registrant, now: float) -> None:
+        self.assertNotIn(r.state, IN_TRANSACTION)
+        assert r.next_at is not None
+        self.assertGreater(r.next_at, now)
+
+    def test_unicode_digits_never_wedge(self) -> None:
+        """Superscript and Arabic-Indic digits are not numbers: each answer still settles the record."""
+        for digit in ("\u00b2", "\u00b3", "\u0661", "\uff11", "1\u00b2"):
+            cases = [
+                (200, f"Contact: <sip:alice@192.0.2.1:5060>;expires={digit}\r\n", RegState.REGISTERED_STATE),
+                (200, f"Expires: {digit}\r\n", RegState.REGISTERED_STATE),
+                (423, f"Min-Expires: {digit}\r\n", RegState.REGISTRAR_ERROR_STATE),
+                (503, f"Retry-After: {digit}\r\n", RegState.REGISTRAR_ERROR_STATE),
+            ]
+            for status, headers, state in cases:
+                r = Registrant(account(), self.policy)
+                r.start(0)
+                self.assertIsNone(r.on_response(response(status, "X", headers), 1), headers)
+                self.assertEqual(r.state, state, headers)
+                self.settled(r, 1)
+
+    def test_unsplittable_contact_list(self) -> None:
+        """A 200 whose Contact list has an open quote (found by the fuzzer): registered on a guess."""
+        r = Registrant(account(), self.policy)
+        r.start(0)
+        self.assertIsNone(r.on_response(response(200, "OK", 'Contact: "open <sip:alice@192.0.2.1:5060>;expires=60\r\nExpires: 60\r\n'), 1))
+        self.assertEqual((r.state, r.expires), (RegState.REGISTERED_STATE, 60))
+        self.settled(r, 1)
+
+    def test_longer_grant_taken_as_asked(self) -> None:
+        """A grant above the request (4294967295 from a hostile registrar) refreshes as if the request was granted."""
+        r = Registrant(account(), self.policy)
+        r.start(0)
+        r.on_response(response(200, "OK", "Contact: <sip:alice@192.0.2.1:5060>;expires=4294967295\r\n"), 1)
+        self.assertEqual((r.state, r.expires, r.registered_until), (RegState.REGISTERED_STATE, 3600, 3601))
+        self.settled(r, 1)
+        assert r.next_at is not None
+        self.assertLess(r.next_at, 3601)
+
+    def test_registrar_text_is_bounded(self) -> None:
+        """A 60 KB reason phrase is kept to 128 characters; last_error to 300."""
+        r = Registrant(account(), self.policy)
+        r.start(0)
+        r.on_response(response(503, "Busy " + "x" * 60000), 1)
+        assert r.last_reply is not None
+        self.assertEqual(len(r.last_reply[1]), 128)
+        self.assertLessEqual(len(r.last_error), 300)
+
+    def test_huge_nonce_answered_not_kept(self) -> None:
+        """A challenge with a 5 KB nonce is answered, but not kept for credentials up front."""
+        r = Registrant(account(), self.policy)
+        r.start(0)
+        out = r.on_response(response(401, "Unauthorized", CHALLENGE.replace("n1", "n" * 5000)), 1)
+        assert out is not None
+        self.assertIn("n" * 5000, out.authorization[0][1])
+        r.on_response(response(200, "OK", "Contact: <sip:alice@192.0.2.1:5060>;expires=600\r\n"), 2)
+        self.assertEqual(r.state, RegState.REGISTERED_STATE)
+        self.assertEqual(r.start(600).authorization, ())
+        # The same when the attempt was an un-REGISTER.
+        r = Registrant(account(enabled=False), self.policy)
+        r.registered_until = 1000
+        r.start(0)
+        self.assertIsNotNone(r.on_response(response(401, "Unauthorized", CHALLENGE.replace("n1", "n" * 5000)), 1))
+        r.on_response(response(200, "OK"), 2)
+        self.assertEqual((r.state, r._auth), (RegState.NOT_REGISTERED_STATE, ()))
+
+    def test_interval_too_brief_forever(self) -> None:
+        """A registrar raising Min-Expires on every 423 gets two follow-ups, then the back-off."""
+        r = Registrant(account(expiry=60), self.policy)
+        r.start(0)
+        sent = 1
+        minimum = 100
+        while (out := r.on_response(response(423, "Interval Too Brief", f"Min-Expires: {minimum}\r\n"), sent)) is not None:
+            self.assertEqual(out.expires, minimum)
+            sent += 1
+            minimum += 100
+            self.assertLess(sent, 10)
+        self.assertEqual(sent, 3)
+        self.assertEqual(r.state, RegState.REGISTRAR_ERROR_STATE)
+        self.assertIn("423 again", r.last_error)
+        self.settled(r, sent)
+        # The next attempt may raise it again (kept for later refreshes).
+        self.assertEqual(r.start(10**4).expires, 200)
+
+    def test_follow_ups_are_capped(self) -> None:
+        """423s and fresh challenges in turn cannot keep one attempt going."""
+        r = Registrant(account(expiry=60), self.policy)
+        r.start(0)
+        follow_ups = 0
+        minimum = 100
+        for i in range(20):
+            if i % 2:
+                answer = response(423, "Interval Too Brief", f"Min-Expires: {minimum}\r\n")
+                minimum += 100
+            else:
+                answer = response(401, "Unauthorized", CHALLENGE.replace("n1", f"n{i}"))
+            if r.on_response(answer, i) is None:
+                break
+            follow_ups += 1
+        self.assertLessEqual(follow_ups, MAX_FOLLOW_UPS)
+        self.assertEqual(r.state, RegState.REGISTRAR_ERROR_STATE)
+        self.settled(r, 20)
+
+    def test_retry_after_is_clamped(self) -> None:
+        """Retry-After 0 waits a quarter of the retry interval; 4294967295 waits the maximum interval."""
+        for header, delay in (("0", 10.0), ("5", 10.0), ("300", 300.0), ("4294967295", 1000.0), ("99999999999999999999", 1000.0)):
+            r = Registrant(account(), self.policy)
+            r.start(0)
+            r.on_response(response(503, "Service Unavailable", f"Retry-After: {header}\r\n"), 1)
+            self.assertEqual(r.next_at, 1 + delay, header)
+
+    def test_internal_error(self) -> None:
+        """An internal error settles the record in INTERNAL_ERROR with the reason and the back-off."""
+        r = Registrant(account(), self.policy)
+        r.start(0)
+        r.on_response(response(401, "Unauthorized", CHALLENGE), 1)
+        r.on_internal_error(2, "internal error handling a response: ValueError: x")
+        self.assertEqual((r.state, r.last_error, r.failures), (RegState.INTERNAL_ERROR_STATE, "internal error handling a response: ValueError: x", 1))
+        self.settled(r, 2)
+        assert r.next_at is not None
+        self.assertTrue(2 + 20 <= r.next_at <= 2 + 40)
+        self.assertEqual(r.start(r.next_at).authorization, ())
+
+
+class RenderRegisterTests(SynchronousTestCase):
+    def test_round_trip(self) -> None:
+        """The rendered REGISTER parses back with every header the registrar needs, credentials included."""
+        from uacregistrant.agent.client import render_register
+        from uacregistrant.core.registrant import Outgoing
+        from uacregistrant.sip.message import Request
+
+        out = Outgoing(7, 600, (("Authorization", 'Digest username="alice", nonce="n"'),))
+        data = render_register(
+            account(binding_params=";transport=udp"), "cid", "ftag", out, ("2001:db8::1", 5070), "z9hG4bKb1", "ua/1"
+        )
+        message = parse_message(data)
+        assert isinstance(message, Request)
+        self.assertEqual((message.method, message.uri), ("REGISTER", "sip:example.com"))
+        self.assertEqual(message.top_via.host, "2001:db8::1")
+        self.assertEqual((message.top_via.port, message.top_via.branch), (5070, "z9hG4bKb1"))
+        self.assertEqual(message.cseq, (7, "REGISTER"))
+        self.assertEqual(message.call_id, "cid")
+        self.assertEqual(message.get("from"), "<sip:alice@example.com>;tag=ftag")
+        self.assertEqual(message.get("contact"), "<sip:alice@192.0.2.1:5060>;transport=udp;expires=600")
+        self.assertEqual(message.get("authorization"), 'Digest username="alice", nonce="n"')
+        self.assertEqual(message.get("user-agent"), "ua/1")
+        self.assertEqual(message.body, b"")
+        self.assertTrue(data.endswith(b"Content-Length: 0\r\n\r\n"))
+
+    def test_no_value_can_inject_a_line(self) -> None:
+        """
+        Even an account that bypassed row validation cannot put a CR or LF
+        on the wire: rendering refuses (and the client's guard turns that
+        into INTERNAL_ERROR).
+        """
+        from uacregistrant.agent.client import render_register
+        from uacregistrant.core.registrant import Outgoing
+        from uacregistrant.sip.errors import SipRenderError
+
+        for field in ("aor", "binding_uri", "binding_params", "third_party_registrant", "registrar"):
+            value = {"aor": "sip:alice@example.com", "binding_uri": "sip:alice@192.0.2.1:5060", "binding_params": ";ob",
+                     "third_party_registrant": "sip:admin@example.com", "registrar": "sip:example.com"}[field]
+            for bad in ("\r\nX-Injected: 1", "\rX-Injected: 1", "\nX-Injected: 1"):
+                bad_account = account(**{field: value + bad}) if field != "registrar" else account()
+                if field == "registrar":
+                    object.__setattr__(bad_account, "registrar", value + bad)
+                with self.assertRaises(SipRenderError, msg=(field, bad)):
+                    render_register(bad_account, "cid", "ftag", Outgoing(1, 60), ("192.0.2.1", 5060), "z9hG4bKb1")
+        with self.assertRaises(SipRenderError):
+            render_register(account(), "cid", "ftag", Outgoing(1, 60, (("Authorization", "Digest x\r\nY: 1"),)),
+                            ("192.0.2.1", 5060), "z9hG4bKb1")

@@ -1,0 +1,66 @@
+"""
+Tests for L{uacregistrant.net.resolver}, answered by a real twisted.names
+authority built from a zone file (no network).
+"""
+
+from twisted.internet.task import Clock
+from twisted.names.authority import PySourceAuthority
+from twisted.names.resolve import ResolverChain
+from twisted.trial.unittest import SynchronousTestCase
+
+from uacregistrant.net.resolver import ResolutionError, SipResolver
+from uacregistrant.sip.uri import parse_uri
+
+ZONE = """
+zone = [
+    SOA('sip.test', mname='ns.sip.test', rname='root.sip.test', serial=1, refresh=60, retry=60, expire=60, minimum=60),
+    SRV('_sip._udp.sip.test', 20, 0, 5090, 'backup.sip.test'),
+    SRV('_sip._udp.sip.test', 10, 0, 5070, 'primary.sip.test'),
+    A('primary.sip.test', '127.0.0.7'),
+    A('backup.sip.test', '127.0.0.8'),
+    A('plain.sip.test', '127.0.0.9', ttl=45),
+    AAAA('six.sip.test', '::1'),
+]
+"""
+
+
+class ResolverTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(ZONE)
+        self.clock = Clock()
+        self.resolver = SipResolver(ResolverChain([PySourceAuthority(path)]), self.clock)
+
+    def resolve(self, uri: str) -> tuple[str, int]:
+        return self.successResultOf(self.resolver.resolve(parse_uri(uri)))
+
+    def test_ip_literals_need_no_lookup(self) -> None:
+        """IP literals resolve at once, default port 5060."""
+        self.assertEqual(self.resolver.cached(parse_uri("sip:192.0.2.1")), ("192.0.2.1", 5060))
+        self.assertEqual(self.resolve("sip:[::1]:5080"), ("::1", 5080))
+
+    def test_srv_by_priority(self) -> None:
+        """A bare host name uses SRV _sip._udp, lowest priority first."""
+        self.assertEqual(self.resolve("sip:sip.test"), ("127.0.0.7", 5070))
+
+    def test_explicit_port_skips_srv(self) -> None:
+        """With a port, only A/AAAA are asked; without SRV records, A on 5060."""
+        # sip.test has SRV records but no A record: with a port, SRV is not used.
+        self.failureResultOf(self.resolver.resolve(parse_uri("sip:sip.test:5999")), ResolutionError)
+        self.assertEqual(self.resolve("sip:plain.sip.test"), ("127.0.0.9", 5060))
+        self.assertEqual(self.resolve("sip:plain.sip.test:6000"), ("127.0.0.9", 6000))
+        self.assertEqual(self.resolve("sip:six.sip.test:6000"), ("::1", 6000))
+
+    def test_cache_for_ttl(self) -> None:
+        """Answers are cached for their TTL (at least 30 s)."""
+        uri = parse_uri("sip:plain.sip.test")
+        self.assertIsNone(self.resolver.cached(uri))
+        self.resolve("sip:plain.sip.test")
+        self.assertEqual(self.resolver.cached(uri), ("127.0.0.9", 5060))
+        self.clock.advance(46)
+        self.assertIsNone(self.resolver.cached(uri))
+
+    def test_unknown_host(self) -> None:
+        """A name without records fails with ResolutionError."""
+        self.failureResultOf(self.resolver.resolve(parse_uri("sip:nowhere.sip.test")), ResolutionError)

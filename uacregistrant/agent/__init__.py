@@ -1,0 +1,1 @@
+"""The transaction user: runs each registrant's requests through the network layer."""

@@ -1,0 +1,54 @@
+# -*- test-case-name: tests.unit.test_preflight -*-
+"""
+Every check that can refuse a start, run before anything is created (no
+table, no socket file, no pid file) and before twistd forks: the store is
+readable, every UDP socket and control endpoint can be bound.  A refusal
+is one line for the operator.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from uacregistrant.app.settings import ConfigError, Settings
+from uacregistrant.core.socketspec import SocketSpec
+from uacregistrant.store import IRegistrantStore, StoreError
+from uacregistrant.control.endpoints import ControlEndpointError
+
+
+def check_udp(spec: SocketSpec) -> None:
+    """
+    Bind C{spec} for a moment: the port is free and the address is one of
+    this host's.
+
+    @raise ConfigError: naming the socket and the reason.
+    """
+    family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((spec.host, spec.port))
+        except OSError as e:
+            reason = e.strerror or str(e)
+            if e.errno == errno.EADDRNOTAVAIL:
+                reason += " (not an address of this host)"
+            raise ConfigError(f"cannot listen on {spec.name}: {reason}") from None
+
+
+def preflight(settings: Settings, store: IRegistrantStore) -> None:
+    """
+    Run every start-up check, creating nothing.
+
+    @raise ConfigError: with one line saying what is wrong.
+    """
+    try:
+        store.check()
+    except StoreError as e:
+        raise ConfigError(str(e)) from None
+    for spec in settings.listen:
+        check_udp(spec)
+    for control in settings.control:
+        try:
+            control.check()
+        except ControlEndpointError as e:
+            raise ConfigError(str(e)) from None

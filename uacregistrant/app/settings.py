@@ -1,0 +1,241 @@
+# -*- test-case-name: tests.unit.test_settings -*-
+"""
+The daemon's settings: one typed, immutable object built from defaults,
+then a TOML file, then command-line options, and validated once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from uacregistrant.control.endpoints import ControlEndpoint, ControlEndpointError, parse_control
+from uacregistrant.sip.numbers import is_digits
+from uacregistrant.core.socketspec import SocketSpec, SocketSpecError, parse_socket
+from uacregistrant.store import COLUMNS, TableLayout
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message is one line for the operator."""
+
+
+#: Column options, in the seed's spelling (TOML key = name + "_column").
+COLUMN_SETTINGS = tuple(name for name in COLUMNS if name not in ("id", "cluster_shtag"))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service needs to know, validated."""
+
+    db_url: str = "sqlite:registrant.db"
+    table: TableLayout = field(default_factory=TableLayout)
+    hash_size: int = 1
+    timer_interval: int = 100
+    listen: tuple[SocketSpec, ...] = (SocketSpec("0.0.0.0", 5060),)
+    control: tuple[ControlEndpoint, ...] = (ControlEndpoint("unix", path="uacregistrant.ctl"),)
+    sip_t1: int = 500
+    default_expires: int = 3600
+    send_rate: float = 1000.0
+    retry_interval: float = 30.0
+    retry_max_interval: float = 1800.0
+    max_in_flight: int = 1000
+    db_poll: float = 0.0
+    db_notify: bool = True
+    shutdown_timeout: float = 5.0
+    unregister_on_shutdown: bool = True
+
+    @property
+    def bucket_interval(self) -> float:
+        """Seconds between two bucket visits."""
+        return self.timer_interval / (1 << self.hash_size)
+
+
+# name -> (type, default); the names are the TOML keys, options use dashes.
+SCALARS: dict[str, tuple[type, Any]] = {
+    "db_url": (str, "sqlite:registrant.db"),
+    "table_name": (str, "registrant"),
+    "hash_size": (int, 1),
+    "timer_interval": (int, 100),
+    "sip_t1": (int, 500),
+    "default_expires": (int, 3600),
+    "send_rate": (float, 1000.0),
+    "retry_interval": (float, 30.0),
+    "retry_max_interval": (float, 1800.0),
+    "max_in_flight": (int, 1000),
+    "db_poll": (float, 0.0),
+    "shutdown_timeout": (float, 5.0),
+}
+#: name -> (smallest, largest) accepted; C{db_poll} also takes 0 (off).
+BOUNDS: dict[str, tuple[float, float]] = {
+    "hash_size": (0, 20),
+    "timer_interval": (1, 86400),
+    "sip_t1": (1, 10000),
+    "default_expires": (1, 2**32 - 1),
+    "send_rate": (0.1, 1_000_000),
+    "retry_interval": (1, 86400),
+    "retry_max_interval": (1, 7 * 86400),
+    "max_in_flight": (1, 1_000_000),
+    "db_poll": (1, 86400),
+    "shutdown_timeout": (0, 3600),
+}
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+#: name -> default; on the command line as --no-NAME.
+FLAGS: dict[str, bool] = {"db_notify": True, "unregister_on_shutdown": True}
+LISTS = ("listen", "control")
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """Read a TOML config file; keys are folded to lower case."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"invalid TOML in {path}: {e}") from None
+    return {str(k).lower(): v for k, v in data.items()}
+
+
+def known_keys() -> set[str]:
+    """Every key a config file may hold."""
+    return set(SCALARS) | set(FLAGS) | set(LISTS) | {f"{name.lower()}_column" for name in COLUMN_SETTINGS}
+
+
+def build_settings(values: Mapping[str, Any]) -> Settings:
+    """
+    Validate merged values (TOML spelling, lower-case keys) into L{Settings}.
+
+    @raise ConfigError: naming the first bad value.
+    """
+    unknown = set(values) - known_keys()
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    scalars = {name: _coerce(name, kind, values.get(name, default)) for name, (kind, default) in SCALARS.items()}
+    hash_size = scalars["hash_size"]
+    timer_interval = scalars["timer_interval"]
+    if timer_interval < (1 << hash_size):
+        raise ConfigError(
+            f"timer_interval={timer_interval} must be at least 2^hash_size={1 << hash_size} "
+            "(one bucket per second at most)"
+        )
+    if scalars["default_expires"] <= timer_interval:
+        raise ConfigError(
+            f"default_expires={scalars['default_expires']} must be longer than timer_interval={timer_interval} "
+            "(rows with a NULL expiry would all be refused)"
+        )
+    if scalars["retry_max_interval"] < scalars["retry_interval"]:
+        raise ConfigError("retry_max_interval must not be less than retry_interval")
+    flags = {}
+    for name, default in FLAGS.items():
+        value = values.get(name, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, not {value!r}")
+        flags[name] = value
+    columns = {name: name for name in COLUMNS}
+    for name in COLUMN_SETTINGS:
+        real = values.get(f"{name.lower()}_column", name)
+        if not isinstance(real, str) or not real or '"' in real:
+            raise ConfigError(f"invalid {name}_column {real!r}")
+        columns[name] = real
+    table = scalars["table_name"]
+    if not table or '"' in table:
+        raise ConfigError(f"invalid table_name {table!r}")
+    listen = _listen(_as_list(values.get("listen"), "listen") or ["udp:0.0.0.0:5060"])
+    control = tuple(_control(e) for e in (_as_list(values.get("control"), "control") or ["unix:uacregistrant.ctl"]))
+    return Settings(
+        db_url=scalars["db_url"],
+        table=TableLayout(table, columns),
+        hash_size=hash_size,
+        timer_interval=timer_interval,
+        listen=listen,
+        control=control,
+        sip_t1=scalars["sip_t1"],
+        default_expires=scalars["default_expires"],
+        send_rate=scalars["send_rate"],
+        retry_interval=scalars["retry_interval"],
+        retry_max_interval=scalars["retry_max_interval"],
+        max_in_flight=scalars["max_in_flight"],
+        db_poll=scalars["db_poll"],
+        shutdown_timeout=scalars["shutdown_timeout"],
+        **flags,
+    )
+
+
+def _coerce(name: str, kind: type, value: Any) -> Any:
+    """
+    A setting's value as C{kind}: numbers in ASCII digits (a decimal point
+    for seconds and rates), finite, within L{BOUNDS}.
+    """
+    if isinstance(value, bool) or (kind is str and not isinstance(value, str)):
+        raise ConfigError(f"invalid {name} {value!r}")
+    if kind is str:
+        return value
+    number: float | int
+    if isinstance(value, str):
+        text = value.strip()
+        if kind is int and is_digits(text):
+            number = int(text)
+        elif kind is float and _DECIMAL.fullmatch(text) and text.isascii():
+            number = float(text)
+        else:
+            raise ConfigError(f"invalid {name} {value[:40]!r}: {_expected(name, kind)}")
+    elif isinstance(value, int) or (isinstance(value, float) and kind is float):
+        number = value
+    else:
+        raise ConfigError(f"invalid {name} {str(value)[:40]!r}: {_expected(name, kind)}")
+    low, high = BOUNDS.get(name, (-math.inf, math.inf))
+    off = name == "db_poll" and number == 0
+    if not math.isfinite(number) or not (low <= number <= high or off):
+        raise ConfigError(f"invalid {name} {str(value)[:40]!r}: {_expected(name, kind)}")
+    return kind(number)
+
+
+def _expected(name: str, kind: type) -> str:
+    low, high = BOUNDS.get(name, (-math.inf, math.inf))
+    what = "a whole number" if kind is int else "a number"
+    rule = f"{what} from {low:g} to {high:g}"
+    return rule + " (or 0 for off)" if name == "db_poll" else rule
+
+
+def _as_list(value: Any, name: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigError(f"{name} must be a string or a list of strings")
+
+
+def _listen(specs: list[str]) -> tuple[SocketSpec, ...]:
+    parsed: list[SocketSpec] = []
+    for text in specs:
+        try:
+            spec = parse_socket(text)
+        except SocketSpecError as e:
+            raise ConfigError(f"invalid listen {text!r}: {e}") from None
+        if spec in parsed:
+            raise ConfigError(f"listen {spec.name} given twice")
+        parsed.append(spec)
+    return tuple(parsed)
+
+
+def secure_control_endpoint(description: str) -> str:
+    """
+    Make a control endpoint safe by default (see L{parse_control}); its
+    canonical description in Twisted's syntax.
+
+    @raise ConfigError: if it cannot be made safe.
+    """
+    return _control(description).description
+
+
+def _control(description: str) -> ControlEndpoint:
+    try:
+        return parse_control(description)
+    except ControlEndpointError as e:
+        raise ConfigError(str(e)) from None

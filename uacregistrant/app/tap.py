@@ -1,0 +1,104 @@
+# -*- test-case-name: tests.unit.test_tap -*-
+"""
+C{twistd uacregistrant}: the options (mirroring the seed's parameters) and
+L{makeService}.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from uacregistrant.app.settings import COLUMN_SETTINGS, FLAGS, SCALARS, ConfigError, Settings, build_settings, load_toml
+
+_DESCRIPTIONS = {
+    "db_url": "Database URL: sqlite:PATH (relative or absolute)",
+    "table_name": "Table holding the accounts",
+    "hash_size": "The registry has 2^hash_size buckets",
+    "timer_interval": "Seconds for one walk over all buckets",
+    "sip_t1": "SIP T1 in milliseconds (Timer F = 64*T1)",
+    "default_expires": "Expiry for rows whose expiry is NULL",
+    "send_rate": "First REGISTERs sent per second at most",
+    "retry_interval": "First retry delay after a failure (s); doubles per failure",
+    "retry_max_interval": "Cap on the retry delay (s)",
+    "max_in_flight": "Outstanding REGISTER transactions at most (new ones wait)",
+    "db_poll": "Re-read the table every N seconds (0 = off; for SQLite, which has no NOTIFY)",
+    "shutdown_timeout": "Seconds to wait for un-REGISTERs at shutdown",
+}
+
+
+def _option_name(key: str) -> str:
+    return key.lower().replace("_", "-")
+
+
+class Options(usage.Options):
+    """Command-line options; unset ones fall back to the TOML file, then defaults."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Keeps the SIP accounts of an OpenSIPS-style registrant table registered. "
+        "Settings may also come from --config FILE (TOML, seed spelling, e.g. hash_size); "
+        "command-line options override the file."
+    )
+    optParameters = [
+        [_option_name(key), None, None, f"{_DESCRIPTIONS[key]} [default: {default}]"]
+        for key, (_, default) in SCALARS.items()
+    ] + [
+        [f"{_option_name(name)}-column", None, None, f"Column of {name} [default: {name}]"]
+        for name in COLUMN_SETTINGS
+    ] + [
+        ["config", "c", None, "TOML file with the same settings"],
+    ]
+    optFlags = [
+        ["no-db-notify", None, "Do not install the NOTIFY trigger nor LISTEN (PostgreSQL)"],
+        ["no-unregister-on-shutdown", None, "Leave the bindings registered when stopping"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["control"] = []
+
+    def opt_listen(self, spec: str) -> None:
+        """UDP socket udp:HOST:PORT to send from (repeatable) [default: udp:0.0.0.0:5060]"""
+        self["listen"].append(spec)
+
+    def opt_control(self, description: str) -> None:
+        """Control endpoint, unix:PATH or tcp:PORT (repeatable) [default: unix:uacregistrant.ctl:mode=600]"""
+        self["control"].append(description)
+
+    def merged(self) -> dict[str, Any]:
+        """Defaults are applied later: TOML values, then the options given."""
+        values: dict[str, Any] = load_toml(self["config"]) if self["config"] else {}
+        for key in SCALARS:
+            if self[_option_name(key)] is not None:
+                values[key] = self[_option_name(key)]
+        for name in COLUMN_SETTINGS:
+            option = f"{_option_name(name)}-column"
+            if self[option] is not None:
+                values[f"{name.lower()}_column"] = self[option]
+        for key in FLAGS:
+            if self["no-" + _option_name(key)]:
+                values[key] = False
+        for key in ("listen", "control"):
+            if self[key]:
+                values[key] = list(self[key])
+        return values
+
+    def settings(self) -> Settings:
+        """Validated settings (raises L{ConfigError})."""
+        return build_settings(self.merged())
+
+
+def makeService(options: Options) -> IService:
+    """Build the service, or refuse to start with one clear line."""
+    from uacregistrant.app.service import build_service
+
+    try:
+        return build_service(options.settings())
+    except ConfigError as e:
+        print(f"uacregistrant: cannot start: {e}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,348 @@
+# -*- test-case-name: tests.unit.test_account -*-
+"""
+One account as configured in the table, validated.
+
+A table row becomes an L{Account} or raises L{RowError} saying why and how
+to fix it, whatever the row holds (text that is not UTF-8, a REAL where a
+number belongs, a control character); nothing else here.
+
+Every value that reaches the wire is checked here: no control character
+(CR and LF above all) and no whitespace inside a URI or outside the quoted
+parts of binding_params.  The key columns (aor, binding_URI, registrar)
+must be stored exactly as the daemon uses them (no C{<>}, no surrounding
+spaces), because admin writes and NOTIFYs find rows by that text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from uacregistrant.sip.sharing import SharedValues
+from uacregistrant.sip.errors import SipParseError
+from uacregistrant.sip.message import parse_params
+from uacregistrant.sip.numbers import parse_signed
+from uacregistrant.sip.uri import SipUri, parse_uri, parse_uri_uncached, strip_angle_brackets
+from uacregistrant.core.socketspec import SocketSpecError, normalise_socket
+
+#: Largest expiry a REGISTER can carry (RFC 3261 delta-seconds).
+MAX_EXPIRES = 2**32 - 1
+
+AccountKey = tuple[str, str, str]
+
+
+class RowError(ValueError):
+    """A table row that cannot be used; C{hint} says how to fix it."""
+
+    def __init__(self, reason: str, hint: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.hint = hint
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """
+    An account to keep registered.
+
+    @ivar key: C{(aor, binding_uri, registrar)}, the table's unique key.
+    @ivar forced_socket: the canonical C{udp:HOST:PORT} of the socket to
+        send from, or C{None} for the first listening socket.
+    """
+
+    row_id: int | None = field(compare=False)
+    aor: str
+    registrar: str
+    binding_uri: str
+    expiry: int
+    enabled: bool = True
+    proxy: str | None = None
+    third_party_registrant: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    binding_params: str = ""
+    forced_socket: str | None = None
+    next_hop: SipUri = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Registrars and proxies are shared by many accounts: parse_uri's
+        # cache hands them all the same object.
+        object.__setattr__(self, "next_hop", parse_uri(self.proxy or self.registrar))
+
+    @property
+    def binding(self) -> SipUri:
+        """The binding URI, parsed (on demand: not kept per account)."""
+        return parse_uri(self.binding_uri)
+
+    @property
+    def key(self) -> AccountKey:
+        """The unique key C{(aor, binding_uri, registrar)}."""
+        return (self.aor, self.binding_uri, self.registrar)
+
+    @property
+    def has_credentials(self) -> bool:
+        """Whether a username and a password are configured."""
+        return bool(self.username) and bool(self.password)
+
+
+#: What no text column may hold: control characters (CR and LF among
+#: them) and lone surrogates (how bytes that are not UTF-8 read).
+_BAD_TEXT = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_WHITESPACE = re.compile(r"\s")
+#: What a key column may not hold: angle brackets, quotes, whitespace.
+_NOT_BARE = re.compile(r'[<>"\s]')
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+_KEY_HINT = "the daemon finds rows by the key as stored: write it as a bare URI, without <> or surrounding spaces"
+
+
+def _string(row: Mapping[str, Any], name: str) -> str | None:
+    """A column's value as text, or C{None}; refuses what text cannot be."""
+    value = row.get(name)
+    if value is None or type(value) is str:
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise RowError(f"{name} is not valid UTF-8", f"store {name} as UTF-8 text") from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    elif not isinstance(value, str):
+        raise RowError(f"{name} holds a {type(value).__name__}, not text", f"store {name} as text")
+    return value
+
+
+def _text(row: Mapping[str, Any], name: str) -> str | None:
+    """A text column that may reach the wire: stripped, no control characters."""
+    return _clean(_string(row, name), name)
+
+
+def _clean(value: str | None, name: str) -> str | None:
+    if value is None:
+        return None
+    bad = _BAD_TEXT.search(value)
+    if bad is not None:
+        what = "invalid UTF-8" if "\ud800" <= bad.group() <= "\udfff" else f"a control character ({bad.group()!r})"
+        raise RowError(
+            f"{name} holds {what} at position {bad.start()}",
+            f"remove it: CR, LF and other control characters would end a header line of the REGISTER",
+        )
+    text = value.strip()
+    return text or None
+
+
+def _uri_text(row: Mapping[str, Any], name: str, key: bool = False) -> str | None:
+    """A URI column: no whitespace inside; a key column exactly as stored."""
+    raw = _string(row, name)
+    text = _clean(raw, name)
+    if text is None:
+        return None
+    if key:
+        bad = _NOT_BARE.search(text) if raw == text else None
+        if raw != text or (bad is not None and not bad.group().isspace()):
+            raise RowError(f"{name} {raw!r} is not stored as a bare URI", _KEY_HINT)
+        if bad is not None:
+            raise RowError(f"{name} {text!r} holds whitespace", f"write {name} as a SIP URI without spaces")
+        return text
+    try:
+        inner = strip_angle_brackets(text)
+    except SipParseError:
+        inner = text  # an unmatched "<": refused just below
+    bad = _NOT_BARE.search(inner)
+    if bad is not None:
+        what = "whitespace" if bad.group().isspace() else repr(bad.group())
+        raise RowError(f"{name} {text!r} holds {what} inside the URI", f"write {name} as one SIP URI, e.g. sip:host;lr")
+    return text
+
+
+def account_from_row(
+    row: Mapping[str, Any],
+    *,
+    default_expires: int,
+    timer_interval: int,
+    sockets: list[str],
+) -> Account:
+    """
+    Validate one table row (logical column names as keys).
+
+    @param sockets: the canonical names of the listening sockets.
+    @raise RowError: with the reason and a hint for the operator.
+    """
+    try:
+        return _account_from_row(row, default_expires=default_expires, timer_interval=timer_interval, sockets=sockets)
+    except RowError:
+        raise
+    except Exception as e:
+        # No check foresaw this value: still one row's problem, not the table's.
+        raise RowError(
+            f"unusable row ({type(e).__name__}: {str(e)[:200]})",
+            "check the row's values against the table's schema",
+        ) from None
+
+
+def _account_from_row(
+    row: Mapping[str, Any],
+    *,
+    default_expires: int,
+    timer_interval: int,
+    sockets: list[str],
+) -> Account:
+    row_id = row.get("id")
+    aor = _uri_text(row, "aor", key=True)
+    registrar = _uri_text(row, "registrar", key=True)
+    binding = _uri_text(row, "binding_URI", key=True)
+    if not aor:
+        raise RowError("empty aor", "set aor to the account's SIP URI, e.g. sip:alice@example.com")
+    if not registrar:
+        raise RowError("empty registrar", "set registrar to the registrar's URI, e.g. sip:example.com")
+    if not binding:
+        raise RowError("empty binding_URI", "set binding_URI to the Contact to register, e.g. sip:alice@192.0.2.1:5060")
+    for column, text in (("aor", aor), ("registrar", registrar), ("binding_URI", binding)):
+        try:
+            # AORs and bindings are one per account: checked without the
+            # parse cache, which they would only churn.
+            (parse_uri if column == "registrar" else parse_uri_uncached)(text)
+        except SipParseError as e:
+            raise RowError(f"unparsable {column} {text!r}: {e}", f"write {column} as a sip: or sips: URI") from None
+    if parse_uri(registrar).user is not None:
+        raise RowError(
+            f"registrar {registrar!r} has a user part",
+            "the registrar is the Request-URI of the REGISTER: write it without user@ (e.g. sip:example.com)",
+        )
+    proxy = _uri_text(row, "proxy")
+    if proxy:
+        try:
+            proxy_uri = parse_uri(proxy)
+        except SipParseError as e:
+            raise RowError(f"unparsable proxy {proxy!r}: {e}", "write proxy as a sip: URI or leave it NULL") from None
+        if proxy_uri.user is not None:
+            raise RowError(f"proxy {proxy!r} has a user part", "write the outbound proxy without user@")
+        proxy = strip_angle_brackets(proxy)
+    third_party = _uri_text(row, "third_party_registrant")
+    if third_party:
+        try:
+            parse_uri(third_party)
+        except SipParseError as e:
+            raise RowError(
+                f"unparsable third_party_registrant {third_party!r}: {e}",
+                "write it as a sip: URI or leave it NULL (From = AOR)",
+            ) from None
+        third_party = strip_angle_brackets(third_party)
+    params = _text(row, "binding_params") or ""
+    if params and not params.startswith(";"):
+        params = ";" + params
+    try:
+        parse_params(params)
+    except SipParseError as e:
+        raise RowError(f"unparsable binding_params {params!r}: {e}", "write binding_params as ;name=value;flag") from None
+    _check_params(params)
+    expiry = _expiry(row.get("expiry"), default_expires)
+    if expiry <= timer_interval:
+        raise RowError(
+            f"expiry {expiry} is not longer than timer_interval {timer_interval}",
+            f"raise expiry above {timer_interval} or lower --timer-interval",
+        )
+    forced = _text(row, "forced_socket")
+    if forced:
+        try:
+            forced = normalise_socket(forced)
+        except SocketSpecError as e:
+            raise RowError(f"invalid forced_socket {forced!r}: {e}", "write it as udp:IP:PORT") from None
+        if forced not in sockets:
+            raise RowError(
+                f"forced_socket {forced} is not a listening socket",
+                f"use one of {', '.join(sockets)} or add --listen {forced}",
+            )
+    state = _whole_number(row.get("state"), "state", "state is 0 (enabled) or another integer (disabled)")
+    enabled = state is None or state == 0
+    return Account(
+        row_id=int(row_id) if isinstance(row_id, int) else None,
+        aor=aor,
+        registrar=sys.intern(registrar),
+        binding_uri=binding,
+        expiry=_EXPIRIES.share(expiry),
+        enabled=enabled,
+        proxy=_shared(proxy),
+        third_party_registrant=_shared(third_party),
+        username=_text(row, "username"),
+        password=_password(row),
+        binding_params=sys.intern(params),
+        forced_socket=_shared(forced),
+    )
+
+
+#: One object per distinct expiry value (most accounts share a few).
+_EXPIRIES: SharedValues[int] = SharedValues()
+
+
+def _shared(text: str | None) -> str | None:
+    """One string object for values many accounts repeat (registrar, proxy...)."""
+    return None if text is None else sys.intern(text)
+
+
+#: An unquoted Contact parameter value: a token, or a host (an IPv6 reference included).
+_PARAM_VALUE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~\[\]:]+")
+
+
+def _check_params(params: str) -> None:
+    """
+    Every binding parameter must be C{name}, C{name=token} or
+    C{name="quoted"} (RFC 3261 generic-param): anything else (a comma, an
+    angle bracket, a space) would change the Contact header's structure.
+    C{params} has passed L{parse_params}.
+    """
+    unquoted = _QUOTED.sub('""', params)
+    if _WHITESPACE.search(unquoted):
+        raise RowError(f"binding_params {params!r} holds whitespace outside quotes", "write binding_params as ;name=value;flag, quoting values with spaces")
+    for item in unquoted.split(";")[1:]:
+        name, eq, value = item.partition("=")
+        if name.strip().lower() == "expires":
+            raise RowError("binding_params sets expires", "remove it: the expiry column (or --default-expires) sets the Contact's expires")
+        if eq and value != '""' and _PARAM_VALUE.fullmatch(value) is None:
+            raise RowError(
+                f"binding_params {params!r}: {item!r} is neither name=token nor name=\"quoted\"",
+                "write binding_params as ;name=value;flag, quoting a value that holds other characters",
+            )
+
+
+def _password(row: Mapping[str, Any]) -> str | None:
+    """The password as stored (never rendered: only hashed), or C{None}."""
+    text = _string(row, "password")
+    if text is not None and _SURROGATE.search(text):
+        raise RowError("password is not valid UTF-8", "store the password as UTF-8 text")
+    return text if text else None
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _whole_number(value: Any, name: str, hint: str) -> int | None:
+    """
+    A whole number as a row may hold it (INTEGER, a REAL with no fraction,
+    ASCII digits), or C{None} for NULL or empty.
+
+    @raise RowError: for anything else (C{9e999}, C{nan}, C{"²"}, a blob).
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        number = parse_signed(value.strip())
+        if number is not None:
+            return number
+    raise RowError(f"invalid {name} {str(value)[:40]!r}", hint)
+
+
+def _expiry(value: Any, default: int) -> int:
+    expiry = _whole_number(value, "expiry", "expiry is a whole number of seconds, or NULL for the default")
+    if expiry is None:
+        return default
+    if not 0 < expiry <= MAX_EXPIRES:
+        raise RowError(f"expiry {expiry} out of range", f"expiry must be between 1 and {MAX_EXPIRES}")
+    return expiry

@@ -1,0 +1,622 @@
+# -*- test-case-name: tests.unit.test_registrant -*-
+"""
+One registration's state machine (the seed's states 0-9).
+
+Pure: it receives the time and the responses, and returns the requests it
+wants sent (L{Outgoing}); it never touches a socket or a clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from uacregistrant.core.account import Account
+from uacregistrant.sip.digest import Challenge, Credentials, authorization_value, choose_challenge, parse_challenges
+from uacregistrant.sip.errors import SipParseError
+from uacregistrant.sip.message import Response, parse_delta_seconds, parse_name_addr
+from uacregistrant.sip.uri import parse_uri_uncached, uris_equal
+from uacregistrant.sip.sharing import SharedValues
+from uacregistrant.sip.tokens import token_hex
+
+if TYPE_CHECKING:
+    from uacregistrant.schedule.timers import Timer
+
+
+class RegState(enum.IntEnum):
+    """Registration states, numbered as in OpenSIPS uac_registrant."""
+
+    NOT_REGISTERED_STATE = 0
+    REGISTERING_STATE = 1
+    AUTHENTICATING_STATE = 2
+    REGISTERED_STATE = 3
+    REGISTER_TIMEOUT_STATE = 4
+    INTERNAL_ERROR_STATE = 5
+    WRONG_CREDENTIALS_STATE = 6
+    REGISTRAR_ERROR_STATE = 7
+    UNREGISTERING_STATE = 8
+    AUTHENTICATING_UNREGISTER_STATE = 9
+
+
+#: States in which a transaction is outstanding.
+IN_TRANSACTION = frozenset(
+    {
+        RegState.REGISTERING_STATE,
+        RegState.AUTHENTICATING_STATE,
+        RegState.UNREGISTERING_STATE,
+        RegState.AUTHENTICATING_UNREGISTER_STATE,
+    }
+)
+_UNREGISTER_STATES = frozenset({RegState.UNREGISTERING_STATE, RegState.AUTHENTICATING_UNREGISTER_STATE})
+#: Stale-nonce answers allowed within one attempt.
+MAX_STALE_ANSWERS = 2
+#: 423 follow-ups (a longer expiry asked for) allowed within one attempt.
+MAX_TOO_BRIEF = 2
+#: Follow-up requests of any kind (digest answers, 423 retries) allowed
+#: within one attempt: a hostile registrar cannot keep one going.
+MAX_FOLLOW_UPS = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """
+    Timing and randomness shared by all registrants.
+
+    @ivar retry_base: first retry delay after a failure (seconds).
+    @ivar retry_max: cap on the retry delay (seconds).
+    @ivar transaction_timeout: Timer F (seconds); refreshes start at least
+        this long before the registration expires when they can.
+    """
+
+    retry_base: float = 30.0
+    retry_max: float = 1800.0
+    transaction_timeout: float = 32.0
+    rng: random.Random = field(default_factory=random.SystemRandom)
+    token: Callable[[int], str] = token_hex
+    #: Called each time a 200 lists no Contact of ours and the granted
+    #: expiry had to be guessed (counted for reg_stats).
+    expiry_guessed: Callable[[], None] = lambda: None
+
+    def backoff(self, failures: int) -> float:
+        """Exponential back-off with equal jitter, capped at C{retry_max}."""
+        delay = min(self.retry_max, self.retry_base * 2 ** min(failures - 1, 32))
+        return float(delay / 2 + self.rng.uniform(0, delay / 2))
+
+    def refresh_lead(self, granted: int) -> float:
+        """How long before expiry a registration of C{granted} s is refreshed."""
+        return min(granted / 2, max(self.transaction_timeout, granted / 10))
+
+    def retry_after(self, seconds: int) -> float:
+        """
+        A registrar's C{Retry-After}, clamped to [C{retry_base}/4,
+        C{retry_max}]: C{0} must not mean a retry every round trip, nor
+        4294967295 never.
+        """
+        return float(min(self.retry_max, max(self.retry_base / 4, seconds)))
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """
+    A REGISTER the registrant wants sent.
+
+    @ivar expires: the Contact's expires value (0 un-registers).
+    @ivar authorization: C{(header name, value)} pairs to include.
+    """
+
+    cseq: int
+    expires: int
+    authorization: tuple[tuple[str, str], ...] = ()
+
+
+#: Status lines and granted expiries most records repeat, kept once.
+_REPLIES: SharedValues[tuple[int, str]] = SharedValues()
+_EXPIRIES: SharedValues[int] = SharedValues()
+#: Characters of last_error kept.
+MAX_ERROR = 300
+#: Follow-ups, stale-nonce answers and 423 retries in the current attempt.
+_NO_TRIES = (0, 0, 0)
+
+
+#: A challenge whose parameters take more characters than this is answered
+#: but not kept for credentials up front: a registrar sending huge nonces
+#: must not make every registered record hold one.
+KEEP_CHALLENGE_MAX = 2048
+#: A guessed expiry is never shorter than this (or what was asked, if less).
+GUESS_FLOOR = 10
+#: The expiry guessed when a 200 says nothing usable about any binding.
+NO_INFORMATION_GUESS = 60
+
+
+class _Auth:
+    """A kept challenge: the header that answers it, and the nonce count."""
+
+    __slots__ = ("header", "challenge", "nc")
+    #: Small enough to keep after the attempt (see L{_LargeAuth}).
+    small = True
+
+    def __init__(self, header: str, challenge: Challenge) -> None:
+        self.header = header
+        self.challenge = challenge
+        self.nc = 0
+
+    @staticmethod
+    def of(header: str, challenge: Challenge) -> "_Auth":
+        """An L{_Auth}, or an L{_LargeAuth} for a challenge over L{KEEP_CHALLENGE_MAX}."""
+        if sum(len(value) for value in challenge.params.values()) > KEEP_CHALLENGE_MAX:
+            return _LargeAuth(header, challenge)
+        return _Auth(header, challenge)
+
+
+class _LargeAuth(_Auth):
+    """A challenge answered in its attempt but not kept after it."""
+
+    __slots__ = ()
+    small = False
+
+
+class Registrant:
+    """
+    The live state of one account's registration.
+
+    @ivar next_at: when the record next wants to send (refresh or retry
+        time; 0 = as soon as possible), or C{None} when it waits for a
+        response or has nothing to do.
+    @ivar registered_until: when the binding we hold at the registrar
+        expires, or C{None} if we hold none.
+    """
+
+    __slots__ = (
+        "account",
+        "policy",
+        "state",
+        "_ids",
+        "cseq",
+        "expires",
+        "wanted_expires",
+        "last_register_sent",
+        "next_at",
+        "registered_until",
+        "last_reply",
+        "last_error",
+        "failures",
+        "recovered_after",
+        "resend",
+        "retiring",
+        "_auth",
+        "_answered",
+        "_tries",
+        "queued",
+        "wake",
+        "removed",
+    )
+
+    def __init__(self, account: Account, policy: Policy) -> None:
+        self.account = account
+        self.policy = policy
+        self.state = RegState.NOT_REGISTERED_STATE
+        # Call-ID (32 hex digits) and From-tag (10) from one random token,
+        # kept as its 21 bytes (hex text would take 37 more per record).
+        self._ids = bytes.fromhex(policy.token(21))
+        self.cseq = 0
+        self.expires = account.expiry
+        self.wanted_expires = account.expiry
+        self.last_register_sent: float | None = None
+        self.next_at: float | None = 0.0 if account.enabled else None
+        self.registered_until: float | None = None
+        self.last_reply: tuple[int, str] | None = None
+        self.last_error = ""
+        self.failures = 0
+        #: Failures that preceded the last success (0 if none).
+        self.recovered_after = 0
+        #: Send again as soon as the outstanding transaction ends.
+        self.resend = False
+        #: Un-register, then forget this record.
+        self.retiring = False
+        # Challenges kept for credentials sent up front (nc counting up),
+        # and the headers answered after a challenge in this attempt.
+        self._auth: tuple[_Auth, ...] = ()
+        self._answered: tuple[str, ...] = ()
+        self._tries = _NO_TRIES
+        # Scheduling marks owned by the walker and the pacer.
+        self.queued = False
+        self.wake: Timer | None = None
+        self.removed = False
+
+    def __repr__(self) -> str:
+        return f"<Registrant {self.account.aor} {self.state.name}>"
+
+    @property
+    def call_id(self) -> str:
+        """The Call-ID of every request of this record."""
+        return self._ids[:16].hex()
+
+    @property
+    def from_tag(self) -> str:
+        """The From tag of every request of this record."""
+        return self._ids[16:].hex()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the account is enabled."""
+        return self.account.enabled
+
+    def due(self, now: float) -> bool:
+        """Whether the record wants to send a request now."""
+        return self.next_at is not None and now >= self.next_at
+
+    def start(self, now: float) -> Outgoing:
+        """
+        Begin a new attempt: a REGISTER if enabled, else an un-REGISTER.
+
+        Credentials from the last accepted challenge go up front with the
+        next nonce count, saving a round trip while the nonce lives.
+        """
+        self._answered = ()
+        self._tries = _NO_TRIES
+        self.next_at = None
+        if self.enabled:
+            self.state = RegState.REGISTERING_STATE
+            return self._request(self.wanted_expires, now)
+        self.state = RegState.UNREGISTERING_STATE
+        return self._request(0, now)
+
+    def _request(self, expires: int, now: float) -> Outgoing:
+        self.last_register_sent = now
+        self.cseq += 1
+        auth = []
+        for state in self._auth:
+            state.nc += 1
+            auth.append((state.header, self._answer(state)))
+        return Outgoing(self.cseq, expires, tuple(auth))
+
+    def _answer(self, state: _Auth) -> str:
+        account = self.account
+        assert account.username is not None and account.password is not None
+        return authorization_value(
+            state.challenge,
+            Credentials(account.username, account.password),
+            "REGISTER",
+            account.registrar,
+            self.policy.token(8),
+            state.nc,
+        )
+
+    def on_response(self, response: Response, now: float) -> Outgoing | None:
+        """
+        Handle a final response to the outstanding request.
+
+        @return: a follow-up request to send at once (a digest answer, a
+            retry with Min-Expires, an un-REGISTER), or C{None}.
+        """
+        status = response.status
+        if status < 200 or self.state not in IN_TRANSACTION:
+            return None
+        self.last_reply = _REPLIES.share((status, response.reason))
+        follow: Outgoing | None = None
+        if status < 300:
+            follow = self._on_success(response, now)
+        elif status in (401, 407):
+            follow = self._on_challenge(response, now)
+        elif status == 423:
+            follow = self._on_too_brief(response, now)
+        elif status == 408:
+            self._fail(RegState.REGISTER_TIMEOUT_STATE, now, f"{status} {response.reason}", response)
+        else:
+            self._fail(RegState.REGISTRAR_ERROR_STATE, now, f"registrar answered {status} {response.reason}", response)
+        if follow is None:
+            self._settle(now)
+        return follow
+
+    def on_timeout(self, now: float) -> None:
+        """The outstanding transaction timed out (Timer F)."""
+        if self.state in IN_TRANSACTION:
+            self._fail(RegState.REGISTER_TIMEOUT_STATE, now, "no final response before Timer F")
+            self._settle(now)
+
+    def on_send_error(self, now: float, reason: str) -> None:
+        """The request could not be sent (resolution or socket error)."""
+        self._fail(RegState.INTERNAL_ERROR_STATE, now, reason)
+        self._settle(now)
+
+    def on_internal_error(self, now: float, reason: str) -> None:
+        """
+        Something failed while handling this record (a bug, or input no
+        check foresaw): INTERNAL_ERROR with the normal back-off, so the
+        record always has pending work.  Only plain assignments and the
+        back-off: this must not fail in turn.
+        """
+        self._auth = ()
+        self._answered = ()
+        self._tries = _NO_TRIES
+        self.state = RegState.INTERNAL_ERROR_STATE
+        self.failures += 1
+        self.last_error = reason[:MAX_ERROR]
+        if not self.enabled and (self.registered_until is None or self.registered_until <= now):
+            self.registered_until = None
+            self.next_at = None
+        else:
+            self.next_at = now + self.policy.backoff(self.failures)
+        self._settle(now)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a request is outstanding."""
+        return self.state in IN_TRANSACTION
+
+    def reconfigure(self, account: Account, now: float) -> bool:
+        """
+        Take new configuration (same key), keeping Call-ID, CSeq and state.
+
+        A changed enabled record registers again at once with its new data;
+        a newly disabled one un-registers.  Unchanged configuration is a
+        no-op, so reloads never cause a registration storm (the row id is
+        not configuration: a record added by the console and later read
+        from its row is unchanged; it only learns the id).
+
+        @return: whether anything changed.
+        """
+        if account == self.account:
+            if account.row_id != self.account.row_id:
+                self.account = account
+            return False
+        self.account = account
+        self.wanted_expires = account.expiry
+        self._auth = ()
+        self.send_soon(now)
+        return True
+
+    def send_soon(self, now: float) -> None:
+        """
+        Send (register, refresh, or un-register if disabled) as soon as the
+        outstanding transaction, if any, ends.
+        """
+        if self.in_transaction:
+            self.resend = True
+            return
+        if self.enabled or (self.registered_until is not None and self.registered_until > now):
+            self.next_at = now
+            return
+        # Disabled with nothing to un-register: idle.
+        self.registered_until = None
+        self.state = RegState.NOT_REGISTERED_STATE
+        self.next_at = None
+        self.failures = 0
+
+    def retire(self, now: float) -> None:
+        """Disable for good: un-register if needed, then be forgotten."""
+        self.retiring = True
+        if self.enabled:
+            self.reconfigure(dataclasses.replace(self.account, enabled=False), now)
+        else:
+            self.send_soon(now)
+
+    @property
+    def finished(self) -> bool:
+        """Whether a retiring record has nothing left to send."""
+        return self.retiring and self.next_at is None and not self.in_transaction
+
+    def _settle(self, now: float) -> None:
+        if self.resend and not self.in_transaction:
+            self.resend = False
+            self.send_soon(now)
+
+    def _on_success(self, response: Response, now: float) -> Outgoing | None:
+        self._tries = _NO_TRIES
+        self._answered = ()  # only meaningful within an attempt
+        for kept in self._auth:
+            if not kept.small:  # answered in this attempt, not kept after it
+                self._auth = tuple(kept for kept in self._auth if kept.small)
+                break
+        if self.state in _UNREGISTER_STATES:
+            self.registered_until = None
+            self.failures = 0
+            if self.enabled:
+                return self.start(now)
+            self.state = RegState.NOT_REGISTERED_STATE
+            self.next_at = None
+            self.last_error = ""
+            return None
+        # A registrar may shorten what we asked for, not lengthen it (RFC 3261
+        # §10.3): a longer grant is taken as what we asked, so a registrar
+        # answering 4294967295 cannot make the record stop refreshing.
+        granted = min(self._granted(response), self.wanted_expires)
+        if granted <= 0:
+            self._fail(RegState.REGISTRAR_ERROR_STATE, now, "200 OK granted no time to our binding")
+            return None
+        self.registered_until = now + granted
+        if not self.enabled:
+            return self.start(now)
+        self.state = RegState.REGISTERED_STATE
+        self.expires = _EXPIRIES.share(granted)
+        self.recovered_after = self.failures
+        self.failures = 0
+        self.last_error = ""
+        self.next_at = now + granted - self.policy.refresh_lead(granted)
+        return None
+
+    def _granted(self, response: Response) -> int:
+        """
+        The expiry granted to our binding (RFC 3261 §10.2.4): its Contact's
+        expires parameter, else the Expires header.
+
+        A registrar that rewrote our Contact (added a parameter, changed
+        the host) lists none that matches: then the smallest expiry of the
+        bindings plausibly ours (same user part, or the only one) is used,
+        else the Expires header, else the smallest listed, else
+        L{NO_INFORMATION_GUESS}; never more than we asked for, never less
+        than L{GUESS_FLOOR}; and the guess is counted.  Guessing short costs
+        an early refresh; guessing long would let the binding lapse.
+        """
+        account = self.account
+        echo = f"<{account.binding_uri}>"
+        try:
+            contacts = response.get_all("contact")
+        except SipParseError:
+            contacts = []  # an unsplittable list (an open quote): nothing to match
+        found = False
+        plausible: list[int] = []
+        listed: list[int] = []
+        for value in contacts:
+            try:
+                contact = parse_name_addr(value)
+                if contact.uri == "*":
+                    continue
+                expires = _expires_param(contact.params.get("expires"))
+                if value.startswith(echo):  # our binding echoed as sent: no URI comparison
+                    if expires is not None:
+                        return expires
+                    ours, user = True, None
+                else:
+                    binding = account.binding
+                    uri = parse_uri_uncached(contact.uri)
+                    ours, user = uris_equal(uri, binding), uri.user
+            except SipParseError:
+                continue
+            if ours and not found:
+                if expires is not None:
+                    return expires
+                found = True  # ours, without a parameter: the header says
+                continue
+            if expires is not None and expires > 0:
+                listed.append(expires)
+                if len(contacts) == 1 or (user is not None and user == account.binding.user):
+                    plausible.append(expires)
+        try:
+            header = response.int_header("expires")
+        except SipParseError:
+            header = None
+        if found and header is not None:
+            return header
+        self.policy.expiry_guessed()
+        if found:
+            guess = NO_INFORMATION_GUESS  # ours is listed, for how long nobody says
+        elif plausible:
+            guess = min(plausible)
+        elif header is not None:
+            guess = header
+        elif listed:
+            guess = min(listed)
+        else:
+            guess = NO_INFORMATION_GUESS
+        wanted = self.wanted_expires
+        return min(wanted, max(guess, min(wanted, GUESS_FLOOR))) if guess > 0 else 0
+
+    def _on_challenge(self, response: Response, now: float) -> Outgoing | None:
+        account = self.account
+        header = "Authorization" if response.status == 401 else "Proxy-Authorization"
+        if not account.has_credentials:
+            self._fail(
+                RegState.WRONG_CREDENTIALS_STATE,
+                now,
+                f"{response.status} challenge but the record has no username or password",
+            )
+            return None
+        source = "www-authenticate" if response.status == 401 else "proxy-authenticate"
+        challenges: list[Challenge] = []
+        try:
+            for value in response.get_all(source):
+                challenges.extend(parse_challenges(value))
+        except SipParseError as e:
+            self._fail(RegState.INTERNAL_ERROR_STATE, now, f"unparsable {source}: {e}")
+            return None
+        assert account.username is not None and account.password is not None
+        chosen = choose_challenge(challenges, Credentials(account.username, account.password))
+        if chosen is None:
+            offered = ", ".join(sorted({c.algorithm for c in challenges if c.is_digest})) or "none"
+            self._fail(
+                RegState.INTERNAL_ERROR_STATE,
+                now,
+                f"no digest challenge we can answer in {response.status} (algorithms offered: {offered})",
+            )
+            return None
+        follow_ups, stale, too_brief = self._tries
+        if header in self._answered:
+            if not chosen.stale or stale >= MAX_STALE_ANSWERS:
+                self._fail(
+                    RegState.WRONG_CREDENTIALS_STATE,
+                    now,
+                    f"credentials rejected: {response.status} {response.reason}",
+                )
+                return None
+            stale += 1
+        if follow_ups >= MAX_FOLLOW_UPS:
+            self._fail(RegState.REGISTRAR_ERROR_STATE, now, f"{response.status} after {follow_ups} follow-up requests")
+            return None
+        self._tries = (follow_ups + 1, stale, too_brief)
+        self._answered += (header,)
+        # One kept challenge per header (a tuple: smaller than a dict).
+        self._auth = tuple(kept for kept in self._auth if kept.header != header) + (_Auth.of(header, chosen),)
+        if self.state in _UNREGISTER_STATES:
+            self.state = RegState.AUTHENTICATING_UNREGISTER_STATE
+            return self._request(0, now)
+        self.state = RegState.AUTHENTICATING_STATE
+        return self._request(self.wanted_expires, now)
+
+    def _on_too_brief(self, response: Response, now: float) -> Outgoing | None:
+        try:
+            minimum = response.int_header("min-expires")
+        except SipParseError:
+            minimum = None
+        if minimum is None or minimum <= self.wanted_expires or self.state in _UNREGISTER_STATES:
+            self._fail(
+                RegState.REGISTRAR_ERROR_STATE,
+                now,
+                f"423 without a usable Min-Expires (got {minimum}, asked {self.wanted_expires})",
+                response,
+            )
+            return None
+        follow_ups, stale, too_brief = self._tries
+        if too_brief >= MAX_TOO_BRIEF or follow_ups >= MAX_FOLLOW_UPS:
+            self._fail(
+                RegState.REGISTRAR_ERROR_STATE,
+                now,
+                f"423 again after {too_brief} longer expiries in this attempt (Min-Expires {minimum})",
+                response,
+            )
+            return None
+        self._tries = (follow_ups + 1, stale, too_brief + 1)
+        self.wanted_expires = minimum
+        # Credentials already accepted go again (nc + 1); a challenge to
+        # them is a fresh challenge, not a rejection.
+        self._answered = ()
+        self.state = RegState.REGISTERING_STATE
+        return self._request(minimum, now)
+
+    def _fail(self, state: RegState, now: float, error: str, response: Response | None = None) -> None:
+        self._auth = ()
+        self._tries = _NO_TRIES
+        self.state = state
+        self.failures += 1
+        self.last_error = error[:MAX_ERROR]
+        retry_after = None
+        if response is not None:
+            try:
+                retry_after = response.retry_after
+            except SipParseError:
+                retry_after = None
+        if retry_after is not None:
+            delay = self.policy.retry_after(retry_after)
+        else:
+            delay = self.policy.backoff(self.failures)
+        if not self.enabled and (self.registered_until is None or self.registered_until <= now):
+            # Nothing left to un-register: stop here.
+            self.registered_until = None
+            self.next_at = None
+            return
+        self.next_at = now + delay
+
+
+def _expires_param(text: str | None) -> int | None:
+    """A Contact's expires parameter, or C{None} if absent or not a number."""
+    if text is None:
+        return None
+    if text.isascii() and text.isdigit() and len(text) <= 10:  # the common case, inline
+        return min(int(text), 2**32 - 1)
+    try:
+        return parse_delta_seconds(text, "expires")
+    except SipParseError:
+        return None

@@ -1,0 +1,1 @@
+"""SIP on the network: transports, the client transaction layer, the resolver."""

@@ -1,0 +1,111 @@
+# -*- test-case-name: tests.unit.test_resolver -*-
+"""
+RFC 3263 server location for UDP, without blocking: an IP literal is used
+as is; a host with an explicit port is looked up as A, then AAAA; a bare
+host name is looked up as SRV C{_sip._udp}, then A/AAAA on port 5060.
+Answers are cached for their TTL (bounded).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from typing import Any, cast
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime, IResolver
+from twisted.names import dns
+
+from uacregistrant.sip.uri import SipUri
+
+Address = tuple[str, int]
+MIN_TTL = 30
+MAX_TTL = 3600
+#: Per-query retry timeouts (seconds): a registration should not wait a minute for DNS.
+LOOKUP_TIMEOUT = (1, 3, 6)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_literal(host: str) -> str | None:
+    """The normalised address if C{host} is an IP literal, else C{None}."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
+class ResolutionError(Exception):
+    """No address could be found for a URI."""
+
+
+class SipResolver:
+    """Resolves next-hop URIs to C{(ip, port)}; caches answers."""
+
+    def __init__(self, resolver: IResolver, clock: IReactorTime) -> None:
+        self._resolver = resolver
+        self._clock = clock
+        self._cache: dict[tuple[str, int | None], tuple[Address, float]] = {}
+
+    def cached(self, uri: SipUri) -> Address | None:
+        """The address if known without a lookup, else C{None}."""
+        literal = _ip_literal(uri.host)
+        if literal is not None:
+            return (literal, uri.port or 5060)
+        entry = self._cache.get((uri.host, uri.port))
+        if entry is not None and entry[1] > self._clock.seconds():
+            return entry[0]
+        return None
+
+    def resolve(self, uri: SipUri) -> defer.Deferred[Address]:
+        """Find the address to send to; fails with L{ResolutionError}."""
+        known = self.cached(uri)
+        if known is not None:
+            return defer.succeed(known)
+        return defer.ensureDeferred(self._lookup(uri))
+
+    async def _lookup(self, uri: SipUri) -> Address:
+        host, port = uri.host, uri.port
+        if port is None:
+            try:
+                answers, _, _ = await cast(Any, self._resolver).lookupService(f"_sip._udp.{host}", LOOKUP_TIMEOUT)
+            except Exception:  # no SRV (or no answer): fall back to A/AAAA
+                answers = []
+            records = [a for a in answers if a.type == dns.SRV]
+            records.sort(key=lambda a: (a.payload.priority, -a.payload.weight))
+            for record in records:
+                target = str(record.payload.target)
+                if target in ("", "."):
+                    continue
+                try:
+                    ip, ttl = await self._address(target)
+                except ResolutionError:
+                    continue
+                address = (ip, int(record.payload.port))
+                self._remember(uri, address, min(ttl, record.ttl))
+                return address
+        ip, ttl = await self._address(host)
+        address = (ip, port or 5060)
+        self._remember(uri, address, ttl)
+        return address
+
+    async def _address(self, host: str) -> tuple[str, int]:
+        lookups: tuple[tuple[Any, int], ...] = (
+            (self._resolver.lookupAddress, dns.A),
+            (self._resolver.lookupIPV6Address, dns.AAAA),
+        )
+        for lookup, rtype in lookups:
+            try:
+                answers, _, _ = await cast(Any, lookup)(host, LOOKUP_TIMEOUT)
+            except Exception:
+                continue
+            for answer in answers:
+                if answer.type == rtype:
+                    payload = cast(Any, answer.payload)
+                    if rtype == dns.A:
+                        return payload.dottedQuad(), int(answer.ttl)
+                    return str(ipaddress.IPv6Address(payload.address)), int(answer.ttl)
+        raise ResolutionError(f"no A or AAAA record for {host}")
+
+    def _remember(self, uri: SipUri, address: Address, ttl: int) -> None:
+        ttl = max(MIN_TTL, min(MAX_TTL, ttl))
+        self._cache[(uri.host, uri.port)] = (address, self._clock.seconds() + ttl)

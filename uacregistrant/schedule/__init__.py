@@ -1,0 +1,1 @@
+"""When records send: the timer queue, the bucket walk, the pacer, work in slices."""

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from twisted.internet import reactor  # noqa: E402
 from twisted.names.resolve import ResolverChain  # noqa: E402
 
-from uacregistrant.agent.client import StateChange  # noqa: E402
+from uacregistrant.agent.changes import StateChange  # noqa: E402
 from uacregistrant.core.registrant import RegState  # noqa: E402
 from uacregistrant.app.service import RegistrantService, open_store  # noqa: E402
 from uacregistrant.app.settings import build_settings  # noqa: E402
@@ -89,7 +89,7 @@ def main() -> int:
                 if registered[0] == options.accounts:
                     finish()
 
-        service.client.observers.append(observe)
+        service.changes.observe(observe)
         service.startService()
         reactor.callLater(options.timeout, finish)
         reactor.run()

@@ -46,7 +46,7 @@ def measure(accounts: int) -> dict[str, float]:
     service = RegistrantService(settings, store, clock, resolver=ResolverChain([]))
     start = time.monotonic()
     outcome: list[object] = []
-    service._reload_lock.run(service._reload, True).addBoth(outcome.append)
+    service.loader.reload(initial=True).addBoth(outcome.append)
     while not outcome:
         clock.advance(0)
     loaded = time.monotonic() - start

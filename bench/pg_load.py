@@ -72,7 +72,7 @@ def main() -> int:
         def started(_: object) -> None:
             nonlocal start
             start = time.monotonic()
-            service._reload_lock.run(service._reload, True).addCallback(loaded)
+            service.loader.reload(initial=True).addCallback(loaded)
 
         service.store.start().addCallback(started)
         reactor.callLater(300, reactor.stop)

@@ -1,85 +1,33 @@
-# -*- test-case-name: tests.unit.test_client -*-
+# -*- test-case-name: tests.unit.agent.test_client -*-
 """
-Carries out what the registrants ask for: resolves the next hop, renders
-the REGISTER, opens a client transaction on the record's socket, and
-feeds the final response (or the timeout) back to the registrant.
+The transaction user: carries out what the registrants ask for.  It
+resolves the next hop, has the REGISTER rendered, opens a client
+transaction on the record's socket, and feeds the final response (or the
+timeout, or the failure) back to the registrant.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from uacregistrant import __version__
+from uacregistrant.agent.changes import StateChanges
+from uacregistrant.agent.recovery import OutageRecovery
 from uacregistrant.core.account import Account
+from uacregistrant.core.counters import SipCounters
 from uacregistrant.core.loglimit import LogLimit
+from uacregistrant.core.register import USER_AGENT, render_register
 from uacregistrant.core.registrant import Outgoing, RegState, Registrant
 from uacregistrant.net.resolver import Address, SipResolver
-from uacregistrant.sip.message import Response, check_line_count
-from uacregistrant.schedule.slices import in_slices
-from uacregistrant.agent.statelog import FAILURE_STATES, StateLog
-from uacregistrant.core.counters import SipCounters
-from uacregistrant.net.transaction import TransactionLayer
-from uacregistrant.sip.tokens import token_hex
+from uacregistrant.net.transaction_layer import TransactionLayer
 from uacregistrant.net.transport import SipTransport
+from uacregistrant.sip.message import Response
+from uacregistrant.sip.tokens import token_hex
 
 _log = Logger()
-
-USER_AGENT = f"uacregistrant/{__version__}"
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    """One record moved from C{old} to C{new} at C{time}."""
-
-    registrant: Registrant
-    old: RegState
-    new: RegState
-    time: float
-
-
-def render_register(
-    account: Account,
-    call_id: str,
-    from_tag: str,
-    out: Outgoing,
-    via: tuple[str, int],
-    branch: str,
-    user_agent: str = USER_AGENT,
-) -> bytes:
-    """
-    The REGISTER (or un-REGISTER) for one attempt, as bytes.
-
-    @raise SipRenderError: if a value would put a CR or LF on the wire
-        (rows holding one are refused when loaded; this is the last check).
-    """
-    host, port = via
-    sent_by = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    authorization = "".join(f"{name}: {value}\r\n" for name, value in out.authorization)
-    # One format string: this runs twice per registration.
-    text = (
-        f"REGISTER {account.registrar} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {sent_by};rport;branch={branch}\r\n"
-        "Max-Forwards: 70\r\n"
-        f"To: <{account.aor}>\r\n"
-        f"From: <{account.third_party_registrant or account.aor}>;tag={from_tag}\r\n"
-        f"Call-ID: {call_id}\r\n"
-        f"CSeq: {out.cseq} REGISTER\r\n"
-        f"Contact: <{account.binding_uri}>{account.binding_params};expires={out.expires}\r\n"
-        f"{authorization}"
-        f"User-Agent: {user_agent}\r\n"
-        "Content-Length: 0\r\n\r\n"
-    )
-    check_line_count(text, _REGISTER_LINES + len(out.authorization))
-    return text.encode("utf-8")
-
-
-#: Lines of a REGISTER without its Authorization headers (request line included).
-_REGISTER_LINES = 10
 
 
 class RegistrationClient:
@@ -91,12 +39,12 @@ class RegistrationClient:
     check foresaw puts the record in INTERNAL_ERROR with the normal
     back-off, so no record is ever left with no pending work.
 
-    @ivar observers: called with each L{StateChange}.
-    @ivar reschedule: called with a registrant whose next send time may
-        have changed (the walker wires itself in here).
-    @ivar queue_follow_up: called with a registrant whose follow-up request
-        (a digest answer, a 423 retry) is ready: the pacer sends it through
-        L{send_follow_up}, paced like any other request.
+    @param changes: told of every state change.
+    @param reschedule: called with a registrant whose next send time may
+        have changed (the scheduler re-examines it).
+    @param queue_follow_up: called with a registrant whose follow-up
+        request (a digest answer, a 423 retry) is ready: the pacer sends it
+        through L{send_follow_up}, paced like any other request.
     """
 
     def __init__(
@@ -106,6 +54,9 @@ class RegistrationClient:
         resolver: SipResolver,
         transports: dict[str, SipTransport],
         counters: SipCounters,
+        changes: StateChanges,
+        reschedule: Callable[[Registrant], None],
+        queue_follow_up: Callable[[Registrant], None],
         user_agent: str = USER_AGENT,
         branch_token: Callable[[int], str] = token_hex,
     ) -> None:
@@ -117,20 +68,12 @@ class RegistrationClient:
         self._default = next(iter(transports.values()))
         self.user_agent = user_agent
         self._branch_token = branch_token
-        self.state_log = StateLog(clock)
-        self.observers: list[Callable[[StateChange], None]] = [self.state_log]
-        self.reschedule: Callable[[Registrant], None] = lambda registrant: None
-        self.queue_follow_up: Callable[[Registrant], None] = self.send_follow_up
+        self._changes = changes
+        self._reschedule = reschedule
+        self._queue_follow_up = queue_follow_up
         # Follow-up requests waiting for the pacer, by record.
         self._follow_ups: dict[Registrant, Outgoing] = {}
-        # Records whose last attempt timed out, by the address it went to:
-        # when that address answers again they retry at once (paced)
-        # instead of sitting out their back-off.
-        # Only timeouts while the address answered nobody count: a
-        # registrar that ignores one account keeps that one backing off.
-        self._stalled: dict[Address, set[Registrant]] = {}
-        self._last_answer: dict[Address, float] = {}
-        self.release_slice = 2000
+        self.recovery = OutageRecovery(clock, counters, reschedule)
         self._error_log: LogLimit[str] = LogLimit()
 
     def transport_for(self, account: Account) -> SipTransport:
@@ -152,12 +95,7 @@ class RegistrationClient:
     def forget(self, registrant: Registrant) -> None:
         """A record is gone: drop everything kept about it."""
         self._follow_ups.pop(registrant, None)
-        self.state_log.forget(registrant)
-        for address in [a for a, waiting in self._stalled.items() if registrant in waiting]:
-            waiting = self._stalled[address]
-            waiting.discard(registrant)
-            if not waiting:
-                del self._stalled[address]
+        self.recovery.forget(registrant)
 
     def _send(self, registrant: Registrant) -> None:
         if registrant.in_transaction or registrant.removed:
@@ -232,9 +170,7 @@ class RegistrationClient:
 
     def _on_final(self, registrant: Registrant, cseq: int, response: Response, address: Address) -> None:
         now = self._clock.seconds()
-        self._last_answer[address] = now
-        if self._stalled and address in self._stalled:
-            self._answering_again(address)
+        self.recovery.answered(address, now)
         if not self._current(registrant, cseq):
             return
         before = registrant.state
@@ -245,52 +181,24 @@ class RegistrationClient:
         self._changed(registrant, before)
         if follow is not None:
             self._follow_ups[registrant] = follow
-            self.queue_follow_up(registrant)
+            self._queue_follow_up(registrant)
         else:
-            self.reschedule(registrant)
+            self._reschedule(registrant)
 
     def _on_timeout(self, registrant: Registrant, cseq: int, address: Address, sent: float) -> None:
         if not self._current(registrant, cseq):
             return
         before = registrant.state
         registrant.on_timeout(self._clock.seconds())
-        unreachable = self._last_answer.get(address, -1.0) < sent
-        if unreachable and registrant.state == RegState.REGISTER_TIMEOUT_STATE and registrant.next_at is not None:
-            self._stalled.setdefault(address, set()).add(registrant)
+        self.recovery.timed_out(registrant, address, sent)
         self._changed(registrant, before)
-        self.reschedule(registrant)
-
-    def _answering_again(self, address: Address) -> None:
-        """
-        C{address} answered: the records that timed out there retry now
-        rather than after their back-off.  They go to the pacer a slice per
-        reactor turn, so the send rate and the in-flight window hold.
-        """
-        waiting = self._stalled.pop(address)
-        _log.info(
-            "{host}:{port} answers again: {count} record(s) that timed out there retry now",
-            host=address[0],
-            port=address[1],
-            count=len(waiting),
-        )
-        d = in_slices(self._clock, list(waiting), self.release_slice, self._retry_now)
-        d.addErrback(lambda f: _log.failure("retrying after {host}:{port} answered failed", f, host=address[0], port=address[1]))
-
-    def _retry_now(self, records: Sequence[Registrant]) -> None:
-        now = self._clock.seconds()
-        for registrant in records:
-            at = registrant.next_at
-            # Skip records gone, already retrying, or retried meanwhile.
-            if not registrant.removed and registrant.state == RegState.REGISTER_TIMEOUT_STATE and at is not None and at > now:
-                registrant.next_at = now
-                self.counters.early_retries += 1
-                self.reschedule(registrant)
+        self._reschedule(registrant)
 
     def _fail(self, registrant: Registrant, reason: str) -> None:
         before = registrant.state
         registrant.on_send_error(self._clock.seconds(), reason)
         self._changed(registrant, before)
-        self.reschedule(registrant)
+        self._reschedule(registrant)
 
     def recover_stuck(self, registrant: Registrant, waited: float) -> None:
         """
@@ -320,17 +228,9 @@ class RegistrationClient:
             before = registrant.state
             registrant.on_internal_error(self._clock.seconds(), reason)
             self._changed(registrant, before)
-            self.reschedule(registrant)
+            self._reschedule(registrant)
         except Exception:
             _log.failure("recovering {aor} from an internal error failed", aor=registrant.account.aor)
 
     def _changed(self, registrant: Registrant, before: RegState) -> None:
-        after = registrant.state
-        if after == before and after not in FAILURE_STATES:
-            return
-        change = StateChange(registrant, before, after, self._clock.seconds())
-        for observer in self.observers:
-            try:
-                observer(change)
-            except Exception:
-                _log.failure("state observer failed")
+        self._changes.publish(registrant, before, self._clock.seconds())

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_statelog -*-
+# -*- test-case-name: tests.unit.agent.test_statelog -*-
 """
 State changes in the log, as an operator wants them: a record is logged
 when it starts failing, when its failure changes kind, and when it
@@ -10,28 +10,14 @@ summarised in one line per interval.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from uacregistrant.agent.changes import FAILURE_STATES, StateChange
 from uacregistrant.core.registrant import RegState, Registrant
 
-if TYPE_CHECKING:
-    from uacregistrant.agent.client import StateChange
-
 _log = Logger()
-
-#: States that mean the last attempt failed.
-FAILURE_STATES = frozenset(
-    {
-        RegState.REGISTER_TIMEOUT_STATE,
-        RegState.INTERNAL_ERROR_STATE,
-        RegState.WRONG_CREDENTIALS_STATE,
-        RegState.REGISTRAR_ERROR_STATE,
-    }
-)
-
 
 class StateLog:
     """A state-change observer that logs failures and recoveries, bounded."""

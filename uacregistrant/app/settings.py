@@ -144,6 +144,8 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
     table = scalars["table_name"]
     if not table or '"' in table:
         raise ConfigError(f"invalid table_name {table!r}")
+    if not scalars["db_url"].startswith(("sqlite:", "postgres://", "postgresql://")):
+        raise ConfigError("unsupported db_url: use sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DBNAME")
     listen = _listen(_as_list(values.get("listen"), "listen") or ["udp:0.0.0.0:5060"])
     control = tuple(_control(e) for e in (_as_list(values.get("control"), "control") or ["unix:uacregistrant.ctl"]))
     return Settings(

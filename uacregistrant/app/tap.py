@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_tap -*-
+# -*- test-case-name: tests.unit.app.test_settings -*-
 """
 C{twistd uacregistrant}: the options (mirroring the seed's parameters) and
 L{makeService}.
@@ -6,7 +6,6 @@ L{makeService}.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from twisted.application.service import IService
@@ -38,6 +37,8 @@ class Options(usage.Options):
     """Command-line options; unset ones fall back to the TOML file, then defaults."""
 
     synopsis = "[options]"
+    #: The validated settings, once the options are parsed.
+    settings: Settings
     longdesc = (
         "Keeps the SIP accounts of an OpenSIPS-style registrant table registered. "
         "Settings may also come from --config FILE (TOML, seed spelling, e.g. hash_size); "
@@ -88,17 +89,19 @@ class Options(usage.Options):
                 values[key] = list(self[key])
         return values
 
-    def settings(self) -> Settings:
-        """Validated settings (raises L{ConfigError})."""
-        return build_settings(self.merged())
+    def postOptions(self) -> None:
+        """Validate every setting; a bad one is a usage error naming it."""
+        try:
+            self.settings = build_settings(self.merged())
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def makeService(options: Options) -> IService:
-    """Build the service, or refuse to start with one clear line."""
+    """
+    Build the service from validated options.  Nothing is opened or bound
+    here: the service checks and binds in C{privilegedStartService}.
+    """
     from uacregistrant.app.service import build_service
 
-    try:
-        return build_service(options.settings())
-    except ConfigError as e:
-        print(f"uacregistrant: cannot start: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    return build_service(options.settings)

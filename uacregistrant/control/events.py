@@ -8,7 +8,7 @@ from typing import Callable
 
 from twisted.logger import Logger
 
-from uacregistrant.agent.client import StateChange
+from uacregistrant.agent.changes import StateChange
 
 _log = Logger()
 

@@ -12,7 +12,7 @@ import dataclasses
 import enum
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from uacregistrant.core.account import Account
 from uacregistrant.sip.digest import Challenge, Credentials, authorization_value, choose_challenge, parse_challenges
@@ -21,9 +21,6 @@ from uacregistrant.sip.message import Response, parse_delta_seconds, parse_name_
 from uacregistrant.sip.uri import parse_uri_uncached, uris_equal
 from uacregistrant.sip.sharing import SharedValues
 from uacregistrant.sip.tokens import token_hex
-
-if TYPE_CHECKING:
-    from uacregistrant.schedule.timers import Timer
 
 
 class RegState(enum.IntEnum):
@@ -41,6 +38,33 @@ class RegState(enum.IntEnum):
     AUTHENTICATING_UNREGISTER_STATE = 9
 
 
+class Event(enum.Enum):
+    """What moves a registrant from one state to another."""
+
+    #: A new attempt begins with a REGISTER (the account is enabled).
+    SEND_REGISTER = "send REGISTER"
+    #: A new attempt begins with an un-REGISTER (the account is disabled).
+    SEND_UNREGISTER = "send un-REGISTER"
+    #: A 401/407 the record can answer.
+    CHALLENGED = "challenged"
+    #: A 423: the REGISTER goes again with the registrar's Min-Expires.
+    TOO_BRIEF = "423 Interval Too Brief"
+    #: A 2xx to a REGISTER that granted time to our binding.
+    GRANTED = "granted"
+    #: A 2xx to an un-REGISTER.
+    RELEASED = "released"
+    #: Timer F fired, or a 408 came.
+    TIMED_OUT = "timed out"
+    #: Credentials were rejected (or there are none to answer with).
+    REJECTED = "credentials rejected"
+    #: Any other failure the registrar answered.
+    REFUSED = "registrar error"
+    #: The request could not be built or sent, or handling it failed.
+    FAILED = "internal error"
+    #: Nothing to register or un-register: the record rests.
+    IDLE = "idle"
+
+
 #: States in which a transaction is outstanding.
 IN_TRANSACTION = frozenset(
     {
@@ -51,6 +75,41 @@ IN_TRANSACTION = frozenset(
     }
 )
 _UNREGISTER_STATES = frozenset({RegState.UNREGISTERING_STATE, RegState.AUTHENTICATING_UNREGISTER_STATE})
+_REGISTER_STATES = frozenset({RegState.REGISTERING_STATE, RegState.AUTHENTICATING_STATE})
+#: States in which nothing is outstanding.
+AT_REST = frozenset(RegState) - IN_TRANSACTION
+
+
+def _transitions() -> dict[tuple[RegState, Event], RegState]:
+    table: dict[tuple[RegState, Event], RegState] = {}
+    for state in AT_REST:
+        table[state, Event.SEND_REGISTER] = RegState.REGISTERING_STATE
+        table[state, Event.SEND_UNREGISTER] = RegState.UNREGISTERING_STATE
+        table[state, Event.IDLE] = RegState.NOT_REGISTERED_STATE
+    for state in _REGISTER_STATES:
+        table[state, Event.CHALLENGED] = RegState.AUTHENTICATING_STATE
+        table[state, Event.TOO_BRIEF] = RegState.REGISTERING_STATE
+        table[state, Event.GRANTED] = RegState.REGISTERED_STATE
+    for state in _UNREGISTER_STATES:
+        table[state, Event.CHALLENGED] = RegState.AUTHENTICATING_UNREGISTER_STATE
+        table[state, Event.RELEASED] = RegState.NOT_REGISTERED_STATE
+    for state in IN_TRANSACTION:
+        table[state, Event.TIMED_OUT] = RegState.REGISTER_TIMEOUT_STATE
+        table[state, Event.REJECTED] = RegState.WRONG_CREDENTIALS_STATE
+        table[state, Event.REFUSED] = RegState.REGISTRAR_ERROR_STATE
+    for state in RegState:
+        # Handling a record can fail in any state; it must always land.
+        table[state, Event.FAILED] = RegState.INTERNAL_ERROR_STATE
+    return table
+
+
+#: The only way a registrant's state changes: C{(state, event) -> new state}.
+#: A pair missing here is a bug, raised as L{InvalidTransition}.
+TRANSITIONS: dict[tuple[RegState, Event], RegState] = _transitions()
+
+
+class InvalidTransition(Exception):
+    """An event that the current state does not allow (a bug)."""
 #: Stale-nonce answers allowed within one attempt.
 MAX_STALE_ANSWERS = 2
 #: 423 follow-ups (a longer expiry asked for) allowed within one attempt.
@@ -189,9 +248,7 @@ class Registrant:
         "_auth",
         "_answered",
         "_tries",
-        "queued",
-        "wake",
-        "removed",
+        "_removed",
     )
 
     def __init__(self, account: Account, policy: Policy) -> None:
@@ -221,13 +278,39 @@ class Registrant:
         self._auth: tuple[_Auth, ...] = ()
         self._answered: tuple[str, ...] = ()
         self._tries = _NO_TRIES
-        # Scheduling marks owned by the walker and the pacer.
-        self.queued = False
-        self.wake: Timer | None = None
-        self.removed = False
+        self._removed = False
 
     def __repr__(self) -> str:
         return f"<Registrant {self.account.aor} {self.state.name}>"
+
+    def _move(self, event: Event) -> None:
+        """Change state through L{TRANSITIONS}, the only place a state changes."""
+        new = TRANSITIONS.get((self.state, event))
+        if new is None:
+            raise InvalidTransition(f"{event.value} in {self.state.name}")
+        self.state = new
+
+    @property
+    def removed(self) -> bool:
+        """Whether the record has left the registry (nothing may act on it)."""
+        return self._removed
+
+    def mark_removed(self) -> None:
+        """The registry forgot this record (called by the registry only)."""
+        self._removed = True
+
+    def retry_early(self, now: float) -> bool:
+        """
+        Retry now instead of after the back-off, if the record is waiting
+        out a timeout (its registrar answers again).
+
+        @return: whether the record's send time moved.
+        """
+        at = self.next_at
+        if self._removed or self.state != RegState.REGISTER_TIMEOUT_STATE or at is None or at <= now:
+            return False
+        self.next_at = now
+        return True
 
     @property
     def call_id(self) -> str:
@@ -259,9 +342,9 @@ class Registrant:
         self._tries = _NO_TRIES
         self.next_at = None
         if self.enabled:
-            self.state = RegState.REGISTERING_STATE
+            self._move(Event.SEND_REGISTER)
             return self._request(self.wanted_expires, now)
-        self.state = RegState.UNREGISTERING_STATE
+        self._move(Event.SEND_UNREGISTER)
         return self._request(0, now)
 
     def _request(self, expires: int, now: float) -> Outgoing:
@@ -304,9 +387,9 @@ class Registrant:
         elif status == 423:
             follow = self._on_too_brief(response, now)
         elif status == 408:
-            self._fail(RegState.REGISTER_TIMEOUT_STATE, now, f"{status} {response.reason}", response)
+            self._fail(Event.TIMED_OUT, now, f"{status} {response.reason}", response)
         else:
-            self._fail(RegState.REGISTRAR_ERROR_STATE, now, f"registrar answered {status} {response.reason}", response)
+            self._fail(Event.REFUSED, now, f"registrar answered {status} {response.reason}", response)
         if follow is None:
             self._settle(now)
         return follow
@@ -314,12 +397,12 @@ class Registrant:
     def on_timeout(self, now: float) -> None:
         """The outstanding transaction timed out (Timer F)."""
         if self.state in IN_TRANSACTION:
-            self._fail(RegState.REGISTER_TIMEOUT_STATE, now, "no final response before Timer F")
+            self._fail(Event.TIMED_OUT, now, "no final response before Timer F")
             self._settle(now)
 
     def on_send_error(self, now: float, reason: str) -> None:
         """The request could not be sent (resolution or socket error)."""
-        self._fail(RegState.INTERNAL_ERROR_STATE, now, reason)
+        self._fail(Event.FAILED, now, reason)
         self._settle(now)
 
     def on_internal_error(self, now: float, reason: str) -> None:
@@ -332,7 +415,7 @@ class Registrant:
         self._auth = ()
         self._answered = ()
         self._tries = _NO_TRIES
-        self.state = RegState.INTERNAL_ERROR_STATE
+        self._move(Event.FAILED)
         self.failures += 1
         self.last_error = reason[:MAX_ERROR]
         if not self.enabled and (self.registered_until is None or self.registered_until <= now):
@@ -359,6 +442,8 @@ class Registrant:
 
         @return: whether anything changed.
         """
+        if account.enabled:
+            self.retiring = False  # enabled again before it was forgotten
         if account == self.account:
             if account.row_id != self.account.row_id:
                 self.account = account
@@ -382,7 +467,7 @@ class Registrant:
             return
         # Disabled with nothing to un-register: idle.
         self.registered_until = None
-        self.state = RegState.NOT_REGISTERED_STATE
+        self._move(Event.IDLE)
         self.next_at = None
         self.failures = 0
 
@@ -414,9 +499,9 @@ class Registrant:
         if self.state in _UNREGISTER_STATES:
             self.registered_until = None
             self.failures = 0
+            self._move(Event.RELEASED)
             if self.enabled:
                 return self.start(now)
-            self.state = RegState.NOT_REGISTERED_STATE
             self.next_at = None
             self.last_error = ""
             return None
@@ -425,12 +510,12 @@ class Registrant:
         # answering 4294967295 cannot make the record stop refreshing.
         granted = min(self._granted(response), self.wanted_expires)
         if granted <= 0:
-            self._fail(RegState.REGISTRAR_ERROR_STATE, now, "200 OK granted no time to our binding")
+            self._fail(Event.REFUSED, now, "200 OK granted no time to our binding")
             return None
         self.registered_until = now + granted
+        self._move(Event.GRANTED)
         if not self.enabled:
-            return self.start(now)
-        self.state = RegState.REGISTERED_STATE
+            return self.start(now)  # disabled meanwhile: un-register what was granted
         self.expires = _EXPIRIES.share(granted)
         self.recovered_after = self.failures
         self.failures = 0
@@ -510,7 +595,7 @@ class Registrant:
         header = "Authorization" if response.status == 401 else "Proxy-Authorization"
         if not account.has_credentials:
             self._fail(
-                RegState.WRONG_CREDENTIALS_STATE,
+                Event.REJECTED,
                 now,
                 f"{response.status} challenge but the record has no username or password",
             )
@@ -521,14 +606,14 @@ class Registrant:
             for value in response.get_all(source):
                 challenges.extend(parse_challenges(value))
         except SipParseError as e:
-            self._fail(RegState.INTERNAL_ERROR_STATE, now, f"unparsable {source}: {e}")
+            self._fail(Event.FAILED, now, f"unparsable {source}: {e}")
             return None
         assert account.username is not None and account.password is not None
         chosen = choose_challenge(challenges, Credentials(account.username, account.password))
         if chosen is None:
             offered = ", ".join(sorted({c.algorithm for c in challenges if c.is_digest})) or "none"
             self._fail(
-                RegState.INTERNAL_ERROR_STATE,
+                Event.FAILED,
                 now,
                 f"no digest challenge we can answer in {response.status} (algorithms offered: {offered})",
             )
@@ -537,24 +622,21 @@ class Registrant:
         if header in self._answered:
             if not chosen.stale or stale >= MAX_STALE_ANSWERS:
                 self._fail(
-                    RegState.WRONG_CREDENTIALS_STATE,
+                    Event.REJECTED,
                     now,
                     f"credentials rejected: {response.status} {response.reason}",
                 )
                 return None
             stale += 1
         if follow_ups >= MAX_FOLLOW_UPS:
-            self._fail(RegState.REGISTRAR_ERROR_STATE, now, f"{response.status} after {follow_ups} follow-up requests")
+            self._fail(Event.REFUSED, now, f"{response.status} after {follow_ups} follow-up requests")
             return None
         self._tries = (follow_ups + 1, stale, too_brief)
         self._answered += (header,)
         # One kept challenge per header (a tuple: smaller than a dict).
         self._auth = tuple(kept for kept in self._auth if kept.header != header) + (_Auth.of(header, chosen),)
-        if self.state in _UNREGISTER_STATES:
-            self.state = RegState.AUTHENTICATING_UNREGISTER_STATE
-            return self._request(0, now)
-        self.state = RegState.AUTHENTICATING_STATE
-        return self._request(self.wanted_expires, now)
+        self._move(Event.CHALLENGED)
+        return self._request(0 if self.state == RegState.AUTHENTICATING_UNREGISTER_STATE else self.wanted_expires, now)
 
     def _on_too_brief(self, response: Response, now: float) -> Outgoing | None:
         try:
@@ -563,7 +645,7 @@ class Registrant:
             minimum = None
         if minimum is None or minimum <= self.wanted_expires or self.state in _UNREGISTER_STATES:
             self._fail(
-                RegState.REGISTRAR_ERROR_STATE,
+                Event.REFUSED,
                 now,
                 f"423 without a usable Min-Expires (got {minimum}, asked {self.wanted_expires})",
                 response,
@@ -572,7 +654,7 @@ class Registrant:
         follow_ups, stale, too_brief = self._tries
         if too_brief >= MAX_TOO_BRIEF or follow_ups >= MAX_FOLLOW_UPS:
             self._fail(
-                RegState.REGISTRAR_ERROR_STATE,
+                Event.REFUSED,
                 now,
                 f"423 again after {too_brief} longer expiries in this attempt (Min-Expires {minimum})",
                 response,
@@ -583,13 +665,13 @@ class Registrant:
         # Credentials already accepted go again (nc + 1); a challenge to
         # them is a fresh challenge, not a rejection.
         self._answered = ()
-        self.state = RegState.REGISTERING_STATE
+        self._move(Event.TOO_BRIEF)
         return self._request(minimum, now)
 
-    def _fail(self, state: RegState, now: float, error: str, response: Response | None = None) -> None:
+    def _fail(self, event: Event, now: float, error: str, response: Response | None = None) -> None:
         self._auth = ()
         self._tries = _NO_TRIES
-        self.state = state
+        self._move(event)
         self.failures += 1
         self.last_error = error[:MAX_ERROR]
         retry_after = None

@@ -67,7 +67,7 @@ class Registry:
                 self._by_aor[key[0]] = same[0]
         else:
             del self._by_aor[key[0]]
-        registrant.removed = True
+        registrant.mark_removed()
 
     def keys(self) -> KeysView[AccountKey]:
         """Every record's key (a live view)."""

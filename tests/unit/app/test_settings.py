@@ -75,21 +75,29 @@ class OptionsTests(SynchronousTestCase):
             f.write('hash_size = 3\ntimer_interval = 64\nbinding_URI_column = "contact"\nlisten = "udp:127.0.0.1:5090"\n')
         options = Options()
         options.parseOptions(["--config", path, "--hash-size", "2", "--listen", "udp:127.0.0.1:5070", "--listen", "udp:127.0.0.2:5070"])
-        settings = options.settings()
+        settings = options.settings
         self.assertEqual((settings.hash_size, settings.timer_interval), (2, 64))
         self.assertEqual(settings.table.columns["binding_URI"], "contact")
         self.assertEqual([s.name for s in settings.listen], ["udp:127.0.0.1:5070", "udp:127.0.0.2:5070"])
 
     def test_bad_toml(self) -> None:
-        """An unreadable or invalid config file is a ConfigError."""
+        """An unreadable or invalid config file is a usage error saying why."""
         path = self.mktemp()
         with open(path, "w") as f:
             f.write("hash_size = = 1\n")
         for config in [path, os.path.join(self.mktemp(), "missing.toml")]:
-            options = Options()
-            options.parseOptions(["--config", config])
-            with self.assertRaises(ConfigError):
-                options.settings()
+            with self.assertRaises(UsageError) as caught:
+                Options().parseOptions(["--config", config])
+            self.assertIn(config, str(caught.exception))
+
+    def test_bad_settings_are_usage_errors(self) -> None:
+        """Settings are validated in postOptions, as Twisted's own plugins do."""
+        with self.assertRaises(UsageError) as caught:
+            Options().parseOptions(["--hash-size", "3", "--timer-interval", "4"])
+        self.assertIn("timer_interval=4 must be at least 2^hash_size=8", str(caught.exception))
+        with self.assertRaises(UsageError) as caught:
+            Options().parseOptions(["--db-url", "mysql://x"])
+        self.assertIn("unsupported db_url", str(caught.exception))
 
     def test_unknown_option(self) -> None:
         """Unknown options are usage errors."""

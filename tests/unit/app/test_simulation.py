@@ -239,7 +239,7 @@ class SimulationTests(SynchronousTestCase):
         reload = service.reload()  # reads the first batch now, the rest on later turns
         sim.db.execute("DELETE FROM registrant WHERE aor = ?", (gone[0],))
         sim.db.commit()
-        service._on_table_change(None, gone)  # the DELETE's NOTIFY, before the pass reads that row
+        service.loader.row_changed(None, gone)  # the DELETE's NOTIFY, before the pass reads that row
         sim.run(2)
         counts = self.successResultOf(reload)
         self.assertEqual((counts["removed"], counts["unchanged"]), (0, 2499))

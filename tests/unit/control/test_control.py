@@ -290,7 +290,7 @@ class HostileClientTests(ControlTestBase):
 
     def test_slow_event_subscriber_dropped(self) -> None:
         """A reg_events subscriber that stops reading is dropped after MAX_EVENTS_BEHIND bytes, saying why."""
-        from uacregistrant.agent.client import StateChange
+        from uacregistrant.agent.changes import StateChange
         from uacregistrant.control.protocol import MAX_EVENTS_BEHIND
         from uacregistrant.core.registrant import RegState
 

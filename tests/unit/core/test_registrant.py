@@ -406,7 +406,7 @@ class HostileRegistrarTests(SynchronousTestCase):
 class RenderRegisterTests(SynchronousTestCase):
     def test_round_trip(self) -> None:
         """The rendered REGISTER parses back with every header the registrar needs, credentials included."""
-        from uacregistrant.agent.client import render_register
+        from uacregistrant.core.register import render_register
         from uacregistrant.core.registrant import Outgoing
         from uacregistrant.sip.message import Request
 
@@ -434,7 +434,7 @@ class RenderRegisterTests(SynchronousTestCase):
         on the wire: rendering refuses (and the client's guard turns that
         into INTERNAL_ERROR).
         """
-        from uacregistrant.agent.client import render_register
+        from uacregistrant.core.register import render_register
         from uacregistrant.core.registrant import Outgoing
         from uacregistrant.sip.errors import SipRenderError
 

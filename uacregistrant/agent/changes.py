@@ -1,0 +1,60 @@
+# -*- test-case-name: tests.unit.agent.test_changes -*-
+"""State changes and the observers that hear of them (the state log, the console's followers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from twisted.logger import Logger
+
+from uacregistrant.core.registrant import RegState, Registrant
+
+_log = Logger()
+
+#: States that mean the last attempt failed.
+FAILURE_STATES = frozenset(
+    {
+        RegState.REGISTER_TIMEOUT_STATE,
+        RegState.INTERNAL_ERROR_STATE,
+        RegState.WRONG_CREDENTIALS_STATE,
+        RegState.REGISTRAR_ERROR_STATE,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One record moved from C{old} to C{new} at C{time}."""
+
+    registrant: Registrant
+    old: RegState
+    new: RegState
+    time: float
+
+
+class StateChanges:
+    """
+    Fans each state change out to its observers.  A failure again counts
+    as a change (a retry failing differently is news to the state log); an
+    unchanged healthy state does not.
+    """
+
+    def __init__(self, observers: list[Callable[[StateChange], None]] | None = None) -> None:
+        self._observers = list(observers or ())
+
+    def observe(self, observer: Callable[[StateChange], None]) -> None:
+        """Call C{observer} with every later change."""
+        self._observers.append(observer)
+
+    def publish(self, registrant: Registrant, before: RegState, time: float) -> None:
+        """Tell every observer that C{registrant} left C{before} (if it is news)."""
+        after = registrant.state
+        if after == before and after not in FAILURE_STATES:
+            return
+        change = StateChange(registrant, before, after, time)
+        for observer in self._observers:
+            try:
+                observer(change)
+            except Exception:
+                _log.failure("state observer {observer!r} failed", observer=observer)

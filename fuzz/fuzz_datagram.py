@@ -36,6 +36,7 @@ with atheris.instrument_imports(include=["uacregistrant"]):
     import uacregistrant.sip.digest  # noqa: F401
     import uacregistrant.sip.message  # noqa: F401
     import uacregistrant.net.transaction  # noqa: F401
+    import uacregistrant.net.transaction_layer  # noqa: F401
     import uacregistrant.net.transport  # noqa: F401
 
 from tests.fuzzing import SEEDS, RegistrantScenario, touch_everything  # noqa: E402

@@ -27,7 +27,7 @@ from uacregistrant.sip.digest import parse_challenges
 from uacregistrant.core.socketspec import SocketSpec
 from uacregistrant.core.counters import SipCounters
 from uacregistrant.schedule.timers import TimerQueue
-from uacregistrant.net.transaction import TransactionLayer
+from uacregistrant.net.transaction_layer import TransactionLayer
 from uacregistrant.net.transport import SipTransport
 from uacregistrant.schedule.walker import Pacer
 

@@ -1,210 +1,315 @@
-# -*- test-case-name: tests.unit.test_transaction -*-
+# -*- test-case-name: tests.unit.net.test_transaction -*-
 """
-Client non-INVITE transactions over UDP (RFC 3261 §17.1.2).
+Client non-INVITE transactions (RFC 3261 §17.1.2), without I/O.
+
+L{NonInviteClientTransactions} is given the time and what happened, and
+answers with actions for its caller to carry out: L{Transmit} a request,
+L{Deliver} a final response, report that a transaction L{TimedOut}.  It
+never sends, never reads a clock and never calls back; the Twisted edge is
+L{uacregistrant.net.transaction_layer.TransactionLayer}.
 
 Timer E retransmits (T1 doubling up to T2; T2 once a provisional came),
-Timer F ends the transaction, Timer K absorbs retransmitted responses.  A
-response is matched by its top Via branch, then checked against the CSeq
-and the address the request went to; anything else is counted and dropped.
+Timer F ends the transaction at 64*T1, Timer K (T4) absorbs retransmitted
+responses.  Over a reliable transport there is no Timer E and Timer K is
+zero (§17.1.2.2).  A response is matched by its top Via branch, then
+checked against the CSeq and the address the request went to; anything
+else is counted and dropped.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import deque
-from typing import Callable, Protocol
+from typing import Callable, Generic, TypeVar, Union
 
-from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
-
+from uacregistrant.core.counters import SipCounters
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import Response
-from uacregistrant.core.counters import SipCounters
-from uacregistrant.schedule.timers import Timer, TimerQueue
-
-_log = Logger()
 
 Address = tuple[str, int]
 
+#: What the caller attaches to a transaction to route its outcome (the
+#: machine only hands it back).
+_User = TypeVar("_User")
 
-class DatagramSender(Protocol):
-    """Something that sends a datagram to an address."""
-
-    def send(self, data: bytes, dest: Address) -> None:
-        """Send C{data} to C{dest}; may raise L{OSError}."""
+#: Cancelled heap entries tolerated before the heap is rebuilt without them
+#: (and only once they are half of it).
+_COMPACT_AFTER = 256
 
 
-class ClientTransaction:
-    """One outstanding REGISTER transaction."""
+class _Action:
+    """Equality and a repr from the slots, for tests and logs."""
 
-    __slots__ = (
-        "branch",
-        "cseq",
-        "dest",
-        "data",
-        "sender",
-        "on_final",
-        "on_timeout",
-        "interval",
-        "deadline",
-        "timer",
-    )
+    __slots__: tuple[str, ...] = ()
 
-    def __init__(
-        self,
-        branch: str,
-        cseq: int,
-        dest: Address,
-        data: bytes,
-        sender: DatagramSender,
-        on_final: Callable[[Response], None],
-        on_timeout: Callable[[], None],
-    ) -> None:
-        self.branch = branch
-        self.cseq = cseq
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class Transmit(_Action, Generic[_User]):
+    """
+    Send C{data} to C{dest} (read-only).
+
+    @ivar retransmission: false for the first send, true when Timer E fired.
+    """
+
+    __slots__ = ("data", "dest", "user", "retransmission")
+
+    def __init__(self, data: bytes, dest: Address, user: _User, retransmission: bool) -> None:
+        self.data = data
+        self.dest = dest
+        self.user = user
+        self.retransmission = retransmission
+
+
+class Deliver(_Action, Generic[_User]):
+    """Hand the final C{response} to the transaction's C{user} (read-only); the transaction is complete."""
+
+    __slots__ = ("user", "response")
+
+    def __init__(self, user: _User, response: Response) -> None:
+        self.user = user
+        self.response = response
+
+
+class TimedOut(_Action, Generic[_User]):
+    """The transaction of C{user} ended without a final response: Timer F, or its stream broke (read-only)."""
+
+    __slots__ = ("user",)
+
+    def __init__(self, user: _User) -> None:
+        self.user = user
+
+
+#: What L{NonInviteClientTransactions.on_timer} returns.
+TimerAction = Union[Transmit[_User], TimedOut[_User]]
+
+
+class ClientTransaction(Generic[_User]):
+    """
+    One REGISTER transaction; callers read C{key}, C{dest}, C{cseq},
+    C{user} and C{reliable} (e.g. to choose what to L{abort
+    <NonInviteClientTransactions.abort>}) and change nothing.
+
+    @ivar interval: the current Timer E interval.
+    @ivar timeout_at: when Timer F fires.
+    @ivar entry: the sequence number of the transaction's live heap entry
+        (0: none, the transaction is over or its entry was popped).
+    @ivar forget_at: when Timer K fires (once completed).
+    """
+
+    __slots__ = ("key", "dest", "data", "cseq", "user", "reliable", "interval", "timeout_at", "entry", "forget_at")
+
+    def __init__(self, key: str, dest: Address, data: bytes, cseq: int, user: _User, reliable: bool, interval: float, timeout_at: float) -> None:
+        self.key = key
         self.dest = dest
         self.data = data
-        self.sender = sender
-        self.on_final = on_final
-        self.on_timeout = on_timeout
-        self.interval = 0.0
-        self.deadline = 0.0
-        self.timer: Timer | None = None
+        self.cseq = cseq
+        self.user = user
+        self.reliable = reliable
+        self.interval = interval
+        self.timeout_at = timeout_at
+        self.entry = 0
+        self.forget_at = 0.0
 
 
-class TransactionLayer:
+class NonInviteClientTransactions(Generic[_User]):
     """
-    The table of client transactions, keyed by branch.
+    The client transactions in progress, keyed by top Via branch, and the
+    completed ones still in Timer K.
 
-    One timer per transaction serves as Timer E and Timer F: it fires for
-    each retransmission and, last, exactly at the Timer F deadline.
-    Completed transactions are remembered for Timer K (T4) in a queue that
-    is swept as new work arrives, not with a timer each.
+    Time is whatever the caller passes as C{now} (seconds, never going
+    back).  Call L{on_timer} once the time reaches L{next_deadline}, and
+    ask L{next_deadline} again after every call that may have moved it
+    earlier (L{start}, a L{receive} that returned L{Deliver}, L{on_timer}).
 
-    @param t1: RFC 3261 T1 in seconds (RTT estimate).
+    Each transaction has one entry in a heap of C{(time, sequence,
+    transaction)}: its next retransmission, or its Timer F.  Entries are
+    cancelled lazily (a transaction knows the sequence number of its live
+    entry); the heap is rebuilt once cancelled entries make half of it.
+    Timer K expiries come in the order they were set, so they are a queue.
+
+    @param t1: RFC 3261 T1 in seconds (RTT estimate); Timer F is 64*T1.
+    @param t2: the longest retransmission interval.
+    @param t4: how long a completed transaction absorbs retransmitted
+        responses (Timer K, unreliable transports only).
     """
 
-    def __init__(
-        self,
-        clock: IReactorTime,
-        counters: SipCounters,
-        t1: float = 0.5,
-        t2: float = 4.0,
-        t4: float = 5.0,
-        timers: TimerQueue | None = None,
-    ) -> None:
-        self._clock = clock
-        self._timers = timers if timers is not None else TimerQueue(clock)
+    def __init__(self, counters: SipCounters, t1: float = 0.5, t2: float = 4.0, t4: float = 5.0) -> None:
         self._counters = counters
         self.t1 = t1
         self.t2 = t2
         self.t4 = t4
-        self._table: dict[str, ClientTransaction] = {}
-        self._completed: dict[str, tuple[float, Address, int]] = {}
-        # (expiry, branch), oldest first: a dict's head is slow to pop.
-        self._expiries: deque[tuple[float, str]] = deque()
+        self._live: dict[str, ClientTransaction[_User]] = {}
+        self._completed: dict[str, ClientTransaction[_User]] = {}
+        self._forgetting: deque[ClientTransaction[_User]] = deque()
+        self._heap: list[tuple[float, int, ClientTransaction[_User]]] = []
+        self._cancelled = 0
+        self._sequence = itertools.count(1).__next__
 
     def __len__(self) -> int:
-        return len(self._table)
+        """Transactions in progress (not the completed ones in Timer K)."""
+        return len(self._live)
 
-    def start(
-        self,
-        sender: DatagramSender,
-        dest: Address,
-        data: bytes,
-        branch: str,
-        cseq: int,
-        on_final: Callable[[Response], None],
-        on_timeout: Callable[[], None],
-    ) -> None:
+    def start(self, now: float, key: str, dest: Address, data: bytes, cseq: int, user: _User, reliable: bool = False) -> Transmit[_User]:
         """
-        Send a request and run its timers.
+        Open a transaction for the request C{data}; the answer is the one
+        action to take, sending it.  If that send fails, L{cancel} it.
 
-        @raise OSError: if the first send fails (nothing is left running).
+        @param key: the request's top Via branch.
+        @param user: handed back in the transaction's actions.
+        @param reliable: sent over a stream (no retransmissions, no Timer K).
+        @raise ValueError: if C{key} is already in progress.
         """
-        sender.send(data, dest)
-        self._counters.requests_sent += 1
-        now = self._clock.seconds()
-        txn = ClientTransaction(branch, cseq, dest, data, sender, on_final, on_timeout)
-        txn.interval = self.t1
-        txn.deadline = now + 64 * self.t1
-        txn.timer = self._timers.call_later(self.t1, self._tick, txn)
-        self._table[branch] = txn
-        self._sweep(now)
+        if key in self._live:
+            raise ValueError(f"transaction {key!r} already in progress")
+        t1 = self.t1
+        txn = ClientTransaction(key, dest, data, cseq, user, reliable, t1, now + 64 * t1)
+        self._live[key] = txn
+        self._schedule(txn, txn.timeout_at if reliable else now + t1)
+        return Transmit(data, dest, user, False)
 
-    def _tick(self, txn: ClientTransaction) -> None:
-        now = self._clock.seconds()
-        if now >= txn.deadline:
-            txn.timer = None
-            self._table.pop(txn.branch, None)
-            self._counters.timeouts += 1
-            txn.on_timeout()
-            return
-        try:
-            txn.sender.send(txn.data, txn.dest)
-            self._counters.retransmissions += 1
-        except OSError as e:
-            self._counters.send_errors += 1
-            _log.warn("retransmission to {dest} failed: {error}", dest=txn.dest, error=str(e))
-        txn.interval = min(2 * txn.interval, self.t2)
-        self._schedule(txn, now)
+    def cancel(self, key: str) -> None:
+        """Drop the transaction C{key} without an outcome (its first send failed)."""
+        txn = self._live.pop(key, None)
+        if txn is not None:
+            self._unschedule(txn)
 
-    def _schedule(self, txn: ClientTransaction, now: float) -> None:
-        txn.timer = self._timers.call_later(max(0.0, min(txn.interval, txn.deadline - now)), self._tick, txn)
-
-    def _sweep(self, now: float) -> None:
-        """Forget completed transactions older than T4 (oldest first)."""
-        expiries = self._expiries
-        while expiries and expiries[0][0] <= now:
-            _, branch = expiries.popleft()
-            self._completed.pop(branch, None)
-
-    def receive(self, response: Response, source: Address) -> None:
+    def receive(self, response: Response, source: Address, now: float) -> Deliver[_User] | None:
         """
-        Deliver a response to its transaction, or count and drop it.
+        Match a response to its transaction: a final one completes it, a
+        provisional one slows Timer E to T2; anything else is counted in
+        L{SipCounters} and dropped (C{None}).
         """
         counters = self._counters
         try:
-            branch = response.top_via.branch or ""
+            key = response.top_via.branch or ""
             number, method = response.cseq
         except SipParseError:
             counters.dropped_malformed += 1
-            return
-        txn = self._table.get(branch)
+            return None
+        source = (source[0], source[1])
+        txn = self._live.get(key)
         if txn is None:
-            done = self._completed.get(branch)
-            if done is not None and done[0] > self._clock.seconds() and done[1] == (source[0], source[1]) and done[2] == number:
+            done = self._completed.get(key)
+            if done is not None and done.forget_at > now and done.dest == source and done.cseq == number:
                 counters.absorbed_retransmissions += 1
             else:
                 counters.dropped_no_transaction += 1
-            return
-        if (source[0], source[1]) != txn.dest:
+            return None
+        if source != txn.dest:
             counters.dropped_wrong_source += 1
-            return
+            return None
         if number != txn.cseq or method != "REGISTER":
             counters.dropped_cseq_mismatch += 1
-            return
+            return None
         counters.responses_accepted += 1
         if response.status < 200:
-            if txn.interval < self.t2 and txn.timer is not None:
-                txn.timer.cancel()
+            if txn.interval < self.t2 and not txn.reliable:
                 txn.interval = self.t2
-                self._schedule(txn, self._clock.seconds())
-            return
-        if txn.timer is not None:
-            txn.timer.cancel()
-        txn.timer = None
-        del self._table[branch]
-        now = self._clock.seconds()
-        self._completed[branch] = (now + self.t4, txn.dest, txn.cseq)
-        self._expiries.append((now + self.t4, branch))
-        self._sweep(now)
-        txn.on_final(response)
+                self._unschedule(txn)
+                self._schedule(txn, min(now + self.t2, txn.timeout_at))
+            return None
+        del self._live[key]
+        self._unschedule(txn)
+        txn.data = b""  # not needed in Timer K
+        if not txn.reliable:
+            txn.forget_at = now + self.t4
+            self._completed[key] = txn
+            self._forgetting.append(txn)
+        return Deliver(txn.user, response)
 
-    def stop(self) -> None:
-        """Cancel every timer (service shutdown)."""
-        for txn in self._table.values():
-            if txn.timer is not None:
-                txn.timer.cancel()
-        self._table.clear()
+    def on_timer(self, now: float) -> list[TimerAction[_User]]:
+        """
+        What is due at C{now}: retransmissions (Timer E) and timeouts
+        (Timer F), in deadline order; completed transactions past Timer K
+        are forgotten.
+        """
+        actions: list[TimerAction[_User]] = []
+        heap = self._heap
+        t2 = self.t2
+        while heap and heap[0][0] <= now:
+            _, entry, txn = heapq.heappop(heap)
+            if txn.entry != entry:
+                self._cancelled -= 1
+                continue
+            txn.entry = 0
+            if now >= txn.timeout_at:
+                del self._live[txn.key]
+                self._counters.timeouts += 1
+                actions.append(TimedOut(txn.user))
+                continue
+            actions.append(Transmit(txn.data, txn.dest, txn.user, True))
+            interval = txn.interval = min(2 * txn.interval, t2)
+            self._schedule(txn, min(now + interval, txn.timeout_at))
+        self.sweep(now)
+        return actions
+
+    def next_deadline(self) -> float | None:
+        """When L{on_timer} next has something to do (C{None}: nothing pending)."""
+        heap = self._heap
+        while heap and heap[0][2].entry != heap[0][1]:
+            heapq.heappop(heap)
+            self._cancelled -= 1
+        if heap:
+            if self._forgetting:
+                return min(heap[0][0], self._forgetting[0].forget_at)
+            return heap[0][0]
+        if self._forgetting:
+            return self._forgetting[0].forget_at
+        return None
+
+    def abort(self, which: Callable[[ClientTransaction[_User]], bool], now: float) -> list[TimedOut[_User]]:
+        """
+        End, as timed out, every transaction in progress that C{which}
+        picks, e.g. C{lambda t: t.reliable and t.dest == peer} when the
+        stream to C{peer} broke.
+        """
+        doomed = [txn for txn in self._live.values() if which(txn)]
+        for txn in doomed:
+            del self._live[txn.key]
+            self._unschedule(txn)
+        self._counters.timeouts += len(doomed)
+        self.sweep(now)
+        return [TimedOut(txn.user) for txn in doomed]
+
+    def sweep(self, now: float) -> None:
+        """Forget completed transactions whose Timer K has run out at C{now}."""
+        forgetting = self._forgetting
+        completed = self._completed
+        while forgetting and forgetting[0].forget_at <= now:
+            txn = forgetting.popleft()
+            if completed.get(txn.key) is txn:
+                del completed[txn.key]
+
+    def clear(self) -> None:
+        """Forget everything, without outcomes (shutdown)."""
+        for txn in self._live.values():
+            txn.entry = 0
+        self._live.clear()
         self._completed.clear()
-        self._expiries.clear()
+        self._forgetting.clear()
+        self._heap.clear()
+        self._cancelled = 0
+
+    def _schedule(self, txn: ClientTransaction[_User], when: float) -> None:
+        entry = txn.entry = self._sequence()
+        heapq.heappush(self._heap, (when, entry, txn))
+
+    def _unschedule(self, txn: ClientTransaction[_User]) -> None:
+        """Cancel the transaction's heap entry, if it has one."""
+        if not txn.entry:
+            return
+        txn.entry = 0
+        self._cancelled += 1
+        if self._cancelled > _COMPACT_AFTER and 2 * self._cancelled > len(self._heap):
+            self._heap[:] = [item for item in self._heap if item[2].entry == item[1]]
+            heapq.heapify(self._heap)
+            self._cancelled = 0

@@ -22,7 +22,7 @@ from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import Response, parse_message
 from uacregistrant.core.socketspec import SocketSpec
 from uacregistrant.core.counters import SipCounters
-from uacregistrant.net.transaction import Address, TransactionLayer
+from uacregistrant.net.transaction_layer import Address, TransactionLayer
 
 #: The largest datagram read (the UDP maximum): the port is opened with
 #: this C{maxPacketSize}, so nothing is cut short by the socket read.

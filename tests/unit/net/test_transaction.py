@@ -1,123 +1,236 @@
-"""Tests for client transactions and the pacer/walker on a fake clock."""
+"""
+The RFC 3261 §17.1.2 client non-INVITE transaction machine, on plain
+numbers for time: no reactor, no clock.
+"""
 
+from __future__ import annotations
+
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from uacregistrant.core.account import Account
-from uacregistrant.core.registrant import Policy, Registrant
-from uacregistrant.core.registry import Registry
-from uacregistrant.sip.message import Response, parse_message
+import uacregistrant
 from uacregistrant.core.counters import SipCounters
-from uacregistrant.net.transaction import TransactionLayer
-from uacregistrant.schedule.walker import BucketWalker, Pacer
+from uacregistrant.net.transaction import Deliver, NonInviteClientTransactions, TimedOut, Transmit
+from uacregistrant.sip.message import Response, parse_message
+
+DEST = ("127.0.0.1", 5060)
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.sent: list[tuple[float, bytes]] = []
-        self.clock: Clock | None = None
-
-    def send(self, data: bytes, dest: tuple[str, int]) -> None:
-        assert self.clock is not None
-        self.sent.append((self.clock.seconds(), data))
-
-
-def reply(status: int, branch: str = "z9hG4bKb1", cseq: int = 1) -> Response:
+def reply(status: int, branch: str = "z9hG4bKb1", cseq: str = "1 REGISTER") -> Response:
     message = parse_message(
-        f"SIP/2.0 {status} X\r\nVia: SIP/2.0/UDP h;branch={branch}\r\nCSeq: {cseq} REGISTER\r\n"
+        f"SIP/2.0 {status} X\r\nVia: SIP/2.0/UDP h;branch={branch}\r\nCSeq: {cseq}\r\n"
         "To: <sip:a@h>;tag=t\r\nFrom: <sip:a@h>;tag=f\r\nCall-ID: c\r\n\r\n".encode()
     )
     assert isinstance(message, Response)
     return message
 
 
-class TransactionTests(SynchronousTestCase):
+class MachineTestCase(SynchronousTestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
         self.counters = SipCounters()
-        self.layer = TransactionLayer(self.clock, self.counters, t1=0.5)
-        self.sender = Recorder()
-        self.sender.clock = self.clock
-        self.finals: list[int] = []
-        self.timeouts = 0
+        self.table: NonInviteClientTransactions[str] = NonInviteClientTransactions(self.counters, t1=0.5, t2=4.0, t4=5.0)
 
-    def start(self) -> None:
-        def timeout() -> None:
-            self.timeouts += 1
+    def start(self, now: float = 0.0, key: str = "z9hG4bKb1", user: str = "u1", reliable: bool = False, dest: tuple[str, int] = DEST) -> Transmit[str]:
+        return self.table.start(now, key, dest, b"REQ", 1, user, reliable)
 
-        self.layer.start(self.sender, ("127.0.0.1", 5060), b"REQ", "z9hG4bKb1", 1, lambda r: self.finals.append(r.status), timeout)
+    def run_until(self, end: float) -> list[tuple[float, Transmit[str] | TimedOut[str]]]:
+        """Call on_timer at each deadline up to C{end}, as an edge would: the actions, with their times."""
+        happened: list[tuple[float, Transmit[str] | TimedOut[str]]] = []
+        while (deadline := self.table.next_deadline()) is not None and deadline <= end:
+            happened.extend((deadline, action) for action in self.table.on_timer(deadline))
+        return happened
 
-    def test_timer_e_and_f(self) -> None:
-        """Retransmits at 0.5, 1.5, 3.5, 7.5, then every 4 s; Timer F at 32 s."""
+    def sent_at(self, happened: list[tuple[float, Transmit[str] | TimedOut[str]]]) -> list[float]:
+        return [t for t, action in happened if isinstance(action, Transmit)]
+
+    def timed_out_at(self, happened: list[tuple[float, Transmit[str] | TimedOut[str]]]) -> list[float]:
+        return [t for t, action in happened if isinstance(action, TimedOut)]
+
+
+class RetransmissionTests(MachineTestCase):
+    def test_start_sends_the_request(self) -> None:
+        """Starting answers the first send; the first retransmission is due T1 later."""
+        self.assertEqual(self.start(now=10.0), Transmit(b"REQ", DEST, "u1", False))
+        self.assertEqual(len(self.table), 1)
+        self.assertEqual(self.table.next_deadline(), 10.5)
+        self.assertEqual(self.table.on_timer(10.49), [])
+
+    def test_timer_e_doubles_up_to_t2_then_timer_f(self) -> None:
+        """Retransmits at 0.5, 1.5, 3.5, 7.5, then every 4 s; Timer F (64*T1) ends it at 32 s."""
         self.start()
-        self.clock.pump([0.25] * 160)
-        times = [t for t, _ in self.sender.sent]
-        self.assertEqual(times[:6], [0, 0.5, 1.5, 3.5, 7.5, 11.5])
-        self.assertEqual(times[-1], 31.5)
-        self.assertEqual(self.timeouts, 1)
-        self.assertEqual(len(self.layer), 0)
+        happened = self.run_until(100)
+        self.assertEqual(self.sent_at(happened), [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5])
+        self.assertTrue(all(action == Transmit(b"REQ", DEST, "u1", True) for _, action in happened[:-1]))
+        self.assertEqual(happened[-1], (32.0, TimedOut("u1")))
+        self.assertEqual((self.counters.timeouts, len(self.table), self.table.next_deadline()), (1, 0, None))
+
+    def test_late_timer_retransmits_once(self) -> None:
+        """Called late, on_timer retransmits once and counts the next interval from then (no burst)."""
+        self.start()
+        self.assertEqual(self.table.on_timer(5.0), [Transmit(b"REQ", DEST, "u1", True)])
+        self.assertEqual(self.table.next_deadline(), 6.0)
 
     def test_provisional_switches_to_t2(self) -> None:
-        """After a 1xx, retransmissions come every T2."""
+        """After a 1xx, retransmissions come every T2, and Timer F still ends the transaction at 64*T1."""
         self.start()
-        self.layer.receive(reply(100), ("127.0.0.1", 5060))
-        self.clock.pump([0.5] * 20)
-        self.assertEqual([t for t, _ in self.sender.sent], [0, 4, 8])
+        self.assertIsNone(self.table.receive(reply(100), DEST, 0.2))
+        self.assertEqual(self.counters.responses_accepted, 1)
+        happened = self.run_until(100)
+        self.assertEqual(self.sent_at(happened), [4.2, 8.2, 12.2, 16.2, 20.2, 24.2, 28.2])
+        self.assertEqual(self.timed_out_at(happened), [32.0])
 
-    def test_final_and_filters(self) -> None:
-        """Only the right branch, CSeq and source complete it; duplicates are absorbed."""
+    def test_transactions_interleave_in_deadline_order(self) -> None:
+        """Many transactions started at random times: every action comes at or after its deadline, in time order."""
+        rng = random.Random(7)
+        starts = sorted(rng.uniform(0, 10) for _ in range(500))
+        for i, now in enumerate(starts):
+            self.start(now=now, key=f"k{i}", user=f"u{i}")
+        happened = self.run_until(1000)
+        times = [t for t, _ in happened]
+        self.assertEqual(times, sorted(times))
+        self.assertEqual(len(self.timed_out_at(happened)), 500)
+        self.assertEqual(len(self.sent_at(happened)), 500 * 10)
+        first_retransmission = {action.user: t for t, action in reversed(happened)}
+        self.assertEqual([first_retransmission[f"u{i}"] for i in range(500)], [now + 0.5 for now in starts])
+
+
+class ResponseTests(MachineTestCase):
+    def test_final_response_completes(self) -> None:
+        """A 2xx-6xx is delivered with the transaction's user; nothing is retransmitted or timed out after it."""
         self.start()
-        self.layer.receive(reply(200), ("127.0.0.2", 5060))
-        self.layer.receive(reply(200, cseq=2), ("127.0.0.1", 5060))
-        self.layer.receive(reply(200, branch="z9hG4bKx"), ("127.0.0.1", 5060))
-        self.assertEqual(self.finals, [])
-        self.layer.receive(reply(200), ("127.0.0.1", 5060))
-        self.layer.receive(reply(200), ("127.0.0.1", 5060))
-        self.assertEqual(self.finals, [200])
+        response = reply(401)
+        self.assertEqual(self.table.receive(response, DEST, 0.3), Deliver("u1", response))
+        self.assertEqual((self.counters.responses_accepted, len(self.table)), (1, 0))
+        self.assertEqual(self.run_until(100), [])
+        self.assertEqual(self.counters.timeouts, 0)
+
+    def test_wrong_source_is_dropped(self) -> None:
+        """A response from another address or port than the request went to is counted and dropped."""
+        self.start()
+        self.assertIsNone(self.table.receive(reply(200), ("127.0.0.2", 5060), 0.1))
+        self.assertIsNone(self.table.receive(reply(200), ("127.0.0.1", 5061), 0.1))
+        self.assertEqual(self.counters.dropped_wrong_source, 2)
+        self.assertIsInstance(self.table.receive(reply(200), DEST, 0.1), Deliver)
+
+    def test_cseq_mismatch_is_dropped(self) -> None:
+        """Another CSeq number or method is counted and dropped; the transaction goes on."""
+        self.start()
+        self.assertIsNone(self.table.receive(reply(200, cseq="2 REGISTER"), DEST, 0.1))
+        self.assertIsNone(self.table.receive(reply(200, cseq="1 OPTIONS"), DEST, 0.1))
+        self.assertEqual((self.counters.dropped_cseq_mismatch, self.counters.responses_accepted, len(self.table)), (2, 0, 1))
+
+    def test_unknown_branch_and_malformed_are_dropped(self) -> None:
+        """No transaction for the branch, or no readable Via: counted apart."""
+        self.start()
+        self.assertIsNone(self.table.receive(reply(200, branch="z9hG4bKother"), DEST, 0.1))
+        self.assertIsNone(self.table.receive(Response(headers=[("cseq", "1 REGISTER")], body=b"", status=200), DEST, 0.1))
+        self.assertEqual((self.counters.dropped_no_transaction, self.counters.dropped_malformed, len(self.table)), (1, 1, 1))
+
+    def test_timer_k_absorbs_retransmitted_responses(self) -> None:
+        """For T4 after completion the same final response is absorbed; then it finds no transaction."""
+        self.start()
+        self.table.receive(reply(200), DEST, 1.0)
+        self.assertIsNone(self.table.receive(reply(200), DEST, 5.9))
+        self.assertEqual(self.counters.absorbed_retransmissions, 1)
+        # Only from where the request went, for its CSeq.
+        self.table.receive(reply(200), ("127.0.0.2", 5060), 2.0)
+        self.table.receive(reply(200, cseq="2 REGISTER"), DEST, 2.0)
+        self.assertEqual((self.counters.absorbed_retransmissions, self.counters.dropped_no_transaction), (1, 2))
+        self.assertEqual(self.table.next_deadline(), 6.0)
+        self.assertEqual(self.table.on_timer(6.0), [])
+        self.assertIsNone(self.table.next_deadline())
+        self.table.receive(reply(200), DEST, 6.0)
+        self.assertEqual((self.counters.absorbed_retransmissions, self.counters.dropped_no_transaction), (1, 3))
+
+    def test_timer_k_ends_at_t4_even_before_it_is_swept(self) -> None:
+        """A response at or after T4 is not absorbed though on_timer has not run yet."""
+        self.start()
+        self.table.receive(reply(200), DEST, 1.0)
+        self.table.receive(reply(200), DEST, 6.0)
+        self.assertEqual((self.counters.absorbed_retransmissions, self.counters.dropped_no_transaction), (0, 1))
+
+
+class ReliableTests(MachineTestCase):
+    def test_no_retransmissions_only_timer_f(self) -> None:
+        """Over a stream nothing is retransmitted, even after a 1xx; Timer F still fires at 64*T1."""
+        self.assertEqual(self.start(reliable=True), Transmit(b"REQ", DEST, "u1", False))
+        self.table.receive(reply(100), DEST, 1.0)
+        self.assertEqual(self.run_until(100), [(32.0, TimedOut("u1"))])
+        self.assertEqual(self.counters.timeouts, 1)
+
+    def test_no_timer_k(self) -> None:
+        """Timer K is zero: the completed transaction is forgotten at once."""
+        self.start(reliable=True)
+        self.assertIsInstance(self.table.receive(reply(200), DEST, 1.0), Deliver)
+        self.assertIsNone(self.table.next_deadline())
+        self.table.receive(reply(200), DEST, 1.0)
+        self.assertEqual((self.counters.absorbed_retransmissions, self.counters.dropped_no_transaction), (0, 1))
+
+
+class EndingTests(MachineTestCase):
+    def test_abort_times_out_the_chosen_transactions(self) -> None:
+        """A broken stream ends its transactions at once, as timeouts; the others run on."""
+        peer, other = ("192.0.2.1", 5061), ("192.0.2.2", 5061)
+        self.start(key="a", user="stream to peer", reliable=True, dest=peer)
+        self.start(key="b", user="stream to other", reliable=True, dest=other)
+        self.start(key="c", user="udp to peer", dest=peer)
+        timed_out = self.table.abort(lambda t: t.reliable and t.dest == peer, 1.0)
+        self.assertEqual(timed_out, [TimedOut("stream to peer")])
+        self.assertEqual((self.counters.timeouts, len(self.table)), (1, 2))
+        self.assertIsNone(self.table.receive(reply(200, branch="a"), peer, 1.5))
+        self.assertEqual(self.counters.dropped_no_transaction, 1)
         self.assertEqual(
-            (self.counters.dropped_wrong_source, self.counters.dropped_cseq_mismatch,
-             self.counters.dropped_no_transaction, self.counters.absorbed_retransmissions),
-            (1, 1, 1, 1),
+            sorted(action.user for _, action in self.run_until(100) if isinstance(action, TimedOut)),
+            ["stream to other", "udp to peer"],
         )
-        self.clock.advance(40)
-        self.assertEqual((self.timeouts, len(self.sender.sent)), (0, 1))
-        self.layer.receive(reply(200), ("127.0.0.1", 5060))
-        self.assertEqual(self.counters.dropped_no_transaction, 2)
+
+    def test_cancel_leaves_nothing(self) -> None:
+        """A transaction whose first send failed is dropped without an outcome."""
+        self.start()
+        self.table.cancel("z9hG4bKb1")
+        self.assertEqual((len(self.table), self.table.next_deadline(), self.table.on_timer(100)), (0, None, []))
+        self.assertEqual(self.counters.timeouts, 0)
+
+    def test_key_in_progress_is_refused(self) -> None:
+        """Starting a branch already in progress raises and leaves the first transaction alone."""
+        self.start()
+        self.assertRaises(ValueError, self.start, key="z9hG4bKb1", user="u2")
+        self.assertEqual(self.run_until(100)[-1], (32.0, TimedOut("u1")))
+
+    def test_clear_forgets_everything(self) -> None:
+        """After clear() nothing is due and nothing matches."""
+        self.start(key="a")
+        self.start(key="b")
+        self.table.receive(reply(200, branch="b"), DEST, 0.1)
+        self.table.clear()
+        self.assertEqual((len(self.table), self.table.next_deadline(), self.table.on_timer(100)), (0, None, []))
+        self.table.receive(reply(200, branch="b"), DEST, 0.2)
+        self.assertEqual(self.counters.absorbed_retransmissions, 0)
+
+    def test_cancelled_entries_do_not_pile_up(self) -> None:
+        """Transactions completed before their first retransmission leave the heap bounded, not one entry each."""
+        for i in range(10_000):
+            self.start(now=i * 1e-5, key=f"k{i}")
+            self.table.receive(reply(200, branch=f"k{i}"), DEST, i * 1e-5)
+        self.assertLess(len(self.table._heap), 600)
+        self.assertEqual(self.run_until(1000), [])
 
 
-class WalkerTests(SynchronousTestCase):
-    def test_slices_and_pacing(self) -> None:
-        """A 5000-record bucket is scanned in slices and sent at the paced rate."""
-        clock = Clock()
-        registry = Registry(0)
-        policy = Policy(rng=random.Random(3))
-        for i in range(5000):
-            registry.add(Registrant(Account(row_id=i, aor=f"sip:u{i}@x", registrar="sip:x", binding_uri=f"sip:u{i}@h", expiry=600), policy))
-        sent: list[float] = []
-        pacer = Pacer(clock, 1000, lambda r: sent.append(clock.seconds()) or r.start(clock.seconds()))
-        walker = BucketWalker(registry, clock, 100, pacer, slice_size=2000)
-        walker.tick()
-        self.assertEqual(len(pacer), 2000)
-        clock.advance(0)
-        self.assertGreaterEqual(len(pacer) + len(sent), 4000)
-        for _ in range(600):
-            clock.advance(0.01)
-        self.assertEqual(len(sent), 5000)
-        per_second = [sum(1 for t in sent if s <= t < s + 1) for s in range(5)]
-        self.assertTrue(all(950 <= n <= 1030 for n in per_second), per_second)
-
-    def test_precise_wake_before_next_visit(self) -> None:
-        """A record due between visits is woken at its time, not at the next visit."""
-        clock = Clock()
-        registry = Registry(0)
-        registrant = Registrant(Account(row_id=1, aor="sip:a@x", registrar="sip:x", binding_uri="sip:a@h", expiry=600), Policy())
-        registry.add(registrant)
-        registrant.next_at = 37.0
-        sent: list[float] = []
-        pacer = Pacer(clock, 10, lambda r: sent.append(clock.seconds()) or r.start(clock.seconds()))
-        walker = BucketWalker(registry, clock, 100, pacer)
-        walker.tick()
-        clock.pump([1] * 40)
-        self.assertEqual(sent, [37.0])
+class PurityTests(SynchronousTestCase):
+    def test_imports_no_twisted(self) -> None:
+        """The machine loads without Twisted, zope or the project's upper layers."""
+        root = Path(uacregistrant.__file__).resolve().parents[1]
+        code = (
+            "import sys, uacregistrant.net.transaction\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope', 'uacregistrant'))))"
+        )
+        env = dict(os.environ, PYTHONPATH=str(root))
+        loaded = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+        allowed = {"uacregistrant", "uacregistrant.net", "uacregistrant.net.transaction", "uacregistrant.core", "uacregistrant.core.counters"}
+        self.assertEqual([m for m in loaded if m not in allowed and m.partition(".")[2].partition(".")[0] != "sip"], [])
+        self.assertIn("uacregistrant.net.transaction", loaded)

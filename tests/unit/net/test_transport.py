@@ -7,7 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from uacregistrant.core.socketspec import SocketSpec
 from uacregistrant.core.counters import SipCounters
-from uacregistrant.net.transaction import TransactionLayer
+from uacregistrant.net.transaction_layer import TransactionLayer
 from uacregistrant.net.transport import MAX_DATAGRAM, SipTransport
 
 GARBAGE = b"SIP/2.0 200 OK\r\nContent-Length: \xc2\xb2\r\n\r\n"

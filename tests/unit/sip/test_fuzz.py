@@ -13,7 +13,7 @@ from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import _PLAIN_NAME_ADDR, Response, parse_message, parse_name_addr, parse_params
 from uacregistrant.core.socketspec import SocketSpec
 from uacregistrant.core.counters import SipCounters
-from uacregistrant.net.transaction import TransactionLayer
+from uacregistrant.net.transaction_layer import TransactionLayer
 from uacregistrant.net.transport import SipTransport
 
 VALID = (

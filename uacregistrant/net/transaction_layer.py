@@ -1,0 +1,166 @@
+# -*- test-case-name: tests.unit.net.test_transaction_layer -*-
+"""
+The client transactions on the reactor: L{TransactionLayer} sends what the
+pure L{NonInviteClientTransactions} asks for, hands final responses and
+timeouts to the transaction user's callbacks, and keeps one timer in the
+shared L{TimerQueue} at the table's next deadline.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from uacregistrant.net.transaction import Address, NonInviteClientTransactions, Transmit
+from uacregistrant.schedule.timers import Timer, TimerQueue
+from uacregistrant.core.counters import SipCounters
+from uacregistrant.sip.message import Response
+
+__all__ = ["Address", "DatagramSender", "TransactionLayer"]
+
+_log = Logger()
+
+
+class DatagramSender(Protocol):
+    """Something that sends a datagram to an address."""
+
+    def send(self, data: bytes, dest: Address) -> None:
+        """Send C{data} to C{dest}; may raise L{OSError}."""
+
+
+#: A transaction's owner: who retransmits it, who gets its outcome.
+_Owner = tuple[DatagramSender, Callable[[Response], None], Callable[[], None]]
+
+
+class TransactionLayer:
+    """
+    The client transactions of every socket, on the reactor's time.
+
+    @param timers: the shared timer queue (if not given, a private one,
+        which L{stop} stops).
+    @param t1: RFC 3261 T1 in seconds (RTT estimate); see
+        L{NonInviteClientTransactions} for C{t2} and C{t4}.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        counters: SipCounters,
+        t1: float = 0.5,
+        t2: float = 4.0,
+        t4: float = 5.0,
+        timers: TimerQueue | None = None,
+    ) -> None:
+        self._clock = clock
+        self._own_timers = timers is None
+        self._timers = TimerQueue(clock) if timers is None else timers
+        self._counters = counters
+        self._table: NonInviteClientTransactions[_Owner] = NonInviteClientTransactions(counters, t1, t2, t4)
+        self._wake: Timer | None = None
+        self._wake_at = float("inf")
+
+    @property
+    def t1(self) -> float:
+        """RFC 3261 T1 in seconds."""
+        return self._table.t1
+
+    @t1.setter
+    def t1(self, value: float) -> None:
+        self._table.t1 = value
+
+    @property
+    def t2(self) -> float:
+        """RFC 3261 T2 in seconds."""
+        return self._table.t2
+
+    @t2.setter
+    def t2(self, value: float) -> None:
+        self._table.t2 = value
+
+    @property
+    def t4(self) -> float:
+        """RFC 3261 T4 in seconds (Timer K)."""
+        return self._table.t4
+
+    @t4.setter
+    def t4(self, value: float) -> None:
+        self._table.t4 = value
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def start(
+        self,
+        sender: DatagramSender,
+        dest: Address,
+        data: bytes,
+        branch: str,
+        cseq: int,
+        on_final: Callable[[Response], None],
+        on_timeout: Callable[[], None],
+    ) -> None:
+        """
+        Send a request and run its timers.
+
+        @raise OSError: if the first send fails (nothing is left running).
+        """
+        table = self._table
+        transmit = table.start(self._clock.seconds(), branch, dest, data, cseq, (sender, on_final, on_timeout))
+        try:
+            sender.send(transmit.data, transmit.dest)
+        except OSError:
+            table.cancel(branch)
+            raise
+        self._counters.requests_sent += 1
+        self._arm()
+
+    def receive(self, response: Response, source: Address) -> None:
+        """Deliver a response to its transaction, or count and drop it."""
+        delivery = self._table.receive(response, source, self._clock.seconds())
+        if delivery is not None:
+            self._arm()  # Timer K
+            delivery.user[1](response)
+
+    def stop(self) -> None:
+        """Cancel the timer and forget every transaction (service shutdown)."""
+        if self._wake is not None:
+            self._wake.cancel()
+        if self._own_timers:
+            self._timers.stop()
+        self._wake = None
+        self._wake_at = float("inf")
+        self._table.clear()
+
+    def _sweep(self, now: float) -> None:
+        """Forget completed transactions past Timer K (bench/core_cycle.py calls this)."""
+        self._table.sweep(now)
+
+    def _arm(self) -> None:
+        """Wake at the table's next deadline if that is earlier than the wake-up set."""
+        when = self._table.next_deadline()
+        if when is not None and when < self._wake_at:
+            if self._wake is not None:
+                self._wake.cancel()
+            self._wake_at = when
+            self._wake = self._timers.call_at(when, self._on_wake, None)
+
+    def _on_wake(self, _: object) -> None:
+        self._wake = None
+        self._wake_at = float("inf")
+        counters = self._counters
+        for action in self._table.on_timer(self._clock.seconds()):
+            try:
+                if isinstance(action, Transmit):
+                    try:
+                        action.user[0].send(action.data, action.dest)
+                        counters.retransmissions += 1
+                    except OSError as e:
+                        counters.send_errors += 1
+                        _log.warn("retransmission to {dest} failed: {error}", dest=action.dest, error=str(e))
+                else:
+                    action.user[2]()
+            except Exception:
+                _log.failure("transaction action {action!r} failed", action=action)
+        self._arm()

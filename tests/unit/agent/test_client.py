@@ -1,18 +1,29 @@
 """
 Tests for L{uacregistrant.agent.client}: the one guarded place where records
 meet the network, on the real service (fake clock and network, real
-SQLite table, real test registrar).
+SQLite table, real test registrar); and where a request goes once its
+next hop is (or is not) resolved, on a fake resolver and sender.
 """
 
 from __future__ import annotations
 
+import random
+
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.simulation import REGISTRAR, Simulation
+from uacregistrant.agent.changes import StateChange, StateChanges
 from uacregistrant.agent.client import RegistrationClient
-from uacregistrant.core.registrant import IN_TRANSACTION, Registrant, RegState
-from uacregistrant.net.resolver import SipResolver
+from uacregistrant.core.account import Account
+from uacregistrant.core.counters import SipCounters
+from uacregistrant.core.registrant import IN_TRANSACTION, Policy, Registrant, RegState
+from uacregistrant.core.socketspec import SocketSpec
+from uacregistrant.net.resolver import Address, ResolutionError, SipResolver
+from uacregistrant.net.transaction_layer import TransactionLayer
+from uacregistrant.sip.message import Request, parse_message
+from uacregistrant.sip.uri import SipUri
 from uacregistrant.app.service import stuck_after
 from uacregistrant.testing.registrar import UserPolicy
 
@@ -192,3 +203,145 @@ class PacingTests(SynchronousTestCase):
                 self.assertGreater(binding.expires_at, sim.reactor.seconds())
         self.assertGreater(service.counters.expiry_guesses, 10)
         self.assertEqual(service.counters.lapsed_registrations, 0)
+
+
+class FakeResolver:
+    """Answers from C{known} at once; anything else waits for a Deferred the test fires."""
+
+    def __init__(self, known: dict[str, Address] | None = None) -> None:
+        self.known = known or {}
+        self.lookups: list[tuple[str, defer.Deferred[Address]]] = []
+
+    def cached(self, uri: SipUri) -> Address | None:
+        return self.known.get(uri.host)
+
+    def resolve(self, uri: SipUri) -> defer.Deferred[Address]:
+        d: defer.Deferred[Address] = defer.Deferred()
+        self.lookups.append((uri.host, d))
+        return d
+
+
+class FakeSender:
+    """A transport that keeps what is sent."""
+
+    def __init__(self) -> None:
+        self.spec = SocketSpec("192.0.2.1", 5060)
+        self.sent: list[tuple[bytes, Address]] = []
+
+    def via_host(self, dest_ip: str) -> str:
+        return self.spec.host
+
+    def send(self, data: bytes, dest: Address) -> None:
+        self.sent.append((data, dest))
+
+
+class DispatchTests(SynchronousTestCase):
+    """Where RegistrationClient._dispatch sends: cached hops at once, others after the lookup, if still current."""
+
+    HOP = "registrar.test.invalid"
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.counters = SipCounters()
+        self.transactions = TransactionLayer(self.clock, self.counters)
+        self.resolver = FakeResolver()
+        self.sender = FakeSender()
+        self.rescheduled: list[Registrant] = []
+        self.changes: list[StateChange] = []
+        self.client = RegistrationClient(
+            self.clock, self.transactions, self.resolver, {self.sender.spec.name: self.sender},  # type: ignore[arg-type, dict-item]
+            self.counters, changes=StateChanges([self.changes.append]),
+            reschedule=self.rescheduled.append, queue_follow_up=lambda r: None,
+        )
+        self.registrant = Registrant(
+            Account(row_id=1, aor="sip:alice@example.com", registrar=f"sip:{self.HOP}",
+                    binding_uri="sip:alice@192.0.2.1:5060", expiry=3600, username="alice", password="secret"),
+            Policy(retry_base=10, retry_max=100, rng=random.Random(2)),
+        )
+
+    def sent(self) -> list[tuple[int, Address]]:
+        """(CSeq, destination) of each REGISTER sent."""
+        result = []
+        for data, dest in self.sender.sent:
+            message = parse_message(data)
+            assert isinstance(message, Request)
+            self.assertEqual(message.method, "REGISTER")
+            result.append((message.cseq[0], dest))
+        return result
+
+    def test_cached_hop_sent_at_once(self) -> None:
+        """A hop whose address is cached is sent to at once, without a lookup."""
+        self.resolver.known[self.HOP] = ("192.0.2.10", 5060)
+        self.client.send(self.registrant)
+        self.assertEqual(self.sent(), [(1, ("192.0.2.10", 5060))])
+        self.assertEqual(self.resolver.lookups, [])
+        self.assertEqual((self.registrant.state, len(self.transactions)), (RegState.REGISTERING_STATE, 1))
+        self.assertEqual(self.counters.requests_sent, 1)
+
+    def test_uncached_hop_waits_for_the_lookup(self) -> None:
+        """An uncached hop is looked up; the REGISTER goes to the address found, once it is found."""
+        self.client.send(self.registrant)
+        self.assertEqual([host for host, _ in self.resolver.lookups], [self.HOP])
+        self.assertEqual(self.sender.sent, [])
+        self.assertEqual(self.registrant.state, RegState.REGISTERING_STATE)
+        self.resolver.lookups[0][1].callback(("192.0.2.20", 5070))
+        self.assertEqual(self.sent(), [(1, ("192.0.2.20", 5070))])
+        self.assertEqual(len(self.transactions), 1)
+        self.assertEqual(self.registrant.state, RegState.REGISTERING_STATE)
+
+    def test_failed_lookup(self) -> None:
+        """A failed lookup ends the attempt in INTERNAL_ERROR naming the host, with a retry scheduled."""
+        self.client.send(self.registrant)
+        self.resolver.lookups[0][1].errback(ResolutionError("no A or AAAA record"))
+        r = self.registrant
+        self.assertEqual(r.state, RegState.INTERNAL_ERROR_STATE)
+        self.assertIn(f"cannot resolve {self.HOP}", r.last_error)
+        self.assertIn("no A or AAAA record", r.last_error)
+        assert r.next_at is not None
+        self.assertGreater(r.next_at, self.clock.seconds())
+        self.assertEqual(self.rescheduled, [r])
+        self.assertEqual([(c.old, c.new) for c in self.changes],
+                         [(RegState.NOT_REGISTERED_STATE, RegState.REGISTERING_STATE),
+                          (RegState.REGISTERING_STATE, RegState.INTERNAL_ERROR_STATE)])
+        self.assertEqual((self.sender.sent, self.counters.internal_errors), ([], 0))
+
+    def test_result_for_an_older_cseq_ignored(self) -> None:
+        """Lookups answering or failing for requests the record has replaced (new CSeq) send nothing and fail nothing."""
+        r = self.registrant
+        for _ in range(3):
+            self.client.send(r)
+            if r.cseq < 3:
+                r.on_internal_error(self.clock.seconds(), "test")
+        self.assertEqual((r.cseq, r.state, len(self.resolver.lookups)), (3, RegState.REGISTERING_STATE, 3))
+        self.resolver.lookups[0][1].callback(("192.0.2.20", 5060))
+        self.resolver.lookups[1][1].errback(ResolutionError("late"))
+        self.assertEqual(self.sender.sent, [])
+        self.assertEqual((r.state, r.last_error), (RegState.REGISTERING_STATE, "test"))
+        self.resolver.lookups[2][1].callback(("192.0.2.21", 5060))
+        self.assertEqual(self.sent(), [(3, ("192.0.2.21", 5060))])
+
+    def test_result_after_removal_ignored(self) -> None:
+        """A lookup answering (or failing) after the record was removed changes nothing."""
+        for outcome in ("answer", "failure"):
+            r = Registrant(self.registrant.account, self.registrant.policy)
+            self.client.send(r)
+            r.mark_removed()
+            d = self.resolver.lookups[-1][1]
+            if outcome == "answer":
+                d.callback(("192.0.2.20", 5060))
+            else:
+                d.errback(ResolutionError("gone"))
+            self.assertEqual((r.state, r.last_error), (RegState.REGISTERING_STATE, ""), outcome)
+        self.assertEqual(self.sender.sent, [])
+        self.assertEqual(self.rescheduled, [])
+
+    def test_result_after_the_transaction_state_ignored(self) -> None:
+        """A lookup answering once the record is no longer in a transaction (same CSeq) sends nothing."""
+        r = self.registrant
+        self.client.send(r)
+        r.on_internal_error(self.clock.seconds(), "test")
+        self.assertEqual(r.cseq, 1)
+        self.resolver.lookups[0][1].callback(("192.0.2.20", 5060))
+        self.assertEqual(self.sender.sent, [])
+        self.assertEqual((r.state, r.last_error), (RegState.INTERNAL_ERROR_STATE, "test"))
+        self.assertEqual(len(self.transactions), 0)

@@ -5,7 +5,9 @@ import random
 from twisted.trial.unittest import SynchronousTestCase
 
 from uacregistrant.core.account import Account
-from uacregistrant.core.registrant import IN_TRANSACTION, MAX_FOLLOW_UPS, Policy, RegState, Registrant
+from uacregistrant.core.registrant import (
+    AT_REST, IN_TRANSACTION, MAX_FOLLOW_UPS, TRANSITIONS, Event, InvalidTransition, Policy, RegState, Registrant,
+)
 from uacregistrant.sip.digest import parse_authorization, verify_authorization
 from uacregistrant.sip.message import Response, parse_message
 
@@ -450,3 +452,199 @@ class RenderRegisterTests(SynchronousTestCase):
         with self.assertRaises(SipRenderError):
             render_register(account(), "cid", "ftag", Outgoing(1, 60, (("Authorization", "Digest x\r\nY: 1"),)),
                             ("192.0.2.1", 5060), "z9hG4bKb1")
+
+
+class TransitionTableTests(SynchronousTestCase):
+    """L{TRANSITIONS} is the one place a registrant's state changes."""
+
+    def setUp(self) -> None:
+        self.policy = Policy(retry_base=10, retry_max=100, transaction_timeout=32, rng=random.Random(5))
+
+    def registrant(self, **kw: object) -> Registrant:
+        return Registrant(account(**kw), self.policy)
+
+    def in_state(self, state: RegState, **kw: object) -> Registrant:
+        r = self.registrant(**kw)
+        r.state = state
+        return r
+
+    def record_moves(self) -> list[tuple[RegState, Event]]:
+        """Wrap L{Registrant._move} so every (state, event) it is asked for is kept."""
+        moves: list[tuple[RegState, Event]] = []
+        original = Registrant._move
+
+        def move(registrant: Registrant, event: Event) -> None:
+            moves.append((registrant.state, event))
+            original(registrant, event)
+
+        self.patch(Registrant, "_move", move)
+        return moves
+
+    def test_every_state_can_fail(self) -> None:
+        """Every state has a FAILED transition, and it lands in INTERNAL_ERROR_STATE."""
+        for state in RegState:
+            self.assertEqual(TRANSITIONS.get((state, Event.FAILED)), RegState.INTERNAL_ERROR_STATE, state)
+            r = self.in_state(state)
+            r.on_internal_error(1, "x")
+            self.assertEqual(r.state, RegState.INTERNAL_ERROR_STATE, state)
+
+    def test_attempts_start_only_at_rest(self) -> None:
+        """SEND_REGISTER and SEND_UNREGISTER are in the table exactly for the states in AT_REST."""
+        self.assertEqual(AT_REST, frozenset(RegState) - IN_TRANSACTION)
+        self.assertEqual(len(AT_REST), 6)
+        for event, target in ((Event.SEND_REGISTER, RegState.REGISTERING_STATE),
+                              (Event.SEND_UNREGISTER, RegState.UNREGISTERING_STATE)):
+            allowed = {state for (state, e) in TRANSITIONS if e == event}
+            self.assertEqual(allowed, set(AT_REST), event)
+            for state in AT_REST:
+                self.assertEqual(TRANSITIONS[state, event], target)
+
+    def test_start_in_transaction_refused(self) -> None:
+        """Starting an attempt while one is outstanding raises InvalidTransition and keeps the state."""
+        for state in IN_TRANSACTION:
+            for enabled in (True, False):
+                r = self.in_state(state, enabled=enabled)
+                with self.assertRaises(InvalidTransition, msg=(state, enabled)):
+                    r.start(5)
+                self.assertEqual(r.state, state)
+
+    def test_event_not_allowed_raises(self) -> None:
+        """GRANTED from REGISTERED_STATE (and other pairs absent from the table) raise, naming event and state."""
+        r = self.in_state(RegState.REGISTERED_STATE)
+        with self.assertRaises(InvalidTransition) as raised:
+            r._move(Event.GRANTED)
+        self.assertIn("REGISTERED_STATE", str(raised.exception))
+        self.assertIn(Event.GRANTED.value, str(raised.exception))
+        self.assertEqual(r.state, RegState.REGISTERED_STATE)
+        for state, event in [(RegState.NOT_REGISTERED_STATE, Event.CHALLENGED),
+                             (RegState.REGISTERING_STATE, Event.RELEASED),
+                             (RegState.UNREGISTERING_STATE, Event.GRANTED),
+                             (RegState.UNREGISTERING_STATE, Event.TOO_BRIEF),
+                             (RegState.REGISTERING_STATE, Event.IDLE),
+                             (RegState.REGISTER_TIMEOUT_STATE, Event.TIMED_OUT)]:
+            self.assertNotIn((state, event), TRANSITIONS)
+            with self.assertRaises(InvalidTransition):
+                self.in_state(state)._move(event)
+
+    def test_scenarios_take_only_pairs_in_the_table(self) -> None:
+        """
+        200, 401→200, 423→200, 408, Timer F and an un-REGISTER walk only
+        (state, event) pairs of the table, through the expected events.
+        """
+        moves = self.record_moves()
+        ok = response(200, "OK", "Contact: <sip:alice@192.0.2.1:5060>;expires=600\r\n")
+        scenarios: list[tuple[str, list[Event], RegState]] = []
+
+        r = self.registrant()
+        r.start(0)
+        r.on_response(ok, 1)
+        scenarios.append(("200", [Event.SEND_REGISTER, Event.GRANTED], r.state))
+
+        r = self.registrant()
+        r.start(0)
+        r.on_response(response(401, "Unauthorized", CHALLENGE), 1)
+        r.on_response(ok, 2)
+        scenarios.append(("401-200", [Event.SEND_REGISTER, Event.CHALLENGED, Event.GRANTED], r.state))
+
+        r = self.registrant(expiry=60)
+        r.start(0)
+        r.on_response(response(423, "Interval Too Brief", "Min-Expires: 600\r\n"), 1)
+        r.on_response(ok, 2)
+        scenarios.append(("423-200", [Event.SEND_REGISTER, Event.TOO_BRIEF, Event.GRANTED], r.state))
+
+        r = self.registrant()
+        r.start(0)
+        r.on_response(response(408, "Request Timeout"), 1)
+        scenarios.append(("408", [Event.SEND_REGISTER, Event.TIMED_OUT], r.state))
+
+        r = self.registrant()
+        r.start(0)
+        r.on_timeout(32)
+        scenarios.append(("timeout", [Event.SEND_REGISTER, Event.TIMED_OUT], r.state))
+
+        r = self.registrant()
+        r.start(0)
+        r.on_response(ok, 1)
+        r.retire(2)
+        r.start(2)
+        r.on_response(response(401, "Unauthorized", CHALLENGE), 3)
+        r.on_response(response(200, "OK"), 4)
+        scenarios.append(("un-register", [Event.SEND_REGISTER, Event.GRANTED, Event.SEND_UNREGISTER,
+                                          Event.CHALLENGED, Event.RELEASED], r.state))
+
+        expected_states = {
+            "200": RegState.REGISTERED_STATE, "401-200": RegState.REGISTERED_STATE,
+            "423-200": RegState.REGISTERED_STATE, "408": RegState.REGISTER_TIMEOUT_STATE,
+            "timeout": RegState.REGISTER_TIMEOUT_STATE, "un-register": RegState.NOT_REGISTERED_STATE,
+        }
+        self.assertEqual([e for _, e in moves], [e for _, events, _ in scenarios for e in events])
+        for name, _, state in scenarios:
+            self.assertEqual(state, expected_states[name], name)
+        for pair in moves:
+            self.assertIn(pair, TRANSITIONS)
+        # The un-REGISTER was answered with credentials from its own state.
+        self.assertIn((RegState.UNREGISTERING_STATE, Event.CHALLENGED), moves)
+        self.assertIn((RegState.AUTHENTICATING_UNREGISTER_STATE, Event.RELEASED), moves)
+
+    def test_retry_early(self) -> None:
+        """Only a record waiting out a timeout, not removed, with a later send time, is brought forward."""
+        r = self.registrant()
+        r.start(0)
+        r.on_timeout(32)
+        assert r.next_at is not None and r.next_at > 40
+        self.assertTrue(r.retry_early(40))
+        self.assertEqual(r.next_at, 40)
+        self.assertFalse(r.retry_early(40))  # already due: nothing moves
+        self.assertEqual(r.next_at, 40)
+
+        failed = self.registrant()
+        failed.start(0)
+        failed.on_response(response(500, "Server Internal Error"), 1)
+        before = failed.next_at
+        self.assertFalse(failed.retry_early(2))
+        self.assertEqual((failed.state, failed.next_at), (RegState.REGISTRAR_ERROR_STATE, before))
+
+        gone = self.registrant()
+        gone.start(0)
+        gone.on_timeout(32)
+        before = gone.next_at
+        gone.mark_removed()
+        self.assertFalse(gone.retry_early(40))
+        self.assertEqual(gone.next_at, before)
+
+        idle = self.in_state(RegState.REGISTER_TIMEOUT_STATE, enabled=False)
+        idle.next_at = None
+        self.assertFalse(idle.retry_early(40))
+        self.assertIsNone(idle.next_at)
+
+    def test_mark_removed(self) -> None:
+        """A record is not removed until the registry marks it; then it says so for good."""
+        r = self.registrant()
+        self.assertFalse(r.removed)
+        r.mark_removed()
+        self.assertTrue(r.removed)
+        r.start(0)
+        self.assertTrue(r.removed)
+
+    def test_reconfigure_enabled_cancels_retiring(self) -> None:
+        """A retiring record enabled again before it is forgotten stays (no longer retiring); disabled it keeps retiring."""
+        r = self.registrant()
+        r.start(0)
+        r.on_response(response(200, "OK"), 1)
+        r.retire(2)
+        self.assertTrue(r.retiring)
+        self.assertFalse(r.enabled)
+        self.assertFalse(r.reconfigure(account(enabled=False), 3))
+        self.assertTrue(r.retiring)
+        self.assertTrue(r.reconfigure(account(), 3))
+        self.assertFalse(r.retiring)
+        self.assertTrue(r.enabled)
+        self.assertEqual(r.next_at, 3)
+        r.start(3)
+        r.on_response(response(200, "OK"), 4)
+        self.assertEqual(r.state, RegState.REGISTERED_STATE)
+        self.assertFalse(r.finished)
+        # The same account, unchanged, still cancels retiring.
+        r.retiring = True
+        self.assertFalse(r.reconfigure(account(), 5))
+        self.assertFalse(r.retiring)

@@ -56,7 +56,7 @@ def connect(description: str, timeout: float = 10.0) -> socket.socket:
 def request(description: str, command: str, timeout: float = 10.0) -> tuple[str, list[str]]:
     """Send one command; return the status line and the body lines."""
     with connect(description, timeout) as sock:
-        sock.sendall(command.encode("utf-8") + b"\n")
+        _send_command(sock, command)
         # The reply ends at the first empty line (body lines are never empty).
         received = bytearray()
         while received.find(b"\n\n", max(0, len(received) - (1 << 20) - 1)) == -1:
@@ -88,7 +88,7 @@ def follow(description: str, command: str, out: TextIO, timeout: float = 10.0) -
     @return: the exit status (0 after a 2xx status line, else 1).
     """
     with connect(description, timeout) as sock:
-        sock.sendall(command.encode("utf-8") + b"\n")
+        _send_command(sock, command)
         reader = sock.makefile("r", encoding="utf-8", errors="replace", newline="\n")
         status = reader.readline().rstrip("\r\n")
         if status[:1] != "2":
@@ -99,6 +99,18 @@ def follow(description: str, command: str, out: TextIO, timeout: float = 10.0) -
             out.write(line)
             out.flush()
     return 0
+
+
+def _send_command(sock: socket.socket, command: str) -> None:
+    """
+    Send one command line.  A daemon that refused the connection (too many
+    clients) may have written its reply and closed before we send: the
+    reply is still read, so the caller reports it rather than "cannot reach".
+    """
+    try:
+        sock.sendall(command.encode("utf-8") + b"\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
 
 
 def _command_line(words: list[str]) -> str:

@@ -57,6 +57,9 @@ class ControlListener(Service):
             failures[0].raiseException()
 
     def _listened(self, port: IListeningPort) -> None:
+        if not self._listening:
+            port.stopListening()  # stopped while the listen was under way
+            return
         self._port = port
 
     def stopService(self) -> Any:

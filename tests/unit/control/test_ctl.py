@@ -180,3 +180,16 @@ class UnreachableTests(SynchronousTestCase):
             ctl.connect(description, 4.0)
         self.assertEqual(calls, [(("127.0.0.1", 7000), 4.0), (("192.0.2.5", 7001), 4.0),
                                  (("192.0.2.6", 7002), 4.0), (("::1", 7003), 4.0)])
+
+
+class RefusedBeforeSendTests(SynchronousTestCase):
+    def test_reply_written_before_the_command_is_still_read(self) -> None:
+        """A daemon that answered 503 and closed before the command went out is reported as 503 (exit 1), not unreachable."""
+        client, daemon = socket.socketpair()
+        daemon.sendall(b"503 Too many control connections (at most 64)\n\n")
+        daemon.close()
+        self.patch(ctl, "connect", lambda description, timeout=10.0: client)
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        self.assertEqual(ctl.main(["--control", "unix:x", "reg_list"]), 1)
+        self.assertIn("503 Too many control connections", err.getvalue())

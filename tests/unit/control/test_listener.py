@@ -108,3 +108,13 @@ class ControlListenerTests(SynchronousTestCase):
         self.assertEqual(len(endpoint.factories), 2)
         listener.stopService()
         self.assertEqual(second.stopped, 1)
+
+    def test_port_arriving_after_stop_is_closed(self) -> None:
+        """A listen still under way when the service stops: the port it yields later is stopped at once."""
+        pending: defer.Deferred[object] = defer.Deferred()
+        listener = ControlListener(FakeEndpoint(pending), self.factory)
+        listener.startService()
+        listener.stopService()
+        port = FakePort()
+        pending.callback(port)
+        self.assertEqual(port.stopped, 1)

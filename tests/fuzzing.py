@@ -24,6 +24,7 @@ from uacregistrant.net.resolver import SipResolver
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import Response, parse_message, parse_name_addr
 from uacregistrant.sip.digest import parse_challenges
+from uacregistrant.sip.sharing import SharedTables
 from uacregistrant.core.socketspec import SocketSpec
 from uacregistrant.core.counters import SipCounters
 from uacregistrant.schedule.timers import TimerQueue
@@ -125,14 +126,18 @@ class RegistrantScenario:
             raise Wedged(f"{r.state.name} with nothing scheduled")
 
 
+#: The harness's own tables, kept across inputs so that their lookups are fuzzed too.
+_TABLES = SharedTables()
+
+
 def touch_everything(data: bytes) -> None:
     """Parse and read everything a registrant reads; only SipParseError may escape."""
     try:
-        message = parse_message(data)
+        message = parse_message(data, names=_TABLES.names)
         for value in message.get_all("contact"):
-            parse_name_addr(value)
+            parse_name_addr(value, names=_TABLES.names)
         for value in message.get_all("www-authenticate") + message.get_all("proxy-authenticate"):
-            parse_challenges(value)
+            parse_challenges(value, shared=_TABLES.text)
         message.int_header("expires")
         message.int_header("min-expires")
         if isinstance(message, Response):

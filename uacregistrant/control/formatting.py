@@ -1,13 +1,19 @@
-# -*- test-case-name: tests.unit.test_control -*-
-"""How records look in C{reg_list}: a dict for JSON, a block for text."""
+# -*- test-case-name: tests.unit.control.test_control -*-
+"""
+How records look in C{reg_list}: a dict for JSON, a block for text.
+
+Nothing kept process-wide: a listing that wants its times formatted once
+per second (many records are sent or due in the same second) makes an
+L{IsoSeconds} for itself and passes it as C{times=}.
+"""
 
 from __future__ import annotations
 
 import datetime
-import functools
 from typing import Any
 
 from uacregistrant.core.registrant import Registrant
+from uacregistrant.sip.sharing import Memo
 
 
 def iso_time(seconds: float | None) -> str | None:
@@ -17,15 +23,41 @@ def iso_time(seconds: float | None) -> str | None:
     return _iso_second(int(seconds))
 
 
-@functools.lru_cache(maxsize=4096)
 def _iso_second(second: int) -> str:
-    # Listings show many records sent or due in the same second.
     moment = datetime.datetime.fromtimestamp(second, datetime.timezone.utc)
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def record_dict(registrant: Registrant) -> dict[str, Any]:
-    """One record for C{reg_list json}; never includes the password."""
+class IsoSeconds:
+    """
+    L{iso_time} remembering its text per whole second (pure memoization),
+    for one listing; bounded: past C{limit} seconds, the rest are
+    formatted each time.
+    """
+
+    __slots__ = ("_texts",)
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._texts: Memo[int, str] = Memo(limit)
+
+    def __call__(self, seconds: float | None) -> str | None:
+        """ISO 8601 UTC with seconds, or C{None} for never."""
+        if seconds is None:
+            return None
+        second = int(seconds)
+        text = self._texts.get(second)
+        if text is None:
+            text = self._texts.keep(second, _iso_second(second))
+        return text
+
+
+def record_dict(registrant: Registrant, *, times: IsoSeconds | None = None) -> dict[str, Any]:
+    """
+    One record for C{reg_list json}; never includes the password.
+
+    @param times: the listing's L{IsoSeconds}, if it keeps one.
+    """
+    iso = times if times is not None else iso_time
     account = registrant.account
     reply = registrant.last_reply
     record: dict[str, Any] = {
@@ -37,9 +69,9 @@ def record_dict(registrant: Registrant) -> dict[str, Any]:
         "enabled": "yes" if account.enabled else "no",
         "registrar": account.registrar,
         "binding": account.binding_uri,
-        "last_register_sent": iso_time(registrant.last_register_sent),
+        "last_register_sent": iso(registrant.last_register_sent),
         # next_at 0 means "as soon as possible": no deadline to show.
-        "registration_t_out": iso_time(registrant.next_at) if registrant.next_at else None,
+        "registration_t_out": iso(registrant.next_at) if registrant.next_at else None,
         "last_reply": f"{reply[0]} {reply[1]}".rstrip() if reply else None,
         "last_error": registrant.last_error or None,
         "call_id": registrant.call_id,
@@ -55,9 +87,9 @@ def record_dict(registrant: Registrant) -> dict[str, Any]:
     return record
 
 
-def record_text(registrant: Registrant) -> list[str]:
-    """One record for plain C{reg_list}: a header line, indented fields."""
-    fields = record_dict(registrant)
+def record_text(registrant: Registrant, *, times: IsoSeconds | None = None) -> list[str]:
+    """One record for plain C{reg_list}: a header line, indented fields (C{times} as for L{record_dict})."""
+    fields = record_dict(registrant, times=times)
     lines = [f"AOR: {fields.pop('AOR')}"]
     for name, value in fields.items():
         if value is not None:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_account -*-
+# -*- test-case-name: tests.unit.core.test_account -*-
 """
 One account as configured in the table, validated.
 
@@ -11,6 +11,12 @@ Every value that reaches the wire is checked here: no control character
 parts of binding_params.  The key columns (aor, binding_URI, registrar)
 must be stored exactly as the daemon uses them (no C{<>}, no surrounding
 spaces), because admin writes and NOTIFYs find rows by that text.
+
+What many accounts repeat is kept once in the caller's L{SharedTables}
+(a service's, passed as C{shared=}): the expiry, and the parsed next hop
+(registrars and proxies are shared by many accounts).  Text columns that
+repeat (registrar, proxy, binding_params...) go through L{sys.intern},
+whose table forgets a string once nothing holds it.
 """
 
 from __future__ import annotations
@@ -21,10 +27,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from uacregistrant.sip.sharing import SharedValues
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import parse_params
 from uacregistrant.sip.numbers import parse_signed
+from uacregistrant.sip.sharing import Memo, SharedTables
 from uacregistrant.sip.uri import SipUri, parse_uri, parse_uri_uncached, strip_angle_brackets
 from uacregistrant.core.socketspec import SocketSpecError, normalise_socket
 
@@ -32,6 +38,9 @@ from uacregistrant.core.socketspec import SocketSpecError, normalise_socket
 MAX_EXPIRES = 2**32 - 1
 
 AccountKey = tuple[str, str, str]
+
+#: The default next hop: none yet (L{Account} parses one).
+_NO_HOP = SipUri("", None, None, "", None)
 
 
 class RowError(ValueError):
@@ -51,6 +60,10 @@ class Account:
     @ivar key: C{(aor, binding_uri, registrar)}, the table's unique key.
     @ivar forced_socket: the canonical C{udp:HOST:PORT} of the socket to
         send from, or C{None} for the first listening socket.
+    @ivar next_hop: the parsed proxy, else registrar.  L{account_from_row}
+        passes the one from its tables, shared by every account with that
+        hop; left out (or not the hop's), it is parsed here.
+        L{dataclasses.replace} keeps it while the hop stays the same.
     """
 
     row_id: int | None = field(compare=False)
@@ -65,17 +78,17 @@ class Account:
     password: str | None = field(default=None, repr=False)
     binding_params: str = ""
     forced_socket: str | None = None
-    next_hop: SipUri = field(init=False, repr=False, compare=False)
+    next_hop: SipUri = field(default=_NO_HOP, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Registrars and proxies are shared by many accounts: parse_uri's
-        # cache hands them all the same object.
-        object.__setattr__(self, "next_hop", parse_uri(self.proxy or self.registrar))
+        hop = self.proxy or self.registrar
+        if self.next_hop.text != hop:
+            object.__setattr__(self, "next_hop", parse_uri_uncached(hop))
 
     @property
     def binding(self) -> SipUri:
-        """The binding URI, parsed (on demand: not kept per account)."""
-        return parse_uri(self.binding_uri)
+        """The binding URI, parsed (on demand: not kept per account, nor in a memo)."""
+        return parse_uri_uncached(self.binding_uri)
 
     @property
     def key(self) -> AccountKey:
@@ -164,15 +177,21 @@ def account_from_row(
     default_expires: int,
     timer_interval: int,
     sockets: list[str],
+    shared: SharedTables | None = None,
 ) -> Account:
     """
     Validate one table row (logical column names as keys).
 
     @param sockets: the canonical names of the listening sockets.
+    @param shared: the tables that keep once what accounts repeat (the
+        expiry, the parsed registrar and proxy); a service passes its
+        own.  Without them nothing is shared (each account its own copy).
     @raise RowError: with the reason and a hint for the operator.
     """
     try:
-        return _account_from_row(row, default_expires=default_expires, timer_interval=timer_interval, sockets=sockets)
+        return _account_from_row(
+            row, default_expires=default_expires, timer_interval=timer_interval, sockets=sockets, shared=shared
+        )
     except RowError:
         raise
     except Exception as e:
@@ -189,7 +208,9 @@ def _account_from_row(
     default_expires: int,
     timer_interval: int,
     sockets: list[str],
+    shared: SharedTables | None,
 ) -> Account:
+    uris = shared.uris if shared is not None else None
     row_id = row.get("id")
     aor = _uri_text(row, "aor", key=True)
     registrar = _uri_text(row, "registrar", key=True)
@@ -200,37 +221,36 @@ def _account_from_row(
         raise RowError("empty registrar", "set registrar to the registrar's URI, e.g. sip:example.com")
     if not binding:
         raise RowError("empty binding_URI", "set binding_URI to the Contact to register, e.g. sip:alice@192.0.2.1:5060")
-    for column, text in (("aor", aor), ("registrar", registrar), ("binding_URI", binding)):
-        try:
-            # AORs and bindings are one per account: checked without the
-            # parse cache, which they would only churn.
-            (parse_uri if column == "registrar" else parse_uri_uncached)(text)
-        except SipParseError as e:
-            raise RowError(f"unparsable {column} {text!r}: {e}", f"write {column} as a sip: or sips: URI") from None
-    if parse_uri(registrar).user is not None:
+    registrar_uri = _parse_column("registrar", registrar, uris)
+    # AORs and bindings are one per account: parsed without the memo,
+    # which they would only fill.
+    _parse_column("aor", aor, None)
+    _parse_column("binding_URI", binding, None)
+    if registrar_uri.user is not None:
         raise RowError(
             f"registrar {registrar!r} has a user part",
             "the registrar is the Request-URI of the REGISTER: write it without user@ (e.g. sip:example.com)",
         )
     proxy = _uri_text(row, "proxy")
+    next_hop = registrar_uri
     if proxy:
         try:
-            proxy_uri = parse_uri(proxy)
+            # Without <>, as the hop's text is: one key in the memo however written.
+            next_hop = parse_uri(strip_angle_brackets(proxy), uris)
         except SipParseError as e:
             raise RowError(f"unparsable proxy {proxy!r}: {e}", "write proxy as a sip: URI or leave it NULL") from None
-        if proxy_uri.user is not None:
+        if next_hop.user is not None:
             raise RowError(f"proxy {proxy!r} has a user part", "write the outbound proxy without user@")
-        proxy = strip_angle_brackets(proxy)
+        proxy = next_hop.text
     third_party = _uri_text(row, "third_party_registrant")
     if third_party:
         try:
-            parse_uri(third_party)
+            third_party = parse_uri(strip_angle_brackets(third_party), uris).text
         except SipParseError as e:
             raise RowError(
                 f"unparsable third_party_registrant {third_party!r}: {e}",
                 "write it as a sip: URI or leave it NULL (From = AOR)",
             ) from None
-        third_party = strip_angle_brackets(third_party)
     params = _text(row, "binding_params") or ""
     if params and not params.startswith(";"):
         params = ";" + params
@@ -263,7 +283,7 @@ def _account_from_row(
         aor=aor,
         registrar=sys.intern(registrar),
         binding_uri=binding,
-        expiry=_EXPIRIES.share(expiry),
+        expiry=shared.expiries.share(expiry) if shared is not None else expiry,
         enabled=enabled,
         proxy=_shared(proxy),
         third_party_registrant=_shared(third_party),
@@ -271,11 +291,15 @@ def _account_from_row(
         password=_password(row),
         binding_params=sys.intern(params),
         forced_socket=_shared(forced),
+        next_hop=next_hop,
     )
 
 
-#: One object per distinct expiry value (most accounts share a few).
-_EXPIRIES: SharedValues[int] = SharedValues()
+def _parse_column(column: str, text: str, uris: Memo[str, SipUri] | None) -> SipUri:
+    try:
+        return parse_uri(text, uris)
+    except SipParseError as e:
+        raise RowError(f"unparsable {column} {text!r}: {e}", f"write {column} as a sip: or sips: URI") from None
 
 
 def _shared(text: str | None) -> str | None:

@@ -1,14 +1,15 @@
-# -*- test-case-name: tests.unit.test_resolver -*-
+# -*- test-case-name: tests.unit.net.test_resolver -*-
 """
 RFC 3263 server location for UDP, without blocking: an IP literal is used
 as is; a host with an explicit port is looked up as A, then AAAA; a bare
 host name is looked up as SRV C{_sip._udp}, then A/AAAA on port 5060.
-Answers are cached for their TTL (bounded).
+Answers are cached for their TTL (bounded).  Each L{SipResolver} owns
+its caches (nothing process-wide): the answers, and which hosts are IP
+literals.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from typing import Any, cast
 
@@ -16,6 +17,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime, IResolver
 from twisted.names import dns
 
+from uacregistrant.sip.sharing import Memo
 from uacregistrant.sip.uri import SipUri
 
 Address = tuple[str, int]
@@ -23,15 +25,16 @@ MIN_TTL = 30
 MAX_TTL = 3600
 #: Per-query retry timeouts (seconds): a registration should not wait a minute for DNS.
 LOOKUP_TIMEOUT = (1, 3, 6)
+#: Hosts whose IP-literal check a resolver remembers (next hops: registrars, proxies).
+LITERALS_MAX = 4096
 
 
-@functools.lru_cache(maxsize=4096)
-def _ip_literal(host: str) -> str | None:
-    """The normalised address if C{host} is an IP literal, else C{None}."""
+def _ip_literal(host: str) -> str:
+    """The normalised address if C{host} is an IP literal, else C{""}."""
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:
-        return None
+        return ""
 
 
 class ResolutionError(Exception):
@@ -45,11 +48,17 @@ class SipResolver:
         self._resolver = resolver
         self._clock = clock
         self._cache: dict[tuple[str, int | None], tuple[Address, float]] = {}
+        #: Host → its normalised address if an IP literal, else C{""}
+        #: (checked for every request sent): pure memoization, bounded.
+        self._literals: Memo[str, str] = Memo(LITERALS_MAX)
 
     def cached(self, uri: SipUri) -> Address | None:
         """The address if known without a lookup, else C{None}."""
-        literal = _ip_literal(uri.host)
-        if literal is not None:
+        host = uri.host
+        literal = self._literals.get(host)
+        if literal is None:
+            literal = self._literals.keep(host, _ip_literal(host))
+        if literal:
             return (literal, uri.port or 5060)
         entry = self._cache.get((uri.host, uri.port))
         if entry is not None and entry[1] > self._clock.seconds():

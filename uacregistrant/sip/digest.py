@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_digest -*-
+# -*- test-case-name: tests.unit.sip.test_digest -*-
 """
 HTTP digest authentication for SIP (RFC 3261 §22, RFC 7616, RFC 8760).
 
@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from uacregistrant.sip.sharing import SharedValues
 from uacregistrant.sip.errors import SipParseError
-from uacregistrant.sip.message import _is_token, quote_string, unquote_string
+from uacregistrant.sip.message import is_token, quote_string, unquote_string
 from uacregistrant.sip.numbers import is_hex
+from uacregistrant.sip.sharing import SharedValues
 
 _HASHES: dict[str, Callable[[bytes], str]] = {
     "MD5": lambda data: hashlib.md5(data).hexdigest(),
@@ -72,23 +72,29 @@ class Challenge:
 _AUTH_ITEM = re.compile(r'[\s,]*([^\s=,"]+)[ \t]*(?:=[ \t]*("(?:[^"\\]|\\.)*"|[^\s,"]*))?')
 
 
-#: Kept challenges (one per registered record) repeat their names and
-#: most values (realm, qop, algorithm): those are kept once.  Nonces and
-#: opaques differ per challenge and are not.
-_TEXT: SharedValues[str] = SharedValues()
+#: Parameters that differ per challenge: never shared.
 _UNIQUE_PARAMS = frozenset({"nonce", "opaque"})
 #: Longer values are not kept in the shared table (a registrar inventing
 #: 60 KB realms must not fill it with them).
 _SHARED_LENGTH_MAX = 256
 
 
-def parse_challenges(value: str) -> list[Challenge]:
+def parse_challenges(value: str, *, shared: SharedValues[str] | None = None) -> list[Challenge]:
     """
     Parse a WWW-Authenticate/Proxy-Authenticate value into challenges.
 
     One header may carry several challenges; a bare token that is not
     followed by C{=} starts a new one.
+
+    @param shared: where kept challenges (one per registered record) get
+        their repeated text: the scheme, the parameter names and most
+        values (realm, qop, algorithm, up to 256 characters) come back
+        as the first equal object C{shared} saw; nonces and opaques,
+        different each time, are left alone.  A service passes its
+        C{SharedTables.text}; without it nothing is shared (a registrar
+        reading one answer, a test).
     """
+    share = shared.share if shared is not None else _as_is
     challenges: list[Challenge] = []
     scheme: str | None = None
     params: dict[str, str] = {}
@@ -100,21 +106,25 @@ def parse_challenges(value: str) -> list[Challenge]:
             raise SipParseError(f"invalid challenge near {value[pos:pos + 40]!r}")
         pos = match.end()
         token, param = match.group(1), match.group(2)
-        if not _is_token(token):
+        if not is_token(token):
             raise SipParseError(f"invalid token {token!r} in challenge")
         if param is None:
             if scheme is not None:
                 challenges.append(Challenge(scheme, params))
-            scheme, params = _TEXT.share(token), {}
+            scheme, params = share(token), {}
             continue
         if scheme is None:
             raise SipParseError("auth-param before the scheme")
-        name = _TEXT.share(token.lower())
+        name = share(token.lower())
         text = unquote_string(param) if param.startswith('"') else param
-        params[name] = text if name in _UNIQUE_PARAMS or len(text) > _SHARED_LENGTH_MAX else _TEXT.share(text)
+        params[name] = text if name in _UNIQUE_PARAMS or len(text) > _SHARED_LENGTH_MAX else share(text)
     if scheme is not None:
         challenges.append(Challenge(scheme, params))
     return challenges
+
+
+def _as_is(text: str) -> str:
+    return text
 
 
 @dataclass(frozen=True, slots=True)

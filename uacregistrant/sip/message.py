@@ -1,10 +1,15 @@
-# -*- test-case-name: tests.unit.test_message -*-
+# -*- test-case-name: tests.unit.sip.test_message -*-
 """
 SIP message parsing and rendering (RFC 3261 §7, §20, §25).
 
 Bytes in, bytes out: no sockets, no clocks.  The parser extracts what a
 registrant (and the test registrar) needs and raises L{SipParseError} for
 anything else it cannot accept; it never raises another exception type.
+
+No process-wide state: header and parameter names in their usual
+spellings are looked up in constant tables (never written); other
+spellings are matched, and remembered only in the caller's bounded
+L{Names} if it passes one (C{names=}, a service's C{SharedTables.names}).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Iterator, Sequence
 
 from uacregistrant.sip.errors import SipParseError, SipRenderError
 from uacregistrant.sip.numbers import parse_digits
+from uacregistrant.sip.sharing import Names
 
 #: The largest message the parser accepts (bytes).
 MAX_MESSAGE_SIZE = 65535
@@ -61,7 +67,8 @@ _LIST_HEADERS = frozenset({"via", "contact", "route", "record-route", "supported
 _MAX_UINT32 = 2**32 - 1
 
 
-def _is_token(text: str) -> bool:
+def is_token(text: str) -> bool:
+    """Whether C{text} is an RFC 3261 token (a method, a name, a scheme)."""
     return _TOKEN.fullmatch(text) is not None
 
 
@@ -123,7 +130,7 @@ class SipMessage:
         text, _, method = value.partition(" ")
         method = method.strip()
         # ASCII digits only (str.isdigit alone accepts "²"), checked inline: this runs per response.
-        if not (text.isascii() and text.isdigit() and len(text) <= 10) or int(text) > _MAX_UINT32 or not _is_token(method):
+        if not (text.isascii() and text.isdigit() and len(text) <= 10) or int(text) > _MAX_UINT32 or not is_token(method):
             raise SipParseError(f"invalid CSeq {value[:80]!r}")
         return int(text), method.upper()
 
@@ -258,43 +265,35 @@ def split_list(value: str) -> list[str]:
     return [item for item in (part.strip() for part in _split(value, ",", True)) if item]
 
 
-def parse_params(text: str) -> dict[str, str | None]:
-    """Parse C{;name=value;flag} parameters (leading C{;} optional)."""
+def parse_params(text: str, names: Names | None = None) -> dict[str, str | None]:
+    """
+    Parse C{;name=value;flag} parameters (leading C{;} optional).
+
+    @param names: where to remember parameter names in unusual spellings
+        (none by default).
+    """
     params: dict[str, str | None] = {}
     if not text:
         return params
-    known = _PARAM_NAMES
+    known = _PARAM_SPELLINGS
     for item in text.split(";") if '"' not in text else _split(text, ";", False):
         raw, eq, value = item.partition("=")
         name = known.get(raw)
+        if name is None and names is not None:
+            name = names.params.get(raw)
         if name is None:
             name = raw.strip().lower()
             if not name and not eq and not value:
                 continue  # empty item (";;" or a leading ";")
-            if not _is_token(name):
+            if not is_token(name):
                 raise SipParseError(f"invalid parameter {item.strip()!r}")
-            _remember(known, raw, name)
+            if names is not None:
+                names.remember(names.params, raw, name)
         value = value.strip()
         if eq and value.startswith('"'):
             value = unquote_string(value)
         params[name] = value if eq else None
     return params
-
-
-#: Raw spellings already validated, mapped to their canonical (lower-case)
-#: form: the common names are looked up instead of matched every time.
-#: Bounded, so a peer inventing names cannot grow them without end.
-_PARAM_NAMES: dict[str, str] = {}
-_HEADER_NAMES: dict[str, str] = {}
-_NAMES_MAX = 1024
-#: Only short spellings are remembered: a name padded with 60,000 spaces
-#: must not pin 60 KB in the cache.
-_NAME_LENGTH_MAX = 32
-
-
-def _remember(cache: dict[str, str], raw: str, name: str) -> None:
-    if len(raw) <= _NAME_LENGTH_MAX and len(cache) < _NAMES_MAX:
-        cache[raw] = name
 
 
 def unquote_string(text: str) -> str:
@@ -342,7 +341,7 @@ def quote_string(text: str) -> str:
 _QUOTED_PAIR = re.compile(r'[\\"\x00-\x08\x0b\x0c\x0e-\x1f\x7f]')
 
 
-def parse_via(value: str) -> Via:
+def parse_via(value: str, names: Names | None = None) -> Via:
     """Parse one Via value: C{SIP/2.0/UDP host[:port];params}."""
     match = _VIA.match(value)
     if match is None:
@@ -368,7 +367,7 @@ def parse_via(value: str) -> Via:
             port = _via_port(porttext, value)
     if not host or _WHITESPACE.search(host):
         raise SipParseError(f"invalid Via host {value[:80]!r}")
-    return Via(transport.upper(), host.lower(), port, parse_params(paramtext))
+    return Via(transport.upper(), host.lower(), port, parse_params(paramtext, names))
 
 
 def _via_port(text: str, value: str) -> int:
@@ -378,12 +377,14 @@ def _via_port(text: str, value: str) -> int:
     return int(text)
 
 
-def parse_name_addr(value: str) -> NameAddr:
+def parse_name_addr(value: str, names: Names | None = None) -> NameAddr:
     """
     Parse a Contact, From or To value.
 
     Without angle brackets, everything after the first C{;} is a header
     parameter, not part of the URI (RFC 3261 §20.10).
+
+    @param names: as for L{parse_params}.
     """
     value = value.strip()
     if value == "*":
@@ -396,19 +397,19 @@ def parse_name_addr(value: str) -> NameAddr:
         display = value[:lt].strip()
         if display.startswith('"'):
             display = unquote_string(display)
-        elif display and not all(_is_token(word) for word in display.split()):
+        elif display and not all(is_token(word) for word in display.split()):
             raise SipParseError(f"display name must be tokens or quoted: {display[:80]!r}")
         uri = value[lt + 1 : gt]
         if uri != uri.strip():
             raise SipParseError(f"whitespace inside <> in {value[:80]!r}")
-        params = parse_params(value[gt + 1 :].strip())
+        params = parse_params(value[gt + 1 :].strip(), names)
     else:
         display = ""
         uri, _, paramtext = value.partition(";")
         uri = uri.strip()
         if "," in uri or "?" in uri:
             raise SipParseError(f"a URI with ',' or '?' must be in <>: {value[:80]!r}")
-        params = parse_params(paramtext)
+        params = parse_params(paramtext, names)
     if not _ABSOLUTE_URI.fullmatch(uri):
         raise SipParseError(f"invalid URI in {value[:80]!r}")
     return NameAddr(uri, params, display)
@@ -420,10 +421,13 @@ def _find_unquoted(text: str, char: str) -> int:
     return next(_separators(text, char, False), -1)
 
 
-def parse_message(data: bytes) -> Request | Response:
+def parse_message(data: bytes, names: Names | None = None) -> Request | Response:
     """
     Parse one SIP message from a datagram.
 
+    @param names: where to remember header and parameter names in unusual
+        spellings (a service's C{SharedTables.names}); none by default,
+        which costs only peers that spell names unusually.
     @raise SipParseError: for anything malformed, truncated or oversized.
     """
     if len(data) > MAX_MESSAGE_SIZE:
@@ -442,7 +446,7 @@ def parse_message(data: bytes) -> Request | Response:
         raise SipParseError("a bare CR in the header section")
     lines = text.split("\n")
     start_line = lines[0]
-    headers = _parse_header_lines(lines[1:])
+    headers = _parse_header_lines(lines[1:], names)
     index: dict[str, list[str]] = {}
     for name, value in headers:
         values = index.get(name)
@@ -470,12 +474,12 @@ def parse_message(data: bytes) -> Request | Response:
         message = Response(headers, body, index, status=int(code), reason=reason.strip()[:MAX_REASON])
     else:
         parts = start_line.split(" ")
-        if len(parts) != 3 or not _is_token(parts[0]) or parts[2] != "SIP/2.0":
+        if len(parts) != 3 or not is_token(parts[0]) or parts[2] != "SIP/2.0":
             raise SipParseError(f"invalid request line {start_line[:80]!r}")
         if not _ABSOLUTE_URI.fullmatch(parts[1]):
             raise SipParseError(f"invalid Request-URI {parts[1][:80]!r}")
         message = Request(headers, body, index, method=parts[0], uri=parts[1])
-    _validate(message)
+    _validate(message, names)
     return message
 
 
@@ -485,7 +489,7 @@ _REQUIRED_ONCE = ("to", "from", "call-id", "cseq")
 _SINGLE = frozenset(_REQUIRED_ONCE + ("max-forwards", "content-length", "expires", "min-expires"))
 
 
-def _validate(message: SipMessage) -> None:
+def _validate(message: SipMessage, names: Names | None) -> None:
     """The checks every message gets (RFC 3261 §8.1.1, §20): cheap, eager."""
     index = message._index
     for name in _REQUIRED_ONCE:
@@ -494,7 +498,10 @@ def _validate(message: SipMessage) -> None:
     # (Repeated single headers were refused while indexing.)
     if "via" not in index:
         raise SipParseError("missing Via header")
-    message.top_via
+    via = message.get("via")
+    if via is None:
+        raise SipParseError("missing Via")
+    message._via = parse_via(via, names)
     number, method = message.cseq
     if number > 2**31 - 1:
         raise SipParseError(f"CSeq number {number} exceeds 2**31-1")
@@ -503,15 +510,15 @@ def _validate(message: SipMessage) -> None:
     for name in ("to", "from"):
         value = index[name][0]
         if _PLAIN_NAME_ADDR.fullmatch(value) is None:
-            parse_name_addr(value)  # the full check, raising for bad values
+            parse_name_addr(value, names)  # the full check, raising for bad values
     forwards = index.get("max-forwards")
     if forwards is not None and parse_digits(forwards[0], 255) is None:
         raise SipParseError(f"invalid Max-Forwards {forwards[0][:20]!r}")
 
 
-def _parse_header_lines(lines: list[str]) -> list[tuple[str, str]]:
+def _parse_header_lines(lines: list[str], names: Names | None) -> list[tuple[str, str]]:
     headers: list[tuple[str, str]] = []
-    known = _HEADER_NAMES
+    known = _HEADER_SPELLINGS
     for line in lines:
         if line[:1] in (" ", "\t"):
             if not headers:
@@ -520,18 +527,65 @@ def _parse_header_lines(lines: list[str]) -> list[tuple[str, str]]:
             headers[-1] = (previous, value + " " + line.strip())
             continue
         raw, colon, value = line.partition(":")
+        if not colon:  # (not even a known name alone)
+            raise SipParseError(f"invalid header line {line[:80]!r}")
         name: str | None = known.get(raw)
+        if name is None and names is not None:
+            name = names.headers.get(raw)
         if name is None:
-            match = _HEADER_LINE.match(line)
-            if match is None:
-                raise SipParseError(f"invalid header line {line[:80]!r}")
-            name = match.group(1).lower()
-            name = _COMPACT.get(name, name)
-            _remember(known, raw, name)
+            name = _header_name(line)
+            if names is not None:
+                names.remember(names.headers, raw, name)
         headers.append((name, value.strip()))
     if len(headers) > MAX_HEADERS:
         raise SipParseError(f"more than {MAX_HEADERS} header fields")
     return headers
+
+
+def _header_name(line: str) -> str:
+    """The canonical name of a header line's field (lower-case, long form)."""
+    match = _HEADER_LINE.match(line)
+    if match is None:
+        raise SipParseError(f"invalid header line {line[:80]!r}")
+    name = match.group(1).lower()
+    return _COMPACT.get(name, name)
+
+
+def _spellings(names: Sequence[str]) -> Iterator[str]:
+    for name in names:
+        yield from {name, name.lower(), name.upper(), "-".join(word.capitalize() for word in name.split("-"))}
+
+
+#: Header names as peers usually spell them (RFC 3261's spelling, lower,
+#: upper and capitalised, and the compact forms), mapped to their
+#: canonical form: looked up, not matched.  Constant: never written.
+_HEADER_SPELLINGS: dict[str, str] = {
+    raw: _header_name(raw + ":")
+    for raw in _spellings(
+        (
+            "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow", "Allow-Events",
+            "Authentication-Info", "Authorization", "Call-ID", "Call-Info", "Contact", "Content-Disposition",
+            "Content-Encoding", "Content-Language", "Content-Length", "Content-Type", "CSeq", "Date", "Error-Info",
+            "Event", "Expires", "From", "In-Reply-To", "Max-Forwards", "Min-Expires", "MIME-Version", "Organization",
+            "P-Associated-URI", "Path", "Priority", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require",
+            "Reason", "Record-Route", "Refer-To", "Reply-To", "Require", "Retry-After", "Route", "Security-Server",
+            "Server", "Service-Route", "Subject", "Supported", "Timestamp", "To", "Unsupported", "User-Agent", "Via",
+            "Warning", "WWW-Authenticate",
+            *_COMPACT,
+        )
+    )
+}
+#: The same for parameter names (Via, Contact, To/From, URI parameters).
+_PARAM_SPELLINGS: dict[str, str] = {
+    raw: raw.lower()
+    for raw in _spellings(
+        (
+            "branch", "received", "rport", "maddr", "ttl", "tag", "expires", "q", "lr", "transport", "user",
+            "method", "methods", "+sip.instance", "reg-id", "ob", "gr", "pub-gruu", "temp-gruu", "comp", "alias",
+            "keep", "sigcomp-id",
+        )
+    )
+}
 
 
 def render_request(

@@ -1,13 +1,15 @@
-# -*- test-case-name: tests.unit.test_uri -*-
+# -*- test-case-name: tests.unit.sip.test_uri -*-
 """
 SIP URI parsing and comparison (RFC 3261 §19.1).
 
-Free of I/O: strings in, values out.
+Free of I/O and of process-wide state: strings in, values out.  A caller
+that parses the same texts again and again (registrars and proxies
+shared by many accounts) passes its own bounded memo
+(L{SharedTables.uris<uacregistrant.sip.sharing.SharedTables>}).
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from urllib.parse import unquote
 
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.numbers import parse_digits
+from uacregistrant.sip.sharing import Memo
 
 # Parameters that must match whenever either URI has them (§19.1.4).
 _SIGNIFICANT_PARAMS = ("user", "ttl", "method", "maddr", "transport")
@@ -65,20 +68,29 @@ def strip_angle_brackets(text: str) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=8192)
-def parse_uri(text: str) -> SipUri:
+def parse_uri(text: str, memo: Memo[str, SipUri] | None = None) -> SipUri:
     """
-    Parse a SIP URI (cached: the same registrar or binding text is parsed
-    once; the result is immutable and must not be modified).
+    Parse a SIP URI, through C{memo} if given: a text found there is not
+    parsed again and every caller gets the same object (immutable: it
+    must not be modified).  Without C{memo}, nothing is kept.
 
+    @param memo: the caller's bounded memo (a service's
+        C{SharedTables.uris}); for texts many callers repeat
+        (registrars, proxies), not for texts seen once (an AOR, a
+        binding), which would only fill it.
     @raise SipParseError: if C{text} is not a C{sip:}/C{sips:} URI with a
         valid host and port.
     """
-    return parse_uri_uncached(text)
+    if memo is None:
+        return parse_uri_uncached(text)
+    uri = memo.get(text)
+    if uri is None:
+        uri = memo.keep(text, parse_uri_uncached(text))
+    return uri
 
 
 def parse_uri_uncached(text: str) -> SipUri:
-    """L{parse_uri} without the cache, for texts seen once (an AOR, a binding)."""
+    """L{parse_uri} without a memo."""
     raw = strip_angle_brackets(text)
     scheme, sep, rest = raw.partition(":")
     scheme = scheme.lower()

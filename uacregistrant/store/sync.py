@@ -23,6 +23,7 @@ from uacregistrant.core.account import Account, AccountKey, RowError, account_fr
 from uacregistrant.core.registrant import Policy, Registrant
 from uacregistrant.core.registry import Registry
 from uacregistrant.schedule.slices import in_slices
+from uacregistrant.sip.sharing import SharedTables
 from uacregistrant.store import Row
 
 _log = Logger()
@@ -34,6 +35,8 @@ class TableSync:
 
     @param poke: called with a record whose send time may have changed.
     @param forget: called with a retired record once it is removed.
+    @param shared: the service's tables, where accounts keep once what
+        they repeat (a fresh set of tables if not given).
     """
 
     def __init__(
@@ -47,7 +50,9 @@ class TableSync:
         sockets: list[str],
         poke: Callable[[Registrant], None],
         forget: Callable[[Registrant], None],
+        shared: SharedTables | None = None,
     ) -> None:
+        self._shared = shared if shared is not None else SharedTables()
         self._registry = registry
         self._policy = policy
         self._clock = clock
@@ -69,6 +74,7 @@ class TableSync:
             default_expires=self._default_expires,
             timer_interval=self._timer_interval,
             sockets=self._sockets,
+            shared=self._shared,
         )
 
     def account(self, row: Row) -> Account | None:

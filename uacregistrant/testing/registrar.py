@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from uacregistrant.sip.digest import parse_authorization, verify_authorization
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import Request, parse_delta_seconds, parse_message, parse_name_addr, quote_string, render_response
+from uacregistrant.sip.sharing import Names
 from uacregistrant.sip.uri import parse_uri
 
 _log = Logger()
@@ -119,6 +120,8 @@ class TestRegistrar(DatagramProtocol):
         self._secret = os.urandom(16)
         self._seen: dict[str, int] = {}
         self._stale_sent: set[str] = set()
+        #: Name spellings this registrar has seen (its own, bounded).
+        self._names = Names()
 
     # Nonces are self-verifying: time.hmac
     def _nonce(self) -> str:
@@ -134,7 +137,7 @@ class TestRegistrar(DatagramProtocol):
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         """Answer a REGISTER according to the user's policy."""
         try:
-            message = parse_message(datagram)
+            message = parse_message(datagram, names=self._names)
         except SipParseError:
             return
         if not isinstance(message, Request) or message.method != "REGISTER":
@@ -149,7 +152,7 @@ class TestRegistrar(DatagramProtocol):
         aor = parse_uri(to.uri)
         user = aor.user or ""
         policy = self.users.get(user)
-        contacts = [parse_name_addr(v) for v in request.get_all("contact")]
+        contacts = [parse_name_addr(v, names=self._names) for v in request.get_all("contact")]
         expires = None
         if contacts and contacts[0].uri != "*":
             value = contacts[0].params.get("expires")

@@ -2,7 +2,10 @@
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from uacregistrant.core.account import RowError, account_from_row
+import dataclasses
+
+from uacregistrant.core.account import Account, RowError, account_from_row
+from uacregistrant.sip.sharing import SharedTables
 
 
 def row(**kw: object) -> dict:
@@ -51,6 +54,55 @@ class RowTests(SynchronousTestCase):
                 self.load(**kw)
             self.assertIn(word, caught.exception.reason)
             self.assertTrue(caught.exception.hint)
+
+
+class SharedTablesTests(SynchronousTestCase):
+    """What accounts repeat is kept once in the tables passed, and only there."""
+
+    def load(self, shared: SharedTables | None, **kw: object) -> Account:
+        return account_from_row(
+            row(**kw), default_expires=3600, timer_interval=100, sockets=["udp:127.0.0.1:5060"], shared=shared
+        )
+
+    def test_accounts_share_through_the_tables(self) -> None:
+        """Two rows with one registrar and one expiry hold one parsed hop and one int between them."""
+        shared = SharedTables()
+        first = self.load(shared, aor="sip:a@example.com", expiry=int("7200"))
+        second = self.load(shared, aor="sip:b@example.com", expiry=int("7200"))
+        self.assertIs(first.next_hop, second.next_hop)
+        self.assertIs(first.expiry, second.expiry)
+        proxied = self.load(shared, proxy="<sip:proxy.example.com;lr>")
+        self.assertIs(proxied.next_hop, self.load(shared, proxy="sip:proxy.example.com;lr").next_hop)
+        self.assertEqual(len(shared.uris), 2)  # the registrar and the proxy (however written); no AOR, no binding
+        self.assertEqual(len(shared.expiries), 2)
+
+    def test_nothing_shared_without_tables(self) -> None:
+        """Without tables, each account has its own copies: nothing process-wide remembers them."""
+        first, second = self.load(None, expiry=int("7200")), self.load(None, expiry=int("7200"))
+        self.assertEqual(first.next_hop, second.next_hop)
+        self.assertIsNot(first.next_hop, second.next_hop)
+        self.assertIsNot(first.expiry, second.expiry)
+
+    def test_services_share_nothing(self) -> None:
+        """Tables filled to their limit by one service leave another's sharing."""
+        full = SharedTables(uris_limit=1, expiries_limit=1)
+        self.load(full, registrar="sip:other.example.com", expiry=int("9000"))
+        mine = SharedTables()
+        for tables, shares in ((full, False), (mine, True)):
+            first = self.load(tables, aor="sip:a@example.com", expiry=int("7200"))
+            second = self.load(tables, aor="sip:b@example.com", expiry=int("7200"))
+            self.assertEqual(first.next_hop is second.next_hop, shares)
+            self.assertEqual(first.expiry is second.expiry, shares)
+        self.assertEqual((len(full.uris), len(full.expiries)), (1, 1))
+
+    def test_replace_keeps_the_hop(self) -> None:
+        """dataclasses.replace keeps the shared hop while it stays the same, and parses a new one."""
+        account = self.load(SharedTables())
+        self.assertIs(dataclasses.replace(account, enabled=False).next_hop, account.next_hop)
+        moved = dataclasses.replace(account, proxy="sip:proxy.example.com")
+        self.assertEqual(moved.next_hop.host, "proxy.example.com")
+        direct = Account(row_id=None, aor="sip:a@x", registrar="sip:x", binding_uri="sip:a@h", expiry=600)
+        self.assertEqual(direct.next_hop.host, "x")
 
 
 class HostileRowTests(SynchronousTestCase):

@@ -64,3 +64,15 @@ class ResolverTests(SynchronousTestCase):
     def test_unknown_host(self) -> None:
         """A name without records fails with ResolutionError."""
         self.failureResultOf(self.resolver.resolve(parse_uri("sip:nowhere.sip.test")), ResolutionError)
+
+    def test_literal_checks_owned_and_bounded(self) -> None:
+        """Each resolver remembers its own hosts' IP-literal checks, at most LITERALS_MAX of them."""
+        from uacregistrant.net import resolver as module
+
+        self.patch(module, "LITERALS_MAX", 2)
+        small = SipResolver(ResolverChain([]), self.clock)
+        for host in ("192.0.2.1", "plain.sip.test", "2001:DB8::1", "other.sip.test"):
+            small.cached(parse_uri(f"sip:{host}" if ":" not in host else f"sip:[{host}]"))
+        self.assertEqual(small.cached(parse_uri("sip:[2001:DB8::1]:5070")), ("2001:db8::1", 5070))
+        self.assertEqual(len(small._literals), 2)
+        self.assertEqual(len(self.resolver._literals), 0)  # another resolver's: untouched

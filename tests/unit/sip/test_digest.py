@@ -15,6 +15,7 @@ from uacregistrant.sip.digest import (
     verify_authorization,
 )
 from uacregistrant.sip.errors import SipParseError
+from uacregistrant.sip.sharing import SharedValues
 
 # RFC 7616 §3.9.1
 RFC_CHALLENGE = {
@@ -120,11 +121,31 @@ class RoundTripTests(SynchronousTestCase):
 class SharedTextTests(SynchronousTestCase):
     def test_kept_challenges_share_repeated_text(self) -> None:
         """Realm, qop, algorithm and names are kept once across challenges; nonces are each their own."""
+        shared: SharedValues[str] = SharedValues()
         first, second = (
-            parse_challenges(f'Digest realm="shared.test", nonce="{n}", qop="auth", algorithm=MD5')[0] for n in ("n1", "n2")
+            parse_challenges(f'Digest realm="shared.test", nonce="{n}", qop="auth", algorithm=MD5', shared=shared)[0]
+            for n in ("n1", "n2")
         )
         self.assertEqual(first.params, {"realm": "shared.test", "nonce": "n1", "qop": "auth", "algorithm": "MD5"})
         self.assertIs(first.params["realm"], second.params["realm"])
         self.assertIs(first.params["qop"], second.params["qop"])
         self.assertIs(first.scheme, second.scheme)
         self.assertEqual(second.nonce, "n2")
+        self.assertNotIn("n1", shared)
+        self.assertIn("shared.test", shared)
+
+    def test_nothing_shared_without_a_table(self) -> None:
+        """Without a table, each parse has its own text: nothing is kept between calls."""
+        text = 'Digest realm="{}", nonce="n", qop="auth"'
+        first = parse_challenges(text.format("".join(["alone", ".test"])))[0]
+        second = parse_challenges(text.format("".join(["alone.", "test"])))[0]
+        self.assertEqual(first.realm, second.realm)
+        self.assertIsNot(first.realm, second.realm)
+
+    def test_long_values_not_shared(self) -> None:
+        """A realm longer than 256 characters is parsed but not kept."""
+        shared: SharedValues[str] = SharedValues()
+        challenge = parse_challenges(f'Digest realm="{"r" * 300}", nonce="n"', shared=shared)[0]
+        self.assertEqual(len(challenge.realm), 300)
+        self.assertEqual(len(shared), 3)  # "Digest", "realm", "nonce"
+        self.assertNotIn(challenge.realm, shared)

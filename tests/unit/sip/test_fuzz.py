@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.fuzzing import SEEDS, SEPARATOR, RegistrantScenario
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import _PLAIN_NAME_ADDR, Response, parse_message, parse_name_addr, parse_params
+from uacregistrant.sip.sharing import Names
 from uacregistrant.core.socketspec import SocketSpec
 from uacregistrant.core.counters import SipCounters
 from uacregistrant.net.transaction_layer import TransactionLayer
@@ -143,10 +144,13 @@ class FuzzTests(SynchronousTestCase):
     @settings(max_examples=300, deadline=None)
     @given(st.text(alphabet="aB;= \t\"x-", max_size=30))
     def test_parameter_names_cached_or_not(self, text: str) -> None:
-        """A parameter list parses the same the first and the second time (names cached)."""
+        """A parameter list parses the same the first and the second time (names remembered), and without a table."""
+        names = Names()
         try:
-            first = parse_params(text)
+            first = parse_params(text, names=names)
         except SipParseError:
+            self.assertRaises(SipParseError, parse_params, text, names=names)
             self.assertRaises(SipParseError, parse_params, text)
         else:
+            self.assertEqual(parse_params(text, names=names), first)
             self.assertEqual(parse_params(text), first)

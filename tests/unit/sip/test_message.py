@@ -3,6 +3,7 @@
 from twisted.trial.unittest import SynchronousTestCase
 
 from uacregistrant.sip.errors import SipParseError, SipRenderError
+from uacregistrant.sip.sharing import Names
 from uacregistrant.sip.uri import parse_uri_uncached
 from uacregistrant.sip.message import (
     MAX_MESSAGE_SIZE,
@@ -10,6 +11,7 @@ from uacregistrant.sip.message import (
     Response,
     parse_message,
     parse_name_addr,
+    parse_params,
     parse_via,
     render_request,
     render_response,
@@ -140,14 +142,47 @@ class ParseTests(SynchronousTestCase):
             with self.assertRaises(SipParseError):
                 parse_via(f"SIP/2.0/UDP h:{digit}")
 
-    def test_name_caches_keep_short_names_only(self) -> None:
-        """A header or parameter name padded with thousands of spaces is parsed but never cached."""
+    def test_name_tables_keep_short_names_only(self) -> None:
+        """A header or parameter name padded with thousands of spaces is parsed but never remembered."""
+        names = Names()
+        padded = OK.replace(b"i: call-1", b"i" + b" " * 20000 + b": call-1").replace(b";tag=xyz", b";tag" + b" " * 20000 + b"=xyz")
+        message = parse_message(padded, names=names)
+        self.assertEqual(message.call_id, "call-1")
+        self.assertEqual(parse_name_addr(message.get("to") or "", names=names).params, {"tag": "xyz"})
+        self.assertEqual(list(names.headers), ["X-Folded"])
+        self.assertEqual(names.params, {})
+
+    def test_unusual_spellings_remembered_in_the_callers_names(self) -> None:
+        """Unusual spellings go to the L{Names} passed, up to its limit; without one, nothing is kept."""
+        odd = OK.replace(b"i: call-1", b"cALL-iD: call-1").replace(b";tag=xyz", b";TaG=xyz")
+        names = Names(limit=1)
+        for _ in range(2):
+            message = parse_message(odd, names=names)
+            self.assertEqual((message.call_id, parse_name_addr(message.get("to") or "", names=names).params), ("call-1", {"tag": "xyz"}))
+        self.assertEqual((names.headers, names.params), ({"cALL-iD": "call-id"}, {"TaG": "tag"}))
+        parse_message(odd.replace(b"CSeq:", b"cSEQ:"), names=names)
+        self.assertEqual(len(names.headers), 1)  # full: the new spelling is matched, not kept
+        self.assertEqual(parse_message(odd).call_id, "call-1")  # no table: matched every time
+
+    def test_known_name_without_colon_refused(self) -> None:
+        """A line holding only a known header name (no colon) is not a header line, remembered or not."""
+        names = Names()
+        parse_message(OK.replace(b"X-Folded", b"X-Known"), names=names)
+        for line in (b"Expires", b"X-Known"):
+            with self.assertRaises(SipParseError):
+                parse_message(OK.replace(b"Expires: 3600", line), names=names)
+
+    def test_usual_spellings_canonical(self) -> None:
+        """The constant spelling tables give what matching would."""
         from uacregistrant.sip import message as module
 
-        padded = OK.replace(b"i: call-1", b"i" + b" " * 20000 + b": call-1").replace(b";tag=xyz", b";tag" + b" " * 20000 + b"=xyz")
-        self.assertEqual(parse_message(padded).call_id, "call-1")
-        for cache in (module._HEADER_NAMES, module._PARAM_NAMES):
-            self.assertLessEqual(max(len(raw) for raw in cache), 32)
+        for raw, name in module._HEADER_SPELLINGS.items():
+            self.assertEqual(module._header_name(f"{raw}: x"), name)
+        for raw, name in module._PARAM_SPELLINGS.items():
+            self.assertEqual(parse_params(f";{raw}=x", names=Names(limit=0)), {name: "x"})
+            self.assertEqual(name, raw.lower())
+        self.assertEqual(module._HEADER_SPELLINGS["WWW-Authenticate"], "www-authenticate")
+        self.assertEqual(module._HEADER_SPELLINGS["v"], "via")
 
     def test_bare_cr_refused(self) -> None:
         """A bare CR inside a header line (which would end a line if echoed) is refused."""

@@ -7,6 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from uacregistrant.core.registrant import Policy
 from uacregistrant.core.registry import Registry
+from uacregistrant.sip.sharing import SharedTables
 from uacregistrant.store.sync import TableSync
 
 
@@ -135,3 +136,26 @@ class SingleRowChangesDuringPassTests(SynchronousTestCase):
         registrant = self.registry.get(("sip:u2@test.invalid", "sip:u2@127.0.0.1:5060", "sip:127.0.0.1:5080"))
         assert registrant is not None
         self.assertEqual(registrant.account.expiry, 1800)
+
+
+class SharedTablesTests(SynchronousTestCase):
+    """Rows become accounts through the tables the sync was given, or its own."""
+
+    def sync(self, shared: SharedTables | None) -> TableSync:
+        return TableSync(
+            Registry(2), Policy(rng=random.Random(1)), Clock(), default_expires=3600, timer_interval=60,
+            sockets=[], poke=lambda r: None, forget=lambda r: None, shared=shared,
+        )
+
+    def test_accounts_use_the_tables_given(self) -> None:
+        shared = SharedTables()
+        sync = self.sync(shared)
+        first, second = sync.validate(row(1)), sync.validate(row(2))
+        self.assertIs(first.next_hop, second.next_hop)
+        self.assertEqual(len(shared.uris), 1)
+        self.assertIn(3600, shared.expiries)
+
+    def test_each_sync_has_its_own_by_default(self) -> None:
+        one, two = self.sync(None), self.sync(None)
+        self.assertIs(one.validate(row(1)).next_hop, one.validate(row(2)).next_hop)
+        self.assertIsNot(one.validate(row(1)).next_hop, two.validate(row(1)).next_hop)

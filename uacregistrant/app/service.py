@@ -44,6 +44,7 @@ from uacregistrant.net.transport import MAX_DATAGRAM, SipTransport
 from uacregistrant.schedule.pacer import Pacer
 from uacregistrant.schedule.timers import TimerQueue
 from uacregistrant.schedule.walker import BucketWalker, WalkService
+from uacregistrant.sip.sharing import SharedTables
 from uacregistrant.store import IRegistrantStore
 from uacregistrant.store.loader import TableLoader
 from uacregistrant.store.sqlite import SqliteStore, sqlite_path
@@ -102,6 +103,8 @@ class RegistrantService(MultiService):
         self._checks = checks
         self._clock = clock = cast(IReactorTime, reactor)
         self.counters = SipCounters()
+        #: This service's interning tables and parse caches (none is process-wide).
+        self.shared = shared = SharedTables()
         self.registry = Registry(settings.hash_size)
         self.policy = dataclasses.replace(
             policy
@@ -111,12 +114,13 @@ class RegistrantService(MultiService):
                 transaction_timeout=64 * settings.sip_t1 / 1000,
             ),
             expiry_guessed=self._expiry_guessed,
+            shared=shared,
         )
         #: Transaction timers and refresh wake-ups, on one reactor call.
         self.timers = TimerQueue(clock)
         self.transactions = TransactionLayer(clock, self.counters, t1=settings.sip_t1 / 1000, timers=self.timers)
         self.transports = {
-            spec.name: SipTransport(spec, self.transactions, self.counters, clock) for spec in settings.listen
+            spec.name: SipTransport(spec, self.transactions, self.counters, clock, shared.names) for spec in settings.listen
         }
         for transport in self.transports.values():
             spec = transport.spec
@@ -161,6 +165,7 @@ class RegistrantService(MultiService):
             sockets=list(self.transports),
             poke=self.walker.poke,
             forget=self._forget,
+            shared=shared,
         )
         self.loader = TableLoader(
             store,

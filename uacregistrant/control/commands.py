@@ -23,7 +23,7 @@ from uacregistrant.schedule.slices import in_slices
 from uacregistrant.core.counters import SipCounters
 from uacregistrant.store import StoreError, StoreValueError
 from uacregistrant.control.events import EventHub
-from uacregistrant.control.formatting import record_dict, record_text
+from uacregistrant.control.formatting import IsoSeconds, record_dict, record_text
 
 _log = Logger()
 
@@ -214,16 +214,18 @@ def _json_body(registrants: list[Registrant]) -> Iterator[str]:
     """C{{"Records": [...]}} as one line, a record per chunk."""
     yield '{"Records":['
     separator = ""
+    times = IsoSeconds()  # many records were sent or are due in the same second
     for registrant in registrants:
-        yield separator + json.dumps(record_dict(registrant), separators=(",", ":"))
+        yield separator + json.dumps(record_dict(registrant, times=times), separators=(",", ":"))
         separator = ","
     yield "]}\n"
 
 
 def _text_body(registrants: list[Registrant]) -> Iterator[str]:
     """A block of lines per record."""
+    times = IsoSeconds()
     for registrant in registrants:
-        yield "".join(line.replace("\n", " ") + "\n" for line in record_text(registrant))
+        yield "".join(line.replace("\n", " ") + "\n" for line in record_text(registrant, times=times))
 
 
 #: Records counted per reactor turn by reg_stats.

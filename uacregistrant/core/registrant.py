@@ -19,7 +19,7 @@ from uacregistrant.sip.digest import Challenge, Credentials, authorization_value
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import Response, parse_delta_seconds, parse_name_addr
 from uacregistrant.sip.uri import parse_uri_uncached, uris_equal
-from uacregistrant.sip.sharing import SharedValues
+from uacregistrant.sip.sharing import SharedTables
 from uacregistrant.sip.tokens import token_hex
 
 
@@ -138,6 +138,9 @@ class Policy:
     #: Called each time a 200 lists no Contact of ours and the granted
     #: expiry had to be guessed (counted for reg_stats).
     expiry_guessed: Callable[[], None] = lambda: None
+    #: The service's tables: status lines, granted expiries and challenge
+    #: text that most records repeat are kept once.
+    shared: SharedTables = field(default_factory=SharedTables)
 
     def backoff(self, failures: int) -> float:
         """Exponential back-off with equal jitter, capped at C{retry_max}."""
@@ -171,9 +174,6 @@ class Outgoing:
     authorization: tuple[tuple[str, str], ...] = ()
 
 
-#: Status lines and granted expiries most records repeat, kept once.
-_REPLIES: SharedValues[tuple[int, str]] = SharedValues()
-_EXPIRIES: SharedValues[int] = SharedValues()
 #: Characters of last_error kept.
 MAX_ERROR = 300
 #: Follow-ups, stale-nonce answers and 423 retries in the current attempt.
@@ -378,7 +378,7 @@ class Registrant:
         status = response.status
         if status < 200 or self.state not in IN_TRANSACTION:
             return None
-        self.last_reply = _REPLIES.share((status, response.reason))
+        self.last_reply = self.policy.shared.replies.share((status, response.reason))
         follow: Outgoing | None = None
         if status < 300:
             follow = self._on_success(response, now)
@@ -516,7 +516,7 @@ class Registrant:
         self._move(Event.GRANTED)
         if not self.enabled:
             return self.start(now)  # disabled meanwhile: un-register what was granted
-        self.expires = _EXPIRIES.share(granted)
+        self.expires = self.policy.shared.expiries.share(granted)
         self.recovered_after = self.failures
         self.failures = 0
         self.last_error = ""
@@ -604,7 +604,7 @@ class Registrant:
         challenges: list[Challenge] = []
         try:
             for value in response.get_all(source):
-                challenges.extend(parse_challenges(value))
+                challenges.extend(parse_challenges(value, shared=self.policy.shared.text))
         except SipParseError as e:
             self._fail(Event.FAILED, now, f"unparsable {source}: {e}")
             return None

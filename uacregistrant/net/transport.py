@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from uacregistrant.core.loglimit import LogLimit
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import Response, parse_message
+from uacregistrant.sip.sharing import Names
 from uacregistrant.core.socketspec import SocketSpec
 from uacregistrant.core.counters import SipCounters
 from uacregistrant.net.transaction_layer import Address, TransactionLayer
@@ -58,8 +59,16 @@ class SipTransport(DatagramProtocol):
     @ivar spec: the configured socket (port 0 is replaced once bound).
     """
 
-    def __init__(self, spec: SocketSpec, transactions: TransactionLayer, counters: SipCounters, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        spec: SocketSpec,
+        transactions: TransactionLayer,
+        counters: SipCounters,
+        clock: IReactorTime,
+        names: Names | None = None,
+    ) -> None:
         self.spec = spec
+        self._names = names
         self.configured_name = spec.name
         self._transactions = transactions
         self._counters = counters
@@ -138,7 +147,7 @@ class SipTransport(DatagramProtocol):
         if not datagram.strip():
             return  # keep-alive (RFC 5626 CRLF)
         try:
-            message = parse_message(datagram)
+            message = parse_message(datagram, self._names)
         except SipParseError as e:
             counters.dropped_malformed += 1
             self._noisy(addr, f"dropped a malformed datagram ({len(datagram)} bytes): {str(e)[:120]}")

@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from twisted.names.resolve import ResolverChain
 
 from uacregistrant.core.account import Account
+from uacregistrant.agent.changes import StateChanges
 from uacregistrant.agent.client import RegistrationClient
 from uacregistrant.core.registrant import Policy, Registrant
 from uacregistrant.net.resolver import SipResolver
@@ -76,11 +77,12 @@ class RegistrantScenario:
             SipResolver(ResolverChain([]), clock),
             {self.transport.spec.name: self.transport},
             self.counters,
+            changes=StateChanges(),
+            reschedule=lambda registrant: None,
+            queue_follow_up=lambda registrant: self.pacer.push_follow_up(registrant),
             branch_token=self._branch,
         )
-        self.client.state_log.budget = 0
         self.pacer = Pacer(clock, 1000, self.client.send, send_follow_up=self.client.send_follow_up)
-        self.client.queue_follow_up = self.pacer.push_follow_up
         policy = Policy(retry_base=30, retry_max=1800, transaction_timeout=32, rng=random.Random(0), token=lambda n: "ab" * n)
         account = Account(
             row_id=1,

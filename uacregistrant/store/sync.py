@@ -117,8 +117,6 @@ class TableSync:
             if immediate:
                 self.poke(registrant)
             return "added"
-        if existing.retiring and account.enabled:
-            existing.retiring = False
         if existing.reconfigure(account, now):
             self.poke(existing)
             return "changed"

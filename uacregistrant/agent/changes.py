@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.agent.test_changes -*-
+# -*- test-case-name: tests.unit.agent.test_changes,tests.unit.agent.test_client,tests.unit.control.test_control -*-
 """State changes and the observers that hear of them (the state log, the console's followers)."""
 
 from __future__ import annotations

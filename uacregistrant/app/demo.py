@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.integration.test_demo -*-
 """
 C{uacregistrant-demo}: the real daemon (twistd) on a generated SQLite
 table whose accounts point at the packaged test registrar on loopback.

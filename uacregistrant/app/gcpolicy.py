@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_gcpolicy -*-
+# -*- test-case-name: tests.unit.app.test_gcpolicy -*-
 """
 Short pauses from Python's cyclic garbage collector.
 

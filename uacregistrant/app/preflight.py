@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_preflight -*-
+# -*- test-case-name: tests.unit.app.test_preflight -*-
 """
 Every check that can refuse a start, run before anything is created (no
 table, no socket file, no pid file) and before twistd forks: the store is

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_settings -*-
+# -*- test-case-name: tests.unit.app.test_settings,tests.unit.app.test_preflight -*-
 """
 The daemon's settings: one typed, immutable object built from defaults,
 then a TOML file, then command-line options, and validated once.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_admin -*-
+# -*- test-case-name: tests.unit.control.test_control,tests.integration.test_postgres -*-
 """
 What the admin commands do to records, the table and the registrations:
 reload, enable, disable, force a registration, delete, upsert.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_control -*-
+# -*- test-case-name: tests.unit.control.test_control -*-
 """
 The admin commands: a command line in, a L{Reply} out.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_daemon -*-
+# -*- test-case-name: tests.unit.control.test_ctl,tests.integration.test_daemon,tests.integration.test_hardening -*-
 """
 C{uacregistrant-ctl}: send one command to a running daemon and print the
 reply's body; the exit status is 0 for a 2xx status line, 1 otherwise,

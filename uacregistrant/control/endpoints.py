@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_config -*-
+# -*- test-case-name: tests.unit.app.test_settings,tests.unit.app.test_preflight -*-
 """
 Control endpoints as operators write them (Twisted's endpoint syntax):
 C{unix:PATH[:mode=600]}, C{tcp:PORT[:interface=IP]}; parsed once, made

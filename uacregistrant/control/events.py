@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_control -*-
+# -*- test-case-name: tests.unit.control.test_control -*-
 """State changes as lines, for connections that asked for C{reg_events}."""
 
 from __future__ import annotations

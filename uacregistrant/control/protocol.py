@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_control -*-
+# -*- test-case-name: tests.unit.control.test_control -*-
 """
 The line-based control protocol: one command per line; the reply is a
 status line, the body lines, then an empty line.  Usable with telnet or

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.core.test_account -*-
+# -*- test-case-name: tests.unit.core.test_account,tests.unit.agent.test_changes,tests.unit.agent.test_client -*-
 """
 One account as configured in the table, validated.
 

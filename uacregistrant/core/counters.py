@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.agent.test_client,tests.unit.agent.test_recovery,tests.unit.net.test_transaction -*-
 """Counters of what the SIP layer sent, received, dropped and why."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_ratelimit -*-
+# -*- test-case-name: tests.unit.core.test_loglimit -*-
 """
 At most one log line per key (a peer's address, a kind of failure) per
 interval, so that garbage arriving 50,000 times a second writes a line a

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.core.test_register -*-
+# -*- test-case-name: tests.unit.core.test_registrant -*-
 """
 The REGISTER on the wire: one attempt of one account rendered as bytes.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_registrant -*-
+# -*- test-case-name: tests.unit.core.test_registrant,tests.unit.agent.test_changes,tests.unit.agent.test_client -*-
 """
 One registration's state machine (the seed's states 0-9).
 

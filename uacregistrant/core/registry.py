@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_registry -*-
+# -*- test-case-name: tests.unit.app.test_simulation,tests.unit.net.test_transaction_layer,tests.unit.schedule.test_walker -*-
 """
 All registrants, in 2^hash_size buckets chosen by a stable hash of the AOR.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_sockets -*-
+# -*- test-case-name: tests.unit.core.test_socketspec,tests.unit.agent.test_client,tests.unit.app.test_preflight -*-
 """
 Socket specifications: C{udp:HOST:PORT} as written in --listen and in the
 table's forced_socket column.

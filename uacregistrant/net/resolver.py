@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.net.test_resolver -*-
+# -*- test-case-name: tests.unit.net.test_resolver,tests.unit.agent.test_client -*-
 """
 RFC 3263 server location for UDP, without blocking: an IP literal is used
 as is; a host with an explicit port is looked up as A, then AAAA; a bare

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_transport -*-
+# -*- test-case-name: tests.unit.net.test_transport,tests.unit.sip.test_fuzz -*-
 """
 One UDP socket: a L{DatagramProtocol} that sends requests and hands
 parsed responses to the transaction layer.

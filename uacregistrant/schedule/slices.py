@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_slices -*-
+# -*- test-case-name: tests.unit.schedule.test_slices -*-
 """Work over a large list a slice per reactor turn, so no turn runs long."""
 
 from __future__ import annotations

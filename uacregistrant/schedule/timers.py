@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_timers -*-
+# -*- test-case-name: tests.unit.schedule.test_timers,tests.unit.net.test_transaction_layer,tests.unit.schedule.test_walker -*-
 """
 Many cheap timers on one reactor call.
 

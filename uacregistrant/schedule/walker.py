@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.schedule.test_walker -*-
+# -*- test-case-name: tests.unit.schedule.test_walker,tests.unit.net.test_transaction_layer -*-
 """
 The bucket walk.
 

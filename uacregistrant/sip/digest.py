@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.sip.test_digest -*-
+# -*- test-case-name: tests.unit.sip.test_digest,tests.unit.core.test_registrant,tests.unit.sip.test_sharing -*-
 """
 HTTP digest authentication for SIP (RFC 3261 §22, RFC 7616, RFC 8760).
 

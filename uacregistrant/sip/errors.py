@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.core.test_registrant,tests.unit.sip.test_digest,tests.unit.sip.test_fuzz -*-
 """The codec's own error types."""
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.sip.test_message -*-
+# -*- test-case-name: tests.unit.sip.test_message,tests.unit.agent.test_client,tests.unit.core.test_registrant -*-
 """
 SIP message parsing and rendering (RFC 3261 §7, §20, §25).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_numbers -*-
+# -*- test-case-name: tests.unit.sip.test_numbers -*-
 """
 Numbers as SIP, the table and the console write them: ASCII digits only.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.sip.test_sharing -*-
+# -*- test-case-name: tests.unit.sip.test_sharing,tests.unit.core.test_account,tests.unit.sip.test_digest -*-
 """
 Bounded tables one service keeps: values many records repeat (realms,
 status lines, granted expiries), kept once, and results worth not

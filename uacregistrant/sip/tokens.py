@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_tokens -*-
+# -*- test-case-name: tests.unit.sip.test_tokens -*-
 """
 Random tokens (branches, cnonces, Call-IDs) from the operating system's
 CSPRNG, read in blocks: one C{getrandom} call per few hundred tokens

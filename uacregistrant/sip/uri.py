@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.sip.test_uri -*-
+# -*- test-case-name: tests.unit.sip.test_uri,tests.unit.agent.test_client,tests.unit.net.test_resolver -*-
 """
 SIP URI parsing and comparison (RFC 3261 §19.1).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_store -*-
+# -*- test-case-name: tests.unit.app.test_simulation,tests.unit.store.test_loader,tests.unit.store.test_store -*-
 """
 Where the accounts come from: the OpenSIPS C{registrant} table.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_postgres -*-
+# -*- test-case-name: tests.integration.test_postgres,tests.unit.store.test_store -*-
 """
 The registrant table in PostgreSQL, through txpostgres (no threads).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_store -*-
+# -*- test-case-name: tests.unit.app.test_preflight,tests.unit.store.test_store -*-
 """
 The embedded default store: an SQLite file, read and written on a thread
 of its own, never on the reactor's.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_sync -*-
+# -*- test-case-name: tests.unit.store.test_sync,tests.unit.store.test_loader -*-
 """
 Applies the table's contents to the registry: adds new records, hands
 changed configuration to existing ones, and retires records whose rows are

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_service -*-
+# -*- test-case-name: tests.unit.app.test_simulation,tests.integration.test_demo -*-
 """
 A test registrar on loopback that checks digest answers for real.
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import report, write_accounts  # noqa: E402
-
 from twisted.internet import reactor  # noqa: E402
 from twisted.internet.task import LoopingCall  # noqa: E402
 from twisted.names.resolve import ResolverChain  # noqa: E402

@@ -29,9 +29,9 @@ from twisted.internet import reactor  # noqa: E402
 from twisted.names.resolve import ResolverChain  # noqa: E402
 
 from uacregistrant.agent.changes import StateChange  # noqa: E402
-from uacregistrant.core.registrant import RegState  # noqa: E402
 from uacregistrant.app.service import RegistrantService, open_store  # noqa: E402
 from uacregistrant.app.settings import build_settings  # noqa: E402
+from uacregistrant.core.registrant import RegState  # noqa: E402
 from uacregistrant.store import schema_sql  # noqa: E402
 
 

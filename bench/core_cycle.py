@@ -35,15 +35,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import report, write_accounts  # noqa: E402
-
 from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.names.resolve import ResolverChain  # noqa: E402
 
 from uacregistrant.app.gcpolicy import FreezeSurvivors  # noqa: E402
-from uacregistrant.core.registrant import RegState  # noqa: E402
 from uacregistrant.app.service import RegistrantService  # noqa: E402
 from uacregistrant.app.settings import build_settings  # noqa: E402
+from uacregistrant.core.registrant import RegState  # noqa: E402
 from uacregistrant.store.sqlite import SqliteStore, run_synchronously  # noqa: E402
 
 REGISTRAR = ("127.0.0.1", 5080)

@@ -33,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from cold_start_sipp import SCENARIO, run as run_uacregistrant  # noqa: E402
+from cold_start_sipp import SCENARIO
+from cold_start_sipp import run as run_uacregistrant  # noqa: E402
 from common import completed, free_udp_port, registrar_statistics, report, stop_registrars  # noqa: E402
 
 STEADY_SCENARIO = ROOT / "bench" / "sipp" / "registrar_steady.xml"

@@ -19,13 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import report, write_accounts  # noqa: E402
-
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.names.resolve import ResolverChain  # noqa: E402
 
 from uacregistrant.app.service import RegistrantService  # noqa: E402
-from uacregistrant.store.sqlite import SqliteStore, run_synchronously  # noqa: E402
 from uacregistrant.app.settings import build_settings  # noqa: E402
+from uacregistrant.store.sqlite import SqliteStore, run_synchronously  # noqa: E402
 
 
 def rss_bytes() -> int:

@@ -17,21 +17,21 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.names.resolve import ResolverChain
 
-from uacregistrant.core.account import Account
 from uacregistrant.agent.changes import StateChanges
 from uacregistrant.agent.client import RegistrationClient
-from uacregistrant.core.registrant import Policy, Registrant
-from uacregistrant.net.resolver import SipResolver
-from uacregistrant.sip.errors import SipParseError
-from uacregistrant.sip.message import Response, parse_message, parse_name_addr
-from uacregistrant.sip.digest import parse_challenges
-from uacregistrant.sip.sharing import SharedTables
-from uacregistrant.core.socketspec import SocketSpec
+from uacregistrant.core.account import Account
 from uacregistrant.core.counters import SipCounters
-from uacregistrant.schedule.timers import TimerQueue
+from uacregistrant.core.registrant import Policy, Registrant
+from uacregistrant.core.socketspec import SocketSpec
+from uacregistrant.net.resolver import SipResolver
 from uacregistrant.net.transaction_layer import TransactionLayer
 from uacregistrant.net.transport import SipTransport
+from uacregistrant.schedule.timers import TimerQueue
 from uacregistrant.schedule.walker import Pacer
+from uacregistrant.sip.digest import parse_challenges
+from uacregistrant.sip.errors import SipParseError
+from uacregistrant.sip.message import Response, parse_message, parse_name_addr
+from uacregistrant.sip.sharing import SharedTables
 
 #: The registrar's address: datagrams come from here.
 REGISTRAR = ("127.0.0.1", 5080)

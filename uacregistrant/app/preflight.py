@@ -12,9 +12,9 @@ import errno
 import socket
 
 from uacregistrant.app.settings import ConfigError, Settings
+from uacregistrant.control.endpoints import ControlEndpointError
 from uacregistrant.core.socketspec import SocketSpec
 from uacregistrant.store import IRegistrantStore, StoreError
-from uacregistrant.control.endpoints import ControlEndpointError
 
 
 def check_udp(spec: SocketSpec) -> None:

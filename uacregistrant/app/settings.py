@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from uacregistrant.control.endpoints import ControlEndpoint, ControlEndpointError, parse_control
-from uacregistrant.sip.numbers import is_digits
 from uacregistrant.core.socketspec import SocketSpec, SocketSpecError, parse_socket
+from uacregistrant.sip.numbers import is_digits
 from uacregistrant.store import COLUMNS, TableLayout
 
 

@@ -19,7 +19,7 @@ from uacregistrant.core.account import Account, AccountKey, RowError
 from uacregistrant.core.registrant import Registrant
 from uacregistrant.core.registry import Registry
 from uacregistrant.sip.numbers import parse_signed
-from uacregistrant.store import COLUMN_ALIASES, COLUMNS, KEY_COLUMNS, IRegistrantStore, Row
+from uacregistrant.store import COLUMNS, COLUMN_ALIASES, KEY_COLUMNS, IRegistrantStore, Row
 from uacregistrant.store.sync import TableSync
 
 #: The table's INTEGER columns hold 32 bits in PostgreSQL.

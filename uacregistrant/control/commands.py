@@ -17,13 +17,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from uacregistrant.control.admin import Admin, AdminError
+from uacregistrant.control.events import EventHub
+from uacregistrant.control.formatting import IsoSeconds, record_dict, record_text
+from uacregistrant.core.counters import SipCounters
 from uacregistrant.core.registrant import RegState, Registrant
 from uacregistrant.core.registry import Registry
 from uacregistrant.schedule.slices import in_slices
-from uacregistrant.core.counters import SipCounters
 from uacregistrant.store import StoreError, StoreValueError
-from uacregistrant.control.events import EventHub
-from uacregistrant.control.formatting import IsoSeconds, record_dict, record_text
 
 _log = Logger()
 

@@ -27,12 +27,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from uacregistrant.core.socketspec import SocketSpecError, normalise_socket
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import parse_params
 from uacregistrant.sip.numbers import parse_signed
 from uacregistrant.sip.sharing import Memo, SharedTables
 from uacregistrant.sip.uri import SipUri, parse_uri, parse_uri_uncached, strip_angle_brackets
-from uacregistrant.core.socketspec import SocketSpecError, normalise_socket
 
 #: Largest expiry a REGISTER can carry (RFC 3261 delta-seconds).
 MAX_EXPIRES = 2**32 - 1

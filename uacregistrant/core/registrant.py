@@ -18,9 +18,9 @@ from uacregistrant.core.account import Account
 from uacregistrant.sip.digest import Challenge, Credentials, authorization_value, choose_challenge, parse_challenges
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import Response, parse_delta_seconds, parse_name_addr
-from uacregistrant.sip.uri import parse_uri_uncached, uris_equal
 from uacregistrant.sip.sharing import SharedTables
 from uacregistrant.sip.tokens import token_hex
+from uacregistrant.sip.uri import parse_uri_uncached, uris_equal
 
 
 class RegState(enum.IntEnum):

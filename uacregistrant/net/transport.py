@@ -17,13 +17,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from uacregistrant.core.counters import SipCounters
 from uacregistrant.core.loglimit import LogLimit
+from uacregistrant.core.socketspec import SocketSpec
+from uacregistrant.net.transaction_layer import Address, TransactionLayer
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import Response, parse_message
 from uacregistrant.sip.sharing import Names
-from uacregistrant.core.socketspec import SocketSpec
-from uacregistrant.core.counters import SipCounters
-from uacregistrant.net.transaction_layer import Address, TransactionLayer
 
 #: The largest datagram read (the UDP maximum): the port is opened with
 #: this C{maxPacketSize}, so nothing is cut short by the socket read.

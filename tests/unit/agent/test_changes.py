@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from uacregistrant.agent.changes import FAILURE_STATES, StateChange, StateChanges
 from uacregistrant.core.account import Account
-from uacregistrant.core.registrant import Policy, Registrant, RegState
+from uacregistrant.core.registrant import Policy, RegState, Registrant
 
 
 def registrant(state: RegState) -> Registrant:

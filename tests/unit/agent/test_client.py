@@ -16,15 +16,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.simulation import REGISTRAR, Simulation
 from uacregistrant.agent.changes import StateChange, StateChanges
 from uacregistrant.agent.client import RegistrationClient
+from uacregistrant.app.service import stuck_after
 from uacregistrant.core.account import Account
 from uacregistrant.core.counters import SipCounters
-from uacregistrant.core.registrant import IN_TRANSACTION, Policy, Registrant, RegState
+from uacregistrant.core.registrant import IN_TRANSACTION, Policy, RegState, Registrant
 from uacregistrant.core.socketspec import SocketSpec
 from uacregistrant.net.resolver import Address, ResolutionError, SipResolver
 from uacregistrant.net.transaction_layer import TransactionLayer
 from uacregistrant.sip.message import Request, parse_message
 from uacregistrant.sip.uri import SipUri
-from uacregistrant.app.service import stuck_after
 from uacregistrant.testing.registrar import UserPolicy
 
 

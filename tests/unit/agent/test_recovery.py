@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from uacregistrant.agent.recovery import OutageRecovery
 from uacregistrant.core.account import Account
 from uacregistrant.core.counters import SipCounters
-from uacregistrant.core.registrant import Policy, Registrant, RegState
+from uacregistrant.core.registrant import Policy, RegState, Registrant
 
 A = ("192.0.2.10", 5060)
 B = ("192.0.2.11", 5060)

@@ -3,8 +3,8 @@ The whole daemon on a fake clock and network against the real test
 registrar: bucket walk, pacing, refresh timing, retransmission, filtering.
 """
 
-from twisted.logger import globalLogPublisher
 from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.simulation import REGISTRAR, Simulation

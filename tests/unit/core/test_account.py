@@ -1,8 +1,8 @@
 """Table rows into accounts: good rows, bad rows, hostile rows."""
 
-from twisted.trial.unittest import SynchronousTestCase
-
 import dataclasses
+
+from twisted.trial.unittest import SynchronousTestCase
 
 from uacregistrant.core.account import Account, RowError, account_from_row
 from uacregistrant.sip.sharing import SharedTables

@@ -6,7 +6,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from uacregistrant.core.account import Account
 from uacregistrant.core.registrant import (
-    AT_REST, IN_TRANSACTION, MAX_FOLLOW_UPS, TRANSITIONS, Event, InvalidTransition, Policy, RegState, Registrant,
+    AT_REST,
+    IN_TRANSACTION,
+    MAX_FOLLOW_UPS,
+    TRANSITIONS,
+    Event,
+    InvalidTransition,
+    Policy,
+    RegState,
+    Registrant,
 )
 from uacregistrant.sip.digest import parse_authorization, verify_authorization
 from uacregistrant.sip.message import Response, parse_message

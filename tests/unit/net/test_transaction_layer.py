@@ -133,11 +133,15 @@ class TransactionLayerTests(SynchronousTestCase):
 
     def test_failing_callback_spares_the_others(self) -> None:
         """An on_timeout that raises is logged; the other transactions due at the same time still time out."""
-        self.layer.start(self.sender, DEST, b"REQ", "z9hG4bKbad", 1, lambda r: None, lambda: 1 / 0)  # type: ignore[func-returns-value]
+        def fail() -> None:
+            raise RuntimeError("boom")
+
+        self.layer.start(self.sender, DEST, b"REQ", "z9hG4bKbad", 1, lambda r: None, fail)
         self.start()
         self.clock.pump([1] * 40)
         self.assertEqual(self.timeouts, ["z9hG4bKb1"])
-        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual([e["what"] for e in self.events if "log_failure" in e], ["timeout"])
         self.assertEqual(self.pending_calls(), 0)
 
     def test_timeout_callback_may_start_a_transaction(self) -> None:

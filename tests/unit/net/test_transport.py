@@ -5,8 +5,8 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from uacregistrant.core.socketspec import SocketSpec
 from uacregistrant.core.counters import SipCounters
+from uacregistrant.core.socketspec import SocketSpec
 from uacregistrant.net.transaction_layer import TransactionLayer
 from uacregistrant.net.transport import MAX_DATAGRAM, SipTransport
 

@@ -9,13 +9,13 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fuzzing import SEEDS, SEPARATOR, RegistrantScenario
+from uacregistrant.core.counters import SipCounters
+from uacregistrant.core.socketspec import SocketSpec
+from uacregistrant.net.transaction_layer import TransactionLayer
+from uacregistrant.net.transport import SipTransport
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import _PLAIN_NAME_ADDR, Response, parse_message, parse_name_addr, parse_params
 from uacregistrant.sip.sharing import Names
-from uacregistrant.core.socketspec import SocketSpec
-from uacregistrant.core.counters import SipCounters
-from uacregistrant.net.transaction_layer import TransactionLayer
-from uacregistrant.net.transport import SipTransport
 
 VALID = (
     b"SIP/2.0 401 Unauthorized\r\n"

@@ -3,8 +3,6 @@
 from twisted.trial.unittest import SynchronousTestCase
 
 from uacregistrant.sip.errors import SipParseError, SipRenderError
-from uacregistrant.sip.sharing import Names
-from uacregistrant.sip.uri import parse_uri_uncached
 from uacregistrant.sip.message import (
     MAX_MESSAGE_SIZE,
     Request,
@@ -13,12 +11,14 @@ from uacregistrant.sip.message import (
     parse_name_addr,
     parse_params,
     parse_via,
+    quote_string,
     render_request,
     render_response,
-    quote_string,
     split_list,
     unquote_string,
 )
+from uacregistrant.sip.sharing import Names
+from uacregistrant.sip.uri import parse_uri_uncached
 
 OK = (
     b"SIP/2.0 200 OK\r\n"

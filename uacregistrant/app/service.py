@@ -198,7 +198,9 @@ class RegistrantService(MultiService):
             for child in list(self):
                 if isinstance(child, (UDPServer, ControlListener)):
                     child.stopService()
-            print(f"uacregistrant: cannot start: {_refusal(e)}", file=sys.stderr)
+            reason = _refusal(e)
+            _log.error("cannot start: {reason}", reason=reason)
+            print(f"uacregistrant: cannot start: {reason}", file=sys.stderr)
             raise SystemExit(1) from None
 
     def _loaded(self, counts: dict[str, int]) -> None:

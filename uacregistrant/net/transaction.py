@@ -18,9 +18,9 @@ else is counted and dropped.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from collections import deque
+from heapq import heapify, heappop, heappush
 from typing import Callable, Generic, TypeVar, Union
 
 from uacregistrant.core.counters import SipCounters
@@ -102,10 +102,12 @@ class ClientTransaction(Generic[_User]):
     @ivar timeout_at: when Timer F fires.
     @ivar entry: the sequence number of the transaction's live heap entry
         (0: none, the transaction is over or its entry was popped).
-    @ivar forget_at: when Timer K fires (once completed).
+    @ivar resend: the L{Transmit} of every retransmission, made at the
+        first (actions are read-only, so one serves them all, and a batch
+        of retransmissions allocates nothing).
     """
 
-    __slots__ = ("key", "dest", "data", "cseq", "user", "reliable", "interval", "timeout_at", "entry", "forget_at")
+    __slots__ = ("key", "dest", "data", "cseq", "user", "reliable", "interval", "timeout_at", "entry", "resend")
 
     def __init__(self, key: str, dest: Address, data: bytes, cseq: int, user: _User, reliable: bool, interval: float, timeout_at: float) -> None:
         self.key = key
@@ -117,7 +119,13 @@ class ClientTransaction(Generic[_User]):
         self.interval = interval
         self.timeout_at = timeout_at
         self.entry = 0
-        self.forget_at = 0.0
+        self.resend: Transmit[_User] | None = None
+
+
+#: A completed transaction in Timer K: C{(forget_at, dest, cseq, key)}.  Only
+#: this is kept, not the transaction and what its user holds (some 700
+#: bytes more each, for T4, through a burst of thousands of completions).
+_Completed = tuple[float, Address, int, str]
 
 
 class NonInviteClientTransactions(Generic[_User]):
@@ -125,8 +133,9 @@ class NonInviteClientTransactions(Generic[_User]):
     The client transactions in progress, keyed by top Via branch, and the
     completed ones still in Timer K.
 
-    Time is whatever the caller passes as C{now} (seconds, never going
-    back).  Call L{on_timer} once the time reaches L{next_deadline}, and
+    Requests are REGISTERs (a response for another method is a CSeq
+    mismatch).  Time is whatever the caller passes as C{now} (seconds,
+    never going back).  Call L{on_timer} once the time reaches L{next_deadline}, and
     ask L{next_deadline} again after every call that may have moved it
     earlier (L{start}, a L{receive} that returned L{Deliver}, L{on_timer}).
 
@@ -148,8 +157,8 @@ class NonInviteClientTransactions(Generic[_User]):
         self.t2 = t2
         self.t4 = t4
         self._live: dict[str, ClientTransaction[_User]] = {}
-        self._completed: dict[str, ClientTransaction[_User]] = {}
-        self._forgetting: deque[ClientTransaction[_User]] = deque()
+        self._completed: dict[str, _Completed] = {}
+        self._forgetting: deque[_Completed] = deque()
         self._heap: list[tuple[float, int, ClientTransaction[_User]]] = []
         self._cancelled = 0
         self._sequence = itertools.count(1).__next__
@@ -168,12 +177,14 @@ class NonInviteClientTransactions(Generic[_User]):
         @param reliable: sent over a stream (no retransmissions, no Timer K).
         @raise ValueError: if C{key} is already in progress.
         """
-        if key in self._live:
+        live = self._live
+        if key in live:
             raise ValueError(f"transaction {key!r} already in progress")
         t1 = self.t1
-        txn = ClientTransaction(key, dest, data, cseq, user, reliable, t1, now + 64 * t1)
-        self._live[key] = txn
-        self._schedule(txn, txn.timeout_at if reliable else now + t1)
+        timeout_at = now + 64 * t1
+        live[key] = txn = ClientTransaction(key, dest, data, cseq, user, reliable, t1, timeout_at)
+        entry = txn.entry = self._sequence()
+        heappush(self._heap, (timeout_at if reliable else now + t1, entry, txn))
         return Transmit(data, dest, user, False)
 
     def cancel(self, key: str) -> None:
@@ -199,7 +210,7 @@ class NonInviteClientTransactions(Generic[_User]):
         txn = self._live.get(key)
         if txn is None:
             done = self._completed.get(key)
-            if done is not None and done.forget_at > now and done.dest == source and done.cseq == number:
+            if done is not None and done[0] > now and done[1] == source and done[2] == number:
                 counters.absorbed_retransmissions += 1
             else:
                 counters.dropped_no_transaction += 1
@@ -212,18 +223,18 @@ class NonInviteClientTransactions(Generic[_User]):
             return None
         counters.responses_accepted += 1
         if response.status < 200:
-            if txn.interval < self.t2 and not txn.reliable:
-                txn.interval = self.t2
+            t2 = self.t2
+            if txn.interval < t2 and not txn.reliable:
+                txn.interval = t2
                 self._unschedule(txn)
-                self._schedule(txn, min(now + self.t2, txn.timeout_at))
+                entry = txn.entry = self._sequence()
+                heappush(self._heap, (min(now + t2, txn.timeout_at), entry, txn))
             return None
         del self._live[key]
         self._unschedule(txn)
-        txn.data = b""  # not needed in Timer K
         if not txn.reliable:
-            txn.forget_at = now + self.t4
-            self._completed[key] = txn
-            self._forgetting.append(txn)
+            self._completed[key] = completed = (now + self.t4, txn.dest, txn.cseq, key)
+            self._forgetting.append(completed)
         return Deliver(txn.user, response)
 
     def on_timer(self, now: float) -> list[TimerAction[_User]]:
@@ -233,37 +244,49 @@ class NonInviteClientTransactions(Generic[_User]):
         are forgotten.
         """
         actions: list[TimerAction[_User]] = []
+        append = actions.append
         heap = self._heap
         t2 = self.t2
+        sequence = self._sequence
         while heap and heap[0][0] <= now:
-            _, entry, txn = heapq.heappop(heap)
+            _, entry, txn = heappop(heap)
             if txn.entry != entry:
                 self._cancelled -= 1
                 continue
-            txn.entry = 0
-            if now >= txn.timeout_at:
+            timeout_at = txn.timeout_at
+            if now >= timeout_at:
+                txn.entry = 0
                 del self._live[txn.key]
                 self._counters.timeouts += 1
-                actions.append(TimedOut(txn.user))
+                append(TimedOut(txn.user))
                 continue
-            actions.append(Transmit(txn.data, txn.dest, txn.user, True))
-            interval = txn.interval = min(2 * txn.interval, t2)
-            self._schedule(txn, min(now + interval, txn.timeout_at))
-        self.sweep(now)
+            resend = txn.resend
+            if resend is None:
+                resend = txn.resend = Transmit(txn.data, txn.dest, txn.user, True)
+            append(resend)
+            interval = 2 * txn.interval
+            if interval > t2:
+                interval = t2
+            txn.interval = interval
+            when = now + interval
+            entry = txn.entry = sequence()
+            heappush(heap, (when if when < timeout_at else timeout_at, entry, txn))
+        if self._forgetting:
+            self.sweep(now)
         return actions
 
     def next_deadline(self) -> float | None:
         """When L{on_timer} next has something to do (C{None}: nothing pending)."""
         heap = self._heap
         while heap and heap[0][2].entry != heap[0][1]:
-            heapq.heappop(heap)
+            heappop(heap)
             self._cancelled -= 1
         if heap:
             if self._forgetting:
-                return min(heap[0][0], self._forgetting[0].forget_at)
+                return min(heap[0][0], self._forgetting[0][0])
             return heap[0][0]
         if self._forgetting:
-            return self._forgetting[0].forget_at
+            return self._forgetting[0][0]
         return None
 
     def abort(self, which: Callable[[ClientTransaction[_User]], bool], now: float) -> list[TimedOut[_User]]:
@@ -284,10 +307,10 @@ class NonInviteClientTransactions(Generic[_User]):
         """Forget completed transactions whose Timer K has run out at C{now}."""
         forgetting = self._forgetting
         completed = self._completed
-        while forgetting and forgetting[0].forget_at <= now:
-            txn = forgetting.popleft()
-            if completed.get(txn.key) is txn:
-                del completed[txn.key]
+        while forgetting and forgetting[0][0] <= now:
+            done = forgetting.popleft()
+            if completed.get(done[3]) is done:
+                del completed[done[3]]
 
     def clear(self) -> None:
         """Forget everything, without outcomes (shutdown)."""
@@ -299,10 +322,6 @@ class NonInviteClientTransactions(Generic[_User]):
         self._heap.clear()
         self._cancelled = 0
 
-    def _schedule(self, txn: ClientTransaction[_User], when: float) -> None:
-        entry = txn.entry = self._sequence()
-        heapq.heappush(self._heap, (when, entry, txn))
-
     def _unschedule(self, txn: ClientTransaction[_User]) -> None:
         """Cancel the transaction's heap entry, if it has one."""
         if not txn.entry:
@@ -311,5 +330,5 @@ class NonInviteClientTransactions(Generic[_User]):
         self._cancelled += 1
         if self._cancelled > _COMPACT_AFTER and 2 * self._cancelled > len(self._heap):
             self._heap[:] = [item for item in self._heap if item[2].entry == item[1]]
-            heapq.heapify(self._heap)
+            heapify(self._heap)
             self._cancelled = 0

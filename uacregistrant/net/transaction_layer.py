@@ -13,9 +13,9 @@ from typing import Callable, Protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from uacregistrant.core.counters import SipCounters
 from uacregistrant.net.transaction import Address, NonInviteClientTransactions, Transmit
 from uacregistrant.schedule.timers import Timer, TimerQueue
-from uacregistrant.core.counters import SipCounters
 from uacregistrant.sip.message import Response
 
 __all__ = ["Address", "DatagramSender", "TransactionLayer"]
@@ -36,7 +36,8 @@ _Owner = tuple[DatagramSender, Callable[[Response], None], Callable[[], None]]
 
 class TransactionLayer:
     """
-    The client transactions of every socket, on the reactor's time.
+    The client transactions of every socket, on the reactor's time: one
+    timer, at the earliest deadline of them all.
 
     @param timers: the shared timer queue (if not given, a private one,
         which L{stop} stops).
@@ -104,6 +105,8 @@ class TransactionLayer:
         """
         Send a request and run its timers.
 
+        @param branch: the request's top Via branch, unique among those in
+            progress (L{ValueError} otherwise).
         @raise OSError: if the first send fails (nothing is left running).
         """
         table = self._table
@@ -120,7 +123,10 @@ class TransactionLayer:
         """Deliver a response to its transaction, or count and drop it."""
         delivery = self._table.receive(response, source, self._clock.seconds())
         if delivery is not None:
-            self._arm()  # Timer K
+            if self._wake is None:
+                self._arm()
+            # Otherwise the pending wake-up, due no later than the
+            # transaction's next retransmission, re-arms for its Timer K.
             delivery.user[1](response)
 
     def stop(self) -> None:
@@ -147,6 +153,7 @@ class TransactionLayer:
             self._wake = self._timers.call_at(when, self._on_wake, None)
 
     def _on_wake(self, _: object) -> None:
+        """Carry out what is due; one failing callback does not stop the others."""
         self._wake = None
         self._wake_at = float("inf")
         counters = self._counters
@@ -162,5 +169,6 @@ class TransactionLayer:
                 else:
                     action.user[2]()
             except Exception:
-                _log.failure("transaction action {action!r} failed", action=action)
+                what = "retransmission" if isinstance(action, Transmit) else "timeout"
+                _log.failure("handling a transaction {what} failed", what=what)
         self._arm()

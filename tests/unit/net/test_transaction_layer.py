@@ -102,6 +102,16 @@ class TransactionLayerTests(SynchronousTestCase):
         self.clock.pump([0.5] * 20)
         self.assertEqual([t for t, _ in self.sender.sent], [0, 4, 8])
 
+    def test_new_transaction_moves_the_wake_up_earlier(self) -> None:
+        """A transaction started while the timer waits for a later deadline gets its first retransmission at T1 all the same."""
+        self.start("z9hG4bKa")
+        self.layer.receive(reply(100, branch="z9hG4bKa"), DEST)  # its next retransmission: at 4 s
+        self.clock.advance(1.0)
+        self.start("z9hG4bKb")
+        self.sender.sent.clear()
+        self.clock.pump([0.25] * 12)
+        self.assertEqual([t for t, _ in self.sender.sent], [1.5, 2.5, 4.0])
+
     def test_one_reactor_call_for_many_transactions(self) -> None:
         """Thousands of transactions keep a single delayed call on the reactor."""
         for i in range(2000):

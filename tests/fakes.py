@@ -5,6 +5,7 @@ for hours of simulated time in a unit test.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Callable
 
 from twisted.internet.address import IPv4Address
@@ -12,18 +13,32 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 
 
+#: How many of its latest datagrams a L{FakeUDPPort} keeps in C{sent}: a
+#: simulation of hours and thousands of accounts must not hold every
+#: datagram it ever wrote.
+SENT_KEPT = 1000
+
+
 class FakeUDPPort:
-    """A bound UDP socket on the fake network."""
+    """
+    A bound UDP socket on the fake network.
+
+    @ivar sent: the last L{SENT_KEPT} datagrams written, oldest first, as
+        C{(data, addr)}; older ones are forgotten.
+    @ivar sent_count: how many datagrams were written in all.
+    """
 
     def __init__(self, network: "FakeNetwork", protocol: DatagramProtocol, host: str, port: int) -> None:
         self.network = network
         self.protocol = protocol
         self.host = host
         self.port = port
-        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+        self.sent: deque[tuple[bytes, tuple[str, int]]] = deque(maxlen=SENT_KEPT)
+        self.sent_count = 0
 
     def write(self, data: bytes, addr: tuple[str, int]) -> None:
         self.sent.append((data, addr))
+        self.sent_count += 1
         self.network.deliver(data, (self.host, self.port), addr)
 
     def getHost(self) -> IPv4Address:

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from typing import Any
 
-from .helpers import ServerProcess, require_binary
+from .helpers import PATIENCE, ServerProcess, require_binary
 
 MODULE_DIRS = glob.glob("/usr/lib/*/kamailio/modules") + ["/usr/lib/kamailio/modules"]
 
@@ -121,13 +121,12 @@ class KamailioRegistrar(ServerProcess):
             [self.kamailio, "-f", self.config, "-DD", "-E", "-P", os.path.join(self.directory, "kamailio.pid"),
              "-Y", self.directory, "-m", "64", "-M", "8"],
             lambda: self.rpc("core.version"),
-            timeout=20,
         )
 
     def rpc(self, *command: str) -> str:
         result = subprocess.run(
             [self.kamcmd, "-s", f"unix:{self.directory}/kamailio.ctl", *command],
-            capture_output=True, timeout=10,
+            capture_output=True, timeout=PATIENCE / 2,
         )
         if result.returncode != 0:
             raise AssertionError(f"kamcmd {' '.join(command)} failed: {result.stderr.decode()} {result.stdout.decode()}")
@@ -138,7 +137,7 @@ class KamailioRegistrar(ServerProcess):
         key = aor[4:] if aor.startswith("sip:") else aor  # usrloc keys are user@domain
         result = subprocess.run(
             [self.kamcmd, "-s", f"unix:{self.directory}/kamailio.ctl", "ul.lookup", "location", key],
-            capture_output=True, timeout=10,
+            capture_output=True, timeout=PATIENCE / 2,
         )
         text = result.stdout.decode() + result.stderr.decode()
         if result.returncode != 0 or "AOR not found" in text or "not found" in text.lower():

@@ -69,7 +69,7 @@ class PostgresServer(ServerProcess):
     def connect(self) -> Any:
         import psycopg2
 
-        connection = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", connect_timeout=3)
+        connection = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", connect_timeout=10)
         connection.autocommit = True
         return connection
 

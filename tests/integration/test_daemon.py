@@ -16,7 +16,7 @@ import subprocess
 from uacregistrant.control.ctl import main as ctl_main
 from uacregistrant.control.ctl import request
 
-from .helpers import ProcessTestCase, ROOT, TWISTD, environment, free_udp_port, make_table, records, wait_for
+from .helpers import PATIENCE, ProcessTestCase, ROOT, TWISTD, environment, free_udp_port, make_table, records, wait_for
 
 USERS = {
     "md5": {"password": "p-md5"},
@@ -96,7 +96,7 @@ class DaemonTests(ProcessTestCase):
         return rows
 
     def test_every_account_reaches_its_state(self) -> None:
-        """The issue's acceptance run: every account in its state within 30 s, reg_list json well-formed."""
+        """The issue's acceptance run: every account reaches its state, reg_list json well-formed."""
         port = self.processes.registrar(USERS)
         local, second = free_udp_port(), free_udp_port()
         with socket.socket() as probe:
@@ -114,7 +114,7 @@ class DaemonTests(ProcessTestCase):
             return states == EXPECTED
 
         try:
-            wait_for(settled, 30)
+            wait_for(settled)
         finally:
             print(self.processes.log("daemon")[-4000:])
         found = records(control)
@@ -130,11 +130,14 @@ class DaemonTests(ProcessTestCase):
 
         # The wire format: status line, one line of JSON, an empty line.
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(PATIENCE)
             s.connect(control[len("unix:"):])
             s.sendall(b"reg_list json\n")
             data = b""
             while not data.endswith(b"\n\n"):
-                data += s.recv(65536)
+                chunk = s.recv(65536)
+                self.assertTrue(chunk, f"connection closed after {data!r}")
+                data += chunk
         lines = data.decode().split("\n")
         self.assertEqual((lines[0], lines[2:]), ("200 OK", ["", ""]))
 
@@ -148,7 +151,7 @@ class DaemonTests(ProcessTestCase):
             self.assertNotIn(password, data.decode())
 
         # The TCP console (loopback only, as telnet would use it).
-        with socket.create_connection(("127.0.0.1", tcp_port), timeout=5) as s:
+        with socket.create_connection(("127.0.0.1", tcp_port), timeout=PATIENCE) as s:
             s.sendall(b"reg_stats\r\nquit\r\n")
             reply = b""
             while chunk := s.recv(65536):
@@ -164,7 +167,7 @@ class DaemonTests(ProcessTestCase):
         self.assertEqual(request(control, "reg_list json sip:md5@test.invalid")[0], "200 OK")
         daemon.terminate()
         # twistd re-raises SIGTERM after a clean shutdown (exit status -15).
-        self.assertIn(daemon.wait(10), (0, -15))
+        self.assertIn(daemon.wait(PATIENCE), (0, -15))
         self.assertIn("Server Shut Down.", self.processes.log("daemon"))
         # Shutdown un-registered the registered bindings (and only those).
         registrar = self.processes.log("registrar")
@@ -262,4 +265,4 @@ class DaemonTests(ProcessTestCase):
             env={**environment(), "UACREG_CONFIG": str(config)},
         )
         self.processes.children.append(env_child)
-        wait_for(lambda: records(control).get("tac", {}).get("state") == "REGISTERED_STATE", 20)
+        wait_for(lambda: records(control).get("tac", {}).get("state") == "REGISTERED_STATE")

@@ -8,19 +8,19 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from .helpers import environment
+from .helpers import PATIENCE, environment
 
 
 class DemoTests(TestCase):
-    timeout = 90
+    timeout = 150
 
     def test_demo_registers_everything(self) -> None:
         """uacregistrant-demo exits 0 after showing every account REGISTERED."""
         directory = Path(tempfile.mkdtemp(prefix="uacreg-demo-"))
         self.addCleanup(shutil.rmtree, directory, True)
         result = subprocess.run(
-            [sys.executable, "-m", "uacregistrant.app.demo", "--directory", str(directory), "--timeout", "30"],
-            capture_output=True, env=environment(), timeout=80,
+            [sys.executable, "-m", "uacregistrant.app.demo", "--directory", str(directory), "--timeout", str(int(PATIENCE))],
+            capture_output=True, env=environment(), timeout=2 * PATIENCE,
         )
         out = result.stdout.decode()
         self.assertEqual(result.returncode, 0, out + result.stderr.decode())

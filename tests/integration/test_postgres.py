@@ -13,7 +13,7 @@ import time
 from uacregistrant.control.ctl import request
 from uacregistrant.store import schema_sql
 
-from .helpers import ProcessTestCase, TWISTD, environment, free_udp_port, records, wait_for
+from .helpers import PATIENCE, ProcessTestCase, TWISTD, environment, free_udp_port, records, wait_for
 from .postgres import PostgresServer
 
 USERS = {f"u{i}": {"password": f"pw-{i}"} for i in range(1, 8)}
@@ -41,7 +41,10 @@ class PostgresTests(ProcessTestCase):
         return re.search(pattern, self.processes.log("registrar")) is not None
 
     def test_live_table(self) -> None:
-        """NOTIFY applies inserts, updates and deletes within 2 s; an outage loses nothing."""
+        """
+        NOTIFY applies inserts, updates and deletes (nothing else would: no
+        --db-poll); an outage of the server loses nothing.
+        """
         port = self.processes.registrar(USERS)
         local = free_udp_port()
         self.server.execute(schema_sql("postgres"))
@@ -54,41 +57,51 @@ class PostgresTests(ProcessTestCase):
         )
         try:
             wait_for(lambda: {u: r["state"] for u, r in records(control).items()} ==
-                     {"u1": "REGISTERED_STATE", "u2": "REGISTERED_STATE", "u3": "NOT_REGISTERED_STATE"}, 20)
+                     {"u1": "REGISTERED_STATE", "u2": "REGISTERED_STATE", "u3": "NOT_REGISTERED_STATE"})
             call_ids = {u: r["call_id"] for u, r in records(control).items()}
 
-            # INSERT: registered within 2 s, no command.
+            # INSERT: registered, no command (the time it took is printed).
             start = time.monotonic()
             self.row("u4", port, local)
-            wait_for(lambda: records(control).get("u4", {}).get("state") == "REGISTERED_STATE", 2, 0.05)
+            wait_for(lambda: records(control).get("u4", {}).get("state") == "REGISTERED_STATE", interval=0.05)
             inserted = time.monotonic() - start
 
             # UPDATE: re-registers with the new expiry, same Call-ID.
             self.server.execute("UPDATE registrant SET expiry = 30 WHERE username = 'u1'")
-            wait_for(lambda: records(control)["u1"]["expires"] == 30, 2, 0.05)
+            wait_for(lambda: records(control)["u1"]["expires"] == 30, interval=0.05)
             self.assertEqual(records(control)["u1"]["call_id"], call_ids["u1"])
 
-            # DELETE: the registrar receives the un-REGISTER within 2 s.
+            # DELETE: the registrar receives the un-REGISTER.
             start = time.monotonic()
             self.server.execute("DELETE FROM registrant WHERE username = 'u2'")
-            wait_for(lambda: self.registrar_saw(rf"user=u2 call_id={call_ids['u2']} cseq=\d+ expires=0"), 2, 0.05)
+            wait_for(lambda: self.registrar_saw(rf"user=u2 call_id={call_ids['u2']} cseq=\d+ expires=0"), interval=0.05)
             deleted = time.monotonic() - start
-            wait_for(lambda: "u2" not in records(control), 2, 0.05)
+            wait_for(lambda: "u2" not in records(control), interval=0.05)
             print(f"INSERT to REGISTERED {inserted:.2f}s, DELETE to un-REGISTER {deleted:.2f}s")
 
-            # Outage: 10 s without the database; registrations keep refreshing from memory.
+            # Outage: the server stopped until the daemon has failed to get
+            # back to it twice and u4 (8 s) has refreshed; registrations keep
+            # refreshing from memory.
             sent_before = self.processes.log("registrar").count("user=u4 ")
+            failures_before = self.processes.log("daemon").count("cannot LISTEN at")
             self.server.stop()
-            time.sleep(10)
-            during = records(control)
-            self.assertEqual({u: r["state"] for u, r in during.items()},
-                             {"u1": "REGISTERED_STATE", "u3": "NOT_REGISTERED_STATE", "u4": "REGISTERED_STATE"})
-            self.assertGreater(self.processes.log("registrar").count("user=u4 "), sent_before)  # refreshed meanwhile
+
+            def outage_lived_through() -> dict | None:
+                if self.processes.log("daemon").count("cannot LISTEN at") < failures_before + 2:
+                    return None
+                if self.processes.log("registrar").count("user=u4 ") <= sent_before:
+                    return None  # not refreshed yet
+                now = records(control)
+                # (A refresh shows REGISTERING for a moment: look again.)
+                expected = {"u1": "REGISTERED_STATE", "u3": "NOT_REGISTERED_STATE", "u4": "REGISTERED_STATE"}
+                return now if {u: r["state"] for u, r in now.items()} == expected else None
+
+            during = wait_for(outage_lived_through)
             self.assertEqual(request(control, "reg_disable sip:u1@test.invalid")[0], "503 Database unavailable")
             self.server.start()
             # Changes made while the daemon was not listening are caught by the resync.
             self.row("u5", port, local)
-            wait_for(lambda: records(control).get("u5", {}).get("state") == "REGISTERED_STATE", 20)
+            wait_for(lambda: records(control).get("u5", {}).get("state") == "REGISTERED_STATE")
             after = records(control)
             self.assertEqual({u: after[u]["call_id"] for u in ("u1", "u4")}, {u: during[u]["call_id"] for u in ("u1", "u4")})
             self.assertEqual(after["u1"]["state"], "REGISTERED_STATE")
@@ -107,7 +120,7 @@ class PostgresTests(ProcessTestCase):
              "--timer-interval", "4", "--sip-t1", "100"]
         )
         try:
-            wait_for(lambda: [r["state"] for r in records_all(control)] == ["REGISTERED_STATE"] * 2, 20)
+            wait_for(lambda: [r["state"] for r in records_all(control)] == ["REGISTERED_STATE"] * 2)
             self.assertEqual(request(control, "reg_disable sip:u6@test.invalid")[0], "409 Ambiguous AOR")
             key = f"sip:u6@test.invalid sip:u6@127.0.0.1:{other} sip:127.0.0.1:{port}"
             self.assertEqual(request(control, f"reg_disable {key}"), ("200 OK", ["changed"]))
@@ -120,10 +133,10 @@ class PostgresTests(ProcessTestCase):
             )
             self.assertEqual((status, body), ("200 OK", ["added"]))
             self.assertEqual(self.server.execute("SELECT expiry, state FROM registrant WHERE username = 'u7'"), [(60, 0)])
-            wait_for(lambda: records(control).get("u7", {}).get("state") == "REGISTERED_STATE", 5)
+            wait_for(lambda: records(control).get("u7", {}).get("state") == "REGISTERED_STATE")
             self.assertEqual(request(control, "reg_delete sip:u7@test.invalid")[0], "200 OK")
             self.assertEqual(self.server.execute("SELECT state FROM registrant WHERE username = 'u7'"), [(1,)])
-            wait_for(lambda: "u7" not in records(control), 5)
+            wait_for(lambda: "u7" not in records(control))
             self.assertEqual(request(control, f"reg_enable {key}"), ("200 OK", ["changed"]))
             self.assertEqual(self.server.execute("SELECT state FROM registrant ORDER BY id")[:2], [(0,), (0,)])
             log = self.processes.log("daemon")
@@ -154,7 +167,7 @@ class PostgresTests(ProcessTestCase):
         )
         try:
             wait_for(lambda: {u: r["state"] for u, r in records(control).items()} ==
-                     {"u1": "REGISTERED_STATE", "u4": "REGISTERED_STATE"}, 20)
+                     {"u1": "REGISTERED_STATE", "u4": "REGISTERED_STATE"})
             log = self.processes.log("daemon")
             self.assertIn("skipping row id=2: aor '<sip:u2@test.invalid>' is not stored as a bare URI", log)
             self.assertIn("skipping row id=3: username holds a control character", log)
@@ -162,7 +175,7 @@ class PostgresTests(ProcessTestCase):
             self.assertEqual(request(control, f"reg_upsert {key} expiry=30"), ("200 OK", ["changed"]))
             self.assertEqual(self.server.execute("SELECT username, password, expiry FROM registrant WHERE id = 1"),
                              [("u1", "pw-1", 30)])
-            wait_for(lambda: records(control)["u1"]["expires"] == 30 and records(control)["u1"]["state"] == "REGISTERED_STATE", 10)
+            wait_for(lambda: records(control)["u1"]["expires"] == 30 and records(control)["u1"]["state"] == "REGISTERED_STATE")
             status, body = request(control, f"reg_upsert {key} username={'x' * 100}")
             self.assertEqual(status, "400 Bad record")
             self.assertIn("refused", body[0])
@@ -189,6 +202,6 @@ class PostgresTests(ProcessTestCase):
 def records_all(control: str) -> list[dict]:
     import json
 
-    status, body = request(control, "reg_list json")
+    status, body = request(control, "reg_list json", timeout=PATIENCE / 2)
     assert status == "200 OK", status
     return list(json.loads(body[0])["Records"])

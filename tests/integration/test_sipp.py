@@ -5,6 +5,7 @@ tests/sipp/): SIPp checks the digest answer itself with verifyauth.
 
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 import time
@@ -12,9 +13,14 @@ import time
 
 from uacregistrant.control.ctl import request
 
-from .helpers import ProcessTestCase, ROOT, free_udp_port, make_table, records, require_binary, wait_for
+from .helpers import PATIENCE, ProcessTestCase, ROOT, free_udp_port, make_table, records, require_binary, wait_for
 
 SCENARIOS = ROOT / "tests" / "sipp"
+
+
+def seconds(iso: str) -> int:
+    """A reg_list time (ISO 8601 UTC, whole seconds) as seconds since the epoch."""
+    return int(datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
 
 
 class SippTests(ProcessTestCase):
@@ -32,7 +38,7 @@ class SippTests(ProcessTestCase):
         port = free_udp_port()
         sipp = self.processes.spawn(
             [self.sipp, "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1", "-p", str(port), "-m", "1",
-             "-inf", str(users), "-nostdin", "-timeout", "40", "-timeout_error", "-trace_err"],
+             "-inf", str(users), "-nostdin", "-timeout", str(int(PATIENCE + 30)), "-timeout_error", "-trace_err"],
             "sipp",
         )
         local = free_udp_port()
@@ -49,7 +55,6 @@ class SippTests(ProcessTestCase):
                     r["state"] in settled if settled else
                     r["state"] not in ("NOT_REGISTERED_STATE", "REGISTERING_STATE", "AUTHENTICATING_STATE")
                 ) and r,
-                30,
             )
         finally:
             print(self.processes.log("daemon")[-3000:])
@@ -57,7 +62,7 @@ class SippTests(ProcessTestCase):
 
     def finished(self, sipp: subprocess.Popen[bytes]) -> int:
         try:
-            return sipp.wait(30)
+            return sipp.wait(2 * PATIENCE)
         finally:
             print(self.processes.log("sipp")[-3000:])
 
@@ -101,16 +106,22 @@ class SippTests(ProcessTestCase):
         """
         503 + Retry-After: 2 is REGISTRAR_ERROR, retried after 2 s on the same
         Call-ID (Retry-After is clamped to at least a quarter of the retry
-        interval: 8 s here).
+        interval: 8 s here; the back-off alone would wait 4 to 8 s).
+
+        The delay is read from the daemon's own times (whole seconds in
+        reg_list), not from when this test happens to look.
         """
         sipp, record = self.run_scenario(
             "uas_503_retry_after.xml", "secret", settled=("REGISTRAR_ERROR_STATE",), extra=("--retry-interval", "8")
         )
         self.assertEqual(record["last_reply"], "503 Service Unavailable")
-        failed_at = time.monotonic()
-        later = wait_for(lambda: (r := records(self.control[1])["alice"])["state"] == "REGISTERED_STATE" and r, 10, 0.05)
-        waited = time.monotonic() - failed_at
-        self.assertTrue(1.5 <= waited <= 4, waited)
+        # The retry is due 2 s after the 503 (a round trip after the REGISTER
+        # was sent): 2 or 3 whole seconds later; 4 or more is the back-off.
+        sent, due = seconds(record["last_register_sent"]), seconds(record["registration_t_out"])
+        self.assertIn(due - sent, (2, 3), record)
+        later = wait_for(lambda: (r := records(self.control[1])["alice"])["state"] == "REGISTERED_STATE" and r, interval=0.05)
+        # ... and it did not go before it was due.
+        self.assertGreaterEqual(seconds(later["last_register_sent"]), due, later)
         self.assertEqual(later["call_id"], record["call_id"])
         self.assertEqual(self.finished(sipp), 0)
 
@@ -127,7 +138,11 @@ class SippTests(ProcessTestCase):
         self.assertEqual(record["state"], "REGISTER_TIMEOUT_STATE")
         self.assertGreaterEqual(time.monotonic() - started, 12)
         stats = json.loads(request(self.control[1], "reg_stats json")[1][0])
-        self.assertGreaterEqual(stats["sip"]["retransmissions"], 6)
+        # On time, Timer E (0.2 s doubling to T2 = 4 s) fires 6 times before
+        # Timer F; each firing late on a loaded machine pushes the next ones
+        # back, so fewer may fit, never more (the exact schedule is a unit
+        # test on a fake clock).
+        self.assertTrue(4 <= stats["sip"]["retransmissions"] <= 6, stats["sip"])
         self.assertEqual(stats["sip"]["timeouts"], 1)
         self.finished(sipp)
 
@@ -136,5 +151,6 @@ class SippTests(ProcessTestCase):
         sipp, record = self.run_scenario("uas_late_answer.xml", "secret")
         self.assertEqual(record["state"], "REGISTERED_STATE")
         stats = json.loads(request(self.control[1], "reg_stats json")[1][0])
-        self.assertGreaterEqual(stats["sip"]["retransmissions"], 2)
+        # Due at 0.2 and 0.6 s, before the answer; a late reactor may send only the first.
+        self.assertGreaterEqual(stats["sip"]["retransmissions"], 1)
         self.assertEqual(self.finished(sipp), 0)

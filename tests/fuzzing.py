@@ -27,7 +27,7 @@ from uacregistrant.net.resolver import SipResolver
 from uacregistrant.net.transaction_layer import TransactionLayer
 from uacregistrant.net.transport import SipTransport
 from uacregistrant.schedule.timers import TimerQueue
-from uacregistrant.schedule.walker import Pacer
+from uacregistrant.schedule.pacer import Pacer
 from uacregistrant.sip.digest import parse_challenges
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import Response, parse_message, parse_name_addr

@@ -6,20 +6,15 @@ tested in L{tests.unit.net.test_transaction}.)
 
 from __future__ import annotations
 
-import random
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from uacregistrant.core.account import Account
 from uacregistrant.core.counters import SipCounters
-from uacregistrant.core.registrant import Policy, Registrant
-from uacregistrant.core.registry import Registry
 from uacregistrant.net.transaction_layer import TransactionLayer
 from uacregistrant.schedule.timers import TimerQueue
-from uacregistrant.schedule.walker import BucketWalker, Pacer
 from uacregistrant.sip.message import Response, parse_message
 
 DEST = ("127.0.0.1", 5060)
@@ -195,37 +190,3 @@ class TransactionLayerTests(SynchronousTestCase):
 
 # These exercise the schedule package; they live here until it has a
 # test module of its own for the walker and the pacer.
-class WalkerTests(SynchronousTestCase):
-    def test_slices_and_pacing(self) -> None:
-        """A 5000-record bucket is scanned in slices and sent at the paced rate."""
-        clock = Clock()
-        registry = Registry(0)
-        policy = Policy(rng=random.Random(3))
-        for i in range(5000):
-            registry.add(Registrant(Account(row_id=i, aor=f"sip:u{i}@x", registrar="sip:x", binding_uri=f"sip:u{i}@h", expiry=600), policy))
-        sent: list[float] = []
-        pacer = Pacer(clock, 1000, lambda r: sent.append(clock.seconds()) or r.start(clock.seconds()))
-        walker = BucketWalker(registry, clock, 100, pacer, slice_size=2000)
-        walker.tick()
-        self.assertEqual(len(pacer), 2000)
-        clock.advance(0)
-        self.assertGreaterEqual(len(pacer) + len(sent), 4000)
-        for _ in range(600):
-            clock.advance(0.01)
-        self.assertEqual(len(sent), 5000)
-        per_second = [sum(1 for t in sent if s <= t < s + 1) for s in range(5)]
-        self.assertTrue(all(950 <= n <= 1030 for n in per_second), per_second)
-
-    def test_precise_wake_before_next_visit(self) -> None:
-        """A record due between visits is woken at its time, not at the next visit."""
-        clock = Clock()
-        registry = Registry(0)
-        registrant = Registrant(Account(row_id=1, aor="sip:a@x", registrar="sip:x", binding_uri="sip:a@h", expiry=600), Policy())
-        registry.add(registrant)
-        registrant.next_at = 37.0
-        sent: list[float] = []
-        pacer = Pacer(clock, 10, lambda r: sent.append(clock.seconds()) or r.start(clock.seconds()))
-        walker = BucketWalker(registry, clock, 100, pacer)
-        walker.tick()
-        clock.pump([1] * 40)
-        self.assertEqual(sent, [37.0])

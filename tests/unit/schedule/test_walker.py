@@ -11,6 +11,7 @@ from uacregistrant.core.account import Account
 from uacregistrant.core.registrant import Policy, Registrant
 from uacregistrant.core.registry import Registry, bucket_of
 from uacregistrant.schedule.timers import TimerQueue
+from uacregistrant.schedule.pacer import Pacer
 from uacregistrant.schedule.walker import BucketWalker, WalkService
 
 POLICY = Policy(rng=random.Random(1))
@@ -272,3 +273,39 @@ class WalkServiceTests(SynchronousTestCase):
         self.clock.advance(100)
         self.assertEqual(self.walker.visits, 2)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class WalkAndPaceTests(SynchronousTestCase):
+    def test_slices_and_pacing(self) -> None:
+        """A 5000-record bucket is scanned in slices and sent at the paced rate."""
+        clock = Clock()
+        registry = Registry(0)
+        policy = Policy(rng=random.Random(3))
+        for i in range(5000):
+            registry.add(Registrant(Account(row_id=i, aor=f"sip:u{i}@x", registrar="sip:x", binding_uri=f"sip:u{i}@h", expiry=600), policy))
+        sent: list[float] = []
+        pacer = Pacer(clock, 1000, lambda r: sent.append(clock.seconds()) or r.start(clock.seconds()))
+        walker = BucketWalker(registry, clock, 100, pacer, slice_size=2000)
+        walker.tick()
+        self.assertEqual(len(pacer), 2000)
+        clock.advance(0)
+        self.assertGreaterEqual(len(pacer) + len(sent), 4000)
+        for _ in range(600):
+            clock.advance(0.01)
+        self.assertEqual(len(sent), 5000)
+        per_second = [sum(1 for t in sent if s <= t < s + 1) for s in range(5)]
+        self.assertTrue(all(950 <= n <= 1030 for n in per_second), per_second)
+
+    def test_precise_wake_before_next_visit(self) -> None:
+        """A record due between visits is woken at its time, not at the next visit."""
+        clock = Clock()
+        registry = Registry(0)
+        registrant = Registrant(Account(row_id=1, aor="sip:a@x", registrar="sip:x", binding_uri="sip:a@h", expiry=600), Policy())
+        registry.add(registrant)
+        registrant.next_at = 37.0
+        sent: list[float] = []
+        pacer = Pacer(clock, 10, lambda r: sent.append(clock.seconds()) or r.start(clock.seconds()))
+        walker = BucketWalker(registry, clock, 100, pacer)
+        walker.tick()
+        clock.pump([1] * 40)
+        self.assertEqual(sent, [37.0])

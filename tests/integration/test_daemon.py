@@ -175,33 +175,49 @@ class DaemonTests(ProcessTestCase):
             self.assertRegex(registrar, rf"user={user} call_id={found[user]['call_id']} cseq=\d+ expires=0")
         self.assertNotRegex(registrar, r"user=(wrong|busy|disabled) [^\n]*expires=0")
 
-    def refusal(self, *args: str) -> str:
+    def run_twistd(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         result = subprocess.run(
             [*TWISTD, "-n", "--pidfile=", "uacregistrant", "--control", f"unix:{self.processes.sockets / 'c'}", *args],
             capture_output=True, env=environment(), cwd=self.directory, timeout=60,
         )
         self.assertNotEqual(result.returncode, 0)
-        return result.stderr.decode()
+        return result
+
+    def refusal(self, *args: str) -> str:
+        """A start refused by the service's checks: what it wrote on stderr."""
+        return self.run_twistd(*args).stderr.decode()
+
+    def usage_error(self, *args: str) -> str:
+        """Options refused by their validation (twistd prints the options, then the reason): the reason line."""
+        result = self.run_twistd(*args)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stderr, b"")
+        lines = result.stdout.decode().strip().splitlines()
+        self.assertIn("--hash-size", result.stdout.decode())  # the options are listed
+        return lines[-1]
 
     def test_refuses_to_start(self) -> None:
-        """Bad settings or an unusable database stop the start with one clear line."""
+        """Bad settings are usage errors naming the value; an unusable database stops the start with one clear line."""
         port = str(free_udp_port())
         listen = ["--listen", f"udp:127.0.0.1:{port}"]
-        err = self.refusal("--hash-size", "3", "--timer-interval", "4", *listen)
-        self.assertIn("uacregistrant: cannot start: timer_interval=4 must be at least 2^hash_size=8", err)
-        self.assertEqual(len(err.strip().splitlines()), 1)
+        reason = self.usage_error("--hash-size", "3", "--timer-interval", "4", *listen)
+        self.assertIn("timer_interval=4 must be at least 2^hash_size=8", reason)
+        self.assertIn("invalid sip_t1", self.usage_error("--sip-t1", "fast", *listen))
+        self.assertIn("unsupported db_url", self.usage_error("--db-url", "mysql://h/db", *listen))
         err = self.refusal("--db-url", f"sqlite:{self.directory}/missing/dir.db", *listen)
         self.assertIn("does not exist", err)
         junk = self.directory / "junk.db"
         junk.write_bytes(b"not a database" * 100)
-        self.assertIn("not a database", self.refusal("--db-url", f"sqlite:{junk}", *listen))
-        self.assertIn("invalid sip_t1", self.refusal("--sip-t1", "fast", *listen))
+        err = self.refusal("--db-url", f"sqlite:{junk}", *listen)
+        self.assertIn("not a database", err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
 
     def test_startup_failures_are_one_line(self) -> None:
         """
         A port in use, an address not of this host, a control socket in a
-        missing directory, a Unicode digit or an unbounded number: one line
-        on stderr, a non-zero exit, and nothing created (no table, no socket).
+        missing directory: one line on stderr, a non-zero exit.  A Unicode
+        digit or an unbounded number: a usage error naming it.  Either way
+        nothing is created (no table, no socket).
         """
         busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         busy.bind(("127.0.0.1", 0))
@@ -212,17 +228,22 @@ class DaemonTests(ProcessTestCase):
         cases = [
             (["--listen", f"udp:127.0.0.1:{taken}"], "address already in use"),
             (["--listen", "udp:192.0.2.1:5060"], "not an address of this host"),
-            (["--listen", "udp:127.0.0.1:\u00b2"], "invalid port"),
             (["--listen", f"udp:127.0.0.1:{port}", "--control", f"unix:{self.directory}/missing/ctl"], "does not exist"),
-            (["--listen", f"udp:127.0.0.1:{port}", "--db-poll", "nan"], "invalid db_poll"),
-            (["--listen", f"udp:127.0.0.1:{port}", "--default-expires", str(2**40)], "invalid default_expires"),
-            (["--listen", f"udp:127.0.0.1:{port}", "--send-rate", "1e-300"], "invalid send_rate"),
         ]
         for args, expected in cases:
             err = self.refusal("--db-url", f"sqlite:{db}", *args)
             self.assertIn(expected, err.lower(), args)
             self.assertEqual(len(err.strip().splitlines()), 1, err)
             self.assertTrue(err.startswith("uacregistrant: cannot start: "), err)
+            self.assertFalse(db.exists(), args)
+        usage = [
+            (["--listen", "udp:127.0.0.1:\u00b2"], "invalid port"),
+            (["--listen", f"udp:127.0.0.1:{port}", "--db-poll", "nan"], "invalid db_poll"),
+            (["--listen", f"udp:127.0.0.1:{port}", "--default-expires", str(2**40)], "invalid default_expires"),
+            (["--listen", f"udp:127.0.0.1:{port}", "--send-rate", "1e-300"], "invalid send_rate"),
+        ]
+        for args, expected in usage:
+            self.assertIn(expected, self.usage_error("--db-url", f"sqlite:{db}", *args).lower(), args)
             self.assertFalse(db.exists(), args)
         self.assertEqual(list(self.processes.sockets.iterdir()), [])
         # The .tac refuses the same way.

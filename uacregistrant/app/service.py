@@ -132,7 +132,7 @@ class RegistrantService(MultiService):
         self.client = RegistrationClient(
             clock,
             self.transactions,
-            SipResolver(resolver or dns_client.createResolver(), clock),
+            SipResolver(resolver or dns_client.createResolver, clock),
             self.transports,
             self.counters,
             changes=self.changes,
@@ -200,7 +200,9 @@ class RegistrantService(MultiService):
                     child.stopService()
             reason = _refusal(e)
             _log.error("cannot start: {reason}", reason=reason)
-            print(f"uacregistrant: cannot start: {reason}", file=sys.stderr)
+            # twistd has routed sys.stderr into the log by now: the one line
+            # goes to the real stderr (the log has it too, for daemon mode).
+            print(f"uacregistrant: cannot start: {reason}", file=sys.__stderr__)
             raise SystemExit(1) from None
 
     def _loaded(self, counts: dict[str, int]) -> None:

@@ -11,7 +11,7 @@ literals.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime, IResolver
@@ -44,13 +44,22 @@ class ResolutionError(Exception):
 class SipResolver:
     """Resolves next-hop URIs to C{(ip, port)}; caches answers."""
 
-    def __init__(self, resolver: IResolver, clock: IReactorTime) -> None:
-        self._resolver = resolver
+    def __init__(self, resolver: IResolver | Callable[[], IResolver], clock: IReactorTime) -> None:
+        self._make_resolver = resolver if callable(resolver) and not IResolver.providedBy(resolver) else None
+        self._resolver_given = None if self._make_resolver is not None else cast(IResolver, resolver)
         self._clock = clock
         self._cache: dict[tuple[str, int | None], tuple[Address, float]] = {}
         #: Host → its normalised address if an IP literal, else C{""}
         #: (checked for every request sent): pure memoization, bounded.
         self._literals: Memo[str, str] = Memo(LITERALS_MAX)
+
+    @property
+    def _resolver(self) -> IResolver:
+        """The DNS resolver, made on the first lookup (reading resolv.conf is I/O a service build must not do)."""
+        if self._resolver_given is None:
+            assert self._make_resolver is not None
+            self._resolver_given = self._make_resolver()
+        return self._resolver_given
 
     def cached(self, uri: SipUri) -> Address | None:
         """The address if known without a lookup, else C{None}."""

@@ -154,9 +154,10 @@ class HardeningTests(ProcessTestCase):
         self.assertEqual(holder.stdout.readline().strip(), b"locked")
         # Polls now wait on the lock (about 11 s of busy retries each) until
         # one gives up and says so; the console is tried all along. A
-        # reactor waiting with the polls would answer in seconds, not in
-        # milliseconds: the median reply time tells, one slow reply on a
-        # loaded machine does not.
+        # reactor waiting with the polls answers in seconds, not in
+        # milliseconds, one reply in every few (between waits it runs): the
+        # 90th percentile of the reply times tells; a few slow replies on a
+        # loaded machine do not.
         replies: list[float] = []
         deadline = time.monotonic() + PATIENCE
         while "the database stayed locked by another process" not in self.processes.log("daemon"):
@@ -167,8 +168,8 @@ class HardeningTests(ProcessTestCase):
                 replies.append(time.monotonic() - started)
             time.sleep(0.5)
         self.assertIsNone(holder.poll(), "the lock holder exited before it was told to")
-        self.assertGreaterEqual(len(replies), 4, "the console was tried too few times while a poll waited")
-        self.assertLess(statistics.median(replies), 1.0, replies)
+        self.assertGreaterEqual(len(replies), 10, "the console was tried too few times while a poll waited")
+        self.assertLess(statistics.quantiles(replies, n=10)[-1], 1.0, replies)
         holder.stdin.close()  # release the lock
         self.assertEqual(holder.wait(PATIENCE), 0)
         # The lock is gone: polls work again; a row added now registers.

@@ -316,5 +316,7 @@ def _refusal(error: Exception) -> str:
     if isinstance(error, CannotListenError):
         socket_error = error.socketError
         reason = str(getattr(socket_error, "strerror", None) or socket_error)
+        if isinstance(error.port, bytes):  # a UNIX control socket: port is its path
+            return f"cannot listen on unix:{error.port.decode('utf-8', 'replace')}: {reason}"
         return f"cannot listen on {error.interface or '*'}:{error.port}: {reason}"
     return str(error)

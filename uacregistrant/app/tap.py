@@ -14,13 +14,13 @@ from twisted.python import usage
 from uacregistrant.app.settings import COLUMN_SETTINGS, FLAGS, SCALARS, ConfigError, Settings, build_settings, load_toml
 
 _DESCRIPTIONS = {
-    "db_url": "Database URL: sqlite:PATH (relative or absolute)",
+    "db_url": "Database URL: sqlite:PATH (relative or absolute) or postgres://USER@HOST:PORT/DBNAME",
     "table_name": "Table holding the accounts",
     "hash_size": "The registry has 2^hash_size buckets",
     "timer_interval": "Seconds for one walk over all buckets",
     "sip_t1": "SIP T1 in milliseconds (Timer F = 64*T1)",
     "default_expires": "Expiry for rows whose expiry is NULL",
-    "send_rate": "First REGISTERs sent per second at most",
+    "send_rate": "Requests sent per second at most (digest answers and 423 retries included)",
     "retry_interval": "First retry delay after a failure (s); doubles per failure",
     "retry_max_interval": "Cap on the retry delay (s)",
     "max_in_flight": "Outstanding REGISTER transactions at most (new ones wait)",

@@ -212,6 +212,27 @@ class DaemonTests(ProcessTestCase):
         self.assertIn("not a database", err)
         self.assertEqual(len(err.strip().splitlines()), 1, err)
 
+    def test_daemonized_refusal_reaches_the_parent(self) -> None:
+        """
+        Without -n, a refused start is reported by twistd's parent process,
+        which exits 1 (it must not wait forever), and no pid file is left.
+        """
+        busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        busy.bind(("127.0.0.1", 0))
+        self.addCleanup(busy.close)
+        taken = busy.getsockname()[1]
+        pidfile = self.directory / "refused.pid"
+        result = subprocess.run(
+            [*TWISTD, f"--pidfile={pidfile}", f"--logfile={self.directory / 'refused.log'}", "uacregistrant",
+             "--control", f"unix:{self.processes.sockets / 'c'}", "--db-url", f"sqlite:{self.directory / 'never.db'}",
+             "--listen", f"udp:127.0.0.1:{taken}"],
+            capture_output=True, env=environment(), cwd=self.directory, timeout=PATIENCE,
+        )
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn(f"StartRefused: cannot listen on udp:127.0.0.1:{taken}", result.stderr.decode())
+        self.assertFalse(pidfile.exists())
+        self.assertIn("Address already in use", (self.directory / "refused.log").read_text())
+
     def test_startup_failures_are_one_line(self) -> None:
         """
         A port in use, an address not of this host, a control socket in a

@@ -1,9 +1,9 @@
 # -*- test-case-name: tests.unit.app.test_preflight -*-
 """
-Every check that can refuse a start, run before anything is created (no
-table, no socket file, no pid file) and before twistd forks: the store is
-readable, every UDP socket and control endpoint can be bound.  A refusal
-is one line for the operator.
+Every check that can refuse a start, run by the service's
+C{privilegedStartService} before it binds or creates anything (no table,
+no socket file): the store is readable, every UDP socket and control
+endpoint can be bound.  A refusal is one line for the operator.
 """
 
 from __future__ import annotations

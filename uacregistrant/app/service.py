@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from twisted.application.internet import UDPServer
 from twisted.application.service import MultiService
@@ -68,6 +68,10 @@ def open_store(settings: Settings, reactor: Any) -> IRegistrantStore:
     return store
 
 
+class StartRefused(Exception):
+    """The service cannot start (a socket in use, an unusable database...): the reason, one line."""
+
+
 def stuck_after(transaction_timeout: float) -> float:
     """
     Seconds after which a record still waiting in a transaction state can
@@ -83,8 +87,7 @@ class RegistrantService(MultiService):
 
     @ivar registry: every loaded record.
     @ivar transports: the UDP sockets by configured C{udp:HOST:PORT} name.
-    @param checks: run L{preflight} before binding (the daemon; tests
-        that bind on a fake reactor pass C{False}).
+    @param checks: the start-up checks run before binding (L{preflight}).
     """
 
     def __init__(
@@ -94,7 +97,7 @@ class RegistrantService(MultiService):
         reactor: Any,
         resolver: IResolver | None = None,
         policy: Policy | None = None,
-        checks: bool = False,
+        checks: Callable[[Settings, IRegistrantStore], None] = preflight,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -189,10 +192,14 @@ class RegistrantService(MultiService):
         Check what can refuse a start, then bind the UDP sockets and the
         control endpoints (may need root).  A refusal is one line on
         stderr and exit 1.
+
+        @raise StartRefused: an ordinary exception, so that a daemonizing
+            twistd reports it through its status pipe to the parent (which
+            prints it and exits 1) and removes its pid file; C{SystemExit}
+            would leave the parent waiting.
         """
         try:
-            if self._checks:
-                preflight(self.settings, self.store)
+            self._checks(self.settings, self.store)
             super().privilegedStartService()
         except (ConfigError, CannotListenError) as e:
             for child in list(self):
@@ -203,7 +210,7 @@ class RegistrantService(MultiService):
             # twistd has routed sys.stderr into the log by now: the one line
             # goes to the real stderr (the log has it too, for daemon mode).
             print(f"uacregistrant: cannot start: {reason}", file=sys.__stderr__)
-            raise SystemExit(1) from None
+            raise StartRefused(reason) from None
 
     def _loaded(self, counts: dict[str, int]) -> None:
         """A full pass finished: the walk runs from the first one on."""
@@ -306,7 +313,7 @@ def build_service(settings: Settings, reactor: Any | None = None) -> RegistrantS
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    registrant = RegistrantService(settings, open_store(settings, reactor), reactor, checks=True)
+    registrant = RegistrantService(settings, open_store(settings, reactor), reactor)
     # The daemon owns its process: keep the cyclic GC's pauses short.
     FreezeSurvivors().setServiceParent(registrant)
     return registrant

@@ -85,7 +85,7 @@ class IRegistrantStore(Interface):
 
     def check() -> None:
         """
-        Before the daemon forks: refuse what cannot work, creating nothing
+        At the start-up checks: refuse what cannot work, creating nothing
         and keeping no connection.
 
         @raise StoreError: with one line saying what is wrong.

@@ -9,7 +9,7 @@ statement waits at most L{BUSY_TIMEOUT} on its thread, and a busy
 database is retried from the reactor with back-off (L{BUSY_RETRIES}) before
 the call fails with L{StoreError}.
 
-Before twistd forks, L{SqliteStore.check} only reads (nothing is created,
+Before the service binds anything, L{SqliteStore.check} only reads (nothing is created,
 no connection kept); L{SqliteStore.start} opens the connection on the
 store's thread, creating the table if it is missing (with a warning: an
 empty new table usually means the file was moved or deleted).
@@ -114,7 +114,7 @@ class SqliteStore:
         self._present: dict[str, str] = {}
         self._closed = False
 
-    # Before the fork: read only, keep nothing open.
+    # At the start-up checks: read only, keep nothing open.
 
     def check(self) -> None:
         """
@@ -168,7 +168,7 @@ class SqliteStore:
             return True, match_columns(self.layout, _columns(db, table), f"{table} in {self.path}")
         return False, match_columns(self.layout, _columns(db, table), f"{table} in {self.path}")
 
-    # After the fork: everything on the store's thread.
+    # Once started: everything on the store's thread.
 
     def start(self) -> defer.Deferred[None]:
         """Start the store's thread and open the connection there (creating the table if missing)."""

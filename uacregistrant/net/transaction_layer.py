@@ -107,13 +107,14 @@ class TransactionLayer:
 
         @param branch: the request's top Via branch, unique among those in
             progress (L{ValueError} otherwise).
-        @raise OSError: if the first send fails (nothing is left running).
+        @raise OSError: if the first send fails; nothing is left running
+            (whatever the first send raises).
         """
         table = self._table
         transmit = table.start(self._clock.seconds(), branch, dest, data, cseq, (sender, on_final, on_timeout))
         try:
             sender.send(transmit.data, transmit.dest)
-        except OSError:
+        except BaseException:
             table.cancel(branch)
             raise
         self._counters.requests_sent += 1

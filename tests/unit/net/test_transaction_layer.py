@@ -126,6 +126,17 @@ class TransactionLayerTests(SynchronousTestCase):
         self.start()  # the branch is free again
         self.assertEqual(len(self.layer), 1)
 
+    def test_any_first_send_failure_leaves_nothing(self) -> None:
+        """Not only OSError: whatever the first send raises, no orphan transaction retransmits or times out."""
+        def overflow(data: bytes, dest: tuple[str, int]) -> None:
+            raise OverflowError("port out of range")
+
+        self.patch(self.sender, "send", overflow)
+        self.assertRaises(OverflowError, self.start)
+        self.assertEqual((len(self.layer), self.pending_calls()), (0, 0))
+        self.clock.pump([1] * 40)
+        self.assertEqual((self.timeouts, self.counters.timeouts), ([], 0))
+
     def test_retransmission_failure_is_counted_and_logged(self) -> None:
         """A failed retransmission is counted and logged; the transaction goes on to its next one."""
         self.sender.fail = {2}

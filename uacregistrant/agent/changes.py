@@ -8,20 +8,9 @@ from typing import Callable
 
 from twisted.logger import Logger
 
-from uacregistrant.core.registrant import RegState, Registrant
+from uacregistrant.core.registrant import FAILURE_STATES, RegState, Registrant
 
 _log = Logger()
-
-#: States that mean the last attempt failed.
-FAILURE_STATES = frozenset(
-    {
-        RegState.REGISTER_TIMEOUT_STATE,
-        RegState.INTERNAL_ERROR_STATE,
-        RegState.WRONG_CREDENTIALS_STATE,
-        RegState.REGISTRAR_ERROR_STATE,
-    }
-)
-
 
 @dataclass(frozen=True, slots=True)
 class StateChange:

@@ -14,8 +14,8 @@ from collections import Counter
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from uacregistrant.agent.changes import FAILURE_STATES, StateChange
-from uacregistrant.core.registrant import RegState, Registrant
+from uacregistrant.agent.changes import StateChange
+from uacregistrant.core.registrant import FAILURE_STATES, RegState, Registrant
 
 _log = Logger()
 

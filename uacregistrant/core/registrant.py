@@ -65,6 +65,15 @@ class Event(enum.Enum):
     IDLE = "idle"
 
 
+#: States that mean the last attempt failed.
+FAILURE_STATES = frozenset(
+    {
+        RegState.REGISTER_TIMEOUT_STATE,
+        RegState.INTERNAL_ERROR_STATE,
+        RegState.WRONG_CREDENTIALS_STATE,
+        RegState.REGISTRAR_ERROR_STATE,
+    }
+)
 #: States in which a transaction is outstanding.
 IN_TRANSACTION = frozenset(
     {
@@ -231,7 +240,7 @@ class Registrant:
     __slots__ = (
         "account",
         "policy",
-        "state",
+        "_state",
         "_ids",
         "cseq",
         "expires",
@@ -254,7 +263,7 @@ class Registrant:
     def __init__(self, account: Account, policy: Policy) -> None:
         self.account = account
         self.policy = policy
-        self.state = RegState.NOT_REGISTERED_STATE
+        self._state = RegState.NOT_REGISTERED_STATE
         # Call-ID (32 hex digits) and From-tag (10) from one random token,
         # kept as its 21 bytes (hex text would take 37 more per record).
         self._ids = bytes.fromhex(policy.token(21))
@@ -281,14 +290,19 @@ class Registrant:
         self._removed = False
 
     def __repr__(self) -> str:
-        return f"<Registrant {self.account.aor} {self.state.name}>"
+        return f"<Registrant {self.account.aor} {self._state.name}>"
 
     def _move(self, event: Event) -> None:
         """Change state through L{TRANSITIONS}, the only place a state changes."""
-        new = TRANSITIONS.get((self.state, event))
+        new = TRANSITIONS.get((self._state, event))
         if new is None:
-            raise InvalidTransition(f"{event.value} in {self.state.name}")
-        self.state = new
+            raise InvalidTransition(f"{event.value} in {self._state.name}")
+        self._state = new
+
+    @property
+    def state(self) -> RegState:
+        """The registration state; it changes only through L{TRANSITIONS}."""
+        return self._state
 
     @property
     def removed(self) -> bool:
@@ -307,7 +321,7 @@ class Registrant:
         @return: whether the record's send time moved.
         """
         at = self.next_at
-        if self._removed or self.state != RegState.REGISTER_TIMEOUT_STATE or at is None or at <= now:
+        if self._removed or self._state != RegState.REGISTER_TIMEOUT_STATE or at is None or at <= now:
             return False
         self.next_at = now
         return True
@@ -376,7 +390,7 @@ class Registrant:
             retry with Min-Expires, an un-REGISTER), or C{None}.
         """
         status = response.status
-        if status < 200 or self.state not in IN_TRANSACTION:
+        if status < 200 or self._state not in IN_TRANSACTION:
             return None
         self.last_reply = self.policy.shared.replies.share((status, response.reason))
         follow: Outgoing | None = None
@@ -396,7 +410,7 @@ class Registrant:
 
     def on_timeout(self, now: float) -> None:
         """The outstanding transaction timed out (Timer F)."""
-        if self.state in IN_TRANSACTION:
+        if self._state in IN_TRANSACTION:
             self._fail(Event.TIMED_OUT, now, "no final response before Timer F")
             self._settle(now)
 
@@ -428,7 +442,7 @@ class Registrant:
     @property
     def in_transaction(self) -> bool:
         """Whether a request is outstanding."""
-        return self.state in IN_TRANSACTION
+        return self._state in IN_TRANSACTION
 
     def reconfigure(self, account: Account, now: float) -> bool:
         """
@@ -496,7 +510,7 @@ class Registrant:
             if not kept.small:  # answered in this attempt, not kept after it
                 self._auth = tuple(kept for kept in self._auth if kept.small)
                 break
-        if self.state in _UNREGISTER_STATES:
+        if self._state in _UNREGISTER_STATES:
             self.registered_until = None
             self.failures = 0
             self._move(Event.RELEASED)
@@ -636,14 +650,14 @@ class Registrant:
         # One kept challenge per header (a tuple: smaller than a dict).
         self._auth = tuple(kept for kept in self._auth if kept.header != header) + (_Auth.of(header, chosen),)
         self._move(Event.CHALLENGED)
-        return self._request(0 if self.state == RegState.AUTHENTICATING_UNREGISTER_STATE else self.wanted_expires, now)
+        return self._request(0 if self._state == RegState.AUTHENTICATING_UNREGISTER_STATE else self.wanted_expires, now)
 
     def _on_too_brief(self, response: Response, now: float) -> Outgoing | None:
         try:
             minimum = response.int_header("min-expires")
         except SipParseError:
             minimum = None
-        if minimum is None or minimum <= self.wanted_expires or self.state in _UNREGISTER_STATES:
+        if minimum is None or minimum <= self.wanted_expires or self._state in _UNREGISTER_STATES:
             self._fail(
                 Event.REFUSED,
                 now,

@@ -6,9 +6,9 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from uacregistrant.agent.changes import FAILURE_STATES, StateChange, StateChanges
+from uacregistrant.agent.changes import StateChange, StateChanges
 from uacregistrant.core.account import Account
-from uacregistrant.core.registrant import Policy, RegState, Registrant
+from uacregistrant.core.registrant import FAILURE_STATES, Policy, RegState, Registrant
 
 
 def registrant(state: RegState) -> Registrant:
@@ -17,7 +17,7 @@ def registrant(state: RegState) -> Registrant:
                 binding_uri="sip:alice@192.0.2.1:5060", expiry=3600),
         Policy(rng=random.Random(1)),
     )
-    r.state = state
+    r._state = state  # a fixture: put the record in the state under test
     return r
 
 

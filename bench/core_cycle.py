@@ -163,7 +163,7 @@ def run(accounts: int, profile: bool, gc_policy: bool = True) -> dict[str, objec
     # (T4, 5 s) expire.
     for _ in range(14):
         reactor.advance(0.5)
-    service.transactions._sweep(reactor.seconds())
+    service.transactions.sweep()
     gc.collect()
     rss_growth = rss_bytes() - rss_before
     service.stopService()

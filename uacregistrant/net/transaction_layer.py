@@ -140,9 +140,9 @@ class TransactionLayer:
         self._wake_at = float("inf")
         self._table.clear()
 
-    def _sweep(self, now: float) -> None:
-        """Forget completed transactions past Timer K (bench/core_cycle.py calls this)."""
-        self._table.sweep(now)
+    def sweep(self) -> None:
+        """Forget now the completed transactions past Timer K (else done as new work arrives)."""
+        self._table.sweep(self._clock.seconds())
 
     def _arm(self) -> None:
         """Wake at the table's next deadline if that is earlier than the wake-up set."""

@@ -376,3 +376,33 @@ class SimulationTests(SynchronousTestCase):
         self.assertEqual(len(after), 400)
         busiest = max(len([t for t in after if start <= t < start + 1]) for start in after)
         self.assertLessEqual(busiest, 100 + 2)
+
+
+class TwoServicesTests(SynchronousTestCase):
+    def test_two_services_share_no_tables(self) -> None:
+        """
+        Two daemons in one process keep their own interning tables: equal
+        values are one object within a service, separate objects across
+        services (a process-wide table would make them the same object).
+        """
+        services = []
+        for _ in range(2):
+            users = {"a": UserPolicy(password="p"), "b": UserPolicy(password="p")}
+            sim = Simulation(self.mktemp(), users, hash_size=0, timer_interval=1)
+            for user in users:
+                sim.add(user, password="p")
+            service = sim.start()
+            self.addCleanup(service.stopService)
+            sim.run(5)
+            self.assertEqual(set(sim.states().values()), {"REGISTERED_STATE"})
+            services.append(service)
+        first, second = ([r for r in service.registry] for service in services)
+        self.assertIsNot(services[0].shared, services[1].shared)
+        for service, records in zip(services, (first, second)):
+            for registrant in records:
+                self.assertIs(registrant.policy.shared, service.shared)
+        # Within a service, equal status lines and challenge text are one object ...
+        self.assertIs(first[0].last_reply, first[1].last_reply)
+        # ... and across services they are not.
+        self.assertEqual(first[0].last_reply, second[0].last_reply)
+        self.assertIsNot(first[0].last_reply, second[0].last_reply)

@@ -25,9 +25,13 @@ from uacregistrant.net.resolver import Address, SipResolver
 from uacregistrant.net.transaction_layer import TransactionLayer
 from uacregistrant.net.transport import SipTransport
 from uacregistrant.sip.message import Response
+from uacregistrant.sip.uri import transport_of
 from uacregistrant.sip.tokens import token_hex
 
 _log = Logger()
+
+#: Transports requests can go over (TCP and TLS arrive with stream transports).
+SENDS_OVER = frozenset({"udp"})
 
 
 class RegistrationClient:
@@ -111,7 +115,16 @@ class RegistrationClient:
         return len(self._follow_ups)
 
     def _dispatch(self, registrant: Registrant, out: Outgoing) -> None:
-        hop = registrant.account.next_hop
+        account = registrant.account
+        hop = account.next_hop
+        sips_request = account.registrar[:5].lower() == "sips:"
+        if sips_request or hop.scheme == "sips" or "transport" in hop.params:
+            transport = transport_of(hop, sips_request)
+            if transport not in SENDS_OVER:
+                # Never fall back to UDP in clear for a row that asked for
+                # TCP or TLS: the record fails, saying why.
+                self._fail(registrant, f"{hop} needs {transport.upper()}, which this daemon does not send yet (UDP only); not sent")
+                return
         address = self._resolver.cached(hop)
         if address is not None:
             self._transmit(registrant, out, address)

@@ -48,6 +48,27 @@ class SipUri:
         return self.text
 
 
+def transport_of(next_hop: SipUri, sips_request: bool = False) -> str:
+    """
+    The transport a request to C{next_hop} must use (RFC 3261 §18, §26.2.2;
+    RFC 3263 §4.1; RFC 5630), lower-case: C{"tls"} whenever the hop or the
+    Request-URI (C{sips_request}) is a C{sips:} URI, unless its
+    C{transport} parameter names something other than UDP or TCP; else
+    the hop's C{transport} parameter; else C{"udp"}.
+    """
+    transport = next_hop.params.get("transport")
+    if transport:
+        transport = transport.lower()
+        if transport in ("udp", "tcp") and (next_hop.scheme == "sips" or sips_request):
+            # sips asks for TLS on every hop: ;transport=tcp means TLS over
+            # TCP (RFC 5630 §3.1.3), and UDP would be a downgrade.
+            return "tls"
+        return transport
+    if next_hop.scheme == "sips" or sips_request:
+        return "tls"
+    return "udp"
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)

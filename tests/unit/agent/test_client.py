@@ -7,6 +7,7 @@ next hop is (or is not) resolved, on a fake resolver and sender.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from twisted.internet import defer
@@ -24,7 +25,7 @@ from uacregistrant.core.socketspec import SocketSpec
 from uacregistrant.net.resolver import Address, ResolutionError, SipResolver
 from uacregistrant.net.transaction_layer import TransactionLayer
 from uacregistrant.sip.message import Request, parse_message
-from uacregistrant.sip.uri import SipUri
+from uacregistrant.sip.uri import SipUri, parse_uri
 from uacregistrant.testing.registrar import UserPolicy
 
 
@@ -349,3 +350,42 @@ class DispatchTests(SynchronousTestCase):
         self.assertEqual(self.sender.sent, [])
         self.assertEqual((r.state, r.last_error), (RegState.INTERNAL_ERROR_STATE, "test"))
         self.assertEqual(len(self.transactions), 0)
+
+
+class NoDowngradeTests(SynchronousTestCase):
+    """A row that asks for TCP or TLS is never sent over UDP in clear: it fails, saying why."""
+
+    HOP = DispatchTests.HOP
+    setUp = DispatchTests.setUp
+
+    def with_account(self, **columns: object) -> Registrant:
+        account = dataclasses.replace(self.registrant.account, **columns)  # type: ignore[arg-type]
+        account = dataclasses.replace(account, next_hop=parse_uri(account.proxy or account.registrar))
+        return Registrant(account, self.registrant.policy)
+
+    def test_stream_or_secure_hops_are_not_sent(self) -> None:
+        """transport=tcp/tls on the registrar or the proxy, a sips: registrar or proxy: nothing sent, INTERNAL_ERROR naming the transport."""
+        self.resolver.known[self.HOP] = ("192.0.2.10", 5060)
+        cases = [
+            ({"registrar": f"sip:{self.HOP};transport=tcp"}, "TCP"),
+            ({"registrar": f"sip:{self.HOP};transport=TLS"}, "TLS"),
+            ({"registrar": f"sips:{self.HOP}"}, "TLS"),
+            ({"proxy": f"sip:{self.HOP};transport=tls"}, "TLS"),
+            ({"proxy": f"sip:{self.HOP}", "registrar": "sips:example.com"}, "TLS"),
+            ({"registrar": f"sips:{self.HOP};transport=udp"}, "TLS"),
+        ]
+        for columns, transport in cases:
+            r = self.with_account(**columns)
+            self.client.send(r)
+            self.assertEqual(self.sender.sent, [], columns)
+            self.assertEqual(r.state, RegState.INTERNAL_ERROR_STATE, columns)
+            self.assertIn(f"needs {transport}, which this daemon does not send yet", r.last_error)
+            self.assertIsNotNone(r.next_at)  # retried with back-off, not stuck
+        self.assertEqual(len(self.transactions), 0)
+
+    def test_udp_hops_still_sent(self) -> None:
+        """transport=udp on a sip: hop, or no transport at all, goes over UDP as before."""
+        self.resolver.known[self.HOP] = ("192.0.2.10", 5060)
+        r = self.with_account(registrar=f"sip:{self.HOP};transport=udp")
+        self.client.send(r)
+        self.assertEqual(len(self.sender.sent), 1)

@@ -3,7 +3,7 @@
 from twisted.trial.unittest import SynchronousTestCase
 
 from uacregistrant.sip.errors import SipParseError
-from uacregistrant.sip.uri import parse_uri, uris_equal
+from uacregistrant.sip.uri import parse_uri, transport_of, uris_equal
 
 
 class ParseUriTests(SynchronousTestCase):
@@ -64,3 +64,23 @@ class CompareTests(SynchronousTestCase):
         self.assertDifferent("sip:bob@phone21.boxesbybob.com", "sip:bob@192.0.2.4")
         self.assertDifferent("sip:carol@chicago.com;security=on", "sip:carol@chicago.com;security=off")
         self.assertDifferent("sip:a@h", "sips:a@h")
+
+
+class TransportTests(SynchronousTestCase):
+    def test_transport_of(self) -> None:
+        """RFC 3261 §18/§26.2.2, RFC 3263 §4.1: the parameter, else TLS for sips (hop or request), else UDP; sips never downgraded."""
+        cases = [
+            ("sip:a.example", False, "udp"),
+            ("sip:a.example;transport=TCP", False, "tcp"),
+            ("sip:a.example;transport=tls", False, "tls"),
+            ("sip:192.0.2.1:5070", False, "udp"),
+            ("sips:a.example", False, "tls"),
+            ("sip:a.example", True, "tls"),
+            ("sips:a.example;transport=udp", False, "tls"),
+            ("sip:a.example;transport=udp", True, "tls"),
+            ("sips:a.example;transport=tcp", False, "tls"),
+            ("sip:a.example;transport=tcp", True, "tls"),
+        ]
+        for text, sips_request, expected in cases:
+            self.assertEqual(transport_of(parse_uri(text), sips_request), expected, text)
+

@@ -230,3 +230,39 @@ class HardeningTests(ProcessTestCase):
         growth = rss_kib(daemon.pid) - before
         self.assertLess(growth, 20 * 1024, f"RSS grew {growth} KiB after {sent} bytes of commands")
         self.assertEqual(request(control, "reg_stats json", timeout=PATIENCE / 2)[0], "200 OK")
+
+    def test_stream_and_secure_rows_are_not_sent_in_clear(self) -> None:
+        """
+        Rows asking for TCP or TLS (transport parameter, sips: registrar or
+        proxy) reach the registrar in no form while UDP is all the daemon
+        sends: they fail with last_error naming the transport; a plain row
+        beside them registers.
+        """
+        users = {user: {"password": "p"} for user in ("plain", "tls", "tcp", "sips", "proxied")}
+        port = self.processes.registrar(users)
+        local = free_udp_port()
+        db = self.directory / "registrant.db"
+        hop = f"127.0.0.1:{port}"
+        columns = {
+            "plain": {"registrar": f"sip:{hop}"},
+            "tls": {"registrar": f"sip:{hop};transport=tls"},
+            "tcp": {"registrar": f"sip:{hop};transport=tcp"},
+            "sips": {"registrar": f"sips:{hop}"},
+            "proxied": {"registrar": f"sip:{hop}", "proxy": f"sip:{hop};transport=tls"},
+        }
+        make_table(db, [
+            {"aor": f"sip:{user}@test.invalid", "username": user, "password": "p",
+             "binding_URI": f"sip:{user}@127.0.0.1:{local}", "expiry": 60, **row}
+            for user, row in columns.items()
+        ])
+        daemon, control = self.processes.daemon(
+            ["--db-url", f"sqlite:{db}", "--listen", f"udp:127.0.0.1:{local}", "--hash-size", "0", "--timer-interval", "10"]
+        )
+        wanted = {"plain": "REGISTERED_STATE", **{user: "INTERNAL_ERROR_STATE" for user in columns if user != "plain"}}
+        found = wait_for(lambda: (lambda r: r if {u: v["state"] for u, v in r.items()} == wanted else None)(records(control)))
+        for user, transport in (("tls", "TLS"), ("tcp", "TCP"), ("sips", "TLS"), ("proxied", "TLS")):
+            self.assertIn(f"needs {transport}, which this daemon does not send yet", found[user]["last_error"])
+        log = self.processes.log("registrar")
+        self.assertIn("REGISTER user=plain", log)
+        for user in ("tls", "tcp", "sips", "proxied"):
+            self.assertNotIn(f"user={user} ", log)

@@ -69,7 +69,10 @@ class RegistrationClient:
         self._transactions = transactions
         self._resolver = resolver
         self._transports = transports
-        self._default = next(iter(transports.values()))
+        # The first listen socket of each address family (IPv6: True).
+        self._by_family: dict[bool, SipTransport] = {}
+        for transport in transports.values():
+            self._by_family.setdefault(":" in transport.spec.host, transport)
         self.user_agent = user_agent
         self._branch_token = branch_token
         self._changes = changes
@@ -80,11 +83,17 @@ class RegistrationClient:
         self.recovery = OutageRecovery(clock, counters, reschedule)
         self._error_log: LogLimit[str] = LogLimit()
 
-    def transport_for(self, account: Account) -> SipTransport:
-        """The socket a record sends from."""
-        if account.forced_socket is None:
-            return self._default
-        return self._transports[account.forced_socket]
+    def transport_for(self, account: Account, address: Address) -> SipTransport | None:
+        """
+        The socket a record sends to C{address} from: its forced socket, else
+        the first listen socket of the address's family; C{None} if that
+        socket cannot reach the address (the other family).
+        """
+        ipv6 = ":" in address[0]
+        if account.forced_socket is not None:
+            transport = self._transports[account.forced_socket]
+            return transport if (":" in transport.spec.host) == ipv6 else None
+        return self._by_family.get(ipv6)
 
     def send(self, registrant: Registrant) -> None:
         """Start a new attempt for a due record (the pacer calls this)."""
@@ -155,7 +164,12 @@ class RegistrationClient:
 
     def _transmit(self, registrant: Registrant, out: Outgoing, address: Address) -> None:
         account = registrant.account
-        transport = self.transport_for(account)
+        transport = self.transport_for(account, address)
+        if transport is None:
+            family = "IPv6" if ":" in address[0] else "IPv4"
+            where = f"its forced socket {account.forced_socket} is not" if account.forced_socket else "no --listen socket is"
+            self._fail(registrant, f"{account.next_hop.host} is at {family} address {address[0]} but {where} {family}; not sent")
+            return
         branch = "z9hG4bK" + self._branch_token(10)
         data = render_register(
             account,

@@ -229,8 +229,8 @@ class FakeResolver:
 class FakeSender:
     """A transport that keeps what is sent."""
 
-    def __init__(self) -> None:
-        self.spec = SocketSpec("192.0.2.1", 5060)
+    def __init__(self, host: str = "192.0.2.1") -> None:
+        self.spec = SocketSpec(host, 5060)
         self.sent: list[tuple[bytes, Address]] = []
 
     def via_host(self, dest_ip: str) -> str:
@@ -389,3 +389,53 @@ class NoDowngradeTests(SynchronousTestCase):
         r = self.with_account(registrar=f"sip:{self.HOP};transport=udp")
         self.client.send(r)
         self.assertEqual(len(self.sender.sent), 1)
+
+
+class AddressFamilyTests(SynchronousTestCase):
+    """A record sends from a listen socket of its next hop's address family, or fails saying why."""
+
+    def client(self, *senders: FakeSender) -> RegistrationClient:
+        clock = Clock()
+        self.counters = SipCounters()
+        self.transactions = TransactionLayer(clock, self.counters)
+        return RegistrationClient(
+            clock, self.transactions, FakeResolver({"2001:db8::10": ("2001:db8::10", 5060), "192.0.2.10": ("192.0.2.10", 5060)}),
+            {s.spec.name: s for s in senders},  # type: ignore[arg-type, misc]
+            self.counters, changes=StateChanges(), reschedule=lambda r: None, queue_follow_up=lambda r: None,
+        )
+
+    def registrant(self, registrar: str, forced_socket: str | None = None) -> Registrant:
+        account = Account(row_id=1, aor="sip:alice@example.com", registrar=registrar, binding_uri="sip:alice@192.0.2.1:5060",
+                          expiry=3600, forced_socket=forced_socket)
+        return Registrant(dataclasses.replace(account, next_hop=parse_uri(registrar)), Policy(rng=random.Random(1)))
+
+    def test_each_family_from_its_socket(self) -> None:
+        """An IPv6 registrar is sent from the IPv6 socket, an IPv4 one from the IPv4 socket, whichever is listed first."""
+        v6, v4 = FakeSender("2001:db8::1"), FakeSender("192.0.2.1")
+        client = self.client(v6, v4)
+        client.send(self.registrant("sip:[2001:db8::10]:5060"))
+        client.send(self.registrant("sip:192.0.2.10:5060"))
+        self.assertEqual([dest for _, dest in v6.sent], [("2001:db8::10", 5060)])
+        self.assertEqual([dest for _, dest in v4.sent], [("192.0.2.10", 5060)])
+        self.assertIn(b"Via: SIP/2.0/UDP [2001:db8::1]:5060;", v6.sent[0][0])
+
+    def test_no_socket_of_the_family(self) -> None:
+        """Only IPv4 sockets and an IPv6 registrar: nothing sent, INTERNAL_ERROR saying so (not an OS error)."""
+        v4 = FakeSender("192.0.2.1")
+        client = self.client(v4)
+        r = self.registrant("sip:[2001:db8::10]:5060")
+        client.send(r)
+        self.assertEqual(v4.sent, [])
+        self.assertEqual(r.state, RegState.INTERNAL_ERROR_STATE)
+        self.assertIn("IPv6 address 2001:db8::10 but no --listen socket is IPv6", r.last_error)
+        self.assertEqual(len(self.transactions), 0)
+
+    def test_forced_socket_of_the_other_family(self) -> None:
+        """A forced IPv4 socket and an IPv6 registrar: the record fails naming its socket."""
+        v4, v6 = FakeSender("192.0.2.1"), FakeSender("2001:db8::1")
+        client = self.client(v4, v6)
+        r = self.registrant("sip:[2001:db8::10]:5060", forced_socket="udp:192.0.2.1:5060")
+        client.send(r)
+        self.assertEqual((v4.sent, v6.sent), ([], []))
+        self.assertIn("its forced socket udp:192.0.2.1:5060 is not IPv6", r.last_error)
+

@@ -135,7 +135,12 @@ class RegistrantService(MultiService):
         self.client = RegistrationClient(
             clock,
             self.transactions,
-            SipResolver(resolver or dns_client.createResolver, clock),
+            SipResolver(
+                resolver or dns_client.createResolver,
+                clock,
+                ipv4=any(":" not in spec.host for spec in settings.listen),
+                ipv6=any(":" in spec.host for spec in settings.listen),
+            ),
             self.transports,
             self.counters,
             changes=self.changes,

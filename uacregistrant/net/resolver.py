@@ -44,7 +44,19 @@ class ResolutionError(Exception):
 class SipResolver:
     """Resolves next-hop URIs to C{(ip, port)}; caches answers."""
 
-    def __init__(self, resolver: IResolver | Callable[[], IResolver], clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        resolver: IResolver | Callable[[], IResolver],
+        clock: IReactorTime,
+        ipv4: bool = True,
+        ipv6: bool = True,
+    ) -> None:
+        """
+        @param ipv4: look up A records (the daemon has an IPv4 socket).
+        @param ipv6: look up AAAA records (the daemon has an IPv6 socket);
+            with both, A is tried first.
+        """
+        self._families = tuple(family for family, wanted in ((dns.A, ipv4), (dns.AAAA, ipv6)) if wanted)
         self._make_resolver = resolver if callable(resolver) and not IResolver.providedBy(resolver) else None
         self._resolver_given = None if self._make_resolver is not None else cast(IResolver, resolver)
         self._clock = clock
@@ -107,11 +119,8 @@ class SipResolver:
         return address
 
     async def _address(self, host: str) -> tuple[str, int]:
-        lookups: tuple[tuple[Any, int], ...] = (
-            (self._resolver.lookupAddress, dns.A),
-            (self._resolver.lookupIPV6Address, dns.AAAA),
-        )
-        for lookup, rtype in lookups:
+        for rtype in self._families:
+            lookup = self._resolver.lookupAddress if rtype == dns.A else self._resolver.lookupIPV6Address
             try:
                 answers, _, _ = await cast(Any, lookup)(host, LOOKUP_TIMEOUT)
             except Exception:
@@ -122,7 +131,8 @@ class SipResolver:
                     if rtype == dns.A:
                         return payload.dottedQuad(), int(answer.ttl)
                     return str(ipaddress.IPv6Address(payload.address)), int(answer.ttl)
-        raise ResolutionError(f"no A or AAAA record for {host}")
+        wanted = " or ".join("A" if rtype == dns.A else "AAAA" for rtype in self._families)
+        raise ResolutionError(f"no {wanted} record for {host}")
 
     def _remember(self, uri: SipUri, address: Address, ttl: int) -> None:
         ttl = max(MIN_TTL, min(MAX_TTL, ttl))

@@ -19,6 +19,8 @@ zone = [
     A('primary.sip.test', '127.0.0.7'),
     A('backup.sip.test', '127.0.0.8'),
     A('plain.sip.test', '127.0.0.9', ttl=45),
+    A('dual.sip.test', '127.0.0.10'),
+    AAAA('dual.sip.test', '::1'),
     AAAA('six.sip.test', '::1'),
 ]
 """
@@ -51,6 +53,19 @@ class ResolverTests(SynchronousTestCase):
         self.assertEqual(self.resolve("sip:plain.sip.test"), ("127.0.0.9", 5060))
         self.assertEqual(self.resolve("sip:plain.sip.test:6000"), ("127.0.0.9", 6000))
         self.assertEqual(self.resolve("sip:six.sip.test:6000"), ("::1", 6000))
+
+    def test_families_of_the_sockets(self) -> None:
+        """Only the families the daemon has sockets for are looked up: IPv6-only asks AAAA, IPv4-only asks A."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(ZONE)
+        chain = ResolverChain([PySourceAuthority(path)])
+        both = self.resolve("sip:dual.sip.test")
+        only6 = self.successResultOf(SipResolver(chain, self.clock, ipv4=False).resolve(parse_uri("sip:dual.sip.test")))
+        only4 = SipResolver(chain, self.clock, ipv6=False)
+        self.assertEqual((both, only6), (("127.0.0.10", 5060), ("::1", 5060)))
+        failure = self.failureResultOf(only4.resolve(parse_uri("sip:six.sip.test")), ResolutionError)
+        self.assertIn("no A record for six.sip.test", failure.getErrorMessage())
 
     def test_cache_for_ttl(self) -> None:
         """Answers are cached for their TTL (at least 30 s)."""

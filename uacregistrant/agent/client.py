@@ -22,6 +22,7 @@ from uacregistrant.core.loglimit import LogLimit
 from uacregistrant.core.register import USER_AGENT, render_register
 from uacregistrant.core.registrant import Outgoing, RegState, Registrant
 from uacregistrant.net.resolver import Address, SipResolver
+from uacregistrant.net.targets import TargetHealth
 from uacregistrant.net.transaction_layer import TransactionLayer
 from uacregistrant.net.transport import SipTransport
 from uacregistrant.sip.message import Response
@@ -81,6 +82,8 @@ class RegistrationClient:
         # Follow-up requests waiting for the pacer, by record.
         self._follow_ups: dict[Registrant, Outgoing] = {}
         self.recovery = OutageRecovery(clock, counters, reschedule)
+        #: Targets that timed out or refused service, avoided for a while.
+        self.health = TargetHealth()
         self._error_log: LogLimit[str] = LogLimit()
 
     def transport_for(self, account: Account, address: Address) -> SipTransport | None:
@@ -134,14 +137,15 @@ class RegistrationClient:
                 # TCP or TLS: the record fails, saying why.
                 self._fail(registrant, f"{hop} needs {transport.upper()}, which this daemon does not send yet (UDP only); not sent")
                 return
-        address = self._resolver.cached(hop)
-        if address is not None:
-            self._transmit(registrant, out, address)
+        targets = self._resolver.cached_targets(hop)
+        if targets is not None:
+            self._transmit(registrant, out, self.health.choose(targets, self._clock.seconds()))
             return
-        d = self._resolver.resolve(hop)
+        d = self._resolver.resolve_targets(hop)
 
-        def resolved(address: Address) -> None:
+        def resolved(targets: list[Address]) -> None:
             if self._current(registrant, out.cseq):
+                address = self.health.choose(targets, self._clock.seconds())
                 self._guarded(registrant, "sending after a lookup", self._transmit, registrant, out, address)
 
         def failed(reason: Failure) -> None:
@@ -198,11 +202,18 @@ class RegistrationClient:
     def _on_final(self, registrant: Registrant, cseq: int, response: Response, address: Address) -> None:
         now = self._clock.seconds()
         self.recovery.answered(address, now)
+        unavailable = response.status == 503 and not response.has("retry-after")
+        if unavailable:
+            self.health.failed(address, now)  # RFC 3263 §4.3: try the next target
+        else:
+            self.health.answered(address)
         if not self._current(registrant, cseq):
             return
         before = registrant.state
         held_until = registrant.registered_until
         follow = registrant.on_response(response, now)
+        if unavailable and follow is None:
+            self._fail_over(registrant, address, now)
         if held_until is not None and now > held_until and registrant.state == RegState.REGISTERED_STATE:
             self.counters.lapsed_registrations += 1
         self._changed(registrant, before)
@@ -216,10 +227,22 @@ class RegistrationClient:
         if not self._current(registrant, cseq):
             return
         before = registrant.state
-        registrant.on_timeout(self._clock.seconds())
+        now = self._clock.seconds()
+        registrant.on_timeout(now, f"{address[0]}:{address[1]}")
+        if not self.recovery.answered_since(address, sent):
+            # Nobody heard from it since: the target is down, not this record.
+            self.health.failed(address, now)
+            self._fail_over(registrant, address, now)
         self.recovery.timed_out(registrant, address, sent)
         self._changed(registrant, before)
         self._reschedule(registrant)
+
+    def _fail_over(self, registrant: Registrant, failed: Address, now: float) -> None:
+        """Retry at once if the next hop has another target that is not avoided (else the back-off holds)."""
+        targets = self._resolver.cached_targets(registrant.account.next_hop)
+        if targets is not None and self.health.alternative(targets, failed, now) is not None:
+            if registrant.fail_over(now):
+                self.counters.fail_overs += 1
 
     def _fail(self, registrant: Registrant, reason: str) -> None:
         before = registrant.state

@@ -56,6 +56,10 @@ class OutageRecovery:
         if self._stalled and address in self._stalled:
             self._release(address)
 
+    def answered_since(self, address: Address, since: float) -> bool:
+        """Whether C{address} has sent any response since C{since}."""
+        return self._last_answer.get(address, -1.0) >= since
+
     def timed_out(self, registrant: Registrant, address: Address, sent: float) -> None:
         """C{registrant}'s request sent to C{address} at C{sent} timed out."""
         unreachable = self._last_answer.get(address, -1.0) < sent

@@ -27,6 +27,9 @@ class SipCounters:
     lapsed_registrations: int = 0
     #: Retries brought forward because their registrar answered again.
     early_retries: int = 0
+    #: Retries brought forward to another target of the same hop (a
+    #: timeout or a 503 without Retry-After from the one tried).
+    fail_overs: int = 0
     #: 200s listing no Contact of ours: the granted expiry was guessed.
     expiry_guesses: int = 0
     #: Records put in INTERNAL_ERROR by an unexpected failure.

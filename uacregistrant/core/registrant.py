@@ -85,6 +85,8 @@ IN_TRANSACTION = frozenset(
 )
 _UNREGISTER_STATES = frozenset({RegState.UNREGISTERING_STATE, RegState.AUTHENTICATING_UNREGISTER_STATE})
 _REGISTER_STATES = frozenset({RegState.REGISTERING_STATE, RegState.AUTHENTICATING_STATE})
+#: Failures another target of the same hop may cure.
+_FAIL_OVER_STATES = frozenset({RegState.REGISTER_TIMEOUT_STATE, RegState.REGISTRAR_ERROR_STATE})
 #: States in which nothing is outstanding.
 AT_REST = frozenset(RegState) - IN_TRANSACTION
 
@@ -326,6 +328,19 @@ class Registrant:
         self.next_at = now
         return True
 
+    def fail_over(self, now: float) -> bool:
+        """
+        Retry now instead of after the back-off: the target that timed out
+        or answered 503 has an alternative (RFC 3263 §4.3).
+
+        @return: whether the record's send time moved.
+        """
+        at = self.next_at
+        if self._removed or self._state not in _FAIL_OVER_STATES or at is None or at <= now:
+            return False
+        self.next_at = now
+        return True
+
     @property
     def call_id(self) -> str:
         """The Call-ID of every request of this record."""
@@ -408,10 +423,10 @@ class Registrant:
             self._settle(now)
         return follow
 
-    def on_timeout(self, now: float) -> None:
-        """The outstanding transaction timed out (Timer F)."""
+    def on_timeout(self, now: float, target: str = "") -> None:
+        """The outstanding transaction (sent to C{target}) timed out (Timer F)."""
         if self._state in IN_TRANSACTION:
-            self._fail(Event.TIMED_OUT, now, "no final response before Timer F")
+            self._fail(Event.TIMED_OUT, now, f"no final response from {target} before Timer F" if target else "no final response before Timer F")
             self._settle(now)
 
     def on_send_error(self, now: float, reason: str) -> None:

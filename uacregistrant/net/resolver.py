@@ -2,8 +2,9 @@
 """
 RFC 3263 server location for UDP, without blocking: an IP literal is used
 as is; a host with an explicit port is looked up as A, then AAAA; a bare
-host name is looked up as SRV C{_sip._udp}, then A/AAAA on port 5060.
-Answers are cached for their TTL (bounded).  Each L{SipResolver} owns
+host name is looked up as SRV C{_sip._udp} (every target, in priority
+then weight order, for fail-over), then A/AAAA on port 5060.  Answers
+are cached for their TTL.  Each L{SipResolver} owns
 its caches (nothing process-wide): the answers, and which hosts are IP
 literals.
 """
@@ -60,7 +61,7 @@ class SipResolver:
         self._make_resolver = resolver if callable(resolver) and not IResolver.providedBy(resolver) else None
         self._resolver_given = None if self._make_resolver is not None else cast(IResolver, resolver)
         self._clock = clock
-        self._cache: dict[tuple[str, int | None], tuple[Address, float]] = {}
+        self._cache: dict[tuple[str, int | None], tuple[list[Address], float]] = {}
         #: Host → its normalised address if an IP literal, else C{""}
         #: (checked for every request sent): pure memoization, bounded.
         self._literals: Memo[str, str] = Memo(LITERALS_MAX)
@@ -73,27 +74,36 @@ class SipResolver:
             self._resolver_given = self._make_resolver()
         return self._resolver_given
 
-    def cached(self, uri: SipUri) -> Address | None:
-        """The address if known without a lookup, else C{None}."""
+    def cached_targets(self, uri: SipUri) -> list[Address] | None:
+        """Every target, in the order to try them, if known without a lookup; else C{None}."""
         host = uri.host
         literal = self._literals.get(host)
         if literal is None:
             literal = self._literals.keep(host, _ip_literal(host))
         if literal:
-            return (literal, uri.port or 5060)
+            return [(literal, uri.port or 5060)]
         entry = self._cache.get((uri.host, uri.port))
         if entry is not None and entry[1] > self._clock.seconds():
             return entry[0]
         return None
 
-    def resolve(self, uri: SipUri) -> defer.Deferred[Address]:
-        """Find the address to send to; fails with L{ResolutionError}."""
-        known = self.cached(uri)
+    def resolve_targets(self, uri: SipUri) -> defer.Deferred[list[Address]]:
+        """Every target in the order to try them (never empty); fails with L{ResolutionError}."""
+        known = self.cached_targets(uri)
         if known is not None:
             return defer.succeed(known)
         return defer.ensureDeferred(self._lookup(uri))
 
-    async def _lookup(self, uri: SipUri) -> Address:
+    def cached(self, uri: SipUri) -> Address | None:
+        """The first target if known without a lookup, else C{None}."""
+        targets = self.cached_targets(uri)
+        return None if targets is None else targets[0]
+
+    def resolve(self, uri: SipUri) -> defer.Deferred[Address]:
+        """The first target; fails with L{ResolutionError}."""
+        return self.resolve_targets(uri).addCallback(lambda targets: targets[0])
+
+    async def _lookup(self, uri: SipUri) -> list[Address]:
         host, port = uri.host, uri.port
         if port is None:
             try:
@@ -102,6 +112,8 @@ class SipResolver:
                 answers = []
             records = [a for a in answers if a.type == dns.SRV]
             records.sort(key=lambda a: (a.payload.priority, -a.payload.weight))
+            targets: list[Address] = []
+            ttl_left = MAX_TTL
             for record in records:
                 target = str(record.payload.target)
                 if target in ("", "."):
@@ -111,12 +123,16 @@ class SipResolver:
                 except ResolutionError:
                     continue
                 address = (ip, int(record.payload.port))
-                self._remember(uri, address, min(ttl, record.ttl))
-                return address
+                if address not in targets:
+                    targets.append(address)
+                ttl_left = min(ttl_left, ttl, record.ttl)
+            if targets:
+                self._remember(uri, targets, ttl_left)
+                return targets
         ip, ttl = await self._address(host)
-        address = (ip, port or 5060)
-        self._remember(uri, address, ttl)
-        return address
+        targets = [(ip, port or 5060)]
+        self._remember(uri, targets, ttl)
+        return targets
 
     async def _address(self, host: str) -> tuple[str, int]:
         for rtype in self._families:
@@ -134,6 +150,6 @@ class SipResolver:
         wanted = " or ".join("A" if rtype == dns.A else "AAAA" for rtype in self._families)
         raise ResolutionError(f"no {wanted} record for {host}")
 
-    def _remember(self, uri: SipUri, address: Address, ttl: int) -> None:
+    def _remember(self, uri: SipUri, targets: list[Address], ttl: int) -> None:
         ttl = max(MIN_TTL, min(MAX_TTL, ttl))
-        self._cache[(uri.host, uri.port)] = (address, self._clock.seconds() + ttl)
+        self._cache[(uri.host, uri.port)] = (targets, self._clock.seconds() + ttl)

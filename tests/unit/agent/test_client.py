@@ -24,7 +24,7 @@ from uacregistrant.core.registrant import IN_TRANSACTION, Policy, RegState, Regi
 from uacregistrant.core.socketspec import SocketSpec
 from uacregistrant.net.resolver import Address, ResolutionError, SipResolver
 from uacregistrant.net.transaction_layer import TransactionLayer
-from uacregistrant.sip.message import Request, parse_message
+from uacregistrant.sip.message import Request, Response, parse_message
 from uacregistrant.sip.uri import SipUri, parse_uri
 from uacregistrant.testing.registrar import UserPolicy
 
@@ -98,11 +98,11 @@ class GuardTests(SynchronousTestCase):
         sim.db.commit()
         answers: list[defer.Deferred[tuple[str, int]]] = []
 
-        def resolve(resolver: SipResolver, uri: object) -> defer.Deferred[tuple[str, int]]:
+        def resolve(resolver: SipResolver, uri: object) -> defer.Deferred[list[tuple[str, int]]]:
             answers.append(defer.Deferred())
-            return answers[-1]
+            return answers[-1].addCallback(lambda address: [address])
 
-        self.patch(SipResolver, "resolve", resolve)
+        self.patch(SipResolver, "resolve_targets", resolve)
         transmit = self.patch(RegistrationClient, "_transmit", boom)
         sim.start()
         sim.run(1)
@@ -125,7 +125,7 @@ class GuardTests(SynchronousTestCase):
         sim.db.execute("UPDATE registrant SET registrar = 'sip:registrar.test.invalid'")
         sim.db.commit()
         answers: list[defer.Deferred[tuple[str, int]]] = []
-        self.patch(SipResolver, "resolve", lambda resolver, uri: answers.append(defer.Deferred()) or answers[-1])
+        self.patch(SipResolver, "resolve_targets", lambda resolver, uri: answers.append(defer.Deferred()) or answers[-1].addCallback(lambda a: [a]))
         service = sim.start()
         sim.run(1)
         (r,) = service.registry
@@ -217,13 +217,14 @@ class FakeResolver:
         self.known = known or {}
         self.lookups: list[tuple[str, defer.Deferred[Address]]] = []
 
-    def cached(self, uri: SipUri) -> Address | None:
-        return self.known.get(uri.host)
+    def cached_targets(self, uri: SipUri) -> list[Address] | None:
+        known = self.known.get(uri.host)
+        return None if known is None else [known]
 
-    def resolve(self, uri: SipUri) -> defer.Deferred[Address]:
+    def resolve_targets(self, uri: SipUri) -> defer.Deferred[list[Address]]:
         d: defer.Deferred[Address] = defer.Deferred()
         self.lookups.append((uri.host, d))
-        return d
+        return d.addCallback(lambda address: [address])
 
 
 class FakeSender:
@@ -439,3 +440,64 @@ class AddressFamilyTests(SynchronousTestCase):
         self.assertEqual((v4.sent, v6.sent), ([], []))
         self.assertIn("its forced socket udp:192.0.2.1:5060 is not IPv6", r.last_error)
 
+
+
+class FailOverTests(SynchronousTestCase):
+    """RFC 3263 §4.3: a target that times out, or answers 503 without Retry-After, gives way to the next."""
+
+    HOP = DispatchTests.HOP
+    setUp = DispatchTests.setUp
+    PRIMARY, BACKUP = ("192.0.2.10", 5060), ("192.0.2.11", 5060)
+
+    def targets(self) -> None:
+        self.patch(self.resolver, "cached_targets", lambda uri: [self.PRIMARY, self.BACKUP])
+
+    def respond(self, status: int, *headers: str) -> None:
+        data, dest = self.sender.sent[-1]
+        request = parse_message(data)
+        assert isinstance(request, Request)
+        lines = [f"SIP/2.0 {status} Whatever", f"Via: {request.get('via')}", f"From: {request.get('from')}",
+                 f"To: {request.get('to')};tag=r", f"Call-ID: {request.call_id}", f"CSeq: {request.get('cseq')}", *headers,
+                 "Content-Length: 0", "", ""]
+        response = parse_message("\r\n".join(lines).encode())
+        assert isinstance(response, Response)
+        self.transactions.receive(response, dest)
+
+    def test_timeout_moves_the_retry_to_the_next_target(self) -> None:
+        """Timer F at the primary: last_error names it, the retry is at once and goes to the backup; the primary is avoided."""
+        self.targets()
+        r = self.registrant
+        self.client.send(r)
+        self.assertEqual(self.sender.sent[-1][1], self.PRIMARY)
+        self.clock.advance(33)
+        self.assertEqual(r.state, RegState.REGISTER_TIMEOUT_STATE)
+        self.assertIn("no final response from 192.0.2.10:5060 before Timer F", r.last_error)
+        self.assertEqual(r.next_at, self.clock.seconds())
+        self.assertEqual(self.counters.fail_overs, 1)
+        self.assertTrue(self.client.health.avoided(self.PRIMARY, self.clock.seconds()))
+        self.client.send(r)
+        self.assertEqual(self.sender.sent[-1][1], self.BACKUP)
+
+    def test_503_without_retry_after_fails_over_once(self) -> None:
+        """A 503 without Retry-After fails over; when every target is avoided the back-off holds (no retry storm)."""
+        self.targets()
+        r = self.registrant
+        self.client.send(r)
+        self.respond(503)
+        self.assertEqual((r.state, r.next_at), (RegState.REGISTRAR_ERROR_STATE, self.clock.seconds()))
+        self.client.send(r)
+        self.assertEqual(self.sender.sent[-1][1], self.BACKUP)
+        self.respond(503)
+        self.assertEqual(r.state, RegState.REGISTRAR_ERROR_STATE)
+        assert r.next_at is not None
+        self.assertGreater(r.next_at, self.clock.seconds())
+        self.assertEqual(self.counters.fail_overs, 1)
+
+    def test_503_with_retry_after_is_not_a_dead_target(self) -> None:
+        """A 503 with Retry-After is the registrar asking to wait: no fail-over, the target stays in use."""
+        self.targets()
+        r = self.registrant
+        self.client.send(r)
+        self.respond(503, "Retry-After: 60")
+        self.assertFalse(self.client.health.avoided(self.PRIMARY, self.clock.seconds()))
+        self.assertEqual(self.counters.fail_overs, 0)

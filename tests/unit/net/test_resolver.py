@@ -46,6 +46,12 @@ class ResolverTests(SynchronousTestCase):
         """A bare host name uses SRV _sip._udp, lowest priority first."""
         self.assertEqual(self.resolve("sip:sip.test"), ("127.0.0.7", 5070))
 
+    def test_every_srv_target_for_fail_over(self) -> None:
+        """All SRV targets come back in priority order, cached together."""
+        uri = parse_uri("sip:sip.test")
+        self.assertEqual(self.successResultOf(self.resolver.resolve_targets(uri)), [("127.0.0.7", 5070), ("127.0.0.8", 5090)])
+        self.assertEqual(self.resolver.cached_targets(uri), [("127.0.0.7", 5070), ("127.0.0.8", 5090)])
+
     def test_explicit_port_skips_srv(self) -> None:
         """With a port, only A/AAAA are asked; without SRV records, A on 5060."""
         # sip.test has SRV records but no A record: with a port, SRV is not used.

@@ -1,0 +1,49 @@
+"""TargetHealth: which of a hop's targets to try, and how long a failing one is avoided."""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from uacregistrant.net.targets import AVOID_FIRST, AVOID_MAX, TargetHealth
+
+A, B, C = ("192.0.2.1", 5060), ("192.0.2.2", 5060), ("192.0.2.3", 5060)
+
+
+class TargetHealthTests(SynchronousTestCase):
+    def test_first_healthy_in_dns_order(self) -> None:
+        """The first target is used until it fails; then the next, until the first's avoidance ends."""
+        health = TargetHealth()
+        self.assertEqual(health.choose([A, B, C], 0), A)
+        self.assertEqual(health.failed(A, 10), 10 + AVOID_FIRST)
+        self.assertEqual(health.choose([A, B, C], 11), B)
+        self.assertEqual(health.alternative([A, B, C], A, 11), B)
+        self.assertEqual(health.choose([A, B, C], 10 + AVOID_FIRST), A)
+
+    def test_avoidance_doubles_and_is_capped(self) -> None:
+        """Failures in a row double the avoidance up to AVOID_MAX; an answer resets it."""
+        health = TargetHealth()
+        spans = [health.failed(A, 0) for _ in range(8)]
+        self.assertEqual(spans[:3], [AVOID_FIRST, 2 * AVOID_FIRST, 4 * AVOID_FIRST])
+        self.assertEqual(spans[-1], AVOID_MAX)
+        health.answered(A)
+        self.assertFalse(health.avoided(A, 0))
+        self.assertEqual(health.failed(A, 0), AVOID_FIRST)
+
+    def test_all_failing_still_tried(self) -> None:
+        """With every target avoided, the one whose avoidance ends first is tried, and there is no alternative."""
+        health = TargetHealth()
+        health.failed(A, 0)
+        health.failed(A, 0)  # avoided until 60
+        health.failed(B, 5)  # until 35
+        self.assertEqual(health.choose([A, B], 6), B)
+        self.assertIsNone(health.alternative([A, B], B, 6))
+
+    def test_bounded(self) -> None:
+        """At most `limit` failing targets are remembered; expired ones make room."""
+        health = TargetHealth(limit=2)
+        health.failed(A, 0)
+        health.failed(B, 0)
+        health.failed(C, 1)
+        self.assertEqual(len(health), 2)
+        self.assertFalse(health.avoided(C, 1))
+        health.failed(C, 100)  # A and B expired at 30: room again
+        self.assertTrue(health.avoided(C, 100))
+        self.assertLessEqual(len(health), 2)

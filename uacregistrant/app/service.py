@@ -13,6 +13,7 @@ walk starts once the first full pass is done.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from typing import Any, Callable, cast
 
@@ -136,7 +137,7 @@ class RegistrantService(MultiService):
             clock,
             self.transactions,
             SipResolver(
-                resolver or dns_client.createResolver,
+                resolver or self._make_resolver,
                 clock,
                 ipv4=any(":" not in spec.host for spec in settings.listen),
                 ipv6=any(":" in spec.host for spec in settings.listen),
@@ -191,6 +192,13 @@ class RegistrantService(MultiService):
         factory = ControlFactory(self.commands, clock)
         for control in settings.control:
             ControlListener(endpoints.serverFromString(reactor, control.description), factory).setServiceParent(self)
+
+    def _make_resolver(self) -> IResolver:
+        """The DNS resolver, made on the first lookup: --nameserver's, else the system's."""
+        nameserver = self.settings.nameserver
+        if nameserver is not None:
+            return cast(IResolver, dns_client.createResolver(servers=[nameserver], resolvconf=os.devnull))
+        return cast(IResolver, dns_client.createResolver())
 
     def privilegedStartService(self) -> None:
         """

@@ -6,6 +6,7 @@ then a TOML file, then command-line options, and validated once.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import tomllib
@@ -46,6 +47,8 @@ class Settings:
     db_notify: bool = True
     shutdown_timeout: float = 5.0
     unregister_on_shutdown: bool = True
+    #: The DNS server to ask, or C{None} for the system's (resolv.conf).
+    nameserver: tuple[str, int] | None = None
 
     @property
     def bucket_interval(self) -> float:
@@ -67,6 +70,7 @@ SCALARS: dict[str, tuple[type, Any]] = {
     "max_in_flight": (int, 1000),
     "db_poll": (float, 0.0),
     "shutdown_timeout": (float, 5.0),
+    "nameserver": (str, ""),
 }
 #: name -> (smallest, largest) accepted; C{db_poll} also takes 0 (off).
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -163,8 +167,30 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
         max_in_flight=scalars["max_in_flight"],
         db_poll=scalars["db_poll"],
         shutdown_timeout=scalars["shutdown_timeout"],
+        nameserver=_nameserver(scalars["nameserver"]),
         **flags,
     )
+
+
+def _nameserver(text: str) -> tuple[str, int] | None:
+    """C{IP}, C{IP:PORT} or C{[IPv6]:PORT} (port 53 by default); C{""} for the system's resolver."""
+    if not text:
+        return None
+    host, port_text = text, "53"
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ConfigError(f"invalid nameserver {text[:60]!r}: IP, IP:PORT or [IPv6]:PORT")
+        port_text = rest[1:] or "53"
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"invalid nameserver {text[:60]!r}: IP, IP:PORT or [IPv6]:PORT") from None
+    if not is_digits(port_text) or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(f"invalid nameserver port {port_text[:20]!r}")
+    return str(address), int(port_text)
 
 
 def _coerce(name: str, kind: type, value: Any) -> Any:

@@ -26,6 +26,7 @@ _DESCRIPTIONS = {
     "max_in_flight": "Outstanding REGISTER transactions at most (new ones wait)",
     "db_poll": "Re-read the table every N seconds (0 = off; for SQLite, which has no NOTIFY)",
     "shutdown_timeout": "Seconds to wait for un-REGISTERs at shutdown",
+    "nameserver": "DNS server IP[:PORT] for SRV/A/AAAA lookups (empty: the system's, from /etc/resolv.conf)",
 }
 
 

@@ -103,3 +103,20 @@ class OptionsTests(SynchronousTestCase):
         """Unknown options are usage errors."""
         with self.assertRaises(UsageError):
             Options().parseOptions(["--no-such-thing"])
+
+
+class NameserverTests(SynchronousTestCase):
+    def test_forms(self) -> None:
+        """IP, IP:PORT and [IPv6]:PORT; port 53 by default; empty means the system's resolver."""
+        self.assertIsNone(build_settings({}).nameserver)
+        self.assertEqual(build_settings({"nameserver": "127.0.0.1"}).nameserver, ("127.0.0.1", 53))
+        self.assertEqual(build_settings({"nameserver": "127.0.0.1:5353"}).nameserver, ("127.0.0.1", 5353))
+        self.assertEqual(build_settings({"nameserver": "[::1]:5353"}).nameserver, ("::1", 5353))
+        self.assertEqual(build_settings({"nameserver": "::1"}).nameserver, ("::1", 53))
+
+    def test_refused(self) -> None:
+        """Host names, bad ports and Unicode digits are refused naming the value."""
+        for bad in ("dns.example", "127.0.0.1:0", "127.0.0.1:\u00b2", "[::1", "127.0.0.1:70000"):
+            with self.assertRaises(ConfigError, msg=bad):
+                build_settings({"nameserver": bad})
+

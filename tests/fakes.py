@@ -12,11 +12,21 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 
-
 #: How many of its latest datagrams a L{FakeUDPPort} keeps in C{sent}: a
 #: simulation of hours and thousands of accounts must not hold every
 #: datagram it ever wrote.
 SENT_KEPT = 1000
+
+
+class TurnClock(Clock):
+    """A clock whose L{turn} runs, like one reactor iteration, only the calls already due when it starts."""
+
+    def turn(self) -> None:
+        due = [call for call in self.calls if call.getTime() <= self.seconds()]
+        for call in due:
+            self.calls.remove(call)
+            call.called = 1
+            call.func(*call.args, **call.kw)
 
 
 class FakeUDPPort:

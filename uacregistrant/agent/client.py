@@ -20,7 +20,7 @@ from uacregistrant.core.account import Account
 from uacregistrant.core.counters import SipCounters
 from uacregistrant.core.loglimit import LogLimit
 from uacregistrant.core.register import USER_AGENT, render_register
-from uacregistrant.core.registrant import Outgoing, RegState, Registrant
+from uacregistrant.core.registrant import FAIL_OVER, Outgoing, RegState, Registrant
 from uacregistrant.net.resolver import Address, SipResolver
 from uacregistrant.net.targets import TargetHealth
 from uacregistrant.net.transaction_layer import TransactionLayer
@@ -129,7 +129,8 @@ class RegistrationClient:
     def _dispatch(self, registrant: Registrant, out: Outgoing) -> None:
         account = registrant.account
         hop = account.next_hop
-        sips_request = account.registrar[:5].lower() == "sips:"
+        # Without a proxy the registrar is the hop: its scheme is checked below.
+        sips_request = account.proxy is not None and account.registrar[:5].lower() == "sips:"
         if sips_request or hop.scheme == "sips" or "transport" in hop.params:
             transport = transport_of(hop, sips_request)
             if transport not in SENDS_OVER:
@@ -241,7 +242,7 @@ class RegistrationClient:
         """Retry at once if the next hop has another target that is not avoided (else the back-off holds)."""
         targets = self._resolver.cached_targets(registrant.account.next_hop)
         if targets is not None and self.health.alternative(targets, failed, now) is not None:
-            if registrant.fail_over(now):
+            if registrant.retry_early(now, FAIL_OVER):
                 self.counters.fail_overs += 1
 
     def _fail(self, registrant: Registrant, reason: str) -> None:

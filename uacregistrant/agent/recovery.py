@@ -62,8 +62,7 @@ class OutageRecovery:
 
     def timed_out(self, registrant: Registrant, address: Address, sent: float) -> None:
         """C{registrant}'s request sent to C{address} at C{sent} timed out."""
-        unreachable = self._last_answer.get(address, -1.0) < sent
-        if unreachable and registrant.state == RegState.REGISTER_TIMEOUT_STATE and registrant.next_at is not None:
+        if not self.answered_since(address, sent) and registrant.state == RegState.REGISTER_TIMEOUT_STATE and registrant.next_at is not None:
             self._stalled.setdefault(address, set()).add(registrant)
 
     def forget(self, registrant: Registrant) -> None:

@@ -85,8 +85,10 @@ IN_TRANSACTION = frozenset(
 )
 _UNREGISTER_STATES = frozenset({RegState.UNREGISTERING_STATE, RegState.AUTHENTICATING_UNREGISTER_STATE})
 _REGISTER_STATES = frozenset({RegState.REGISTERING_STATE, RegState.AUTHENTICATING_STATE})
+#: Failures a registrar answering again may cure (see L{Registrant.retry_early}).
+TIMED_OUT = frozenset({RegState.REGISTER_TIMEOUT_STATE})
 #: Failures another target of the same hop may cure.
-_FAIL_OVER_STATES = frozenset({RegState.REGISTER_TIMEOUT_STATE, RegState.REGISTRAR_ERROR_STATE})
+FAIL_OVER = frozenset({RegState.REGISTER_TIMEOUT_STATE, RegState.REGISTRAR_ERROR_STATE})
 #: States in which nothing is outstanding.
 AT_REST = frozenset(RegState) - IN_TRANSACTION
 
@@ -315,28 +317,17 @@ class Registrant:
         """The registry forgot this record (called by the registry only)."""
         self._removed = True
 
-    def retry_early(self, now: float) -> bool:
+    def retry_early(self, now: float, cured: frozenset[RegState] = TIMED_OUT) -> bool:
         """
         Retry now instead of after the back-off, if the record is waiting
-        out a timeout (its registrar answers again).
+        one out in a state of C{cured}: a timeout when its registrar answers
+        again; a timeout or a 503 when its hop has another target
+        (L{FAIL_OVER}, RFC 3263 §4.3).
 
         @return: whether the record's send time moved.
         """
         at = self.next_at
-        if self._removed or self._state != RegState.REGISTER_TIMEOUT_STATE or at is None or at <= now:
-            return False
-        self.next_at = now
-        return True
-
-    def fail_over(self, now: float) -> bool:
-        """
-        Retry now instead of after the back-off: the target that timed out
-        or answered 503 has an alternative (RFC 3263 §4.3).
-
-        @return: whether the record's send time moved.
-        """
-        at = self.next_at
-        if self._removed or self._state not in _FAIL_OVER_STATES or at is None or at <= now:
+        if self._removed or self._state not in cured or at is None or at <= now:
             return False
         self.next_at = now
         return True

@@ -94,15 +94,6 @@ class SipResolver:
             return defer.succeed(known)
         return defer.ensureDeferred(self._lookup(uri))
 
-    def cached(self, uri: SipUri) -> Address | None:
-        """The first target if known without a lookup, else C{None}."""
-        targets = self.cached_targets(uri)
-        return None if targets is None else targets[0]
-
-    def resolve(self, uri: SipUri) -> defer.Deferred[Address]:
-        """The first target; fails with L{ResolutionError}."""
-        return self.resolve_targets(uri).addCallback(lambda targets: targets[0])
-
     async def _lookup(self, uri: SipUri) -> list[Address]:
         host, port = uri.host, uri.port
         if port is None:

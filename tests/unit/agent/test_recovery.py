@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.fakes import TurnClock
 from uacregistrant.agent.recovery import OutageRecovery
 from uacregistrant.core.account import Account
 from uacregistrant.core.counters import SipCounters
@@ -14,17 +14,6 @@ from uacregistrant.core.registrant import Policy, RegState, Registrant
 
 A = ("192.0.2.10", 5060)
 B = ("192.0.2.11", 5060)
-
-
-class TurnClock(Clock):
-    """A clock whose L{turn} runs, like one reactor iteration, only the calls already due when it starts."""
-
-    def turn(self) -> None:
-        due = [call for call in self.calls if call.getTime() <= self.seconds()]
-        for call in due:
-            self.calls.remove(call)
-            call.called = 1
-            call.func(*call.args, **call.kw)
 
 
 class OutageRecoveryTests(SynchronousTestCase):

@@ -7,11 +7,12 @@ import random
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.fakes import TurnClock
 from uacregistrant.core.account import Account
 from uacregistrant.core.registrant import Policy, Registrant
 from uacregistrant.core.registry import Registry, bucket_of
-from uacregistrant.schedule.timers import TimerQueue
 from uacregistrant.schedule.pacer import Pacer
+from uacregistrant.schedule.timers import TimerQueue
 from uacregistrant.schedule.walker import BucketWalker, WalkService
 
 POLICY = Policy(rng=random.Random(1))
@@ -26,17 +27,6 @@ class FakePacer:
 
     def push(self, registrant: Registrant) -> None:
         self.pushed.append((self.clock.seconds(), registrant))
-
-
-class TurnClock(Clock):
-    """A clock whose L{turn} runs, like one reactor iteration, only the calls already due when it starts."""
-
-    def turn(self) -> None:
-        due = [call for call in self.calls if call.getTime() <= self.seconds()]
-        for call in due:
-            self.calls.remove(call)
-            call.called = 1
-            call.func(*call.args, **call.kw)
 
 
 def registrant(name: str) -> Registrant:

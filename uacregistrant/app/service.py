@@ -195,9 +195,9 @@ class RegistrantService(MultiService):
 
     def _make_resolver(self) -> IResolver:
         """The DNS resolver, made on the first lookup: --nameserver's, else the system's."""
-        nameserver = self.settings.nameserver
-        if nameserver is not None:
-            return cast(IResolver, dns_client.createResolver(servers=[nameserver], resolvconf=os.devnull))
+        nameservers = self.settings.nameservers
+        if nameservers:
+            return cast(IResolver, dns_client.createResolver(servers=list(nameservers), resolvconf=os.devnull))
         return cast(IResolver, dns_client.createResolver())
 
     def privilegedStartService(self) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from uacregistrant.control.endpoints import ControlEndpoint, ControlEndpointError, parse_control
+from uacregistrant.core.register import USER_AGENT
 from uacregistrant.core.socketspec import SocketSpec, SocketSpecError, parse_socket
 from uacregistrant.sip.numbers import is_digits
 from uacregistrant.store import COLUMNS, TableLayout
@@ -47,8 +48,23 @@ class Settings:
     db_notify: bool = True
     shutdown_timeout: float = 5.0
     unregister_on_shutdown: bool = True
-    #: The DNS server to ask, or C{None} for the system's (resolv.conf).
-    nameserver: tuple[str, int] | None = None
+    #: The DNS servers to ask; none: the system's (resolv.conf).
+    nameservers: tuple[tuple[str, int], ...] = ()
+    #: Seconds between keep-alive pings on TCP/TLS connections (0: none).
+    keepalive: int = 30
+    #: The User-Agent header of every request ("": none).
+    user_agent: str = USER_AGENT
+    #: TLS: trusted CAs (PEM; C{None}: the system's store), our certificate and key.
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: TLS without checking the registrar's certificate (logged, shown in reg_stats).
+    tls_no_verify: bool = False
+
+    @property
+    def stream_listen(self) -> tuple[SocketSpec, ...]:
+        """The TCP and TLS listen sockets."""
+        return tuple(spec for spec in self.listen if spec.stream)
 
     @property
     def bucket_interval(self) -> float:
@@ -70,7 +86,11 @@ SCALARS: dict[str, tuple[type, Any]] = {
     "max_in_flight": (int, 1000),
     "db_poll": (float, 0.0),
     "shutdown_timeout": (float, 5.0),
-    "nameserver": (str, ""),
+    "keepalive": (int, 30),
+    "user_agent": (str, USER_AGENT),
+    "tls_ca": (str, ""),
+    "tls_cert": (str, ""),
+    "tls_key": (str, ""),
 }
 #: name -> (smallest, largest) accepted; C{db_poll} also takes 0 (off).
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -84,12 +104,13 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_in_flight": (1, 1_000_000),
     "db_poll": (1, 86400),
     "shutdown_timeout": (0, 3600),
+    "keepalive": (0, 3600),
 }
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
-#: name -> default; on the command line as --no-NAME.
-FLAGS: dict[str, bool] = {"db_notify": True, "unregister_on_shutdown": True}
-LISTS = ("listen", "control")
+#: name -> default; on the command line as --no-NAME (default on) or --NAME (default off).
+FLAGS: dict[str, bool] = {"db_notify": True, "unregister_on_shutdown": True, "tls_no_verify": False}
+LISTS = ("listen", "control", "nameserver")
 
 
 def load_toml(path: str) -> dict[str, Any]:
@@ -152,6 +173,12 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
         raise ConfigError("unsupported db_url: use sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DBNAME")
     listen = _listen(_as_list(values.get("listen"), "listen") or ["udp:0.0.0.0:5060"])
     control = tuple(_control(e) for e in (_as_list(values.get("control"), "control") or ["unix:uacregistrant.ctl"]))
+    user_agent = scalars["user_agent"]
+    if len(user_agent) > 200 or not all(" " <= c <= "~" for c in user_agent):
+        raise ConfigError("invalid user_agent: at most 200 printable ASCII characters (\"\" to send none)")
+    tls = {name: scalars[name] or None for name in ("tls_ca", "tls_cert", "tls_key")}
+    if (tls["tls_cert"] is None) != (tls["tls_key"] is None):
+        raise ConfigError("tls_cert and tls_key go together: give both or neither")
     return Settings(
         db_url=scalars["db_url"],
         table=TableLayout(table, columns),
@@ -167,15 +194,16 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
         max_in_flight=scalars["max_in_flight"],
         db_poll=scalars["db_poll"],
         shutdown_timeout=scalars["shutdown_timeout"],
-        nameserver=_nameserver(scalars["nameserver"]),
+        nameservers=tuple(_nameserver(text) for text in _as_list(values.get("nameserver"), "nameserver") if text),
+        keepalive=scalars["keepalive"],
+        user_agent=user_agent,
+        **tls,
         **flags,
     )
 
 
-def _nameserver(text: str) -> tuple[str, int] | None:
-    """C{IP}, C{IP:PORT} or C{[IPv6]:PORT} (port 53 by default); C{""} for the system's resolver."""
-    if not text:
-        return None
+def _nameserver(text: str) -> tuple[str, int]:
+    """C{IP}, C{IP:PORT} or C{[IPv6]:PORT} (port 53 by default)."""
     host, port_text = text, "53"
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")

@@ -11,7 +11,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from uacregistrant.app.settings import COLUMN_SETTINGS, FLAGS, SCALARS, ConfigError, Settings, build_settings, load_toml
+from uacregistrant.app.settings import COLUMN_SETTINGS, FLAGS, LISTS, SCALARS, ConfigError, Settings, build_settings, load_toml
 
 _DESCRIPTIONS = {
     "db_url": "Database URL: sqlite:PATH (relative or absolute) or postgres://USER@HOST:PORT/DBNAME",
@@ -26,7 +26,11 @@ _DESCRIPTIONS = {
     "max_in_flight": "Outstanding REGISTER transactions at most (new ones wait)",
     "db_poll": "Re-read the table every N seconds (0 = off; for SQLite, which has no NOTIFY)",
     "shutdown_timeout": "Seconds to wait for un-REGISTERs at shutdown",
-    "nameserver": "DNS server IP[:PORT] for SRV/A/AAAA lookups (empty: the system's, from /etc/resolv.conf)",
+    "keepalive": "Seconds between CRLF keep-alive pings on TCP/TLS connections (0 = none)",
+    "user_agent": "User-Agent header of every request (empty: none)",
+    "tls_ca": "PEM file of the CAs trusted for registrars' TLS certificates (empty: the system's store)",
+    "tls_cert": "PEM certificate presented over TLS (client certificate; serves tls: listen sockets)",
+    "tls_key": "PEM private key of --tls-cert",
 }
 
 
@@ -57,16 +61,22 @@ class Options(usage.Options):
     optFlags = [
         ["no-db-notify", None, "Do not install the NOTIFY trigger nor LISTEN (PostgreSQL)"],
         ["no-unregister-on-shutdown", None, "Leave the bindings registered when stopping"],
+        ["tls-no-verify", None, "Do not check registrars' TLS certificates (insecure; logged and shown in reg_stats)"],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["control"] = []
+        self["nameserver"] = []
 
     def opt_listen(self, spec: str) -> None:
-        """UDP socket udp:HOST:PORT to send from (repeatable) [default: udp:0.0.0.0:5060]"""
+        """Socket udp:, tcp: or tls:HOST:PORT to send from (repeatable) [default: udp:0.0.0.0:5060]"""
         self["listen"].append(spec)
+
+    def opt_nameserver(self, server: str) -> None:
+        """DNS server IP[:PORT] for NAPTR/SRV/A/AAAA lookups (repeatable) [default: the system's, from /etc/resolv.conf]"""
+        self["nameserver"].append(server)
 
     def opt_control(self, description: str) -> None:
         """Control endpoint, unix:PATH or tcp:PORT (repeatable) [default: unix:uacregistrant.ctl:mode=600]"""
@@ -82,10 +92,12 @@ class Options(usage.Options):
             option = f"{_option_name(name)}-column"
             if self[option] is not None:
                 values[f"{name.lower()}_column"] = self[option]
-        for key in FLAGS:
-            if self["no-" + _option_name(key)]:
+        for key, default in FLAGS.items():
+            if default and self["no-" + _option_name(key)]:
                 values[key] = False
-        for key in ("listen", "control"):
+            elif not default and self[_option_name(key)]:
+                values[key] = True
+        for key in LISTS:
             if self[key]:
                 values[key] = list(self[key])
         return values

@@ -58,7 +58,7 @@ class Account:
     An account to keep registered.
 
     @ivar key: C{(aor, binding_uri, registrar)}, the table's unique key.
-    @ivar forced_socket: the canonical C{udp:HOST:PORT} of the socket to
+    @ivar forced_socket: the canonical C{TRANSPORT:HOST:PORT} of the socket to
         send from, or C{None} for the first listening socket.
     @ivar next_hop: the parsed proxy, else registrar.  L{account_from_row}
         passes the one from its tables, shared by every account with that
@@ -270,7 +270,7 @@ def _account_from_row(
         try:
             forced = normalise_socket(forced)
         except SocketSpecError as e:
-            raise RowError(f"invalid forced_socket {forced!r}: {e}", "write it as udp:IP:PORT") from None
+            raise RowError(f"invalid forced_socket {forced!r}: {e}", "write it as udp:IP:PORT, tcp:IP:PORT or tls:IP:PORT") from None
         if forced not in sockets:
             raise RowError(
                 f"forced_socket {forced} is not a listening socket",

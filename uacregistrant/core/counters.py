@@ -34,6 +34,18 @@ class SipCounters:
     expiry_guesses: int = 0
     #: Records put in INTERNAL_ERROR by an unexpected failure.
     internal_errors: int = 0
+    #: Requests from peers (OPTIONS pings and others) answered statelessly.
+    requests_answered: int = 0
+    #: Requests from peers not answered: over the per-source rate limit.
+    requests_rate_limited: int = 0
+    #: TCP/TLS connections opened (TLS: handshake and identity check done).
+    connections_opened: int = 0
+    #: TCP/TLS connections that could not be opened (refused, timed out, TLS failure).
+    connection_failures: int = 0
+    #: Open TCP/TLS connections that broke (reset, closed by the peer, bad framing, no pong).
+    connections_lost: int = 0
+    #: Keep-alive pings that got no pong in time.
+    keepalive_failures: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""

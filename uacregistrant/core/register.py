@@ -27,21 +27,25 @@ def render_register(
     via: tuple[str, int],
     branch: str,
     user_agent: str = USER_AGENT,
+    transport: str = "UDP",
 ) -> bytes:
     """
     The REGISTER (or un-REGISTER) for one attempt, as bytes.
 
     @param via: the host and port of the socket it is sent from.
+    @param user_agent: the User-Agent header's value; C{""} leaves it out.
+    @param transport: the Via transport (C{UDP}, C{TCP} or C{TLS}).
     @raise SipRenderError: if a value would put a CR or LF on the wire
         (rows holding one are refused when loaded; this is the last check).
     """
     host, port = via
     sent_by = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    agent = f"User-Agent: {user_agent}\r\n" if user_agent else ""
     authorization = "".join(f"{name}: {value}\r\n" for name, value in out.authorization)
     # One format string: this runs twice per registration.
     text = (
         f"REGISTER {account.registrar} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {sent_by};rport;branch={branch}\r\n"
+        f"Via: SIP/2.0/{transport} {sent_by};rport;branch={branch}\r\n"
         "Max-Forwards: 70\r\n"
         f"To: <{account.aor}>\r\n"
         f"From: <{account.third_party_registrant or account.aor}>;tag={from_tag}\r\n"
@@ -49,8 +53,8 @@ def render_register(
         f"CSeq: {out.cseq} REGISTER\r\n"
         f"Contact: <{account.binding_uri}>{account.binding_params};expires={out.expires}\r\n"
         f"{authorization}"
-        f"User-Agent: {user_agent}\r\n"
+        f"{agent}"
         "Content-Length: 0\r\n\r\n"
     )
-    check_line_count(text, _REGISTER_LINES + len(out.authorization))
+    check_line_count(text, _REGISTER_LINES + len(out.authorization) - (not user_agent))
     return text.encode("utf-8")

@@ -25,7 +25,7 @@ class SettingsTests(SynchronousTestCase):
             ({"hash_size": 21}, "hash_size"),
             ({"sip_t1": 0}, "sip_t1"),
             ({"send_rate": 0}, "send_rate"),
-            ({"listen": ["tcp:1.2.3.4:5060"]}, "listen"),
+            ({"listen": ["sctp:1.2.3.4:5060"]}, "listen"),
             ({"listen": ["udp:1.2.3.4:5060", "1.2.3.4"]}, "twice"),
             ({"control": ["tcp:5000:interface=0.0.0.0"]}, "loopback"),
             ({"bogus": 1}, "bogus"),
@@ -108,11 +108,10 @@ class OptionsTests(SynchronousTestCase):
 class NameserverTests(SynchronousTestCase):
     def test_forms(self) -> None:
         """IP, IP:PORT and [IPv6]:PORT; port 53 by default; empty means the system's resolver."""
-        self.assertIsNone(build_settings({}).nameserver)
-        self.assertEqual(build_settings({"nameserver": "127.0.0.1"}).nameserver, ("127.0.0.1", 53))
-        self.assertEqual(build_settings({"nameserver": "127.0.0.1:5353"}).nameserver, ("127.0.0.1", 5353))
-        self.assertEqual(build_settings({"nameserver": "[::1]:5353"}).nameserver, ("::1", 5353))
-        self.assertEqual(build_settings({"nameserver": "::1"}).nameserver, ("::1", 53))
+        self.assertEqual(build_settings({}).nameservers, ())
+        self.assertEqual(build_settings({"nameserver": "127.0.0.1"}).nameservers, (("127.0.0.1", 53),))
+        self.assertEqual(build_settings({"nameserver": "127.0.0.1:5353"}).nameservers, (("127.0.0.1", 5353),))
+        self.assertEqual(build_settings({"nameserver": ["[::1]:5353", "::1"]}).nameservers, (("::1", 5353), ("::1", 53)))
 
     def test_refused(self) -> None:
         """Host names, bad ports and Unicode digits are refused naming the value."""
@@ -120,3 +119,35 @@ class NameserverTests(SynchronousTestCase):
             with self.assertRaises(ConfigError, msg=bad):
                 build_settings({"nameserver": bad})
 
+
+
+class TransportSettingsTests(SynchronousTestCase):
+    def test_stream_listen(self) -> None:
+        """tcp: and tls: listen sockets are streams; tls defaults to port 5061."""
+        settings = build_settings({"listen": ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060", "tls:127.0.0.1"]})
+        self.assertEqual([spec.name for spec in settings.stream_listen], ["tcp:127.0.0.1:5060", "tls:127.0.0.1:5061"])
+
+    def test_keepalive_and_user_agent(self) -> None:
+        """--keepalive is whole seconds (0 = off); the User-Agent is printable ASCII or empty."""
+        self.assertEqual(build_settings({}).keepalive, 30)
+        self.assertEqual(build_settings({"keepalive": "0"}).keepalive, 0)
+        self.assertEqual(build_settings({"user_agent": ""}).user_agent, "")
+        for bad in ({"keepalive": "-1"}, {"keepalive": "3601"}, {"user_agent": "a\r\nX-Evil: 1"}, {"user_agent": "\u00e9"}):
+            with self.assertRaises(ConfigError, msg=str(bad)):
+                build_settings(bad)
+
+    def test_tls_options(self) -> None:
+        """Certificate and key go together; --tls-no-verify is a flag, off by default."""
+        self.assertEqual((build_settings({}).tls_ca, build_settings({}).tls_no_verify), (None, False))
+        with self.assertRaises(ConfigError):
+            build_settings({"tls_cert": "cert.pem"})
+        options = Options()
+        options.parseOptions(["--tls-no-verify", "--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-ca", "ca.pem"])
+        settings = options.settings
+        self.assertEqual((settings.tls_no_verify, settings.tls_cert, settings.tls_key, settings.tls_ca), (True, "c.pem", "k.pem", "ca.pem"))
+
+    def test_nameserver_option_repeats(self) -> None:
+        """--nameserver may be given more than once."""
+        options = Options()
+        options.parseOptions(["--nameserver", "127.0.0.1:5353", "--nameserver", "::1"])
+        self.assertEqual(options.settings.nameservers, (("127.0.0.1", 5353), ("::1", 53)))

@@ -438,6 +438,16 @@ class RenderRegisterTests(SynchronousTestCase):
         self.assertEqual(message.body, b"")
         self.assertTrue(data.endswith(b"Content-Length: 0\r\n\r\n"))
 
+    def test_stream_via_and_no_user_agent(self) -> None:
+        """The Via names the transport; an empty User-Agent leaves the header out."""
+        from uacregistrant.core.register import render_register
+        from uacregistrant.core.registrant import Outgoing
+
+        data = render_register(account(), "cid", "ftag", Outgoing(1, 60), ("192.0.2.1", 5061), "z9hG4bKb1", "", "TLS")
+        message = parse_message(data)
+        self.assertTrue(message.get_all("via")[0].startswith("SIP/2.0/TLS 192.0.2.1:5061;"))
+        self.assertIsNone(message.get("user-agent"))
+
     def test_no_value_can_inject_a_line(self) -> None:
         """
         Even an account that bypassed row validation cannot put a CR or LF

@@ -1,11 +1,12 @@
-# -*- test-case-name: tests.unit.net.test_transport,tests.unit.sip.test_fuzz -*-
+# -*- test-case-name: tests.unit.net.test_transport,tests.unit.net.test_incoming,tests.unit.sip.test_fuzz -*-
 """
-One UDP socket: a L{DatagramProtocol} that sends requests and hands
-parsed responses to the transaction layer.
+One UDP socket: a L{DatagramProtocol} that sends requests, hands parsed
+responses to the transaction layer, and sends back the stateless answers
+of a L{RequestAnswerer} to the requests peers send (OPTIONS pings).
 
-Whatever arrives, nothing escapes C{datagramReceived}: garbage, requests,
-oversized or truncated datagrams are counted and dropped, and logged at
-most once a minute per source, in one line.
+Whatever arrives, nothing escapes C{datagramReceived}: garbage, requests
+not answered, oversized or truncated datagrams are counted and dropped,
+and logged at most once a minute per source, in one line.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from twisted.logger import Logger
 from uacregistrant.core.counters import SipCounters
 from uacregistrant.core.loglimit import LogLimit
 from uacregistrant.core.socketspec import SocketSpec
+from uacregistrant.net.incoming import RequestAnswerer
 from uacregistrant.net.transaction_layer import Address, TransactionLayer
 from uacregistrant.sip.errors import SipParseError
-from uacregistrant.sip.message import Response, parse_message
+from uacregistrant.sip.message import Request, Response, parse_message
 from uacregistrant.sip.sharing import Names
 
 #: The largest datagram read (the UDP maximum): the port is opened with
@@ -57,6 +59,8 @@ class SipTransport(DatagramProtocol):
     A listening UDP socket shared by every record that sends from it.
 
     @ivar spec: the configured socket (port 0 is replaced once bound).
+    @ivar answerer: what answers the requests received; without one they
+        are dropped (and counted in C{dropped_requests}).
     """
 
     def __init__(
@@ -66,8 +70,11 @@ class SipTransport(DatagramProtocol):
         counters: SipCounters,
         clock: IReactorTime,
         names: Names | None = None,
+        *,
+        answerer: RequestAnswerer | None = None,
     ) -> None:
         self.spec = spec
+        self.answerer = answerer
         self._names = names
         self.configured_name = spec.name
         self._transactions = transactions
@@ -157,12 +164,33 @@ class SipTransport(DatagramProtocol):
             self._noisy(addr, f"the parser failed on a datagram ({len(datagram)} bytes): {type(e).__name__}: {str(e)[:120]}")
             return
         if not isinstance(message, Response):
-            counters.dropped_requests += 1
+            self._answer(message, addr)
             return
         try:
             self._transactions.receive(message, (addr[0], addr[1]))
         except Exception as e:
             self._noisy(addr, f"handling a response failed: {type(e).__name__}: {str(e)[:120]}")
+
+    def _answer(self, request: Request, addr: Any) -> None:
+        """Send back the answer to a request, if there is one to send."""
+        answerer = self.answerer
+        if answerer is None:
+            self._counters.dropped_requests += 1
+            return
+        source = (addr[0], addr[1])
+        try:
+            data = answerer.answer(request, source)
+        except Exception as e:
+            self._counters.dropped_requests += 1
+            self._noisy(addr, f"answering a {request.method[:20]} failed: {type(e).__name__}: {str(e)[:120]}")
+            return
+        if data is None:
+            return
+        try:
+            self.send(data, source)
+        except Exception as e:
+            self._counters.send_errors += 1
+            self._noisy(addr, f"sending the answer to a {request.method[:20]} failed: {type(e).__name__}: {str(e)[:120]}")
 
     def _noisy(self, addr: Any, what: str) -> None:
         """Log what a source sent, once a minute per source at most."""

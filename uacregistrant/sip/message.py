@@ -14,6 +14,7 @@ L{Names} if it passes one (C{names=}, a service's C{SharedTables.names}).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -626,13 +627,18 @@ def render_response(
     reason: str,
     extra: Sequence[tuple[str, str]] = (),
     to_tag: str | None = None,
+    vias: Sequence[str] | None = None,
 ) -> bytes:
     """
     Render a response to C{request} (RFC 3261 §8.2.6): Via, From, To,
     Call-ID and CSeq copied, a To tag added when given.
+
+    @param vias: the Via values to send instead of the request's (its
+        top one stamped by L{stamp_via}).
+    @raise SipRenderError: if a value holds a CR or LF.
     """
     lines = [f"SIP/2.0 {status} {reason}"]
-    for value in request.get_all("via"):
+    for value in request.get_all("via") if vias is None else vias:
         lines.append(f"Via: {value}")
     to = request.get("to") or ""
     if to_tag and "tag" not in parse_name_addr(to).params:
@@ -644,3 +650,36 @@ def render_response(
     lines.extend(f"{name}: {value}" for name, value in extra)
     lines.append("Content-Length: 0")
     return _head_bytes(lines)
+
+
+# A valueless rport parameter (RFC 3581 §3), to be given the source port.
+_BARE_RPORT = re.compile(r";[ \t]*rport(?=[ \t]*(?:;|$))", re.IGNORECASE)
+
+
+def stamp_via(value: str, ip: str, port: int) -> str:
+    """
+    The top Via of a request as a server returns it in its responses:
+    C{received=ip} added when the sent-by host is not the source address
+    (RFC 3261 §18.2.1) or when C{rport} is asked for, and a valueless
+    C{rport} given the source port (RFC 3581 §4).  The rest is kept as
+    it came.
+
+    @param ip: the source address of the request (an IPv6 scope is dropped).
+    @raise SipParseError: if C{value} is not a Via.
+    """
+    via = parse_via(value)
+    ip = ip.partition("%")[0]
+    rport = "rport" in via.params and via.params["rport"] is None
+    if rport:
+        value = _BARE_RPORT.sub(f";rport={port}", value, count=1)
+    if "received" not in via.params and (rport or not _same_address(via.host, ip)):
+        value = f"{value};received={ip}"
+    return value
+
+
+def _same_address(host: str, ip: str) -> bool:
+    """Whether a Via host is the IP literal C{ip} (spelt alike or not)."""
+    try:
+        return ipaddress.ip_address(host) == ipaddress.ip_address(ip)
+    except ValueError:
+        return host == ip.lower()

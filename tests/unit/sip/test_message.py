@@ -15,6 +15,7 @@ from uacregistrant.sip.message import (
     render_request,
     render_response,
     split_list,
+    stamp_via,
     unquote_string,
 )
 from uacregistrant.sip.sharing import Names
@@ -240,3 +241,35 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual(response.get_all("via"), ["SIP/2.0/UDP a;branch=z9hG4bK1", "SIP/2.0/UDP b;branch=z9hG4bK2"])
         self.assertEqual(response.get("to"), "<sip:a@r>;tag=t")
         self.assertEqual((response.cseq, response.int_header("min-expires")), ((3, "REGISTER"), 600))
+
+    def test_response_with_given_vias(self) -> None:
+        """vias= replaces the request's Vias; a CR or LF in one is refused."""
+        request = parse_message(
+            render_request("OPTIONS", "sip:r", [("Via", "SIP/2.0/UDP a;branch=z9hG4bK1"), ("To", "<sip:a@r>;tag=x"),
+                                               ("From", "<sip:a@r>;tag=1"), ("Call-ID", "c"), ("CSeq", "3 OPTIONS")])
+        )
+        assert isinstance(request, Request)
+        stamped = "SIP/2.0/UDP a;branch=z9hG4bK1;received=192.0.2.1"
+        response = parse_message(render_response(request, 200, "OK", to_tag="t", vias=[stamped]))
+        self.assertEqual((response.get_all("via"), response.get("to")), ([stamped], "<sip:a@r>;tag=x"))
+        with self.assertRaises(SipRenderError):
+            render_response(request, 200, "OK", vias=["SIP/2.0/UDP a;branch=z9hG4bK1\r\nX: 1"])
+
+    def test_stamp_via(self) -> None:
+        """received when the sent-by is not the source (or rport is asked for); a valueless rport filled in (RFC 3581)."""
+        v = "SIP/2.0/UDP "
+        cases = [
+            (v + "192.0.2.1:5060;branch=z9hG4bK1", "192.0.2.1", v + "192.0.2.1:5060;branch=z9hG4bK1"),
+            (v + "192.0.2.1;branch=z9hG4bK1", "192.0.2.2", v + "192.0.2.1;branch=z9hG4bK1;received=192.0.2.2"),
+            (v + "h.invalid;branch=z9hG4bK1", "192.0.2.2", v + "h.invalid;branch=z9hG4bK1;received=192.0.2.2"),
+            (v + "192.0.2.1;rport;branch=z9hG4bK1", "192.0.2.1", v + "192.0.2.1;rport=4000;branch=z9hG4bK1;received=192.0.2.1"),
+            (v + "192.0.2.1;branch=z9hG4bK1;RPort", "192.0.2.1", v + "192.0.2.1;branch=z9hG4bK1;rport=4000;received=192.0.2.1"),
+            (v + "192.0.2.1;rport=5;branch=z9hG4bK1", "192.0.2.1", v + "192.0.2.1;rport=5;branch=z9hG4bK1"),
+            (v + "192.0.2.1;branch=z9hG4bK1;received=192.0.2.9", "192.0.2.2", v + "192.0.2.1;branch=z9hG4bK1;received=192.0.2.9"),
+            (v + "[2001:DB8::1]:5060;branch=z9hG4bK1", "2001:db8:0::1", v + "[2001:DB8::1]:5060;branch=z9hG4bK1"),
+            (v + "[2001:db8::1];branch=z9hG4bK1", "fe80::1%eth0", v + "[2001:db8::1];branch=z9hG4bK1;received=fe80::1"),
+        ]
+        for value, ip, expected in cases:
+            self.assertEqual(stamp_via(value, ip, 4000), expected)
+            self.assertEqual(parse_via(expected).branch, "z9hG4bK1")
+        self.assertRaises(SipParseError, stamp_via, "garbage", "192.0.2.1", 5060)

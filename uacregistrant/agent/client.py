@@ -1,9 +1,12 @@
 # -*- test-case-name: tests.unit.agent.test_client -*-
 """
 The transaction user: carries out what the registrants ask for.  It
-resolves the next hop, has the REGISTER rendered, opens a client
-transaction on the record's socket, and feeds the final response (or the
-timeout, or the failure) back to the registrant.
+decides the transport (the next hop's C{transport} parameter or C{sips:},
+else the forced socket's, else RFC 3263), resolves the next hop, picks
+the local socket (UDP) or connection (TCP/TLS), has the REGISTER rendered,
+opens a client transaction, and feeds the final response (or the timeout,
+or the failure) back to the registrant.  Nothing asked for TCP or TLS is
+ever sent over UDP or in clear.
 """
 
 from __future__ import annotations
@@ -21,18 +24,37 @@ from uacregistrant.core.counters import SipCounters
 from uacregistrant.core.loglimit import LogLimit
 from uacregistrant.core.register import USER_AGENT, render_register
 from uacregistrant.core.registrant import FAIL_OVER, Outgoing, RegState, Registrant
-from uacregistrant.net.resolver import Address, SipResolver
+from uacregistrant.core.socketspec import SocketSpec
+from uacregistrant.net.resolver import Address, SipResolver, Target
+from uacregistrant.net.stream import LinkFailed, LinkKey, StreamLink, StreamPool
 from uacregistrant.net.targets import TargetHealth
-from uacregistrant.net.transaction_layer import TransactionLayer
+from uacregistrant.net.transaction_layer import DatagramSender, TransactionLayer
 from uacregistrant.net.transport import SipTransport
 from uacregistrant.sip.message import Response
-from uacregistrant.sip.uri import transport_of
+from uacregistrant.sip.sharing import Memo
 from uacregistrant.sip.tokens import token_hex
+from uacregistrant.sip.uri import transport_of
 
 _log = Logger()
 
-#: Transports requests can go over (TCP and TLS arrive with stream transports).
-SENDS_OVER = frozenset({"udp"})
+#: Transports requests can go over.
+SENDS_OVER = frozenset({"udp", "tcp", "tls"})
+#: A link must have been open this long for its loss to make its records
+#: re-register at once (a peer closing every connection at once must not
+#: cause a register-close-register loop).
+FLOW_SETTLED = 30.0
+#: Target names kept interned (C{tls:IP:PORT}, shown by reg_list).
+TARGET_NAMES_MAX = 4096
+
+
+class RouteError(Exception):
+    """A record cannot be sent as its row asks; the message says why (its last_error)."""
+
+
+def target_name(target: Target) -> str:
+    """C{TRANSPORT:IP:PORT}, IPv6 in brackets."""
+    transport, ip, port = target
+    return f"{transport}:[{ip}]:{port}" if ":" in ip else f"{transport}:{ip}:{port}"
 
 
 class RegistrationClient:
@@ -64,16 +86,29 @@ class RegistrationClient:
         queue_follow_up: Callable[[Registrant], None],
         user_agent: str = USER_AGENT,
         branch_token: Callable[[int], str] = token_hex,
+        streams: StreamPool | None = None,
+        stream_sockets: tuple[SocketSpec, ...] = (),
     ) -> None:
         self._clock = clock
         self.counters = counters
         self._transactions = transactions
         self._resolver = resolver
         self._transports = transports
-        # The first listen socket of each address family (IPv6: True).
+        self._streams = streams
+        # The first UDP listen socket of each address family (IPv6: True).
         self._by_family: dict[bool, SipTransport] = {}
         for transport in transports.values():
             self._by_family.setdefault(":" in transport.spec.host, transport)
+        self._stream_sockets = {spec.name: spec for spec in stream_sockets}
+        # The first stream socket of each (transport, family), then of each family.
+        self._stream_by: dict[tuple[str, bool], SocketSpec] = {}
+        for spec in stream_sockets:
+            self._stream_by.setdefault((spec.transport, spec.ipv6), spec)
+            self._stream_by.setdefault(("", spec.ipv6), spec)
+        # Records registered over each link, to re-register when it breaks.
+        self._flows: dict[LinkKey, set[Registrant]] = {}
+        self._flow_of: dict[Registrant, LinkKey] = {}
+        self._target_names: Memo[Target, str] = Memo(TARGET_NAMES_MAX)
         self.user_agent = user_agent
         self._branch_token = branch_token
         self._changes = changes
@@ -83,7 +118,7 @@ class RegistrationClient:
         self._follow_ups: dict[Registrant, Outgoing] = {}
         self.recovery = OutageRecovery(clock, counters, reschedule)
         #: Targets that timed out or refused service, avoided for a while.
-        self.health = TargetHealth()
+        self.health: TargetHealth[Target] = TargetHealth()
         self._error_log: LogLimit[str] = LogLimit()
 
     def transport_for(self, account: Account, address: Address) -> SipTransport | None:
@@ -112,6 +147,43 @@ class RegistrationClient:
         """A record is gone: drop everything kept about it."""
         self._follow_ups.pop(registrant, None)
         self.recovery.forget(registrant)
+        self._leave_flow(registrant)
+
+    def _leave_flow(self, registrant: Registrant) -> None:
+        key = self._flow_of.pop(registrant, None)
+        if key is not None:
+            members = self._flows.get(key)
+            if members is not None:
+                members.discard(registrant)
+                if not members:
+                    del self._flows[key]
+
+    def _join_flow(self, registrant: Registrant, link: StreamLink) -> None:
+        if self._flow_of.get(registrant) == link.key:
+            return
+        self._leave_flow(registrant)
+        self._flow_of[registrant] = link.key
+        self._flows.setdefault(link.key, set()).add(registrant)
+
+    def link_lost(self, link: StreamLink, reason: str) -> None:
+        """
+        An open connection broke: the records registered over it register
+        again now over a new one (RFC 5626 §4.4.1), unless it was young.
+        """
+        members = self._flows.pop(link.key, set())
+        for registrant in members:
+            self._flow_of.pop(registrant, None)
+        if link.opened_for < FLOW_SETTLED:
+            return
+        now = self._clock.seconds()
+        again = 0
+        for registrant in members:
+            if not registrant.removed and not registrant.in_transaction and registrant.state == RegState.REGISTERED_STATE:
+                registrant.send_soon(now)
+                self._reschedule(registrant)
+                again += 1
+        if again:
+            _log.info("{count} records registered over {link} register again", count=again, link=link.name)
 
     def _send(self, registrant: Registrant) -> None:
         if registrant.in_transaction or registrant.removed:
@@ -126,28 +198,54 @@ class RegistrationClient:
         """Follow-up requests waiting for the pacer."""
         return len(self._follow_ups)
 
-    def _dispatch(self, registrant: Registrant, out: Outgoing) -> None:
-        account = registrant.account
+    def route(self, account: Account) -> tuple[str | None, bool]:
+        """
+        The transport a record's requests must use (C{None}: let RFC 3263
+        choose) and whether they must be secure (C{sips:}).
+
+        @raise RouteError: if the row asks for what cannot be done.
+        """
         hop = account.next_hop
         # Without a proxy the registrar is the hop: its scheme is checked below.
         sips_request = account.proxy is not None and account.registrar[:5].lower() == "sips:"
-        if sips_request or hop.scheme == "sips" or "transport" in hop.params:
-            transport = transport_of(hop, sips_request)
-            if transport not in SENDS_OVER:
-                # Never fall back to UDP in clear for a row that asked for
-                # TCP or TLS: the record fails, saying why.
-                self._fail(registrant, f"{hop} needs {transport.upper()}, which this daemon does not send yet (UDP only); not sent")
-                return
-        targets = self._resolver.cached_targets(hop)
+        secure = sips_request or hop.scheme == "sips"
+        explicit = transport_of(hop, sips_request) if secure or "transport" in hop.params else None
+        if explicit is not None and explicit not in SENDS_OVER:
+            raise RouteError(f"{hop} needs {explicit.upper()}, which this daemon does not send; not sent")
+        forced = self.forced_spec(account)
+        if forced is not None:
+            if explicit is not None and explicit != forced.transport:
+                raise RouteError(f"{hop} needs {explicit.upper()} but the forced socket {forced.name} is {forced.transport.upper()}; not sent")
+            return forced.transport, secure
+        return explicit, secure
+
+    def forced_spec(self, account: Account) -> SocketSpec | None:
+        """The record's forced socket, if it has one."""
+        name = account.forced_socket
+        if name is None:
+            return None
+        udp = self._transports.get(name)
+        return udp.spec if udp is not None else self._stream_sockets.get(name)
+
+    def _dispatch(self, registrant: Registrant, out: Outgoing) -> None:
+        account = registrant.account
+        hop = account.next_hop
+        try:
+            transport, secure = self.route(account)
+        except RouteError as e:
+            # Never fall back to UDP or clear text: the record fails, saying why.
+            self._fail(registrant, str(e))
+            return
+        targets = self._resolver.cached_targets(hop, transport, secure)
         if targets is not None:
             self._transmit(registrant, out, self.health.choose(targets, self._clock.seconds()))
             return
-        d = self._resolver.resolve_targets(hop)
+        d = self._resolver.resolve_targets(hop, transport, secure)
 
-        def resolved(targets: list[Address]) -> None:
+        def resolved(targets: list[Target]) -> None:
             if self._current(registrant, out.cseq):
-                address = self.health.choose(targets, self._clock.seconds())
-                self._guarded(registrant, "sending after a lookup", self._transmit, registrant, out, address)
+                target = self.health.choose(targets, self._clock.seconds())
+                self._guarded(registrant, "sending after a lookup", self._transmit, registrant, out, target)
 
         def failed(reason: Failure) -> None:
             if self._current(registrant, out.cseq):
@@ -167,54 +265,117 @@ class RegistrationClient:
         """Whether a callback for request C{cseq} still concerns the record."""
         return not registrant.removed and registrant.cseq == cseq and registrant.in_transaction
 
-    def _transmit(self, registrant: Registrant, out: Outgoing, address: Address) -> None:
+    def _transmit(self, registrant: Registrant, out: Outgoing, target: Target) -> None:
+        name = self._target_names.get(target)
+        registrant.target = name if name is not None else self._target_names.keep(target, target_name(target))
+        if target[0] == "udp":
+            self._send_datagram(registrant, out, target)
+        else:
+            self._send_on_stream(registrant, out, target)
+
+    def _send_datagram(self, registrant: Registrant, out: Outgoing, target: Target) -> None:
         account = registrant.account
+        address = (target[1], target[2])
         transport = self.transport_for(account, address)
         if transport is None:
             family = "IPv6" if ":" in address[0] else "IPv4"
-            where = f"its forced socket {account.forced_socket} is not" if account.forced_socket else "no --listen socket is"
+            where = f"its forced socket {account.forced_socket} is not" if account.forced_socket else "no UDP --listen socket is"
             self._fail(registrant, f"{account.next_hop.host} is at {family} address {address[0]} but {where} {family}; not sent")
             return
+        self._start(registrant, out, target, transport, (transport.via_host(address[0]), transport.spec.port), "UDP")
+
+    def local_for(self, account: Account, target: Target) -> SocketSpec | None:
+        """
+        The socket whose address a connection to C{target} goes from: the
+        forced socket; else the first stream socket of that transport and
+        family; else of that family; else the first UDP socket of the family.
+        """
+        forced = self.forced_spec(account)
+        if forced is not None:
+            return forced
+        ipv6 = ":" in target[1]
+        spec = self._stream_by.get((target[0], ipv6)) or self._stream_by.get(("", ipv6))
+        if spec is None:
+            udp = self._by_family.get(ipv6)
+            spec = udp.spec if udp is not None else None
+        return spec
+
+    def _send_on_stream(self, registrant: Registrant, out: Outgoing, target: Target) -> None:
+        account = registrant.account
+        transport, ip, port = target
+        local = self.local_for(account, target)
+        if self._streams is None or local is None or local.ipv6 != (":" in ip):
+            family = "IPv6" if ":" in ip else "IPv4"
+            self._fail(registrant, f"{account.next_hop.host} is at {family} address {ip} but no --listen socket is {family}; not sent")
+            return
+        try:
+            link = self._streams.link(transport, (ip, port), local, account.next_hop.host)
+        except LinkFailed as e:
+            self._connection_failed(registrant, out.cseq, target, str(e))
+            return
+        cseq = out.cseq
+
+        def ready(link: StreamLink) -> None:
+            if self._current(registrant, cseq):
+                self._guarded(registrant, "sending on a connection", self._start, registrant, out, target, link, link.via(), transport.upper())
+
+        def failed(reason: str) -> None:
+            if self._current(registrant, cseq):
+                self._guarded(
+                    registrant, "a failed connection", self._connection_failed, registrant, cseq, target, f"connection to {link.name} failed: {reason}"
+                )
+
+        link.when_open(ready, failed)
+
+    def _connection_failed(self, registrant: Registrant, cseq: int, target: Target, reason: str) -> None:
+        """A connection could not be opened: RFC 3263 §4.3 counts it as the target failing."""
+        now = self._clock.seconds()
+        self.health.failed(target, now)
+        before = registrant.state
+        registrant.on_unreachable(now, reason)
+        self._fail_over(registrant, target, now)
+        self._changed(registrant, before)
+        self._reschedule(registrant)
+
+    def _start(self, registrant: Registrant, out: Outgoing, target: Target, sender: DatagramSender, via: tuple[str, int], via_transport: str) -> None:
+        account = registrant.account
+        address = (target[1], target[2])
         branch = "z9hG4bK" + self._branch_token(10)
-        data = render_register(
-            account,
-            registrant.call_id,
-            registrant.from_tag,
-            out,
-            (transport.via_host(address[0]), transport.spec.port),
-            branch,
-            self.user_agent,
-        )
+        data = render_register(account, registrant.call_id, registrant.from_tag, out, via, branch, self.user_agent, via_transport)
         sent = self._clock.seconds()
         cseq = out.cseq
         try:
             self._transactions.start(
-                transport,
+                sender,
                 address,
                 data,
                 branch,
                 cseq,
-                lambda response: self._guarded(registrant, "handling a response", self._on_final, registrant, cseq, response, address),
-                lambda: self._guarded(registrant, "handling a timeout", self._on_timeout, registrant, cseq, address, sent),
+                lambda response: self._guarded(registrant, "handling a response", self._on_final, registrant, cseq, response, target, sender),
+                lambda reason: self._guarded(registrant, "handling a timeout", self._on_timeout, registrant, cseq, target, sent, reason),
+                reliable=via_transport != "UDP",
             )
         except OSError as e:
-            self._fail(registrant, f"sending to {address[0]}:{address[1]} failed: {e}")
+            self._fail(registrant, f"sending to {target_name(target)} failed: {e}")
 
-    def _on_final(self, registrant: Registrant, cseq: int, response: Response, address: Address) -> None:
+    def _on_final(self, registrant: Registrant, cseq: int, response: Response, target: Target, sender: DatagramSender) -> None:
         now = self._clock.seconds()
+        address = (target[1], target[2])
         self.recovery.answered(address, now)
         unavailable = response.status == 503 and not response.has("retry-after")
         if unavailable:
-            self.health.failed(address, now)  # RFC 3263 §4.3: try the next target
+            self.health.failed(target, now)  # RFC 3263 §4.3: try the next target
         else:
-            self.health.answered(address)
+            self.health.answered(target)
         if not self._current(registrant, cseq):
             return
         before = registrant.state
         held_until = registrant.registered_until
         follow = registrant.on_response(response, now)
         if unavailable and follow is None:
-            self._fail_over(registrant, address, now)
+            self._fail_over(registrant, target, now)
+        if isinstance(sender, StreamLink) and registrant.state == RegState.REGISTERED_STATE:
+            self._join_flow(registrant, sender)
         if held_until is not None and now > held_until and registrant.state == RegState.REGISTERED_STATE:
             self.counters.lapsed_registrations += 1
         self._changed(registrant, before)
@@ -224,23 +385,32 @@ class RegistrationClient:
         else:
             self._reschedule(registrant)
 
-    def _on_timeout(self, registrant: Registrant, cseq: int, address: Address, sent: float) -> None:
+    def _on_timeout(self, registrant: Registrant, cseq: int, target: Target, sent: float, broken: str | None) -> None:
         if not self._current(registrant, cseq):
+            return
+        if broken is not None:
+            # The connection broke under the transaction: a transport failure (RFC 3263 §4.3).
+            self._connection_failed(registrant, cseq, target, broken)
             return
         before = registrant.state
         now = self._clock.seconds()
-        registrant.on_timeout(now, f"{address[0]}:{address[1]}")
+        address = (target[1], target[2])
+        registrant.on_timeout(now, target_name(target))
         if not self.recovery.answered_since(address, sent):
             # Nobody heard from it since: the target is down, not this record.
-            self.health.failed(address, now)
-            self._fail_over(registrant, address, now)
+            self.health.failed(target, now)
+            self._fail_over(registrant, target, now)
         self.recovery.timed_out(registrant, address, sent)
         self._changed(registrant, before)
         self._reschedule(registrant)
 
-    def _fail_over(self, registrant: Registrant, failed: Address, now: float) -> None:
+    def _fail_over(self, registrant: Registrant, failed: Target, now: float) -> None:
         """Retry at once if the next hop has another target that is not avoided (else the back-off holds)."""
-        targets = self._resolver.cached_targets(registrant.account.next_hop)
+        try:
+            transport, secure = self.route(registrant.account)
+        except RouteError:
+            return
+        targets = self._resolver.cached_targets(registrant.account.next_hop, transport, secure)
         if targets is not None and self.health.alternative(targets, failed, now) is not None:
             if registrant.retry_early(now, FAIL_OVER):
                 self.counters.fail_overs += 1

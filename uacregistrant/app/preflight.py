@@ -2,7 +2,7 @@
 """
 Every check that can refuse a start, run by the service's
 C{privilegedStartService} before it binds or creates anything (no table,
-no socket file): the store is readable, every UDP socket and control
+no socket file): the store is readable, every UDP, TCP and TLS socket and control
 endpoint can be bound.  A refusal is one line for the operator.
 """
 
@@ -20,14 +20,19 @@ from uacregistrant.store import IRegistrantStore, StoreError
 def check_udp(spec: SocketSpec) -> None:
     """
     Bind C{spec} for a moment: the port is free and the address is one of
-    this host's.
+    this host's (TCP and TLS sockets as Twisted will: with SO_REUSEADDR,
+    and listening).
 
     @raise ConfigError: naming the socket and the reason.
     """
     family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+    with socket.socket(family, socket.SOCK_STREAM if spec.stream else socket.SOCK_DGRAM) as probe:
         try:
+            if spec.stream:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((spec.host, spec.port))
+            if spec.stream:
+                probe.listen(1)
         except OSError as e:
             reason = e.strerror or str(e)
             if e.errno == errno.EADDRNOTAVAIL:

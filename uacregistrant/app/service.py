@@ -5,6 +5,8 @@ arguments, from the store up to the wire:
 
     store -> loader -> sync -> registry -> walker -> pacer -> client
           -> transactions -> transports (UDP ports, child services)
+                          -> stream pool (TCP/TLS connections; tcp:/tls:
+                             listen sockets are child services)
 
 plus the control endpoints (child services) and the GC policy.  The
 walk starts once the first full pass is done.
@@ -18,12 +20,13 @@ import sys
 from typing import Any, Callable, cast
 
 from twisted.application.internet import UDPServer
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime, IResolver
 from twisted.logger import Logger
 from twisted.names import client as dns_client
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from uacregistrant.agent.changes import StateChanges
 from uacregistrant.agent.client import RegistrationClient
@@ -39,7 +42,11 @@ from uacregistrant.control.protocol import ControlFactory
 from uacregistrant.core.counters import SipCounters
 from uacregistrant.core.registrant import Policy, Registrant
 from uacregistrant.core.registry import Registry
+from uacregistrant.core.socketspec import SocketSpec
+from uacregistrant.net.incoming import RequestAnswerer
 from uacregistrant.net.resolver import SipResolver
+from uacregistrant.net.stream import IncomingFactory, StreamPool
+from uacregistrant.net.tls import TlsError, TlsSettings, load_tls
 from uacregistrant.net.transaction_layer import TransactionLayer
 from uacregistrant.net.transport import MAX_DATAGRAM, SipTransport
 from uacregistrant.schedule.pacer import Pacer
@@ -82,12 +89,43 @@ def stuck_after(transaction_timeout: float) -> float:
     return max(300.0, 8 * transaction_timeout)
 
 
+class StreamListener(Service):
+    """A C{tcp:} or C{tls:} listen socket: a registrar may connect back to it."""
+
+    def __init__(self, spec: SocketSpec, pool: StreamPool, reactor: Any) -> None:
+        self.spec = spec
+        self._pool = pool
+        self._reactor = reactor
+        self._port: Any = None
+
+    def privilegedStartService(self) -> None:
+        """Listen (a TLS socket only with a certificate to serve: else outgoing only)."""
+        super().privilegedStartService()
+        factory: Any = IncomingFactory(self._pool)
+        spec = self.spec
+        if spec.transport == "tls":
+            server = self._pool.tls.server_options() if self._pool.tls is not None else None
+            if server is None:
+                _log.warn("{socket}: no --tls-cert to serve with: used for outgoing connections only, not listening", socket=spec.name)
+                return
+            factory = TLSMemoryBIOFactory(server, False, factory)
+        self._port = self._reactor.listenTCP(spec.port, factory, interface=spec.host)
+        self._pool.listen_ports[spec.name] = self._port.getHost().port
+
+    def stopService(self) -> Any:
+        """Stop listening."""
+        super().stopService()
+        port, self._port = self._port, None
+        return port.stopListening() if port is not None else None
+
+
 class RegistrantService(MultiService):
     """
     One node's registrant daemon.
 
     @ivar registry: every loaded record.
     @ivar transports: the UDP sockets by configured C{udp:HOST:PORT} name.
+    @ivar streams: the TCP/TLS connections.
     @param checks: the start-up checks run before binding (L{preflight}).
     """
 
@@ -123,9 +161,18 @@ class RegistrantService(MultiService):
         #: Transaction timers and refresh wake-ups, on one reactor call.
         self.timers = TimerQueue(clock)
         self.transactions = TransactionLayer(clock, self.counters, t1=settings.sip_t1 / 1000, timers=self.timers)
+        #: Answers OPTIONS pings and other requests from peers.
+        self.answerer = RequestAnswerer(clock, self.counters, settings.user_agent)
         self.transports = {
-            spec.name: SipTransport(spec, self.transactions, self.counters, clock, shared.names) for spec in settings.listen
+            spec.name: SipTransport(spec, self.transactions, self.counters, clock, shared.names, answerer=self.answerer)
+            for spec in settings.listen
+            if not spec.stream
         }
+        #: Every TCP/TLS connection.
+        self.streams = StreamPool(reactor, self.transactions, self.counters, shared.names, keepalive=settings.keepalive)
+        self.streams.answerer = self.answerer
+        for spec in settings.stream_listen:
+            StreamListener(spec, self.streams, reactor).setServiceParent(self)
         for transport in self.transports.values():
             spec = transport.spec
             UDPServer(spec.port, transport, interface=spec.host, maxPacketSize=MAX_DATAGRAM, reactor=reactor).setServiceParent(self)
@@ -147,7 +194,11 @@ class RegistrantService(MultiService):
             changes=self.changes,
             reschedule=self._after_step,
             queue_follow_up=self._queue_follow_up,
+            user_agent=settings.user_agent,
+            streams=self.streams,
+            stream_sockets=settings.stream_listen,
         )
+        self.streams.on_lost = self.client.link_lost
         self.pacer = Pacer(
             clock,
             settings.send_rate,
@@ -171,7 +222,7 @@ class RegistrantService(MultiService):
             clock,
             default_expires=settings.default_expires,
             timer_interval=settings.timer_interval,
-            sockets=list(self.transports),
+            sockets=[spec.name for spec in settings.listen],
             poke=self.walker.poke,
             forget=self._forget,
             shared=shared,
@@ -188,7 +239,7 @@ class RegistrantService(MultiService):
         self.walk = WalkService(self.walker, clock)
         self.walk.setServiceParent(self)
         self.admin = Admin(self.registry, store, self.sync, clock, self.loader.reload)
-        self.commands = Commands(self.registry, self.counters, self.admin, self.events, clock)
+        self.commands = Commands(self.registry, self.counters, self.admin, self.events, clock, self._transport_status)
         factory = ControlFactory(self.commands, clock)
         for control in settings.control:
             ControlListener(endpoints.serverFromString(reactor, control.description), factory).setServiceParent(self)
@@ -200,11 +251,29 @@ class RegistrantService(MultiService):
             return cast(IResolver, dns_client.createResolver(servers=list(nameservers), resolvconf=os.devnull))
         return cast(IResolver, dns_client.createResolver())
 
+    def _transport_status(self) -> dict[str, Any]:
+        """What reg_stats shows of the transports."""
+        return {
+            "connections": len(self.streams),
+            "incoming_connections": self.streams.incoming,
+            "tls_verify": "off" if self.settings.tls_no_verify else "on",
+        }
+
+    def _load_tls(self) -> None:
+        """Read the TLS files (a refusal if unusable); warn when certificates go unchecked."""
+        settings = self.settings
+        try:
+            self.streams.tls = load_tls(TlsSettings(settings.tls_ca, settings.tls_cert, settings.tls_key, verify=not settings.tls_no_verify))
+        except TlsError as e:
+            raise ConfigError(str(e)) from None
+        if settings.tls_no_verify:
+            _log.warn("--tls-no-verify: registrars' TLS certificates are NOT checked (anyone on the path can pose as them)")
+
     def privilegedStartService(self) -> None:
         """
-        Check what can refuse a start, then bind the UDP sockets and the
-        control endpoints (may need root).  A refusal is one line on
-        stderr and exit 1.
+        Check what can refuse a start, load the TLS files, then bind the
+        UDP and stream sockets and the control endpoints (may need root).
+        A refusal is one line on stderr and exit 1.
 
         @raise StartRefused: an ordinary exception, so that a daemonizing
             twistd reports it through its status pipe to the parent (which
@@ -213,10 +282,11 @@ class RegistrantService(MultiService):
         """
         try:
             self._checks(self.settings, self.store)
+            self._load_tls()
             super().privilegedStartService()
         except (ConfigError, CannotListenError) as e:
             for child in list(self):
-                if isinstance(child, (UDPServer, ControlListener)):
+                if isinstance(child, (UDPServer, ControlListener, StreamListener)):
                     child.stopService()
             reason = _refusal(e)
             _log.error("cannot start: {reason}", reason=reason)
@@ -302,6 +372,7 @@ class RegistrantService(MultiService):
 
     def _close(self) -> defer.Deferred[None]:
         self.pacer.stop()
+        self.streams.stop()
         self.transactions.stop()
         self.walker.stop()
         self.timers.stop()

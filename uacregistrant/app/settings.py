@@ -197,8 +197,12 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
         nameservers=tuple(_nameserver(text) for text in _as_list(values.get("nameserver"), "nameserver") if text),
         keepalive=scalars["keepalive"],
         user_agent=user_agent,
-        **tls,
-        **flags,
+        tls_ca=tls["tls_ca"],
+        tls_cert=tls["tls_cert"],
+        tls_key=tls["tls_key"],
+        db_notify=flags["db_notify"],
+        unregister_on_shutdown=flags["unregister_on_shutdown"],
+        tls_no_verify=flags["tls_no_verify"],
     )
 
 

@@ -69,7 +69,20 @@ def _failed(failure: Failure) -> Reply:
 class Commands:
     """The command table over one registry."""
 
-    def __init__(self, registry: Registry, counters: SipCounters, admin: Admin, events: EventHub, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        counters: SipCounters,
+        admin: Admin,
+        events: EventHub,
+        clock: IReactorTime,
+        transport_status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        """
+        @param transport_status: what reg_stats shows of the transports
+            (open connections, whether TLS certificates are checked).
+        """
+        self._transport_status = transport_status
         self._registry = registry
         self._clock = clock
         self._counters = counters
@@ -162,11 +175,15 @@ class Commands:
 
         def reply() -> Reply:
             stats = tally.result(len(self._registry), self._counters.as_dict())
+            transports = self._transport_status() if self._transport_status is not None else {}
+            if transports:
+                stats["transport"] = transports
             if as_json:
                 return Reply(200, "OK", [json.dumps(stats, separators=(",", ":"))])
             lines = [f"total: {stats['total']}", f"enabled: {stats['enabled']}", f"bindings_held: {stats['bindings_held']}"]
             lines += [f"{name}: {count}" for name, count in tally.by_state().items()]
             lines += [f"sip.{name}: {value}" for name, value in self._counters.as_dict().items()]
+            lines += [f"transport.{name}: {value}" for name, value in transports.items()]
             return Reply(200, "OK", lines)
 
         return in_slices(self._clock, records, STATS_SLICE, tally.count).addCallback(lambda _: reply())

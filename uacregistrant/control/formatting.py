@@ -76,6 +76,10 @@ def record_dict(registrant: Registrant, *, times: IsoSeconds | None = None) -> d
         "last_error": registrant.last_error or None,
         "call_id": registrant.call_id,
     }
+    if registrant.target:
+        transport, _, target = registrant.target.partition(":")
+        record["transport"] = transport
+        record["target"] = target
     optional = {
         "binding_params": account.binding_params,
         "third_party_registrant": account.third_party_registrant,

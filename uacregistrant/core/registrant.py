@@ -262,6 +262,7 @@ class Registrant:
         "_answered",
         "_tries",
         "_removed",
+        "target",
     )
 
     def __init__(self, account: Account, policy: Policy) -> None:
@@ -292,6 +293,8 @@ class Registrant:
         self._answered: tuple[str, ...] = ()
         self._tries = _NO_TRIES
         self._removed = False
+        #: The last target sent to, C{TRANSPORT:IP:PORT} (interned by the client), or C{""}.
+        self.target = ""
 
     def __repr__(self) -> str:
         return f"<Registrant {self.account.aor} {self._state.name}>"
@@ -418,6 +421,16 @@ class Registrant:
         """The outstanding transaction (sent to C{target}) timed out (Timer F)."""
         if self._state in IN_TRANSACTION:
             self._fail(Event.TIMED_OUT, now, f"no final response from {target} before Timer F" if target else "no final response before Timer F")
+            self._settle(now)
+
+    def on_unreachable(self, now: float, reason: str) -> None:
+        """
+        The outstanding request's target could not be reached: its
+        connection was refused, failed TLS or broke (RFC 3263 §4.3 treats
+        this as a timeout: another target may cure it).
+        """
+        if self._state in IN_TRANSACTION:
+            self._fail(Event.TIMED_OUT, now, reason)
             self._settle(now)
 
     def on_send_error(self, now: float, reason: str) -> None:

@@ -10,9 +10,10 @@ Pure: it is given the time.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Generic, Hashable, Sequence, TypeVar
 
-Address = tuple[str, int]
+#: A target: C{(transport, ip, port)} in the daemon; anything hashable here.
+_Target = TypeVar("_Target", bound=Hashable)
 
 #: Seconds a target is avoided after its first failure in a row; doubles
 #: with each further failure, up to L{AVOID_MAX}.
@@ -22,7 +23,7 @@ AVOID_MAX = 600.0
 REMEMBERED_MAX = 4096
 
 
-class TargetHealth:
+class TargetHealth(Generic[_Target]):
     """Failing targets and until when each is avoided."""
 
     def __init__(self, avoid_first: float = AVOID_FIRST, avoid_max: float = AVOID_MAX, limit: int = REMEMBERED_MAX) -> None:
@@ -30,12 +31,12 @@ class TargetHealth:
         self._avoid_max = avoid_max
         self._limit = limit
         # address -> (avoided until, failures in a row)
-        self._failing: dict[Address, tuple[float, int]] = {}
+        self._failing: dict[_Target, tuple[float, int]] = {}
 
     def __len__(self) -> int:
         return len(self._failing)
 
-    def failed(self, address: Address, now: float) -> float:
+    def failed(self, address: _Target, now: float) -> float:
         """C{address} timed out or refused service: avoid it; return until when."""
         failing = self._failing
         _, count = failing.get(address, (0.0, 0))
@@ -47,17 +48,17 @@ class TargetHealth:
         failing[address] = (until, count + 1)
         return until
 
-    def answered(self, address: Address) -> None:
+    def answered(self, address: _Target) -> None:
         """C{address} answered: it is healthy again."""
         if self._failing:
             self._failing.pop(address, None)
 
-    def avoided(self, address: Address, now: float) -> bool:
+    def avoided(self, address: _Target, now: float) -> bool:
         """Whether C{address} is being avoided at C{now}."""
         entry = self._failing.get(address)
         return entry is not None and entry[0] > now
 
-    def choose(self, targets: Sequence[Address], now: float) -> Address:
+    def choose(self, targets: Sequence[_Target], now: float) -> _Target:
         """
         The first target not avoided; if all are, the one whose avoidance
         ends first (a hop with every target failing is still tried).
@@ -65,7 +66,7 @@ class TargetHealth:
         failing = self._failing
         if not failing:
             return targets[0]
-        best: Address | None = None
+        best: _Target | None = None
         best_until = float("inf")
         for target in targets:
             entry = failing.get(target)
@@ -76,7 +77,7 @@ class TargetHealth:
         assert best is not None
         return best
 
-    def alternative(self, targets: Sequence[Address], failed: Address, now: float) -> Address | None:
+    def alternative(self, targets: Sequence[_Target], failed: _Target, now: float) -> _Target | None:
         """A target other than C{failed} that is not avoided, if any."""
         for target in targets:
             if target != failed and not self.avoided(target, now):

@@ -30,8 +30,10 @@ class DatagramSender(Protocol):
         """Send C{data} to C{dest}; may raise L{OSError}."""
 
 
-#: A transaction's owner: who retransmits it, who gets its outcome.
-_Owner = tuple[DatagramSender, Callable[[Response], None], Callable[[], None]]
+#: A transaction's owner: who (re)transmits it, who gets its final
+#: response, who hears that it ended without one (C{None}: Timer F; else
+#: why its connection failed).
+_Owner = tuple[DatagramSender, Callable[[Response], None], Callable[[str | None], None]]
 
 
 class TransactionLayer:
@@ -100,18 +102,22 @@ class TransactionLayer:
         branch: str,
         cseq: int,
         on_final: Callable[[Response], None],
-        on_timeout: Callable[[], None],
+        on_timeout: Callable[[str | None], None],
+        reliable: bool = False,
     ) -> None:
         """
         Send a request and run its timers.
 
         @param branch: the request's top Via branch, unique among those in
             progress (L{ValueError} otherwise).
+        @param on_timeout: called with C{None} at Timer F, or with the
+            reason when L{abort} ends the transaction.
+        @param reliable: C{sender} is a stream: no retransmissions, no Timer K.
         @raise OSError: if the first send fails; nothing is left running
             (whatever the first send raises).
         """
         table = self._table
-        transmit = table.start(self._clock.seconds(), branch, dest, data, cseq, (sender, on_final, on_timeout))
+        transmit = table.start(self._clock.seconds(), branch, dest, data, cseq, (sender, on_final, on_timeout), reliable)
         try:
             sender.send(transmit.data, transmit.dest)
         except BaseException:
@@ -129,6 +135,19 @@ class TransactionLayer:
             # Otherwise the pending wake-up, due no later than the
             # transaction's next retransmission, re-arms for its Timer K.
             delivery.user[1](response)
+
+    def abort(self, sender: DatagramSender, reason: str) -> int:
+        """
+        End at once every transaction sent through C{sender} (a stream that
+        broke): each owner hears C{reason}; returns how many ended.
+        """
+        ended = self._table.abort(lambda txn: txn.user[0] is sender, self._clock.seconds())
+        for action in ended:
+            try:
+                action.user[2](reason)
+            except Exception:
+                _log.failure("handling an aborted transaction failed")
+        return len(ended)
 
     def stop(self) -> None:
         """Cancel the timer and forget every transaction (service shutdown)."""
@@ -168,7 +187,7 @@ class TransactionLayer:
                         counters.send_errors += 1
                         _log.warn("retransmission to {dest} failed: {error}", dest=action.dest, error=str(e))
                 else:
-                    action.user[2]()
+                    action.user[2](None)
             except Exception:
                 what = "retransmission" if isinstance(action, Transmit) else "timeout"
                 _log.failure("handling a transaction {what} failed", what=what)

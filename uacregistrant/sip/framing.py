@@ -60,6 +60,14 @@ class StreamFramer:
         """Bytes held for an unfinished message."""
         return len(self._buffer)
 
+    @property
+    def holds_crlf(self) -> bool:
+        """
+        Whether all that is held is one CRLF: a pong, unless the rest of a
+        ping follows (the caller may take it as the peer's answer now).
+        """
+        return self._buffer == b"\r\n"
+
     def feed(self, data: bytes) -> list[bytes | KeepAlive]:
         """
         The messages and keep-alives that C{data} completes, in order.

@@ -11,7 +11,11 @@ import dataclasses
 import random
 
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.simulation import REGISTRAR, Simulation
@@ -22,7 +26,9 @@ from uacregistrant.core.account import Account
 from uacregistrant.core.counters import SipCounters
 from uacregistrant.core.registrant import IN_TRANSACTION, Policy, RegState, Registrant
 from uacregistrant.core.socketspec import SocketSpec
-from uacregistrant.net.resolver import Address, ResolutionError, SipResolver
+from uacregistrant.net.resolver import Address, ResolutionError, SipResolver, Target
+from uacregistrant.net.stream import StreamPool
+from uacregistrant.net.tls import TlsSettings, load_tls
 from uacregistrant.net.transaction_layer import TransactionLayer
 from uacregistrant.sip.message import Request, Response, parse_message
 from uacregistrant.sip.uri import SipUri, parse_uri
@@ -98,9 +104,9 @@ class GuardTests(SynchronousTestCase):
         sim.db.commit()
         answers: list[defer.Deferred[tuple[str, int]]] = []
 
-        def resolve(resolver: SipResolver, uri: object) -> defer.Deferred[list[tuple[str, int]]]:
+        def resolve(resolver: SipResolver, uri: object, *how: object) -> defer.Deferred[list[Target]]:
             answers.append(defer.Deferred())
-            return answers[-1].addCallback(lambda address: [address])
+            return answers[-1].addCallback(lambda address: [("udp", *address)])
 
         self.patch(SipResolver, "resolve_targets", resolve)
         transmit = self.patch(RegistrationClient, "_transmit", boom)
@@ -125,7 +131,7 @@ class GuardTests(SynchronousTestCase):
         sim.db.execute("UPDATE registrant SET registrar = 'sip:registrar.test.invalid'")
         sim.db.commit()
         answers: list[defer.Deferred[tuple[str, int]]] = []
-        self.patch(SipResolver, "resolve_targets", lambda resolver, uri: answers.append(defer.Deferred()) or answers[-1].addCallback(lambda a: [a]))
+        self.patch(SipResolver, "resolve_targets", lambda resolver, uri, *how: answers.append(defer.Deferred()) or answers[-1].addCallback(lambda a: [("udp", *a)]))
         service = sim.start()
         sim.run(1)
         (r,) = service.registry
@@ -217,14 +223,14 @@ class FakeResolver:
         self.known = known or {}
         self.lookups: list[tuple[str, defer.Deferred[Address]]] = []
 
-    def cached_targets(self, uri: SipUri) -> list[Address] | None:
+    def cached_targets(self, uri: SipUri, transport: str | None = None, secure: bool = False) -> list[Target] | None:
         known = self.known.get(uri.host)
-        return None if known is None else [known]
+        return None if known is None else [(transport or ("tls" if secure else "udp"), *known)]
 
-    def resolve_targets(self, uri: SipUri) -> defer.Deferred[list[Address]]:
+    def resolve_targets(self, uri: SipUri, transport: str | None = None, secure: bool = False) -> defer.Deferred[list[Target]]:
         d: defer.Deferred[Address] = defer.Deferred()
         self.lookups.append((uri.host, d))
-        return d.addCallback(lambda address: [address])
+        return d.addCallback(lambda address: [(transport or ("tls" if secure else "udp"), *address)])
 
 
 class FakeSender:
@@ -353,43 +359,114 @@ class DispatchTests(SynchronousTestCase):
         self.assertEqual(len(self.transactions), 0)
 
 
-class NoDowngradeTests(SynchronousTestCase):
-    """A row that asks for TCP or TLS is never sent over UDP in clear: it fails, saying why."""
+class StreamRouteTests(SynchronousTestCase):
+    """
+    A row that asks for TCP or TLS goes over a connection of that
+    transport, never over UDP or in clear; what cannot be done fails,
+    saying why.
+    """
 
     HOP = DispatchTests.HOP
-    setUp = DispatchTests.setUp
+
+    def setUp(self) -> None:
+        DispatchTests.setUp(self)  # type: ignore[arg-type]
+        self.reactor = MemoryReactorClock()
+        self.clock = self.reactor  # type: ignore[assignment]
+        self.transactions = TransactionLayer(self.reactor, self.counters)
+        self.streams = StreamPool(self.reactor, self.transactions, self.counters, keepalive=0)
+        self.streams.tls = load_tls(TlsSettings(verify=False))
+        self.client = RegistrationClient(
+            self.reactor, self.transactions, self.resolver, {self.sender.spec.name: self.sender},  # type: ignore[arg-type, dict-item]
+            self.counters, changes=StateChanges([self.changes.append]),
+            reschedule=self.rescheduled.append, queue_follow_up=lambda r: None,
+            streams=self.streams, stream_sockets=(SocketSpec("192.0.2.1", 5070, "tcp"),),
+        )
+        self.streams.on_lost = self.client.link_lost
+        self.resolver.known[self.HOP] = ("192.0.2.10", 5060)
 
     def with_account(self, **columns: object) -> Registrant:
         account = dataclasses.replace(self.registrant.account, **columns)  # type: ignore[arg-type]
         account = dataclasses.replace(account, next_hop=parse_uri(account.proxy or account.registrar))
         return Registrant(account, self.registrant.policy)
 
-    def test_stream_or_secure_hops_are_not_sent(self) -> None:
-        """transport=tcp/tls on the registrar or the proxy, a sips: registrar or proxy: nothing sent, INTERNAL_ERROR naming the transport."""
-        self.resolver.known[self.HOP] = ("192.0.2.10", 5060)
+    def connect(self, index: int = -1) -> StringTransport:
+        """Complete the connection attempt C{index}: the link opens."""
+        host, port, factory, _, _ = self.reactor.tcpClients[index]
+        protocol = factory.buildProtocol(None)
+        wire = StringTransport(hostAddress=IPv4Address("TCP", "192.0.2.1", 40000), peerAddress=IPv4Address("TCP", host, port))
+        protocol.makeConnection(wire)
+        self.protocol = protocol
+        return wire
+
+    def test_transport_from_the_hop(self) -> None:
+        """transport=tcp/tls, sips: on the registrar or the proxy: a connection of that transport; nothing over UDP."""
         cases = [
-            ({"registrar": f"sip:{self.HOP};transport=tcp"}, "TCP"),
-            ({"registrar": f"sip:{self.HOP};transport=TLS"}, "TLS"),
-            ({"registrar": f"sips:{self.HOP}"}, "TLS"),
-            ({"proxy": f"sip:{self.HOP};transport=tls"}, "TLS"),
-            ({"proxy": f"sip:{self.HOP}", "registrar": "sips:example.com"}, "TLS"),
-            ({"registrar": f"sips:{self.HOP};transport=udp"}, "TLS"),
+            ({"registrar": f"sip:{self.HOP};transport=tcp"}, "tcp", 5060),
+            ({"registrar": f"sip:{self.HOP};transport=TLS"}, "tls", 5060),
+            ({"registrar": f"sips:{self.HOP}"}, "tls", 5060),
+            ({"proxy": f"sip:{self.HOP};transport=tls"}, "tls", 5060),
+            ({"proxy": f"sip:{self.HOP}", "registrar": "sips:example.com"}, "tls", 5060),
+            ({"registrar": f"sips:{self.HOP};transport=udp"}, "tls", 5060),
         ]
-        for columns, transport in cases:
+        for columns, transport, port in cases:
             r = self.with_account(**columns)
             self.client.send(r)
             self.assertEqual(self.sender.sent, [], columns)
-            self.assertEqual(r.state, RegState.INTERNAL_ERROR_STATE, columns)
-            self.assertIn(f"needs {transport}, which this daemon does not send yet", r.last_error)
-            self.assertIsNotNone(r.next_at)  # retried with back-off, not stuck
-        self.assertEqual(len(self.transactions), 0)
+            self.assertEqual(r.state, RegState.REGISTERING_STATE, columns)
+            self.assertEqual(r.target, f"{transport}:192.0.2.10:{port}", columns)
+        # One connection per transport (the TLS ones share theirs), from the tcp socket's address.
+        self.assertEqual([(c[0], c[1], c[4]) for c in self.reactor.tcpClients], [("192.0.2.10", 5060, ("192.0.2.1", 0))] * 2)
 
-    def test_udp_hops_still_sent(self) -> None:
-        """transport=udp on a sip: hop, or no transport at all, goes over UDP as before."""
-        self.resolver.known[self.HOP] = ("192.0.2.10", 5060)
-        r = self.with_account(registrar=f"sip:{self.HOP};transport=udp")
+    def test_request_waits_for_the_connection(self) -> None:
+        """The REGISTER is written once the connection opens, with a TCP Via naming the listen port; never retransmitted."""
+        r = self.with_account(registrar=f"sip:{self.HOP};transport=tcp")
         self.client.send(r)
-        self.assertEqual(len(self.sender.sent), 1)
+        wire = self.connect()
+        message = parse_message(wire.value())
+        assert isinstance(message, Request)
+        self.assertTrue(message.get_all("via")[0].startswith("SIP/2.0/TCP 192.0.2.1:5070;"))
+        self.reactor.pump([1] * 10)
+        self.assertEqual(wire.value().count(b"REGISTER sip:"), 1)
+
+    def test_forced_socket_of_another_transport(self) -> None:
+        """A hop asking for TLS and a forced UDP socket: nothing sent, the record says why."""
+        r = self.with_account(registrar=f"sips:{self.HOP}", forced_socket=self.sender.spec.name)
+        self.client.send(r)
+        self.assertEqual((self.sender.sent, self.reactor.tcpClients), ([], []))
+        self.assertIn("needs TLS but the forced socket udp:192.0.2.1:5060 is UDP", r.last_error)
+        self.assertIsNotNone(r.next_at)
+
+    def test_forced_stream_socket_decides_the_transport(self) -> None:
+        """A plain sip: hop with a forced tcp: socket goes over TCP."""
+        r = self.with_account(forced_socket="tcp:192.0.2.1:5070")
+        self.client.send(r)
+        self.assertEqual(r.target, "tcp:192.0.2.10:5060")
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_refused_connection_fails_over_and_backs_off(self) -> None:
+        """A refused connection is a failed target (REGISTER_TIMEOUT, reason given); a new attempt waits for the back-off."""
+        r = self.with_account(registrar=f"sip:{self.HOP};transport=tcp")
+        self.client.send(r)
+        factory = self.reactor.tcpClients[0][2]
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        self.assertEqual(r.state, RegState.REGISTER_TIMEOUT_STATE)
+        self.assertIn("connection to tcp:192.0.2.10:5060 failed: connection refused", r.last_error)
+        self.assertTrue(self.client.health.avoided(("tcp", "192.0.2.10", 5060), self.reactor.seconds()))
+        self.assertEqual(self.counters.connection_failures, 1)
+        again = self.with_account(registrar=f"sip:{self.HOP};transport=tcp")
+        self.client.send(again)
+        self.assertIn("next attempt in 1s", again.last_error)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_broken_connection_ends_the_transaction_at_once(self) -> None:
+        """A connection that breaks under a transaction ends it now (no Timer F wait), naming the reason."""
+        r = self.with_account(registrar=f"sip:{self.HOP};transport=tcp")
+        self.client.send(r)
+        self.connect()
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(r.state, RegState.REGISTER_TIMEOUT_STATE)
+        self.assertIn("connection to tcp:192.0.2.10:5060 lost: closed by the peer", r.last_error)
+        self.assertEqual((len(self.transactions), self.counters.connections_lost), (0, 1))
 
 
 class AddressFamilyTests(SynchronousTestCase):
@@ -428,7 +505,7 @@ class AddressFamilyTests(SynchronousTestCase):
         client.send(r)
         self.assertEqual(v4.sent, [])
         self.assertEqual(r.state, RegState.INTERNAL_ERROR_STATE)
-        self.assertIn("IPv6 address 2001:db8::10 but no --listen socket is IPv6", r.last_error)
+        self.assertIn("IPv6 address 2001:db8::10 but no UDP --listen socket is IPv6", r.last_error)
         self.assertEqual(len(self.transactions), 0)
 
     def test_forced_socket_of_the_other_family(self) -> None:
@@ -450,7 +527,7 @@ class FailOverTests(SynchronousTestCase):
     PRIMARY, BACKUP = ("192.0.2.10", 5060), ("192.0.2.11", 5060)
 
     def targets(self) -> None:
-        self.patch(self.resolver, "cached_targets", lambda uri: [self.PRIMARY, self.BACKUP])
+        self.patch(self.resolver, "cached_targets", lambda uri, *how: [("udp", *self.PRIMARY), ("udp", *self.BACKUP)])
 
     def respond(self, status: int, *headers: str) -> None:
         data, dest = self.sender.sent[-1]
@@ -471,10 +548,10 @@ class FailOverTests(SynchronousTestCase):
         self.assertEqual(self.sender.sent[-1][1], self.PRIMARY)
         self.clock.advance(33)
         self.assertEqual(r.state, RegState.REGISTER_TIMEOUT_STATE)
-        self.assertIn("no final response from 192.0.2.10:5060 before Timer F", r.last_error)
+        self.assertIn("no final response from udp:192.0.2.10:5060 before Timer F", r.last_error)
         self.assertEqual(r.next_at, self.clock.seconds())
         self.assertEqual(self.counters.fail_overs, 1)
-        self.assertTrue(self.client.health.avoided(self.PRIMARY, self.clock.seconds()))
+        self.assertTrue(self.client.health.avoided(("udp", *self.PRIMARY), self.clock.seconds()))
         self.client.send(r)
         self.assertEqual(self.sender.sent[-1][1], self.BACKUP)
 
@@ -499,5 +576,5 @@ class FailOverTests(SynchronousTestCase):
         r = self.registrant
         self.client.send(r)
         self.respond(503, "Retry-After: 60")
-        self.assertFalse(self.client.health.avoided(self.PRIMARY, self.clock.seconds()))
+        self.assertFalse(self.client.health.avoided(("udp", *self.PRIMARY), self.clock.seconds()))
         self.assertEqual(self.counters.fail_overs, 0)

@@ -63,7 +63,7 @@ class TransactionLayerTests(SynchronousTestCase):
             branch,
             1,
             lambda r: self.finals.append((branch, r.status)),
-            lambda: self.timeouts.append(branch),
+            lambda reason: self.timeouts.append(branch),
         )
 
     def pending_calls(self) -> int:
@@ -149,7 +149,7 @@ class TransactionLayerTests(SynchronousTestCase):
 
     def test_failing_callback_spares_the_others(self) -> None:
         """An on_timeout that raises is logged; the other transactions due at the same time still time out."""
-        def fail() -> None:
+        def fail(reason: str | None) -> None:
             raise RuntimeError("boom")
 
         self.layer.start(self.sender, DEST, b"REQ", "z9hG4bKbad", 1, lambda r: None, fail)
@@ -162,7 +162,7 @@ class TransactionLayerTests(SynchronousTestCase):
 
     def test_timeout_callback_may_start_a_transaction(self) -> None:
         """A transaction started from on_timeout gets its own retransmissions."""
-        self.layer.start(self.sender, DEST, b"FIRST", "z9hG4bKa", 1, lambda r: None, lambda: self.start())
+        self.layer.start(self.sender, DEST, b"FIRST", "z9hG4bKa", 1, lambda r: None, lambda reason: self.start())
         self.clock.pump([0.5] * 64)
         self.assertEqual(self.sender.sent[-1], (32.0, b"REQ"))
         self.clock.advance(0.5)
@@ -194,10 +194,40 @@ class TransactionLayerTests(SynchronousTestCase):
         layer = TransactionLayer(self.clock, self.counters, t1=0.25, t2=2.0, t4=3.0)
         self.assertEqual((layer.t1, layer.t2, layer.t4), (0.25, 2.0, 3.0))
         layer.t1 = 1.0
-        layer.start(self.sender, DEST, b"REQ", "z9hG4bKb1", 1, lambda r: None, lambda: None)
+        layer.start(self.sender, DEST, b"REQ", "z9hG4bKb1", 1, lambda r: None, lambda reason: None)
         self.clock.pump([0.5] * 4)
         self.assertEqual([t for t, _ in self.sender.sent], [0, 1.0])
 
 
 # These exercise the schedule package; they live here until it has a
 # test module of its own for the walker and the pacer.
+
+
+class ReliableTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.counters = SipCounters()
+        self.layer = TransactionLayer(self.clock, self.counters, t1=0.5)
+        self.sender = Recorder(self.clock)
+        self.outcomes: list[tuple[str, str | None]] = []
+
+    def start(self, branch: str, sender: Recorder) -> None:
+        self.layer.start(sender, DEST, b"REQ", branch, 1, lambda r: None, lambda reason: self.outcomes.append((branch, reason)), reliable=True)
+
+    def test_no_retransmission_on_a_stream(self) -> None:
+        """Sent once; Timer F still ends it at 64*T1 (RFC 3261 §17.1.2.2)."""
+        self.start("z9hG4bKs", self.sender)
+        self.clock.pump([1] * 40)
+        self.assertEqual([t for t, _ in self.sender.sent], [0])
+        self.assertEqual(self.outcomes, [("z9hG4bKs", None)])
+
+    def test_abort_ends_only_that_senders_transactions(self) -> None:
+        """A broken stream ends its own transactions at once, with the reason; the others run on."""
+        other = Recorder(self.clock)
+        self.start("z9hG4bKa", self.sender)
+        self.start("z9hG4bKb", other)
+        self.assertEqual(self.layer.abort(self.sender, "connection reset"), 1)
+        self.assertEqual(self.outcomes, [("z9hG4bKa", "connection reset")])
+        self.assertEqual(len(self.layer), 1)
+        self.clock.pump([1] * 40)
+        self.assertEqual(self.outcomes, [("z9hG4bKa", "connection reset"), ("z9hG4bKb", None)])

@@ -75,3 +75,13 @@ class FramingTests(SynchronousTestCase):
                 self.assertLessEqual(framer.pending, 256)
         except FramingError:
             pass
+
+
+class HeldCrlfTests(SynchronousTestCase):
+    def test_lone_crlf_is_held_and_reported(self) -> None:
+        """A lone CRLF is held (a ping may be cut in two) but reported, so a pong is seen at once."""
+        framer = StreamFramer()
+        self.assertEqual(framer.feed(b"\r\n"), [])
+        self.assertTrue(framer.holds_crlf)
+        self.assertEqual(framer.feed(b"\r\n"), [PING])
+        self.assertFalse(framer.holds_crlf)

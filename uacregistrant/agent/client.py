@@ -39,10 +39,13 @@ _log = Logger()
 
 #: Transports requests can go over.
 SENDS_OVER = frozenset({"udp", "tcp", "tls"})
-#: A link must have been open this long for its loss to make its records
-#: re-register at once (a peer closing every connection at once must not
-#: cause a register-close-register loop).
-FLOW_SETTLED = 30.0
+#: After a connection's loss made its records register again, another loss
+#: of the same connection within this many seconds leaves them to their
+#: normal refresh (a peer that closes every connection must not cause a
+#: register-close-register loop).
+FLOW_LOSS_QUIET = 120.0
+#: Connections whose last loss is remembered, at most.
+FLOW_LOSSES_MAX = 4096
 #: Target names kept interned (C{tls:IP:PORT}, shown by reg_list).
 TARGET_NAMES_MAX = 4096
 
@@ -108,6 +111,7 @@ class RegistrationClient:
         # Records registered over each link, to re-register when it breaks.
         self._flows: dict[LinkKey, set[Registrant]] = {}
         self._flow_of: dict[Registrant, LinkKey] = {}
+        self._flow_losses: dict[LinkKey, float] = {}
         self._target_names: Memo[Target, str] = Memo(TARGET_NAMES_MAX)
         self.user_agent = user_agent
         self._branch_token = branch_token
@@ -168,14 +172,23 @@ class RegistrationClient:
     def link_lost(self, link: StreamLink, reason: str) -> None:
         """
         An open connection broke: the records registered over it register
-        again now over a new one (RFC 5626 §4.4.1), unless it was young.
+        again now over a new one (RFC 5626 §4.4.1), unless the same
+        connection broke less than L{FLOW_LOSS_QUIET} seconds ago.
         """
         members = self._flows.pop(link.key, set())
         for registrant in members:
             self._flow_of.pop(registrant, None)
-        if link.opened_for < FLOW_SETTLED:
-            return
         now = self._clock.seconds()
+        losses = self._flow_losses
+        last = losses.get(link.key)
+        if last is not None and now - last < FLOW_LOSS_QUIET:
+            _log.info("{link} broke again within {quiet:g}s: its records keep their refresh times", link=link.name, quiet=FLOW_LOSS_QUIET)
+            return
+        if link.key not in losses and len(losses) >= FLOW_LOSSES_MAX:
+            for key in [k for k, at in losses.items() if now - at >= FLOW_LOSS_QUIET]:
+                del losses[key]
+        if len(losses) < FLOW_LOSSES_MAX or link.key in losses:
+            losses[link.key] = now
         again = 0
         for registrant in members:
             if not registrant.removed and not registrant.in_transaction and registrant.state == RegState.REGISTERED_STATE:

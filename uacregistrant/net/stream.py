@@ -118,6 +118,8 @@ class _LinkProtocol(Protocol):
 class _Endpoint(Factory):
     """Builds the protocol of one outgoing connection."""
 
+    noisy = False
+
     def __init__(self, link: "StreamLink") -> None:
         self.link = link
 
@@ -239,11 +241,6 @@ class StreamLink(_Conversation):
         """C{tcp:IP:PORT} or C{tls:IP:PORT} of the remote end."""
         host = f"[{self.remote[0]}]" if ":" in self.remote[0] else self.remote[0]
         return f"{self.transport_name}:{host}:{self.remote[1]}"
-
-    @property
-    def opened_for(self) -> float:
-        """Seconds since the link opened (0 if it never did)."""
-        return 0.0 if self.opened_at is None else self.pool.clock.seconds() - self.opened_at
 
     def when_open(self, ready: Callable[["StreamLink"], None], failed: Callable[[str], None]) -> None:
         """Call C{ready(link)} once open (now, if it is), or C{failed(reason)}."""
@@ -444,6 +441,8 @@ class IncomingStream(_Conversation):
 class IncomingFactory(Factory):
     """Accepts connections on a C{tcp:} or C{tls:} listen socket."""
 
+    noisy = False
+
     def __init__(self, pool: "StreamPool") -> None:
         self.pool = pool
 
@@ -525,7 +524,8 @@ class StreamPool:
     def opened(self, link: StreamLink) -> None:
         self.counters.connections_opened += 1
         self._failures.pop(link.key, None)
-        _log.info("connected to {link} (from {local})", link=link.name, local=link.via())
+        host, port = link.via()
+        _log.info("connected to {link} from {local}", link=link.name, local=f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
 
     def failed(self, link: StreamLink, reason: str) -> None:
         """A link never opened: back off before the next attempt."""
@@ -546,7 +546,7 @@ class StreamPool:
         """An open link broke: its transactions end now; its records hear of it."""
         if self._links.get(link.key) is link:
             del self._links[link.key]
-        idle = reason == "closed when idle"
+        idle = reason in ("closed when idle", "shutting down")
         if not idle:
             self.counters.connections_lost += 1
             _log.warn("connection to {link} lost: {reason}", link=link.name, reason=reason)

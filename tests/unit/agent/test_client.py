@@ -469,6 +469,35 @@ class StreamRouteTests(SynchronousTestCase):
         self.assertEqual((len(self.transactions), self.counters.connections_lost), (0, 1))
 
 
+    def answer_ok(self, wire: StringTransport) -> None:
+        """Answer the last REGISTER written on C{wire} with a 200 granting its Contact."""
+        request = parse_message(wire.value().split(b"\r\n\r\n")[-2] + b"\r\n\r\n")
+        assert isinstance(request, Request)
+        wire.clear()
+        lines = ["SIP/2.0 200 OK", f"Via: {request.get('via')}", f"From: {request.get('from')}", f"To: {request.get('to')};tag=r",
+                 f"Call-ID: {request.call_id}", f"CSeq: {request.get('cseq')}", f"Contact: {request.get('contact')}",
+                 "Content-Length: 0", "", ""]
+        self.protocol.dataReceived("\r\n".join(lines).encode())
+
+    def test_lost_connection_registers_its_records_again_once(self) -> None:
+        """A registered record re-registers at once when its connection breaks; a second break soon after leaves it be."""
+        r = self.with_account(registrar=f"sip:{self.HOP};transport=tcp")
+        self.client.send(r)
+        self.answer_ok(self.connect())
+        self.assertEqual(r.state, RegState.REGISTERED_STATE)
+        assert r.next_at is not None
+        self.assertGreater(r.next_at, self.reactor.seconds() + 60)
+        self.rescheduled.clear()
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((r.next_at, self.rescheduled), (self.reactor.seconds(), [r]))
+        self.client.send(r)
+        self.answer_ok(self.connect())
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        refresh_at = r.next_at
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(r.next_at, refresh_at)
+
+
 class AddressFamilyTests(SynchronousTestCase):
     """A record sends from a listen socket of its next hop's address family, or fails saying why."""
 

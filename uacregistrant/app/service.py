@@ -188,6 +188,8 @@ class RegistrantService(MultiService):
                 clock,
                 ipv4=any(":" not in spec.host for spec in settings.listen),
                 ipv6=any(":" in spec.host for spec in settings.listen),
+                # TCP and TLS connections can go from any socket's address; UDP needs a UDP socket.
+                transports=frozenset({"tcp", "tls"} | ({"udp"} if self.transports else set())),
             ),
             self.transports,
             self.counters,

@@ -6,6 +6,8 @@ idle, back off after failures, and bound what waits on them.
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -213,3 +215,30 @@ class PoolTests(SynchronousTestCase):
         self.assertTrue(wire.disconnecting)
         self.protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.lost, [])
+
+
+class HostileStreamTests(SynchronousTestCase):
+    """Whatever a peer writes, in whatever pieces, nothing escapes the protocol and nothing grows without bound."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.sampled_from([
+        b"\r\n", b"\r\n\r\n", b"\n", b"\r", b"\x00\xff", b"SIP/2.0 200 OK\r\n", b"Content-Length: 5\r\n", b"l: 99999999\r\n",
+        b"Via: SIP/2.0/TCP h;branch=z9hG4bKa\r\n", b"CSeq: 1 REGISTER\r\n", b"\r\n\r\nhello", OPTIONS, b"x" * 7000,
+        b"INVITE sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n",
+    ]), max_size=40), st.integers(1, 97))
+    def test_any_bytes_in_any_cut(self, pieces: list[bytes], cut: int) -> None:
+        reactor = MemoryReactorClock()
+        counters = SipCounters()
+        pool = StreamPool(reactor, TransactionLayer(reactor, counters), counters, keepalive=30)
+        pool.answerer = RequestAnswerer(reactor, counters)
+        link = pool.link("tcp", REMOTE, LOCAL, "")
+        protocol = reactor.tcpClients[-1][2].buildProtocol(None)
+        wire = StringTransport()
+        protocol.makeConnection(wire)
+        data = b"".join(pieces)
+        for start in range(0, len(data), cut):
+            protocol.dataReceived(data[start : start + cut])
+            self.assertLessEqual(link._framer.pending, 65535 + cut)
+            if wire.disconnecting:
+                break
+        reactor.advance(120)

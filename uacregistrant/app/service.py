@@ -357,7 +357,7 @@ class RegistrantService(MultiService):
         """Stop loading and walking, un-register (unless disabled), then stop sending and listening."""
         self.loader.stopService()
         self.walk.stopService()
-        bound = any(isinstance(child, UDPServer) and child.running for child in self)
+        bound = any(isinstance(child, (UDPServer, StreamListener)) and child.running for child in self)
         if self.settings.unregister_on_shutdown and bound:
             d = self.unregister_all(self.settings.shutdown_timeout)
             d.addCallback(self._log_unregistered)

@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from uacregistrant.core.counters import SipCounters
 from uacregistrant.core.socketspec import SocketSpec
+from uacregistrant.net.tls import TlsPeerError
 from uacregistrant.net.transaction_layer import Address, TransactionLayer
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.framing import FramingError, KeepAlive, StreamFramer
@@ -72,8 +73,8 @@ def describe_failure(reason: Failure) -> str:
         return f"no connection within {CONNECT_TIMEOUT:g}s"
     if isinstance(error, ConnectionDone):
         return "closed by the peer"
-    if isinstance(error, LinkFailed):
-        return str(error)
+    if isinstance(error, (LinkFailed, TlsPeerError)):
+        return str(error)[:200]
     if type(error).__module__.startswith("OpenSSL"):
         detail = ", ".join(str(part[2]) for part in getattr(error, "args", [[]])[0] if isinstance(part, tuple) and len(part) > 2)
         return f"TLS failure: {detail or error}"[:200]

@@ -242,3 +242,22 @@ class HostileStreamTests(SynchronousTestCase):
             if wire.disconnecting:
                 break
         reactor.advance(120)
+
+
+class DescribeFailureTests(SynchronousTestCase):
+    def test_reasons_read_well(self) -> None:
+        """Each kind of connection failure becomes a short reason for last_error."""
+        from OpenSSL import SSL
+
+        from uacregistrant.net.stream import describe_failure
+        from uacregistrant.net.tls import TlsIdentityError
+
+        cases = [
+            (ConnectionRefusedError(), "connection refused"),
+            (ConnectionDone(), "closed by the peer"),
+            (TlsIdentityError("certificate of 127.0.0.1:5061 is for DNS:other.test; not for registrar.test"),
+             "certificate of 127.0.0.1:5061 is for DNS:other.test; not for registrar.test"),
+            (SSL.Error([("SSL routines", "", "tlsv13 alert certificate required")]), "TLS failure: tlsv13 alert certificate required"),
+        ]
+        for error, expected in cases:
+            self.assertEqual(describe_failure(Failure(error)), expected)

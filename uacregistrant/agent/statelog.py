@@ -113,7 +113,8 @@ def _log_failure(change: StateChange) -> None:
         "{aor} ({binding} at {registrar}, id {row_id}): {state}: {error}; retry in {retry:.0f}s",
         state=change.new.name,
         error=registrant.last_error,
-        retry=(registrant.next_at or change.time) - change.time,
+        # A retry due at once (a fail-over) may be due a moment before the change was stamped: 0, not "-0".
+        retry=max(0.0, (registrant.next_at or change.time) - change.time),
         **_record(change),
     )
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
+from types import SimpleNamespace
+
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.simulation import Simulation
+from uacregistrant.agent.changes import StateChange
+from uacregistrant.agent.statelog import StateLog
+from uacregistrant.core.registrant import RegState
 from uacregistrant.testing.registrar import UserPolicy
 
 
@@ -56,3 +61,16 @@ class StateLogTests(SynchronousTestCase):
         sim.run(180)  # more back-off rounds: no news, no lines
         self.assertEqual(len(self.lines(events, "retry in")), 100)
         self.assertEqual(len(self.lines(events, "not logged one by one")), 1)
+
+    def test_retry_due_at_once_is_not_negative(self) -> None:
+        """A fail-over's retry, due a moment before the change was stamped, reads "retry in 0s", not "-0s"."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+        class Record:  # hashable, as registrants are
+            account = SimpleNamespace(aor="sip:a@x.invalid", binding_uri="sip:a@127.0.0.1", registrar="sip:x.invalid", row_id=1)
+            last_error = "connection to tcp:127.0.0.1:5099 failed: connection refused"
+            next_at = 99.9999
+
+        StateLog(MemoryReactorClock())(StateChange(Record(), RegState.REGISTERING_STATE, RegState.REGISTER_TIMEOUT_STATE, 100.0))  # type: ignore[arg-type]
+        (line,) = [formatEvent(e) for e in self.lines(events, "retry in")]
+        self.assertTrue(line.endswith("connection refused; retry in 0s"), line)

@@ -40,7 +40,7 @@ from uacregistrant.control.events import EventHub
 from uacregistrant.control.listener import ControlListener
 from uacregistrant.control.protocol import ControlFactory
 from uacregistrant.core.counters import SipCounters
-from uacregistrant.core.registrant import Policy, Registrant
+from uacregistrant.core.registrant import FAILURE_STATES, Policy, Registrant
 from uacregistrant.core.registry import Registry
 from uacregistrant.core.socketspec import SocketSpec
 from uacregistrant.net.incoming import RequestAnswerer
@@ -343,8 +343,14 @@ class RegistrantService(MultiService):
         done: defer.Deferred[int] = defer.Deferred()
         deadline = now + timeout
 
+        def settled(r: Registrant) -> bool:
+            # Done, or its un-REGISTER failed outright (a refused connection):
+            # waiting out the back-off would only delay the shutdown.
+            sent = r.last_register_sent
+            return r.finished or (not r.in_transaction and r.state in FAILURE_STATES and sent is not None and sent >= now)
+
         def check() -> None:
-            pending = sum(1 for r in targets if not r.finished)
+            pending = sum(1 for r in targets if not settled(r))
             if pending == 0 or self._clock.seconds() >= deadline:
                 done.callback(pending)
             else:

@@ -283,6 +283,21 @@ class SimulationTests(SynchronousTestCase):
         self.successResultOf(stopped)
         sim.service = None
 
+    def test_shutdown_does_not_wait_for_failed_unregisters(self) -> None:
+        """An un-REGISTER that fails outright (here a 500) counts as done: the shutdown does not wait out its timeout."""
+        users = {"a": UserPolicy(password="p"), "b": UserPolicy(password="p")}
+        sim = self.simulation(users, hash_size=0, timer_interval=100, shutdown_timeout=5)
+        for user in users:
+            sim.add(user, password="p")
+        service = sim.start()
+        sim.run(2)
+        users["b"].reply = 500
+        stopped = service.stopService()
+        sim.run(0.5)
+        self.successResultOf(stopped)
+        self.assertEqual(list(sim.registrar.bindings), [("sip:b@test.invalid", "sip:b@127.0.0.1:5060")])
+        sim.service = None
+
     def test_shutdown_can_leave_bindings(self) -> None:
         """--no-unregister-on-shutdown leaves the bindings in place."""
         sim = self.simulation({"a": UserPolicy()}, hash_size=0, timer_interval=100, unregister_on_shutdown=False)

@@ -1,7 +1,15 @@
 """
 A Kamailio registrar for the tests: registrar + usrloc + auth_db on a
-db_text subscriber table, on a free loopback port, from a generated
-config; its RPC (binrpc over a UNIX socket) answers ul.dump / ul.lookup.
+db_text subscriber table, on free loopback ports, from a generated
+config; its RPC (binrpc over a UNIX socket) answers ul.dump / ul.lookup,
+core.tcp_list and tls.list.
+
+UDP always; TCP and TLS listeners on request (C{tcp=True}, C{tls=True}).
+TLS uses a test CA of its own (L{KamailioRegistrar.ca}, written to
+L{KamailioRegistrar.ca_file} for the daemon's C{--tls-ca}) and a server
+certificate with the names a test chooses; C{require_client_cert} makes
+Kamailio ask for, verify (against that CA) and require a client
+certificate, which C{ca.issue(..., client=True)} makes.
 """
 
 from __future__ import annotations
@@ -9,10 +17,16 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import socket
 import subprocess
 import tempfile
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable
+
+from twisted.trial.unittest import SkipTest
+
+from tests.certs import Authority, make_ca
 
 from .helpers import PATIENCE, ServerProcess, require_binary
 
@@ -24,10 +38,9 @@ log_stderror=yes
 fork=yes
 children=2
 auto_aliases=no
-listen=udp:127.0.0.1:{port}
-mpath="{modules}"
+{listen}mpath="{modules}"
 
-loadmodule "kex.so"
+{tls_module}loadmodule "kex.so"
 loadmodule "corex.so"
 loadmodule "tm.so"
 loadmodule "sl.so"
@@ -54,9 +67,10 @@ modparam("auth_db", "calculate_ha1", 1)
 modparam("auth_db", "password_column", "password")
 modparam("auth_db", "version_table", 0)
 modparam("auth_db", "use_domain", 1)
-
+{tls_params}
 request_route {{
-    if (!mf_process_maxfwd_header("10")) {{
+    xlog("L_NOTICE", "request $rm $ru to $tu from $si:$sp over $pr\\n");
+{tls_log}    if (!mf_process_maxfwd_header("10")) {{
         sl_send_reply("483", "Too Many Hops");
         exit;
     }}
@@ -76,15 +90,81 @@ request_route {{
 }}
 """
 
+STREAM_CONFIG = """enable_tls={enable_tls}
+tcp_children=2
+"""
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+TLS_MODULE = """# tls.so first: before any module that uses libssl (tls README)
+loadmodule "tls.so"
+"""
+
+TLS_PARAMS = """modparam("tls", "config", "{directory}/tls.cfg")
+"""
+
+# $tls_peer_* exist only with tls.so loaded.
+TLS_LOG = """    if ($pr == "tls") {
+        xlog("L_NOTICE", "tls peer cn [$tls_peer_subject_cn] issuer [$tls_peer_issuer_cn] serial [$tls_peer_serial] verified [$tls_peer_verified]\\n");
+    }
+"""
+
+TLS_CFG = """[server:default]
+method = TLSv1.2+
+certificate = {certificate}
+private_key = {private_key}
+ca_list = {ca_list}
+verify_certificate = {verify}
+require_certificate = {verify}
+
+[client:default]
+verify_certificate = no
+require_certificate = no
+"""
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+def _free_udp_port() -> int:
+    return _free_port(socket.SOCK_DGRAM)
+
+
+def _free_tcp_port() -> int:
+    return _free_port(socket.SOCK_STREAM)
+
+
+def _records(text: str, first: str) -> list[dict[str, str]]:
+    """
+    The C{name: value} lines of kamcmd output, one dict per record, a new
+    record at each line named C{first}; the indentation is ignored.
+    """
+    found: list[dict[str, str]] = []
+    current: dict[str, str] | None = None
+    for line in text.splitlines():
+        name, sep, value = line.strip().partition(":")
+        if not sep:
+            continue
+        name, value = name.strip(), value.strip()
+        if name == first:
+            current = {}
+            found.append(current)
+        if current is not None:
+            current.setdefault(name, value)
+    return found
+
+
 class KamailioRegistrar(ServerProcess):
-    """One Kamailio instance; C{subscribers} is C{{(user, domain): password}}."""
+    """
+    One Kamailio instance; C{subscribers} is C{{(user, domain): password}}.
+
+    @param tcp: listen on TCP too (L{tcp_port}).
+    @param tls: listen on TLS too (L{tls_port}), with a server certificate
+        for C{tls_dns} and C{tls_ips}.
+    @param require_client_cert: TLS clients must present a certificate
+        signed by L{ca}.
+    """
 
     name = "kamailio"
 
@@ -94,12 +174,22 @@ class KamailioRegistrar(ServerProcess):
         algorithm: str = "MD5",
         min_expires: int = 60,
         max_expires: int = 3600,
+        tcp: bool = False,
+        tls: bool = False,
+        tls_dns: Iterable[str] = ("registrar.test",),
+        tls_ips: Iterable[str] = ("127.0.0.1",),
+        require_client_cert: bool = False,
     ) -> None:
         self.kamailio = require_binary("kamailio", "kamailio")
         self.kamcmd = require_binary("kamcmd", "kamailio")
         modules = next((d for d in MODULE_DIRS if os.path.exists(os.path.join(d, "auth_db.so"))), None)
         if modules is None:
             raise AssertionError("kamailio modules (auth_db.so) not found")
+        if tls and not os.path.exists(os.path.join(modules, "tls.so")):
+            message = f"{modules}/tls.so not found: install the Debian package kamailio-tls-modules"
+            if os.environ.get("UACREG_REQUIRE_PEERS") == "1":
+                raise AssertionError(message + " (UACREG_REQUIRE_PEERS=1)")
+            raise SkipTest(message)
         super().__init__(tempfile.mkdtemp(prefix="uacreg-kam-"))
         os.mkdir(os.path.join(self.directory, "db"))
         with open(os.path.join(self.directory, "db", "subscriber"), "w") as f:
@@ -107,14 +197,58 @@ class KamailioRegistrar(ServerProcess):
             for i, ((user, domain), password) in enumerate(subscribers.items(), 1):
                 f.write(f"{i}:{user}:{domain}:{password}::\n")
         self.port = _free_udp_port()
+        self.tcp_port = _free_tcp_port() if tcp else None
+        self.tls_port = _free_tcp_port() if tls else None
+        while tls and self.tls_port == self.tcp_port:
+            self.tls_port = _free_tcp_port()
+        listen = f"listen=udp:127.0.0.1:{self.port}\n"
+        if tcp:
+            listen += f"listen=tcp:127.0.0.1:{self.tcp_port}\n"
+        if tls:
+            listen += f"listen=tls:127.0.0.1:{self.tls_port}\n"
+        stream = STREAM_CONFIG.format(enable_tls="yes" if tls else "no") if tcp or tls else ""
+        #: The CA that signed the server certificate, and that Kamailio trusts for client certificates.
+        self.ca: Authority | None = None
+        self.ca_file: Path | None = None
+        if tls:
+            directory = Path(self.directory)
+            self.ca = make_ca("Kamailio test CA")
+            self.ca_file = self.ca.write(directory / "ca.pem")
+            certificate, key = self.ca.issue(directory / "server", dns=list(tls_dns), ips=list(tls_ips), common_name="kamailio test registrar")
+            with open(directory / "tls.cfg", "w") as f:
+                f.write(TLS_CFG.format(certificate=certificate, private_key=key, ca_list=self.ca_file,
+                                       verify="yes" if require_client_cert else "no"))
         self.config = os.path.join(self.directory, "kamailio.cfg")
         with open(self.config, "w") as f:
-            f.write(CONFIG.format(port=self.port, modules=modules, directory=self.directory, algorithm=algorithm,
-                                  min_expires=min_expires, max_expires=max_expires))
+            f.write(CONFIG.format(
+                listen=stream + listen, modules=modules, directory=self.directory, algorithm=algorithm,
+                min_expires=min_expires, max_expires=max_expires,
+                tls_module=TLS_MODULE if tls else "",
+                tls_params=TLS_PARAMS.format(directory=self.directory) if tls else "",
+                # Only where a client certificate is required: without one tls.so logs an ERROR per request.
+                tls_log=TLS_LOG if tls and require_client_cert else "",
+            ))
 
     @property
     def uri(self) -> str:
+        """The UDP listener."""
         return f"sip:127.0.0.1:{self.port}"
+
+    @property
+    def tcp_uri(self) -> str:
+        assert self.tcp_port is not None, "no TCP listener: KamailioRegistrar(tcp=True)"
+        return f"sip:127.0.0.1:{self.tcp_port};transport=tcp"
+
+    @property
+    def tls_uri(self) -> str:
+        assert self.tls_port is not None, "no TLS listener: KamailioRegistrar(tls=True)"
+        return f"sip:127.0.0.1:{self.tls_port};transport=tls"
+
+    def socket(self, transport: str) -> str:
+        """How ul.dump names the listen socket of C{transport} (C{"udp"}, C{"tcp"}, C{"tls"})."""
+        port = {"udp": self.port, "tcp": self.tcp_port, "tls": self.tls_port}[transport]
+        assert port is not None, f"no {transport} listener"
+        return f"{transport}:127.0.0.1:{port}"
 
     def start(self) -> None:
         self.launch(
@@ -122,6 +256,11 @@ class KamailioRegistrar(ServerProcess):
              "-Y", self.directory, "-m", "64", "-M", "8"],
             lambda: self.rpc("core.version"),
         )
+
+    def restart(self) -> None:
+        """Stop and start again: same ports and configuration, an empty location table, no connections."""
+        self.stop()
+        self.start()
 
     def rpc(self, *command: str) -> str:
         result = subprocess.run(
@@ -154,6 +293,54 @@ class KamailioRegistrar(ServerProcess):
             elif current is not None and name in ("Expires", "Call-ID", "CSeq", "User-Agent", "Received", "Q"):
                 current[name] = value
         return contacts
+
+    def contacts(self) -> dict[str, list[dict[str, str]]]:
+        """
+        Every contact in the location table (ul.dump), by AOR (C{user@domain}):
+        each a dict of its fields as kamcmd prints them (C{Address},
+        C{Socket} like C{tcp:127.0.0.1:5060}, C{Tcpconn-Id} (C{-1}/C{0} on
+        UDP), C{Call-ID}, C{CSeq}, C{Expires}, ...).
+        """
+        text = self.rpc("ul.dump")
+        found: dict[str, list[dict[str, str]]] = {}
+        aor: str | None = None
+        for line in text.splitlines():
+            name, sep, value = line.strip().partition(":")
+            if not sep:
+                continue
+            name, value = name.strip(), value.strip()
+            if value == "{":
+                if name != "Contact" and name != "Contacts":
+                    aor = None  # the next Info block, or the Stats at the end
+                continue
+            if name == "AoR":
+                aor = value
+                found.setdefault(aor, [])
+            elif name == "Address" and aor is not None:
+                found[aor].append({"Address": value})
+            elif aor is not None and found[aor]:
+                found[aor][-1].setdefault(name, value)
+        return found
+
+    def requests(self, method: str = "REGISTER") -> list[tuple[str, str, str]]:
+        """
+        The C{method} requests Kamailio received, as its script logged them:
+        C{(To URI, source IP:port, transport)} in order of arrival.
+        """
+        pattern = rf"request {re.escape(method)} \S+ to (\S+) from (\S+) over (\w+)$"
+        return [(m[1], m[2], m[3]) for m in re.finditer(pattern, self.log(), re.MULTILINE)]
+
+    def tcp_connections(self) -> list[dict[str, str]]:
+        """Kamailio's TCP and TLS connections (core.tcp_list): C{type} (TCP/TLS), C{state}, C{src_ip}, ..."""
+        return _records(self.rpc("core.tcp_list"), "id")
+
+    def connection_count(self, kind: str) -> int:
+        """Open connections of C{kind} (C{"tcp"} or C{"tls"}) in core.tcp_list."""
+        return sum(1 for c in self.tcp_connections() if c.get("type", "").lower() == kind.lower())
+
+    def tls_connections(self) -> list[dict[str, str]]:
+        """Kamailio's TLS connections (tls.list): C{cipher}, C{state}, ..."""
+        return _records(self.rpc("tls.list"), "id")
 
 
 def dumps(value: Any) -> str:

@@ -369,6 +369,7 @@ class RegistrationClient:
                 reliable=via_transport != "UDP",
             )
         except OSError as e:
+            self.counters.send_errors += 1
             self._fail(registrant, f"sending to {target_name(target)} failed: {e}")
 
     def _on_final(self, registrant: Registrant, cseq: int, response: Response, target: Target, sender: DatagramSender) -> None:

@@ -51,6 +51,10 @@ IDLE_CLOSE = 900.0
 PONG_TIMEOUT = 10.0
 #: Records waiting at most for one link to open.
 WAITING_MAX = 20000
+#: Bytes a link accepts while its transport is paused (its buffer past
+#: Twisted's 64 KiB mark, as a burst of requests in one reactor turn
+#: makes it) before it refuses requests: the peer is not reading.
+CONGESTED_MAX = 4 * 2**20
 #: Incoming connections (a registrar connecting back) kept at most.
 INCOMING_MAX = 256
 #: Connections remembered as failed, for their back-off.
@@ -105,12 +109,14 @@ class _LinkProtocol(Protocol):
     def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # type: ignore[assignment]
         self.owner.lost(reason)
 
-    # The transport pauses us when its write buffer is full: sends fail until it drains.
+    # The transport pauses us when its write buffer passes 64 KiB: the
+    # owner bounds what it adds until the buffer drains.
     def pauseProducing(self) -> None:
         self.owner.congested = True
 
     def resumeProducing(self) -> None:
         self.owner.congested = False
+        self.owner.written_while_congested = 0
 
     def stopProducing(self) -> None:
         pass
@@ -132,6 +138,7 @@ class _Conversation:
     """What both outgoing and incoming connections do with what they receive."""
 
     congested = False
+    written_while_congested = 0
     protocol: _LinkProtocol | None = None
 
     def __init__(self, pool: "StreamPool", remote: Address) -> None:
@@ -268,7 +275,9 @@ class StreamLink(_Conversation):
         if not self.open:
             raise OSError(f"connection to {self.name} is not open")
         if self.congested:
-            raise OSError(f"connection to {self.name} is congested (the peer does not read)")
+            if self.written_while_congested + len(data) > CONGESTED_MAX:
+                raise OSError(f"connection to {self.name} is congested ({CONGESTED_MAX // 2**20} MiB unsent: the peer does not read)")
+            self.written_while_congested += len(data)
         self.last_used = self.pool.clock.seconds()
         self.write(data)
 

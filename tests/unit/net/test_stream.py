@@ -173,15 +173,22 @@ class PoolTests(SynchronousTestCase):
         self.protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual((self.lost, self.counters.connections_lost, len(self.pool)), ([], 0, 0))
 
-    def test_congested_link_refuses_sends(self) -> None:
-        """While the transport's buffer is full the link refuses requests; they go again once it drains."""
+    def test_congested_link_bounds_what_it_takes(self) -> None:
+        """
+        A paused transport (its buffer past 64 KiB, as any burst makes it)
+        still takes requests, up to CONGESTED_MAX bytes more; beyond, sends
+        fail until it drains.
+        """
+        self.patch(stream, "CONGESTED_MAX", 10)
         link = self.link()
         wire = self.connect()
         wire.producer.pauseProducing()
+        link.send(b"12345", REMOTE)
+        link.send(b"67890", REMOTE)
         self.assertRaises(OSError, link.send, b"X", REMOTE)
         wire.producer.resumeProducing()
         link.send(b"X", REMOTE)
-        self.assertEqual(wire.value(), b"X")
+        self.assertEqual(wire.value(), b"1234567890X")
 
     def test_waiters_bounded(self) -> None:
         """At most WAITING_MAX requests wait for one connection; the next fails at once."""

@@ -82,7 +82,9 @@ def describe_failure(reason: Failure) -> str:
     if type(error).__module__.startswith("OpenSSL"):
         detail = ", ".join(str(part[2]) for part in getattr(error, "args", [[]])[0] if isinstance(part, tuple) and len(part) > 2)
         return f"TLS failure: {detail or error}"[:200]
-    if isinstance(error, (ConnectError, ConnectionLost)):
+    if isinstance(error, ConnectionLost):
+        return "connection reset or cut by the peer"
+    if isinstance(error, ConnectError):
         os_error = getattr(error, "osError", None)
         return (str(os_error) if os_error else error.__class__.__doc__ or "connection error").strip()[:200]
     return f"{type(error).__name__}: {error}"[:200]

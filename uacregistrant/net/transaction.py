@@ -299,7 +299,7 @@ class NonInviteClientTransactions(Generic[_User]):
         for txn in doomed:
             del self._live[txn.key]
             self._unschedule(txn)
-        self._counters.timeouts += len(doomed)
+        # Not counted as timeouts: the stream's loss is counted where it broke.
         self.sweep(now)
         return [TimedOut(txn.user) for txn in doomed]
 

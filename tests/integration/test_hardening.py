@@ -234,9 +234,9 @@ class HardeningTests(ProcessTestCase):
     def test_stream_and_secure_rows_are_not_sent_in_clear(self) -> None:
         """
         Rows asking for TCP or TLS (transport parameter, sips: registrar or
-        proxy) reach the registrar in no form while UDP is all the daemon
-        sends: they fail with last_error naming the transport; a plain row
-        beside them registers.
+        proxy) never reach a UDP-only registrar over UDP: they try a
+        connection of their transport, which is refused, and say so in
+        last_error; a plain row beside them registers.
         """
         users = {user: {"password": "p"} for user in ("plain", "tls", "tcp", "sips", "proxied")}
         port = self.processes.registrar(users)
@@ -258,10 +258,11 @@ class HardeningTests(ProcessTestCase):
         daemon, control = self.processes.daemon(
             ["--db-url", f"sqlite:{db}", "--listen", f"udp:127.0.0.1:{local}", "--hash-size", "0", "--timer-interval", "10"]
         )
-        wanted = {"plain": "REGISTERED_STATE", **{user: "INTERNAL_ERROR_STATE" for user in columns if user != "plain"}}
+        wanted = {"plain": "REGISTERED_STATE", **{user: "REGISTER_TIMEOUT_STATE" for user in columns if user != "plain"}}
         found = wait_for(lambda: (lambda r: r if {u: v["state"] for u, v in r.items()} == wanted else None)(records(control)))
-        for user, transport in (("tls", "TLS"), ("tcp", "TCP"), ("sips", "TLS"), ("proxied", "TLS")):
-            self.assertIn(f"needs {transport}, which this daemon does not send yet", found[user]["last_error"])
+        for user, transport in (("tls", "tls"), ("tcp", "tcp"), ("sips", "tls"), ("proxied", "tls")):
+            self.assertIn(f"connection to {transport}:{hop} failed: connection refused", found[user]["last_error"])
+            self.assertEqual(found[user]["transport"], transport)
         log = self.processes.log("registrar")
         self.assertIn("REGISTER user=plain", log)
         for user in ("tls", "tcp", "sips", "proxied"):

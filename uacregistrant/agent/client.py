@@ -319,7 +319,8 @@ class RegistrationClient:
         local = self.local_for(account, target)
         if self._streams is None or local is None or local.ipv6 != (":" in ip):
             family = "IPv6" if ":" in ip else "IPv4"
-            self._fail(registrant, f"{account.next_hop.host} is at {family} address {ip} but no --listen socket is {family}; not sent")
+            where = f"its forced socket {account.forced_socket} is not" if account.forced_socket else "no --listen socket is"
+            self._fail(registrant, f"{account.next_hop.host} is at {family} address {ip} but {where} {family}; not sent")
             return
         try:
             link = self._streams.link(transport, (ip, port), local, account.next_hop.host)

@@ -450,7 +450,7 @@ class Registrant:
         self._tries = _NO_TRIES
         self._move(Event.FAILED)
         self.failures += 1
-        self.last_error = reason[:MAX_ERROR]
+        self.last_error = printable(reason)[:MAX_ERROR]
         if not self.enabled and (self.registered_until is None or self.registered_until <= now):
             self.registered_until = None
             self.next_at = None
@@ -706,7 +706,7 @@ class Registrant:
         self._tries = _NO_TRIES
         self._move(event)
         self.failures += 1
-        self.last_error = error[:MAX_ERROR]
+        self.last_error = printable(error)[:MAX_ERROR]
         retry_after = None
         if response is not None:
             try:
@@ -723,6 +723,13 @@ class Registrant:
             self.next_at = None
             return
         self.next_at = now + delay
+
+
+def printable(text: str) -> str:
+    """C{text} with control characters escaped (C{last_error} may quote a peer's words: a certificate name, a reason phrase)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _expires_param(text: str | None) -> int | None:

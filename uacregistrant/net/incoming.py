@@ -78,6 +78,11 @@ class RequestAnswerer:
     Renders the stateless answer to a request from a peer, or says that
     none must be sent; counts what it did in the L{SipCounters}.
 
+    @param rate: answers per second per source address, and C{burst} the
+        most at once: high, because a registrar pinging the source of
+        every contact (nathelper, qualify) sends thousands of OPTIONS from
+        one address; an answer is never larger than its request, so a
+        forged source gains no amplification.
     @ivar to_tag: the tag added to a To without one: the same for every
         answer of this daemon, so a retransmitted request gets the same
         answer (§8.2.6.2, §19.3: random, 64 bits).
@@ -88,8 +93,8 @@ class RequestAnswerer:
         clock: IReactorTime,
         counters: SipCounters,
         user_agent: str = USER_AGENT,
-        rate: float = 20.0,
-        burst: int = 40,
+        rate: float = 1000.0,
+        burst: int = 2000,
         sources_max: int = 4096,
     ) -> None:
         self._clock = clock

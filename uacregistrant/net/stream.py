@@ -49,6 +49,8 @@ RECONNECT_MAX = 60.0
 IDLE_CLOSE = 900.0
 #: Seconds a ping waits for its pong (RFC 5626 §4.4.1).
 PONG_TIMEOUT = 10.0
+#: A link lost within this many seconds of opening backs off like a failed attempt.
+QUICK_LOSS = 5.0
 #: Records waiting at most for one link to open.
 WAITING_MAX = 20000
 #: Bytes a link accepts while its transport is paused (its buffer past
@@ -69,8 +71,14 @@ class LinkFailed(Exception):
 
 
 def describe_failure(reason: Failure) -> str:
-    """A short reason for a failed or broken connection, for C{last_error}."""
-    error = reason.value
+    """A short reason for a failed or broken connection, for C{last_error} (never raises)."""
+    try:
+        return _describe(reason.value)
+    except Exception:
+        return f"connection error ({type(reason.value).__name__})"
+
+
+def _describe(error: BaseException | None) -> str:
     if isinstance(error, ConnectionRefusedError):
         return "connection refused"
     if isinstance(error, TimeoutError):
@@ -80,8 +88,10 @@ def describe_failure(reason: Failure) -> str:
     if isinstance(error, (LinkFailed, TlsPeerError)):
         return str(error)[:200]
     if type(error).__module__.startswith("OpenSSL"):
-        detail = ", ".join(str(part[2]) for part in getattr(error, "args", [[]])[0] if isinstance(part, tuple) and len(part) > 2)
-        return f"TLS failure: {detail or error}"[:200]
+        args = getattr(error, "args", ())
+        parts = args[0] if args and isinstance(args[0], list) else []
+        detail = ", ".join(str(part[2]) for part in parts if isinstance(part, tuple) and len(part) > 2)
+        return f"TLS failure: {detail or error or type(error).__name__}"[:200]
     if isinstance(error, ConnectionLost):
         return "connection reset or cut by the peer"
     if isinstance(error, ConnectError):
@@ -165,8 +175,8 @@ class _Conversation:
             pool.counters.dropped_malformed += 1
             self.close(f"broken stream: {e}")
             return
-        if self._framer.holds_crlf:
-            self.ponged()  # a pong (it is held in case a ping's second half follows)
+        if self._framer.take_pong():
+            self.ponged()
         for item in items:
             if isinstance(item, KeepAlive):
                 if item.ping:
@@ -192,7 +202,12 @@ class _Conversation:
         if answerer is None:
             self.pool.counters.dropped_requests += 1
             return
-        answer = answerer.answer(request, self.remote)
+        try:
+            answer = answerer.answer(request, self.remote)
+        except Exception:
+            self.pool.counters.dropped_requests += 1
+            _log.failure("answering a request from {peer} failed", peer=self.remote)
+            return
         if answer is not None:
             self._try_write(answer)
 
@@ -203,6 +218,13 @@ class _Conversation:
         pass
 
     def _try_write(self, data: bytes) -> None:
+        """Write a reply (pong, answer); while the peer does not read, drop it, and close past the bound."""
+        if self.congested:
+            self.written_while_congested += len(data)
+            self.pool.counters.send_errors += 1
+            if self.written_while_congested > CONGESTED_MAX:
+                self.close("the peer does not read what it asks for")
+            return
         try:
             self.write(data)
         except OSError:
@@ -239,6 +261,7 @@ class StreamLink(_Conversation):
         self._waiting: list[tuple[Callable[[StreamLink], None], Callable[[str], None]]] = []
         self._ping_timer: IDelayedCall | None = None
         self._pong_due: float | None = None
+        self._next_ping = 0.0
         #: Whether the peer has answered a ping (only then is a missing pong a failure).
         self.pongs = False
         self._closing_reason: str | None = None
@@ -337,6 +360,10 @@ class StreamLink(_Conversation):
             except Exception:
                 _log.failure("a request waiting for {link} failed", link=self.name)
 
+    def fail_now(self, reason: str) -> None:
+        """Give up on a connection that could not even be attempted."""
+        self._failed(reason)
+
     def _failed(self, reason: str) -> None:
         """The connection never opened."""
         if self.closed:
@@ -355,11 +382,11 @@ class StreamLink(_Conversation):
     def lost(self, reason: Failure) -> None:
         """The connection closed (after opening, or during a TLS handshake)."""
         self._cancel_ping()
+        was_open, self.open = self.open, False
         why = self._closing_reason or describe_failure(reason)
-        if not self.open:
+        if not was_open:
             self._failed(why)
             return
-        self.open = False
         self.closed = True
         self._closing_reason = why
         self.pool.lost(self, why)
@@ -375,7 +402,7 @@ class StreamLink(_Conversation):
             self._connecting.cancel()
 
     def response(self, response: Response) -> None:
-        self.pool.transactions.receive(response, self.remote)
+        self.pool.transactions.receive(response, self.remote, self)
 
     def ponged(self) -> None:
         self.pongs = True
@@ -384,6 +411,7 @@ class StreamLink(_Conversation):
     def _schedule_ping(self) -> None:
         pool = self.pool
         interval = pool.keepalive or 60.0
+        self._next_ping = pool.clock.seconds() + interval
         self._ping_timer = pool.clock.callLater(interval, self._on_ping_timer)
 
     def _cancel_ping(self) -> None:
@@ -407,13 +435,16 @@ class StreamLink(_Conversation):
             pool.idle(self)
             self.close("closed when idle")
             return
-        if pool.keepalive and self._pong_due is None:
+        interval = pool.keepalive or 60.0
+        if pool.keepalive and self._pong_due is None and now >= self._next_ping:
             self._try_write(b"\r\n\r\n")
+            self._next_ping = now + interval
             if self.pongs:
+                # Check for the pong, then wait out the rest of the interval.
                 self._pong_due = now + PONG_TIMEOUT
-                self._ping_timer = pool.clock.callLater(PONG_TIMEOUT, self._on_ping_timer)
+                self._ping_timer = pool.clock.callLater(min(PONG_TIMEOUT, interval), self._on_ping_timer)
                 return
-        self._schedule_ping()
+        self._ping_timer = pool.clock.callLater(max(0.0, self._next_ping - now) or interval, self._on_ping_timer)
 
 
 class IncomingStream(_Conversation):
@@ -496,6 +527,7 @@ class StreamPool:
         # key -> (no new attempt before, failures in a row, reason)
         self._failures: dict[LinkKey, tuple[float, int, str]] = {}
         self._incoming: set[IncomingStream] = set()
+        self._stopping = False
         #: Listen port of each stream socket by name (known once bound; port 0 resolved).
         self.listen_ports: dict[str, int] = {}
 
@@ -528,22 +560,32 @@ class StreamPool:
             raise LinkFailed(f"{failure[2]} (next attempt in {failure[0] - now:.0f}s)")
         via_port = None
         if local is not None and local.stream and local.transport == transport:
-            via_port = self.listen_ports.get(local.name, local.port) or None
+            via_port = self.listen_ports.get(local.name)  # only where it listens
         link = self._links[key] = StreamLink(self, key, local, via_port)
-        link.connect()
+        try:
+            link.connect()
+        except Exception as e:
+            _log.failure("opening {link} failed", link=link.name)
+            link.fail_now(f"cannot open a connection: {type(e).__name__}: {e}"[:200])
         return link
 
     def opened(self, link: StreamLink) -> None:
         self.counters.connections_opened += 1
-        self._failures.pop(link.key, None)
         host, port = link.via()
         _log.info("connected to {link} from {local}", link=link.name, local=f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
 
     def failed(self, link: StreamLink, reason: str) -> None:
         """A link never opened: back off before the next attempt."""
-        self.counters.connection_failures += 1
         if self._links.get(link.key) is link:
             del self._links[link.key]
+        if self._stopping:
+            return
+        self.counters.connection_failures += 1
+        self._back_off(link, reason)
+        _log.warn("cannot connect to {link}: {reason}", link=link.name, reason=reason)
+
+    def _back_off(self, link: StreamLink, reason: str) -> None:
+        """No new attempt at C{link}'s key for a while (1 s doubling to 60 s)."""
         now = self.clock.seconds()
         _, count, _ = self._failures.get(link.key, (0.0, 0, ""))
         if link.key not in self._failures and len(self._failures) >= FAILURES_MAX:
@@ -552,13 +594,19 @@ class StreamPool:
         if len(self._failures) < FAILURES_MAX or link.key in self._failures:
             delay = min(RECONNECT_MAX, RECONNECT_FIRST * (1 << min(count, 16)))
             self._failures[link.key] = (now + delay, count + 1, f"connection to {link.name} failed: {reason}")
-        _log.warn("cannot connect to {link}: {reason}", link=link.name, reason=reason)
 
     def lost(self, link: StreamLink, reason: str) -> None:
         """An open link broke: its transactions end now; its records hear of it."""
         if self._links.get(link.key) is link:
             del self._links[link.key]
-        idle = reason in ("closed when idle", "shutting down")
+        idle = self._stopping or reason == "closed when idle"
+        if not idle and link.opened_at is not None and self.clock.seconds() - link.opened_at < QUICK_LOSS:
+            # Accepted, then dropped at once (a TLS peer refusing our
+            # certificate, a peer closing every connection): back off as
+            # for a failed attempt.
+            self._back_off(link, reason)
+        else:
+            self._failures.pop(link.key, None)  # it worked for a while: the next failure starts the back-off anew
         if not idle:
             self.counters.connections_lost += 1
             _log.warn("connection to {link} lost: {reason}", link=link.name, reason=reason)
@@ -583,6 +631,7 @@ class StreamPool:
 
     def stop(self) -> None:
         """Close every connection (service shutdown); nobody is told."""
+        self._stopping = True
         self.on_lost = None
         for link in list(self._links.values()):
             link.close("shutting down")

@@ -3,7 +3,8 @@
 Which of a next hop's targets to send to (RFC 3263 §4.3): the first in
 DNS order that is not being avoided.  A target that timed out, or answered
 503 without Retry-After, is avoided for a while (30 s, doubling with each
-failure in a row up to 10 min); any other answer from it ends that.
+failure in a row, that is each failure after the previous avoidance ended,
+up to 10 min); any other answer from it ends that.
 
 Pure: it is given the time.
 """
@@ -37,9 +38,16 @@ class TargetHealth(Generic[_Target]):
         return len(self._failing)
 
     def failed(self, address: _Target, now: float) -> float:
-        """C{address} timed out or refused service: avoid it; return until when."""
+        """
+        C{address} timed out or refused service: avoid it; return until
+        when.  Failures reported while it is already avoided (every record
+        that waited on the same attempt) do not lengthen the avoidance: only
+        a failure after it ended counts as the next in a row.
+        """
         failing = self._failing
-        _, count = failing.get(address, (0.0, 0))
+        until, count = failing.get(address, (0.0, 0))
+        if until > now:
+            return until
         until = now + min(self._avoid_max, self._avoid_first * (1 << min(count, 32)))
         if address not in failing and len(failing) >= self._limit:
             self._forget_expired(now)

@@ -203,9 +203,16 @@ def identities_of(cert: x509.Certificate) -> list[str]:
     except ValueError:
         return []
     if alt_names is None:
-        return [f"CN={name}" for name in _common_names(cert)]
+        return [_shown(f"CN={name}") for name in _common_names(cert)]
     identities = _sip_uris(alt_names) or [f"DNS:{name}" for name in alt_names.get_values_for_type(x509.DNSName)]
-    return identities + [f"IP:{ip}" for ip in alt_names.get_values_for_type(x509.IPAddress)]
+    return [_shown(i) for i in identities] + [f"IP:{ip}" for ip in alt_names.get_values_for_type(x509.IPAddress)]
+
+
+def _shown(identity: str) -> str:
+    """A certificate's name as it may appear in a message: control characters escaped, at most 100 characters."""
+    if not identity.isprintable():
+        identity = "".join(c if c.isprintable() else repr(c)[1:-1] for c in identity)
+    return identity[:100]
 
 
 def _peer_of(tls_protocol: TLSMemoryBIOProtocol | None) -> str:

@@ -107,9 +107,11 @@ class ClientTransaction(Generic[_User]):
         of retransmissions allocates nothing).
     """
 
-    __slots__ = ("key", "dest", "data", "cseq", "user", "reliable", "interval", "timeout_at", "entry", "resend")
+    __slots__ = ("key", "dest", "data", "cseq", "user", "reliable", "interval", "timeout_at", "entry", "resend", "origin")
 
-    def __init__(self, key: str, dest: Address, data: bytes, cseq: int, user: _User, reliable: bool, interval: float, timeout_at: float) -> None:
+    def __init__(
+        self, key: str, dest: Address, data: bytes, cseq: int, user: _User, reliable: bool, interval: float, timeout_at: float, origin: object
+    ) -> None:
         self.key = key
         self.dest = dest
         self.data = data
@@ -120,6 +122,7 @@ class ClientTransaction(Generic[_User]):
         self.timeout_at = timeout_at
         self.entry = 0
         self.resend: Transmit[_User] | None = None
+        self.origin = origin
 
 
 #: A completed transaction in Timer K: C{(forget_at, dest, cseq, key)}.  Only
@@ -167,7 +170,9 @@ class NonInviteClientTransactions(Generic[_User]):
         """Transactions in progress (not the completed ones in Timer K)."""
         return len(self._live)
 
-    def start(self, now: float, key: str, dest: Address, data: bytes, cseq: int, user: _User, reliable: bool = False) -> Transmit[_User]:
+    def start(
+        self, now: float, key: str, dest: Address, data: bytes, cseq: int, user: _User, reliable: bool = False, origin: object = None
+    ) -> Transmit[_User]:
         """
         Open a transaction for the request C{data}; the answer is the one
         action to take, sending it.  If that send fails, L{cancel} it.
@@ -175,6 +180,8 @@ class NonInviteClientTransactions(Generic[_User]):
         @param key: the request's top Via branch.
         @param user: handed back in the transaction's actions.
         @param reliable: sent over a stream (no retransmissions, no Timer K).
+        @param origin: the socket or connection it goes over: its response
+            must come back over the same (see L{receive}).
         @raise ValueError: if C{key} is already in progress.
         """
         live = self._live
@@ -182,7 +189,7 @@ class NonInviteClientTransactions(Generic[_User]):
             raise ValueError(f"transaction {key!r} already in progress")
         t1 = self.t1
         timeout_at = now + 64 * t1
-        live[key] = txn = ClientTransaction(key, dest, data, cseq, user, reliable, t1, timeout_at)
+        live[key] = txn = ClientTransaction(key, dest, data, cseq, user, reliable, t1, timeout_at, origin)
         entry = txn.entry = self._sequence()
         heappush(self._heap, (timeout_at if reliable else now + t1, entry, txn))
         return Transmit(data, dest, user, False)
@@ -193,11 +200,15 @@ class NonInviteClientTransactions(Generic[_User]):
         if txn is not None:
             self._unschedule(txn)
 
-    def receive(self, response: Response, source: Address, now: float) -> Deliver[_User] | None:
+    def receive(self, response: Response, source: Address, now: float, origin: object = None) -> Deliver[_User] | None:
         """
         Match a response to its transaction: a final one completes it, a
         provisional one slows Timer E to T2; anything else is counted in
         L{SipCounters} and dropped (C{None}).
+
+        @param origin: the socket or connection it came over; a response
+            for a transaction sent over another is dropped (a datagram
+            cannot answer what went over TLS).
         """
         counters = self._counters
         try:
@@ -215,7 +226,7 @@ class NonInviteClientTransactions(Generic[_User]):
             else:
                 counters.dropped_no_transaction += 1
             return None
-        if source != txn.dest:
+        if source != txn.dest or (origin is not None and txn.origin is not None and origin is not txn.origin):
             counters.dropped_wrong_source += 1
             return None
         if number != txn.cseq or method != "REGISTER":

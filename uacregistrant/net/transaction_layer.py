@@ -117,7 +117,7 @@ class TransactionLayer:
             (whatever the first send raises).
         """
         table = self._table
-        transmit = table.start(self._clock.seconds(), branch, dest, data, cseq, (sender, on_final, on_timeout), reliable)
+        transmit = table.start(self._clock.seconds(), branch, dest, data, cseq, (sender, on_final, on_timeout), reliable, sender)
         try:
             sender.send(transmit.data, transmit.dest)
         except BaseException:
@@ -126,9 +126,13 @@ class TransactionLayer:
         self._counters.requests_sent += 1
         self._arm()
 
-    def receive(self, response: Response, source: Address) -> None:
-        """Deliver a response to its transaction, or count and drop it."""
-        delivery = self._table.receive(response, source, self._clock.seconds())
+    def receive(self, response: Response, source: Address, via: DatagramSender | None = None) -> None:
+        """
+        Deliver a response to its transaction, or count and drop it.
+
+        @param via: the socket or connection it came over (the request's own, or it is dropped).
+        """
+        delivery = self._table.receive(response, source, self._clock.seconds(), via)
         if delivery is not None:
             if self._wake is None:
                 self._arm()

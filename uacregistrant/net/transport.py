@@ -167,7 +167,7 @@ class SipTransport(DatagramProtocol):
             self._answer(message, addr)
             return
         try:
-            self._transactions.receive(message, (addr[0], addr[1]))
+            self._transactions.receive(message, (addr[0], addr[1]), self)
         except Exception as e:
             self._noisy(addr, f"handling a response failed: {type(e).__name__}: {str(e)[:120]}")
 

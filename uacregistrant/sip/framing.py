@@ -60,13 +60,16 @@ class StreamFramer:
         """Bytes held for an unfinished message."""
         return len(self._buffer)
 
-    @property
-    def holds_crlf(self) -> bool:
+    def take_pong(self) -> bool:
         """
-        Whether all that is held is one CRLF: a pong, unless the rest of a
-        ping follows (the caller may take it as the peer's answer now).
+        Whether all that is held is one CRLF, which is then taken as the
+        peer's pong (a ping cut after its first CRLF would be taken so too:
+        a client is rarely pinged, and a pong must not wait for more bytes).
         """
-        return self._buffer == b"\r\n"
+        if self._buffer == b"\r\n":
+            self._buffer = b""
+            return True
+        return False
 
     def feed(self, data: bytes) -> list[bytes | KeepAlive]:
         """

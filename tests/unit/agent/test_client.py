@@ -375,6 +375,7 @@ class StreamRouteTests(SynchronousTestCase):
         self.transactions = TransactionLayer(self.reactor, self.counters)
         self.streams = StreamPool(self.reactor, self.transactions, self.counters, keepalive=0)
         self.streams.tls = load_tls(TlsSettings(verify=False))
+        self.streams.listen_ports["tcp:192.0.2.1:5070"] = 5070
         self.client = RegistrationClient(
             self.reactor, self.transactions, self.resolver, {self.sender.spec.name: self.sender},  # type: ignore[arg-type, dict-item]
             self.counters, changes=StateChanges([self.changes.append]),
@@ -488,10 +489,12 @@ class StreamRouteTests(SynchronousTestCase):
         assert r.next_at is not None
         self.assertGreater(r.next_at, self.reactor.seconds() + 60)
         self.rescheduled.clear()
+        self.reactor.advance(10)
         self.protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual((r.next_at, self.rescheduled), (self.reactor.seconds(), [r]))
         self.client.send(r)
         self.answer_ok(self.connect())
+        self.reactor.advance(10)
         self.assertEqual(len(self.reactor.tcpClients), 2)
         refresh_at = r.next_at
         self.protocol.connectionLost(Failure(ConnectionDone()))

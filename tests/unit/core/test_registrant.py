@@ -675,3 +675,12 @@ class TransitionTableTests(SynchronousTestCase):
         r.retiring = True
         self.assertFalse(r.reconfigure(account(), 5))
         self.assertFalse(r.retiring)
+
+
+class PrintableTests(SynchronousTestCase):
+    def test_control_characters_escaped(self) -> None:
+        """last_error may quote a peer: control characters are escaped, never written raw."""
+        from uacregistrant.core.registrant import printable
+
+        self.assertEqual(printable("certificate is for sip:evil\r\nX: y"), "certificate is for sip:evil\\r\\nX: y")
+        self.assertEqual(printable("plain text"), "plain text")

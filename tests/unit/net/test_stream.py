@@ -31,7 +31,9 @@ OPTIONS = (
 )
 
 
-class PoolTests(SynchronousTestCase):
+class PoolCase(SynchronousTestCase):
+    """A pool on a memory reactor, and ways to open its links."""
+
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
         self.counters = SipCounters()
@@ -40,6 +42,7 @@ class PoolTests(SynchronousTestCase):
         self.pool = StreamPool(self.reactor, self.transactions, self.counters, keepalive=30,
                                on_lost=lambda link, why: self.lost.append((link.name, why)))
         self.pool.answerer = RequestAnswerer(self.reactor, self.counters)
+        self.pool.listen_ports[LOCAL.name] = LOCAL.port
         self.opened: list[StreamLink] = []
         self.failures: list[str] = []
 
@@ -56,6 +59,9 @@ class PoolTests(SynchronousTestCase):
         self.protocol = protocol
         return wire
 
+
+
+class PoolTests(PoolCase):
     def test_one_link_per_key(self) -> None:
         """Records to the same remote from the same socket share one connection; another socket gets its own."""
         first = self.link()
@@ -268,3 +274,65 @@ class DescribeFailureTests(SynchronousTestCase):
         ]
         for error, expected in cases:
             self.assertEqual(describe_failure(Failure(error)), expected)
+
+
+class ReviewFindingsTests(PoolCase):
+    """What the review of the stream code found, each kept fixed."""
+
+    def test_pongs_in_separate_reads_keep_the_link(self) -> None:
+        """A peer answering each ping with a CRLF, each in its own read, is never taken for dead; pings keep their interval."""
+        self.link()
+        wire = self.connect()
+        pings = []
+        for _ in range(10):
+            self.reactor.advance(10)
+            if wire.value():
+                pings.append(self.reactor.seconds())
+                wire.clear()
+                self.protocol.dataReceived(b"\r\n")
+        self.assertEqual(pings, [30, 60, 90])
+        self.assertFalse(wire.disconnecting)
+        self.assertEqual(self.counters.keepalive_failures, 0)
+
+    def test_replies_to_a_peer_that_does_not_read_are_bounded(self) -> None:
+        """Pings from a peer that never reads our pongs: once paused, replies are dropped, and past the bound the link closes."""
+        self.patch(stream, "CONGESTED_MAX", 100)
+        self.link()
+        wire = self.connect()
+        wire.producer.pauseProducing()
+        self.protocol.dataReceived(b"\r\n\r\n" * 60)
+        self.assertEqual(wire.value(), b"")
+        self.assertTrue(wire.disconnecting)
+
+    def test_a_failure_that_cannot_be_described_still_closes_the_link(self) -> None:
+        """An OpenSSL error of an unexpected shape: the link is still closed and its records told."""
+        from OpenSSL import SSL
+
+        link = self.link()
+        self.connect()
+        self.reactor.advance(10)
+        self.protocol.connectionLost(Failure(SSL.SysCallError(104, "ECONNRESET")))
+        self.assertFalse(link.open)
+        self.assertEqual(len(self.pool), 0)
+        self.assertEqual(len(self.lost), 1)
+
+    def test_connect_raising_fails_the_waiters(self) -> None:
+        """An exception while starting the connection fails its waiters at once (nothing waits for the walker)."""
+        self.patch(StreamLink, "connect", lambda link: 1 / 0)
+        self.link()
+        self.assertEqual(len(self.failures), 1)
+        self.assertIn("cannot open a connection: ZeroDivisionError", self.failures[0])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_quick_loss_backs_off(self) -> None:
+        """A connection accepted and dropped at once (a TLS peer refusing our certificate) backs off like a refusal."""
+        self.link()
+        self.connect()
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertRaises(LinkFailed, self.link)
+
+    def test_shutdown_is_quiet(self) -> None:
+        """Links still connecting at shutdown are not counted as failures."""
+        self.link()
+        self.pool.stop()
+        self.assertEqual(self.counters.connection_failures, 0)

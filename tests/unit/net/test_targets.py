@@ -18,23 +18,34 @@ class TargetHealthTests(SynchronousTestCase):
         self.assertEqual(health.choose([A, B, C], 10 + AVOID_FIRST), A)
 
     def test_avoidance_doubles_and_is_capped(self) -> None:
-        """Failures in a row double the avoidance up to AVOID_MAX; an answer resets it."""
+        """Failures in a row (each after the last avoidance ended) double the avoidance up to AVOID_MAX; an answer resets it."""
         health = TargetHealth()
-        spans = [health.failed(A, 0) for _ in range(8)]
+        now, spans = 0.0, []
+        for _ in range(8):
+            until = health.failed(A, now)
+            spans.append(until - now)
+            now = until
         self.assertEqual(spans[:3], [AVOID_FIRST, 2 * AVOID_FIRST, 4 * AVOID_FIRST])
         self.assertEqual(spans[-1], AVOID_MAX)
         health.answered(A)
-        self.assertFalse(health.avoided(A, 0))
-        self.assertEqual(health.failed(A, 0), AVOID_FIRST)
+        self.assertFalse(health.avoided(A, now))
+        self.assertEqual(health.failed(A, now), now + AVOID_FIRST)
+
+    def test_failures_of_one_attempt_count_once(self) -> None:
+        """Many records failing at once on one target (one attempt, many waiters) avoid it 30 s, not 10 min."""
+        health = TargetHealth()
+        for _ in range(20):
+            self.assertEqual(health.failed(A, 5), 5 + AVOID_FIRST)
+        self.assertEqual(health.failed(A, 5 + AVOID_FIRST), 5 + 3 * AVOID_FIRST)
 
     def test_all_failing_still_tried(self) -> None:
         """With every target avoided, the one whose avoidance ends first is tried, and there is no alternative."""
         health = TargetHealth()
         health.failed(A, 0)
-        health.failed(A, 0)  # avoided until 60
-        health.failed(B, 5)  # until 35
-        self.assertEqual(health.choose([A, B], 6), B)
-        self.assertIsNone(health.alternative([A, B], B, 6))
+        health.failed(A, 30)  # avoided until 90
+        health.failed(B, 35)  # until 65
+        self.assertEqual(health.choose([A, B], 36), B)
+        self.assertIsNone(health.alternative([A, B], B, 36))
 
     def test_bounded(self) -> None:
         """At most `limit` failing targets are remembered; expired ones make room."""

@@ -28,6 +28,11 @@ def cert(**names: Any) -> x509.Certificate:
 class IdentityTests(SynchronousTestCase):
     """identity_matches and identities_of, by RFC 5922 §7."""
 
+    def test_hostile_names_are_escaped(self) -> None:
+        """A certificate name holding CR/LF (anyone on the path can present one) is escaped in messages."""
+        leaf = cert(sip_uris=["sip:evil.test\r\nX-Injected: 1"])
+        self.assertEqual(identities_of(leaf), ["sip:evil.test\\r\\nX-Injected: 1"])
+
     def test_sip_uri(self) -> None:
         """A C{URI:sip:domain} entry is an identity."""
         leaf = cert(sip_uris=["sip:registrar.test"])

@@ -189,6 +189,14 @@ class EndingTests(MachineTestCase):
             ["stream to other", "udp to peer"],
         )
 
+    def test_response_over_another_socket_or_connection_dropped(self) -> None:
+        """A response must come back over the socket or connection its request went over (a datagram cannot answer a TLS request)."""
+        tls_link, udp_socket = object(), object()
+        self.table.start(0.0, "z9hG4bKt", DEST, b"REQ", 1, "over tls", True, tls_link)
+        self.assertIsNone(self.table.receive(reply(200, branch="z9hG4bKt"), DEST, 0.1, udp_socket))
+        self.assertEqual(self.counters.dropped_wrong_source, 1)
+        self.assertEqual(self.table.receive(reply(200, branch="z9hG4bKt"), DEST, 0.2, tls_link), Deliver("over tls", reply(200, branch="z9hG4bKt")))
+
     def test_cancel_leaves_nothing(self) -> None:
         """A transaction whose first send failed is dropped without an outcome."""
         self.start()

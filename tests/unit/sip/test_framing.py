@@ -78,10 +78,13 @@ class FramingTests(SynchronousTestCase):
 
 
 class HeldCrlfTests(SynchronousTestCase):
-    def test_lone_crlf_is_held_and_reported(self) -> None:
-        """A lone CRLF is held (a ping may be cut in two) but reported, so a pong is seen at once."""
+    def test_lone_crlf_taken_as_pong(self) -> None:
+        """A lone CRLF waits for more (a ping may be cut in two) until the caller takes it as a pong; the next pong is a pong too."""
         framer = StreamFramer()
         self.assertEqual(framer.feed(b"\r\n"), [])
-        self.assertTrue(framer.holds_crlf)
-        self.assertEqual(framer.feed(b"\r\n"), [PING])
-        self.assertFalse(framer.holds_crlf)
+        self.assertTrue(framer.take_pong())
+        self.assertFalse(framer.take_pong())
+        self.assertEqual(framer.feed(b"\r\n"), [])
+        self.assertTrue(framer.take_pong())
+        self.assertEqual(framer.pending, 0)
+        self.assertEqual(framer.feed(b"\r\n\r\n"), [PING])

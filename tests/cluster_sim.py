@@ -1,0 +1,160 @@
+"""
+The coordinating database in memory, for simulations on a fake clock: the
+same rules as L{uacregistrant.store.pgcoordinator} (leases on the
+server's clock, epochs, slots free once their holder's lease expired),
+with a switch per node that cuts it off (its calls fail, as they would
+with the database unreachable).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from uacregistrant.store.coordinator import SLOTS, CoordinatorError, ICoordinator, Member, RecordKey, Reservation, slot_of
+
+
+@dataclass
+class _Row:
+    epoch: int
+    listen: str
+    expires_at: float
+    renewed_at: float
+    slots: int = 0
+    records: int = 0
+
+
+@dataclass
+class SharedState:
+    """What the database holds, and its clock."""
+
+    clock: IReactorTime
+    members: dict[str, _Row] = field(default_factory=dict)
+    owners: dict[int, tuple[str, int]] = field(default_factory=dict)
+    records: dict[RecordKey, tuple[str, int]] = field(default_factory=dict)
+    #: Names whose calls fail (cut off from the database).
+    cut: set[str] = field(default_factory=set)
+    calls: Any = field(default_factory=itertools.count)
+
+    def now(self) -> float:
+        return self.clock.seconds()
+
+    def live(self, name: str, epoch: int) -> bool:
+        row = self.members.get(name)
+        return row is not None and row.epoch == epoch and row.expires_at > self.now()
+
+
+@implementer(ICoordinator)
+class MemoryCoordinator:
+    """One node's connection to the shared state."""
+
+    def __init__(self, state: SharedState, node: str) -> None:
+        self.state = state
+        self.node = node
+
+    def _check(self) -> None:
+        next(self.state.calls)
+        if self.node in self.state.cut:
+            raise CoordinatorError(f"database unreachable from {self.node}")
+
+    def _answer(self, compute: Any) -> defer.Deferred[Any]:
+        try:
+            self._check()
+            return defer.succeed(compute())
+        except CoordinatorError as e:
+            return defer.fail(e)
+
+    def start(self) -> defer.Deferred[None]:
+        return self._answer(lambda: None)
+
+    def join(self, name: str, listen: str, ttl: float) -> defer.Deferred[int]:
+        def do() -> int:
+            state = self.state
+            old = state.members.get(name)
+            epoch = (old.epoch if old else 0) + 1
+            state.members[name] = _Row(epoch, listen, state.now() + ttl, state.now())
+            return epoch
+
+        return self._answer(do)
+
+    def renew(self, name: str, epoch: int, ttl: float, slots: int, records: int) -> defer.Deferred[bool]:
+        def do() -> bool:
+            state = self.state
+            if not state.live(name, epoch):
+                return False
+            row = state.members[name]
+            row.expires_at, row.renewed_at, row.slots, row.records = state.now() + ttl, state.now(), slots, records
+            return True
+
+        return self._answer(do)
+
+    def claim(self, name: str, epoch: int, count: int) -> defer.Deferred[list[int]]:
+        def do() -> list[int]:
+            state = self.state
+            if not state.live(name, epoch):
+                return []
+            taken = []
+            for slot in range(SLOTS):
+                if len(taken) >= count:
+                    break
+                owner = state.owners.get(slot)
+                if owner is None or not state.live(*owner):
+                    state.owners[slot] = (name, epoch)
+                    taken.append(slot)
+            return taken
+
+        return self._answer(do)
+
+    def release(self, name: str, epoch: int, slots: list[int]) -> defer.Deferred[None]:
+        def do() -> None:
+            for slot in slots:
+                if self.state.owners.get(slot) == (name, epoch):
+                    del self.state.owners[slot]
+
+        return self._answer(do)
+
+    def held(self, name: str, epoch: int) -> defer.Deferred[list[int]]:
+        return self._answer(lambda: sorted(s for s, o in self.state.owners.items() if o == (name, epoch)))
+
+    def members(self) -> defer.Deferred[list[Member]]:
+        def do() -> list[Member]:
+            now = self.state.now()
+            return [
+                Member(name, row.epoch, row.expires_at > now, now - row.renewed_at, row.slots, row.records, row.listen)
+                for name, row in sorted(self.state.members.items())
+            ]
+
+        return self._answer(do)
+
+    def reserve(self, name: str, epoch: int, records: list[tuple[RecordKey, str]], block: int) -> defer.Deferred[list[Reservation]]:
+        def do() -> list[Reservation]:
+            state = self.state
+            out = []
+            for key, proposed in records:
+                if state.owners.get(slot_of(key[0])) != (name, epoch) or not state.live(name, epoch):
+                    continue
+                call_id, reserved = state.records.get(key, (proposed, 0))
+                state.records[key] = (call_id, reserved + block)
+                out.append(Reservation(key, call_id, reserved + 1, reserved + block))
+            return out
+
+        return self._answer(do)
+
+    def leave(self, name: str, epoch: int) -> defer.Deferred[None]:
+        def do() -> None:
+            state = self.state
+            for slot in [s for s, o in state.owners.items() if o == (name, epoch)]:
+                del state.owners[slot]
+            row = state.members.get(name)
+            if row is not None and row.epoch == epoch:
+                row.expires_at = state.now()
+
+        return self._answer(do)
+
+    def close(self) -> None:
+        pass

@@ -91,8 +91,11 @@ class RegistrationClient:
         branch_token: Callable[[int], str] = token_hex,
         streams: StreamPool | None = None,
         stream_sockets: tuple[SocketSpec, ...] = (),
+        may_send: Callable[[Registrant], bool] | None = None,
     ) -> None:
         self._clock = clock
+        #: Whether a record may send from this node now (a cluster node: its slot held, its lease valid).
+        self.may_send = may_send
         self.counters = counters
         self._transactions = transactions
         self._resolver = resolver
@@ -145,6 +148,10 @@ class RegistrationClient:
         """Send a record's waiting follow-up, if it still has one (the pacer's first lane)."""
         out = self._follow_ups.pop(registrant, None)
         if out is not None and self._current(registrant, out.cseq):
+            if self.may_send is not None and not self.may_send(registrant):
+                # Not left waiting in a transaction state: it fails, and retries if it may by then.
+                self._guarded(registrant, "a follow-up not sent", self._fail, registrant, "follow-up not sent: this node may not send for it now (cluster)")
+                return
             self._guarded(registrant, "sending a follow-up", self._dispatch, registrant, out)
 
     def forget(self, registrant: Registrant) -> None:
@@ -201,6 +208,8 @@ class RegistrationClient:
     def _send(self, registrant: Registrant) -> None:
         if registrant.in_transaction or registrant.removed:
             return  # already under way (or gone): nothing to start
+        if self.may_send is not None and not self.may_send(registrant):
+            return  # another node's, or this node's lease is not safe: the cluster wakes it when it may
         before = registrant.state
         out = registrant.start(self._clock.seconds())
         self._changed(registrant, before)

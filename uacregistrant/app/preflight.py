@@ -46,6 +46,8 @@ def preflight(settings: Settings, store: IRegistrantStore) -> None:
 
     @raise ConfigError: with one line saying what is wrong.
     """
+    if settings.cluster and not settings.db_url.startswith(("postgres://", "postgresql://")):
+        raise ConfigError("--cluster needs PostgreSQL (--db-url postgres://...): SQLite cannot coordinate several nodes")
     try:
         store.check()
     except StoreError as e:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import sys
+import time
 from typing import Any, Callable, cast
 
 from twisted.application.internet import UDPServer
@@ -31,6 +33,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from uacregistrant.agent.changes import StateChanges
 from uacregistrant.agent.client import RegistrationClient
 from uacregistrant.agent.statelog import StateLog
+from uacregistrant.app.cluster import ClusterNode
 from uacregistrant.app.gcpolicy import FreezeSurvivors, freeze_loaded
 from uacregistrant.app.preflight import preflight
 from uacregistrant.app.settings import ConfigError, Settings
@@ -54,6 +57,7 @@ from uacregistrant.schedule.timers import TimerQueue
 from uacregistrant.schedule.walker import BucketWalker, WalkService
 from uacregistrant.sip.sharing import SharedTables
 from uacregistrant.store import IRegistrantStore
+from uacregistrant.store.coordinator import ICoordinator
 from uacregistrant.store.loader import TableLoader
 from uacregistrant.store.sqlite import SqliteStore, sqlite_path
 from uacregistrant.store.sync import TableSync
@@ -74,6 +78,18 @@ def open_store(settings: Settings, reactor: Any) -> IRegistrantStore:
     else:
         raise ConfigError("unsupported db_url: use sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DBNAME")
     return store
+
+
+def open_coordinator(settings: Settings, reactor: Any) -> ICoordinator:
+    """The cluster's coordinator on the registrant table's PostgreSQL database (not yet connected)."""
+    from uacregistrant.store.pgcoordinator import PostgresCoordinator
+
+    return cast(ICoordinator, PostgresCoordinator(settings.db_url, settings.cluster, reactor))
+
+
+def node_name(settings: Settings) -> str:
+    """This node's name: the configured one, else the host name and the first listen port."""
+    return settings.node_name or f"{socket.gethostname()}:{settings.listen[0].port}"[:63]
 
 
 class StartRefused(Exception):
@@ -137,7 +153,14 @@ class RegistrantService(MultiService):
         resolver: IResolver | None = None,
         policy: Policy | None = None,
         checks: Callable[[Settings, IRegistrantStore], None] = preflight,
+        coordinator: ICoordinator | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """
+        @param coordinator: the cluster's coordinator (with C{--cluster};
+            by default PostgreSQL's, on the table's database).
+        @param monotonic: the clock the cluster's lease deadlines are kept on.
+        """
         super().__init__()
         self.settings = settings
         self.store = store
@@ -201,6 +224,8 @@ class RegistrantService(MultiService):
             stream_sockets=settings.stream_listen,
         )
         self.streams.on_lost = self.client.link_lost
+        #: This node's part of the cluster (C{None}: the daemon runs alone).
+        self.cluster: ClusterNode | None = None
         self.pacer = Pacer(
             clock,
             settings.send_rate,
@@ -240,8 +265,31 @@ class RegistrantService(MultiService):
         self.loader.setServiceParent(self)
         self.walk = WalkService(self.walker, clock)
         self.walk.setServiceParent(self)
+        if settings.cluster and (coordinator is not None or settings.db_url.startswith(("postgres://", "postgresql://"))):
+            self.cluster = ClusterNode(
+                coordinator or open_coordinator(settings, reactor),
+                self.registry,
+                clock,
+                node_name(settings),
+                " ".join(spec.name for spec in settings.listen),
+                settings.cluster_lease,
+                wake=self.walker.poke,
+                monotonic=monotonic,
+            )
+            self.cluster.setServiceParent(self)
+            self.walker.eligible = self.client.may_send = self.cluster.eligible
         self.admin = Admin(self.registry, store, self.sync, clock, self.loader.reload)
-        self.commands = Commands(self.registry, self.counters, self.admin, self.events, clock, self._transport_status)
+        cluster = self.cluster
+        self.commands = Commands(
+            self.registry,
+            self.counters,
+            self.admin,
+            self.events,
+            clock,
+            self._transport_status,
+            holds=cluster.holds if cluster is not None else None,
+            cluster=self._cluster_nodes if cluster is not None else None,
+        )
         factory = ControlFactory(self.commands, clock)
         for control in settings.control:
             ControlListener(endpoints.serverFromString(reactor, control.description), factory).setServiceParent(self)
@@ -254,12 +302,45 @@ class RegistrantService(MultiService):
         return cast(IResolver, dns_client.createResolver())
 
     def _transport_status(self) -> dict[str, Any]:
-        """What reg_stats shows of the transports."""
-        return {
+        """What reg_stats shows of the transports (and of the cluster)."""
+        status: dict[str, Any] = {
             "connections": len(self.streams),
             "incoming_connections": self.streams.incoming,
             "tls_verify": "off" if self.settings.tls_no_verify else "on",
         }
+        cluster = self.cluster
+        if cluster is not None:
+            status.update(
+                {
+                    "cluster": self.settings.cluster,
+                    "node": cluster.node_name,
+                    "slots_held": len(cluster.member.held),
+                    "records_held": cluster.records_held,
+                    "fenced": "yes" if cluster.member.fenced else "no",
+                }
+            )
+        return status
+
+    def _cluster_nodes(self) -> defer.Deferred[list[dict[str, Any]]]:
+        """reg_cluster's rows."""
+        assert self.cluster is not None
+        me = self.cluster.node_name
+
+        def rows(members: list[Any]) -> list[dict[str, Any]]:
+            return [
+                {
+                    "name": m.name,
+                    "alive": "yes" if m.alive else "no",
+                    "last_heartbeat_s_ago": round(m.age, 1),
+                    "slots": m.slots,
+                    "records": m.records,
+                    "listen": m.listen,
+                    "this_node": "yes" if m.name == me else "no",
+                }
+                for m in members
+            ]
+
+        return defer.ensureDeferred(self.cluster.members()).addCallback(rows)
 
     def _load_tls(self) -> None:
         """Read the TLS files (a refusal if unusable); warn when certificates go unchecked."""
@@ -315,6 +396,8 @@ class RegistrantService(MultiService):
 
     def _forget(self, registrant: Registrant) -> None:
         """A retired record is removed: nothing may keep it."""
+        if self.cluster is not None:
+            self.cluster.forget(registrant)
         self.walker.forget(registrant)
         self.client.forget(registrant)
         self.state_log.forget(registrant)
@@ -335,7 +418,8 @@ class RegistrantService(MultiService):
         C{timeout} seconds; fires with how many are still pending.
         """
         now = self._clock.seconds()
-        targets = [r for r in self.registry if r.registered_until is not None and r.registered_until > now]
+        mine = self.cluster.eligible if self.cluster is not None else (lambda r: True)
+        targets = [r for r in self.registry if r.registered_until is not None and r.registered_until > now and mine(r)]
         for registrant in targets:
             self.walker.forget(registrant)
             registrant.retire(now)
@@ -364,13 +448,28 @@ class RegistrantService(MultiService):
         self.loader.stopService()
         self.walk.stopService()
         bound = any(isinstance(child, (UDPServer, StreamListener)) and child.running for child in self)
-        if self.settings.unregister_on_shutdown and bound:
-            d = self.unregister_all(self.settings.shutdown_timeout)
-            d.addCallback(self._log_unregistered)
+        cluster = self.cluster
+        if cluster is not None:
+            handed = defer.ensureDeferred(cluster.stop())
         else:
-            d = defer.succeed(0)
-        d.addCallback(lambda _: self._close())
-        return d
+            handed = defer.succeed(False)
+
+        def unregister(hand_over: bool) -> defer.Deferred[Any]:
+            if hand_over:
+                _log.info("shutdown: the other nodes of cluster {cluster} take the records over (nothing un-registered)", cluster=self.settings.cluster)
+                return defer.succeed(0)
+            if self.settings.unregister_on_shutdown and bound:
+                d = self.unregister_all(self.settings.shutdown_timeout)
+                d.addCallback(self._log_unregistered)
+            else:
+                d = defer.succeed(0)
+            if cluster is not None:
+                d.addCallback(lambda _: defer.ensureDeferred(cluster.leave()))
+            return d
+
+        handed.addCallback(unregister)
+        handed.addCallback(lambda _: self._close())
+        return handed
 
     def _log_unregistered(self, pending: int) -> None:
         if pending:

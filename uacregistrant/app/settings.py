@@ -60,6 +60,12 @@ class Settings:
     tls_key: str | None = None
     #: TLS without checking the registrar's certificate (logged, shown in reg_stats).
     tls_no_verify: bool = False
+    #: The cluster this node belongs to ("": none, a single node).
+    cluster: str = ""
+    #: This node's name in the cluster ("": host name and first listen port).
+    node_name: str = ""
+    #: Seconds a node's lease lasts (renewed every third of it).
+    cluster_lease: float = 10.0
 
     @property
     def stream_listen(self) -> tuple[SocketSpec, ...]:
@@ -91,6 +97,9 @@ SCALARS: dict[str, tuple[type, Any]] = {
     "tls_ca": (str, ""),
     "tls_cert": (str, ""),
     "tls_key": (str, ""),
+    "cluster": (str, ""),
+    "node_name": (str, ""),
+    "cluster_lease": (float, 10.0),
 }
 #: name -> (smallest, largest) accepted; C{db_poll} also takes 0 (off).
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -105,8 +114,10 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "db_poll": (1, 86400),
     "shutdown_timeout": (0, 3600),
     "keepalive": (0, 3600),
+    "cluster_lease": (3, 300),
 }
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_NAME = re.compile(r"[A-Za-z0-9._:@-]{0,63}")
 
 #: name -> default; on the command line as --no-NAME (default on) or --NAME (default off).
 FLAGS: dict[str, bool] = {"db_notify": True, "unregister_on_shutdown": True, "tls_no_verify": False}
@@ -176,6 +187,9 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
     user_agent = scalars["user_agent"]
     if len(user_agent) > 200 or not all(" " <= c <= "~" for c in user_agent):
         raise ConfigError("invalid user_agent: at most 200 printable ASCII characters (\"\" to send none)")
+    for name in ("cluster", "node_name"):
+        if not _NAME.fullmatch(scalars[name]):
+            raise ConfigError(f"invalid {name} {scalars[name][:70]!r}: at most 63 letters, digits and . _ : @ -")
     tls = {name: scalars[name] or None for name in ("tls_ca", "tls_cert", "tls_key")}
     if (tls["tls_cert"] is None) != (tls["tls_key"] is None):
         raise ConfigError("tls_cert and tls_key go together: give both or neither")
@@ -203,6 +217,9 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
         db_notify=flags["db_notify"],
         unregister_on_shutdown=flags["unregister_on_shutdown"],
         tls_no_verify=flags["tls_no_verify"],
+        cluster=scalars["cluster"],
+        node_name=scalars["node_name"],
+        cluster_lease=scalars["cluster_lease"],
     )
 
 

@@ -31,6 +31,9 @@ _DESCRIPTIONS = {
     "tls_ca": "PEM file of the CAs trusted for registrars' TLS certificates (empty: the system's store)",
     "tls_cert": "PEM certificate presented over TLS (client certificate; serves tls: listen sockets)",
     "tls_key": "PEM private key of --tls-cert",
+    "cluster": "Run as a node of this cluster (PostgreSQL only): the nodes share the table's records",
+    "node_name": "This node's name in the cluster (empty: host name and first listen port)",
+    "cluster_lease": "Seconds a node's lease lasts; a dead node's records are taken over within twice this",
 }
 
 

@@ -24,6 +24,7 @@ from uacregistrant.core.registrant import RegState, Registrant
 from uacregistrant.core.registry import Registry
 from uacregistrant.schedule.slices import in_slices
 from uacregistrant.store import StoreError, StoreValueError
+from uacregistrant.store.coordinator import CoordinatorError
 
 _log = Logger()
 
@@ -60,7 +61,7 @@ def _failed(failure: Failure) -> Reply:
         return Reply(error.code, error.reason, error.detail)
     if failure.check(StoreValueError):
         return Reply(400, "Bad record", [failure.getErrorMessage()])
-    if failure.check(StoreError):
+    if failure.check(StoreError, CoordinatorError):
         return Reply(503, "Database unavailable", [failure.getErrorMessage()])
     _log.failure("admin command failed", failure)
     return Reply(500, "Internal error", [failure.type.__name__ if failure.type else "error"])
@@ -77,12 +78,20 @@ class Commands:
         events: EventHub,
         clock: IReactorTime,
         transport_status: Callable[[], dict[str, Any]] | None = None,
+        holds: Callable[[Registrant], bool] | None = None,
+        cluster: Callable[[], defer.Deferred[list[dict[str, Any]]]] | None = None,
     ) -> None:
         """
         @param transport_status: what reg_stats shows of the transports
-            (open connections, whether TLS certificates are checked).
+            (open connections, whether TLS certificates are checked), and
+            of the cluster.
+        @param holds: whether this node holds a record (a cluster node
+            lists and acts on its own records only).
+        @param cluster: the cluster's members, for reg_cluster.
         """
         self._transport_status = transport_status
+        self._holds = holds
+        self._cluster = cluster
         self._registry = registry
         self._clock = clock
         self._counters = counters
@@ -99,6 +108,7 @@ class Commands:
             "reg_delete": (self.reg_delete, f"reg_delete {_KEY_USAGE}: un-register and forget (row kept, disabled)"),
             "reg_upsert": (self.reg_upsert, "reg_upsert column=value ...: add or change one record (aor, registrar, binding_URI required)"),
             "reg_events": (self.reg_events, "reg_events: follow state changes, one line each, until quit"),
+            "reg_cluster": (self.reg_cluster, "reg_cluster [json]: the cluster's nodes (alive, last heartbeat, slots, records, listen)"),
             "quit": (self.quit, "quit: close this connection"),
         }
 
@@ -143,11 +153,17 @@ class Commands:
     def _select(self, args: list[str]) -> list[Registrant] | Reply:
         if len(args) > 1:
             return Reply(400, "Too many arguments", ["usage: reg_list [json] [AOR]"])
+        holds = self._holds
         if not args:
-            return list(self._registry)
+            return list(self._registry) if holds is None else [r for r in self._registry if holds(r)]
         found = self._registry.by_aor(args[0])
         if not found:
             return Reply(404, "No such registrant", [f"no record for AOR {args[0][:256]}"])
+        if holds is not None:
+            mine = [r for r in found if holds(r)]
+            if not mine:
+                return Reply(404, "Held by another node", [f"{args[0][:256]} is registered by another node of the cluster (see reg_cluster)"])
+            return mine
         return found
 
     def reg_list(self, args: list[str]) -> Reply:
@@ -208,9 +224,31 @@ class Commands:
         return self._admin.set_enabled(self._admin.find(args), False).addCallback(lambda outcome: Reply(200, "OK", [outcome]))
 
     def reg_force_register(self, args: list[str]) -> Result:
-        """Send a REGISTER now."""
-        self._admin.force_register(self._admin.find(args))
+        """Send a REGISTER now (from the node that holds the record)."""
+        registrant = self._admin.find(args)
+        if self._holds is not None and not self._holds(registrant):
+            return Reply(409, "Held by another node", [f"{registrant.account.aor} is registered by another node: ask that node (see reg_cluster)"])
+        self._admin.force_register(registrant)
         return Reply(200, "OK")
+
+    def reg_cluster(self, args: list[str]) -> Result:
+        """The cluster's nodes, as the database has them."""
+        as_json, args = self._json_flag(args)
+        if args:
+            return Reply(400, "Too many arguments", ["usage: reg_cluster [json]"])
+        if self._cluster is None:
+            return Reply(404, "Not a cluster", ["this daemon runs alone (no --cluster)"])
+
+        def reply(nodes: list[dict[str, Any]]) -> Reply:
+            if as_json:
+                return Reply(200, "OK", [json.dumps({"Nodes": nodes}, separators=(",", ":"))])
+            lines = []
+            for node in nodes:
+                lines.append(f"node: {node['name']}")
+                lines += [f"    {key}: {value}" for key, value in node.items() if key != "name"]
+            return Reply(200, "OK", lines)
+
+        return self._cluster().addCallback(reply)
 
     def reg_delete(self, args: list[str]) -> Result:
         """Un-register and forget a record."""

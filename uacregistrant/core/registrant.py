@@ -340,6 +340,21 @@ class Registrant:
         """The Call-ID of every request of this record."""
         return self._ids[:16].hex()
 
+    def adopt(self, call_id: str, last_cseq: int) -> bool:
+        """
+        Continue a registration another node made (cluster take-over): its
+        Call-ID, and CSeq numbers above C{last_cseq}.  A Call-ID not of
+        this daemon's form (32 hex digits) is not taken.
+
+        @return: whether the Call-ID was taken.
+        """
+        if last_cseq > self.cseq:
+            self.cseq = last_cseq
+        if len(call_id) != 32 or not all(c in "0123456789abcdef" for c in call_id):
+            return False
+        self._ids = bytes.fromhex(call_id) + self._ids[16:]
+        return True
+
     @property
     def from_tag(self) -> str:
         """The From tag of every request of this record."""

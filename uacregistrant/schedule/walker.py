@@ -46,8 +46,11 @@ class BucketWalker:
         timers: TimerQueue | None = None,
         stuck_after: float = float("inf"),
         on_stuck: Callable[[Registrant, float], None] = lambda registrant, waited: None,
+        eligible: Callable[[Registrant], bool] | None = None,
     ) -> None:
         self._registry = registry
+        #: Whether a record may send from this node (a cluster node holds only some).
+        self.eligible = eligible
         self._stuck_after = stuck_after
         self._on_stuck = on_stuck
         self._clock = clock
@@ -96,7 +99,7 @@ class BucketWalker:
             if sent is not None and now - sent > self._stuck_after and registrant.in_transaction and not registrant.removed:
                 self._on_stuck(registrant, now - sent)
             return
-        if registrant.removed:
+        if registrant.removed or (self.eligible is not None and not self.eligible(registrant)):
             return
         if at <= now:
             self._pacer.push(registrant)

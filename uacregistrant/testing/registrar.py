@@ -166,7 +166,8 @@ class TestRegistrar(DatagramProtocol):
             Received(self.clock.seconds(), user, request.call_id, number, expires, credentials is not None, addr, raw)
         )
         _log.info(
-            "REGISTER user={user} call_id={call_id} cseq={cseq} expires={expires} authorized={authorized}",
+            "REGISTER user={user} call_id={call_id} cseq={cseq} expires={expires} authorized={authorized} source={source}",
+            source=f"{addr[0]}:{addr[1]}",
             user=user,
             call_id=request.call_id,
             cseq=number,
@@ -254,6 +255,12 @@ class TestRegistrar(DatagramProtocol):
     ) -> None:
         now = self.clock.seconds()
         number, _ = request.cseq
+        for contact in contacts:
+            held = self.bindings.get((aor, contact.uri))
+            if held is not None and held.call_id == request.call_id and number <= held.cseq:
+                # RFC 3261 §10.3 step 7, as Kamailio and OpenSIPS answer it.
+                self._reply(request, addr, 400, "Bad Request", [("P-Registrar-Error", "Invalid CSeq number")], delay)
+                return
         for contact in contacts:
             if policy.rewrite_contact and contact.uri != "*":
                 contact = type(contact)(contact.uri + policy.rewrite_contact, contact.params, contact.display)

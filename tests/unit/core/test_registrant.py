@@ -684,3 +684,14 @@ class PrintableTests(SynchronousTestCase):
 
         self.assertEqual(printable("certificate is for sip:evil\r\nX: y"), "certificate is for sip:evil\\r\\nX: y")
         self.assertEqual(printable("plain text"), "plain text")
+
+
+class AdoptTests(SynchronousTestCase):
+    def test_takes_call_id_and_cseq_above(self) -> None:
+        """A take-over continues the Call-ID and goes above the CSeq reserved before; a foreign Call-ID is not taken."""
+        r = Registrant(account(), Policy(rng=random.Random(1)))
+        self.assertTrue(r.adopt("0123456789abcdef0123456789abcdef", 2000))
+        self.assertEqual(r.call_id, "0123456789abcdef0123456789abcdef")
+        self.assertEqual(r.start(0).cseq, 2001)
+        self.assertFalse(r.adopt("not-ours@host", 10))
+        self.assertEqual((r.call_id, r.cseq), ("0123456789abcdef0123456789abcdef", 2001))

@@ -1,0 +1,134 @@
+"""
+Two real services as one cluster on the fake network and clock, sharing
+one table, one registrar and the coordinating database in memory: each
+record registered by one node only, a crashed node's records taken over
+with the same Call-ID and a higher CSeq, a planned stop that hands over
+without un-registering, and the last node that does un-register.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from twisted.internet import defer
+from twisted.names.resolve import ResolverChain
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.cluster_sim import MemoryCoordinator, SharedState
+from tests.simulation import Simulation
+from uacregistrant.app.service import RegistrantService
+from uacregistrant.app.settings import build_settings
+from uacregistrant.testing.registrar import UserPolicy
+
+LEASE = 6.0
+USERS = [f"u{i}" for i in range(40)]
+
+
+class ClusterNodeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.sim = Simulation(self.mktemp(), {u: UserPolicy(password="p") for u in USERS}, hash_size=0, timer_interval=100)
+        for user in USERS:
+            self.sim.add(user, password="p", expiry=600)
+        self.state = SharedState(self.sim.reactor)
+        self.nodes: dict[str, RegistrantService] = {}
+        self.crashed: set[str] = set()
+
+    def node(self, name: str, host: str) -> RegistrantService:
+        values: dict[str, Any] = {
+            "db_url": self.sim.settings.db_url, "listen": [f"udp:{host}:5060"], "control": ["unix:unused"],
+            "hash_size": 0, "timer_interval": 100, "cluster": "test", "node_name": name, "cluster_lease": LEASE,
+        }
+        settings = dataclasses.replace(build_settings(values), control=())
+        service = RegistrantService(
+            settings, self.sim.store, self.sim.reactor, resolver=ResolverChain([]),
+            coordinator=MemoryCoordinator(self.state, name), monotonic=self.sim.reactor.seconds,
+        )
+        service.startService()
+        self.nodes[name] = service
+        self.addCleanup(lambda: service.running and name not in self.crashed and service.stopService())
+        return service
+
+    def sources(self) -> dict[str, set[tuple[str, int]]]:
+        """Which addresses each user's REGISTERs came from."""
+        seen: dict[str, set[tuple[str, int]]] = {}
+        for received in self.sim.registrar.received:
+            seen.setdefault(received.user, set()).add(received.source)
+        return seen
+
+    def test_each_record_from_one_node_and_take_over(self) -> None:
+        """Settled: every user registered from one node; a crash: the other continues each Call-ID, CSeq above."""
+        a = self.node("a", "127.0.0.1")
+        b = self.node("b", "127.0.0.2")
+        self.sim.run(30)
+        # b's joining moved half of a's records to b: one Call-ID each all the same (one binding per user).
+        self.assertEqual(len(self.sim.registrar.bindings), len(USERS))
+        self.assertEqual({r.call_id for r in self.sim.registrar.received if r.user == "u1"}.__len__(), 1)
+        self.sim.registrar.received.clear()
+        self.sim.run(600)  # every record refreshed once: from one node only
+        self.assertEqual(set(self.sources()), set(USERS))
+        self.assertEqual({len(s) for s in self.sources().values()}, {1})
+        self.assertEqual(len(self.sim.registrar.bindings), len(USERS))
+        held_a = {r.account.aor for r in a.registry if a.cluster and a.cluster.holds(r)}
+        held_b = {r.account.aor for r in b.registry if b.cluster and b.cluster.holds(r)}
+        self.assertEqual(held_a & held_b, set())
+        self.assertEqual(len(held_a | held_b), len(USERS))
+        self.assertTrue(held_a and held_b)
+
+        # kill -9 of a: it neither un-registers nor releases; the database stops hearing from it.
+        before = {user: (b.call_id, b.cseq) for (aor, _), b in self.sim.registrar.bindings.items() for user in [aor.split(":")[1].split("@")[0]]}
+        self.state.cut.add("a")
+        self.crashed.add("a")
+        for port in list(self.sim.reactor.network.ports.values()):
+            if port.host == "127.0.0.1" and port.port == 5060:
+                port.stopListening()
+        assert a.cluster is not None
+        a.cluster.member._stopped = True
+        a.walker.stop()
+        a.pacer.stop()
+        self.sim.registrar.received.clear()
+        self.sim.run(2 * LEASE + 5)
+        taken = {r.user for r in self.sim.registrar.received}
+        self.assertEqual(taken, {aor.split(":")[1].split("@")[0] for aor in held_a})
+        for received in self.sim.registrar.received:
+            call_id, cseq = before[received.user]
+            self.assertEqual(received.call_id, call_id, received.user)
+            self.assertGreater(received.cseq, cseq, received.user)
+            self.assertEqual(received.source, ("127.0.0.2", 5060))
+        self.assertEqual({r.expires for r in self.sim.registrar.received} - {600}, set())
+        self.assertEqual(len(self.sim.registrar.bindings), len(USERS))
+        self.assertFalse(any(r.authorized is False and r.cseq == 1 for r in self.sim.registrar.received))
+
+    def test_planned_stop_hands_over_and_last_node_unregisters(self) -> None:
+        """SIGTERM with another node alive: nothing un-registered, the other takes over; the last node un-registers."""
+        a = self.node("a", "127.0.0.1")
+        self.node("b", "127.0.0.2")
+        self.sim.run(30)
+        self.sim.registrar.received.clear()
+        stopped = a.stopService()
+        self.sim.run(LEASE)
+        self.successResultOf(stopped)
+        self.assertEqual([r for r in self.sim.registrar.received if r.expires == 0], [])
+        self.sim.run(2 * LEASE)
+        self.assertEqual(len(self.sim.registrar.bindings), len(USERS))
+        self.assertEqual({r.source for r in self.sim.registrar.received}, {("127.0.0.2", 5060)})
+        last = self.nodes["b"].stopService()
+        self.sim.run(5)
+        self.successResultOf(last)
+        self.assertEqual(self.sim.registrar.bindings, {})
+
+    def test_reg_list_shows_own_records_and_reg_cluster_the_nodes(self) -> None:
+        """Each node lists the records it holds; reg_cluster shows both nodes alive; reg_stats the slots held."""
+        a = self.node("a", "127.0.0.1")
+        b = self.node("b", "127.0.0.2")
+        self.sim.run(30)
+        listed = [len(list(node.commands._select([]))) for node in (a, b)]  # type: ignore[arg-type]
+        self.assertEqual(sum(listed), len(USERS))
+        reply = self.successResultOf(defer.maybeDeferred(a.commands.run, "reg_cluster"))
+        self.assertEqual(reply.code, 200)
+        text = "\n".join(reply.body)
+        self.assertIn("node: a", text)
+        self.assertIn("node: b", text)
+        self.assertEqual(text.count("alive: yes"), 2)
+        stats = a._transport_status()
+        self.assertEqual(stats["slots_held"] + b._transport_status()["slots_held"], 1024)

@@ -186,11 +186,13 @@ class Commands:
         as_json, args = self._json_flag(args)
         if args:
             return Reply(400, "Too many arguments", ["usage: reg_stats [json]"])
-        records = list(self._registry)
+        holds = self._holds
+        # A cluster node counts the records it holds (every node loads them all).
+        records = list(self._registry) if holds is None else [r for r in self._registry if holds(r)]
         tally = _Tally(self._clock.seconds())
 
         def reply() -> Reply:
-            stats = tally.result(len(self._registry), self._counters.as_dict())
+            stats = tally.result(len(records), self._counters.as_dict())
             transports = self._transport_status() if self._transport_status is not None else {}
             if transports:
                 stats["transport"] = transports

@@ -132,3 +132,8 @@ class ClusterNodeTests(SynchronousTestCase):
         self.assertEqual(text.count("alive: yes"), 2)
         stats = a._transport_status()
         self.assertEqual(stats["slots_held"] + b._transport_status()["slots_held"], 1024)
+        totals = []
+        for node in (a, b):
+            reply = self.successResultOf(defer.maybeDeferred(node.commands.run, "reg_stats"))
+            totals.append(int(dict(line.split(": ", 1) for line in reply.body)["total"]))
+        self.assertEqual(totals, listed)

@@ -36,6 +36,8 @@ from uacregistrant.store.coordinator import SLOTS, CoordinatorError, ICoordinato
 
 _log = Logger()
 
+#: Seconds between joining and the first claim.
+JOIN_SETTLE = 1.0
 #: Slots released at most per round (a join moves slots gradually).
 STEP = 64
 
@@ -95,6 +97,7 @@ class ClusterMember:
         self._fence_timer: IDelayedCall | None = None
         self._round: defer.Deferred[None] | None = None
         self._stopped = False
+        self._next_delay = self.period
 
     def start(self) -> None:
         """Begin the rounds (the first joins)."""
@@ -108,14 +111,17 @@ class ClusterMember:
         self._timer = None
         self._round = defer.ensureDeferred(self.round())
         self._round.addErrback(lambda f: _log.failure("cluster round failed", f))
-        self._round.addBoth(lambda _: self._schedule(self.period))
+        self._round.addBoth(lambda _: self._schedule(self._next_delay))
 
     async def round(self) -> None:
         """One round: join if needed, renew, then move towards the quota."""
         coordinator = self._coordinator
+        self._next_delay = self.period
+        joined = False
         try:
             if self.epoch is None:
                 self.epoch = await coordinator.join(self.name, self.listen, self.lease)
+                joined = True
                 _log.info("cluster: joined as {name}, epoch {epoch}", name=self.name, epoch=self.epoch)
             epoch = self.epoch
             started = self._monotonic()
@@ -129,6 +135,11 @@ class ClusterMember:
                 return
             self._renewed(started)
             self.members = await coordinator.members()
+            if joined:
+                # Nodes started together see each other before any claims
+                # (else the first would take every slot, then hand most back).
+                self._next_delay = min(self.period, JOIN_SETTLE)
+                return
             alive = [m.name for m in self.members if m.alive]
             want = quota(self.name, alive)
             if len(self.held) > want:

@@ -27,14 +27,19 @@ class Node:
     def __init__(self, state: SharedState, clock: Clock, name: str, drift: float = 1.0) -> None:
         self.name = name
         self.active: set[int] = set()
+        self.released = 0
         self.crashed = False
         start = clock.seconds()
         self.member = ClusterMember(
             MemoryCoordinator(state, name), clock, name, f"udp:127.0.0.1:{5060 + len(name)}", LEASE,
-            on_claimed=self.active.update, on_released=self.active.difference_update,
+            on_claimed=self.active.update, on_released=self.release,
             monotonic=lambda: start + (clock.seconds() - start) * drift,
         )
         self.member.start()
+
+    def release(self, slots: list[int]) -> None:
+        self.released += len(slots)
+        self.active.difference_update(slots)
 
     def sends_for(self) -> set[int]:
         if self.crashed or not self.member.may_send():
@@ -111,6 +116,17 @@ class ClusterSimulationTests(SynchronousTestCase):
             self.add(name)
         self.advance(60)
         self.assertBalanced(["a", "b", "c"])
+
+    def test_nodes_started_together_move_nothing(self) -> None:
+        """Nodes started within a second of each other see each other before claiming: nothing is handed back and forth."""
+        self.add("a")
+        self.advance(0.5)
+        self.add("b")
+        self.advance(0.5)
+        self.add("c")
+        self.advance(30)
+        self.assertBalanced(["a", "b", "c"])
+        self.assertEqual([n.released for n in self.nodes.values()], [0, 0, 0])
 
     def test_crash_is_taken_over_within_two_leases(self) -> None:
         """A node killed: its slots have no sender for at most 2 x lease, then the others split them."""

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from uacregistrant.app.membership import ClusterMember
 from uacregistrant.core.registrant import Registrant
 from uacregistrant.core.registry import Registry
-from uacregistrant.store.coordinator import ICoordinator, Member, RecordKey, slot_of
+from uacregistrant.store.coordinator import CoordinatorError, ICoordinator, Member, RecordKey, slot_of
 
 _log = Logger()
 
@@ -226,12 +226,26 @@ class ClusterNode(Service):
         self.running = False
         if self._flush is not None and self._flush.active():
             self._flush.cancel()
-        hand_over = self.member.others_alive()
+        hand_over = await self.member.refresh_members()
         if hand_over:
             self.active.clear()
             self._limits.clear()
             await self.member.stop(hand_over=True)
-        return hand_over
+            return True
+        # The last node: the records of slots others left are un-registered from here too.
+        rest = await self.member.claim_rest()
+        if rest:
+            records = self._in_slots(rest)
+            try:
+                await self._reserve(records, take_over=True)
+            except CoordinatorError:
+                return False
+            self.active.update(rest)
+            now = self._clock.seconds()
+            for registrant in records:
+                if registrant in self._limits:
+                    registrant.assume_bound(now)
+        return False
 
     async def leave(self) -> None:
         """Leave after un-registering (the last node)."""

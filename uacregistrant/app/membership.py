@@ -194,6 +194,26 @@ class ClusterMember:
         """Whether, as last read, another member is alive."""
         return any(m.alive and m.name != self.name for m in self.members)
 
+    async def refresh_members(self) -> bool:
+        """Read the members now; whether another is alive (C{True} if the database cannot say: hand over, do not un-register)."""
+        try:
+            self.members = await self._coordinator.members()
+        except CoordinatorError:
+            return True
+        return self.others_alive()
+
+    async def claim_rest(self) -> list[int]:
+        """The last member stopping: take every free slot (their records are un-registered from here)."""
+        if self.epoch is None or not self.may_send():
+            return []
+        try:
+            claimed = await self._coordinator.claim(self.name, self.epoch, SLOTS)
+        except CoordinatorError:
+            return []
+        fresh = [slot for slot in claimed if slot not in self.held]
+        self.held.update(fresh)
+        return fresh
+
     async def stop(self, hand_over: bool) -> None:
         """
         Stop the rounds and leave: every slot is released (its records

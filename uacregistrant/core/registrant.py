@@ -355,6 +355,14 @@ class Registrant:
         self._ids = bytes.fromhex(call_id) + self._ids[16:]
         return True
 
+    def assume_bound(self, now: float) -> None:
+        """
+        Take it that an enabled record holds a binding (another node
+        registered it), so that retiring it un-registers it.
+        """
+        if self.account.enabled and (self.registered_until is None or self.registered_until <= now):
+            self.registered_until = now + 1
+
     @property
     def from_tag(self) -> str:
         """The From tag of every request of this record."""

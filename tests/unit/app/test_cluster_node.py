@@ -117,6 +117,22 @@ class ClusterNodeTests(SynchronousTestCase):
         self.successResultOf(last)
         self.assertEqual(self.sim.registrar.bindings, {})
 
+    def test_whole_cluster_stopped_unregisters_everything(self) -> None:
+        """Two nodes stopped one right after the other: the last un-registers every record, its own and those just handed to it."""
+        a = self.node("a", "127.0.0.1")
+        b = self.node("b", "127.0.0.2")
+        self.sim.run(30)
+        self.assertEqual(len(self.sim.registrar.bindings), len(USERS))
+        first = a.stopService()
+        self.sim.run(0.1)
+        self.successResultOf(first)
+        last = b.stopService()
+        self.sim.run(5)
+        self.successResultOf(last)
+        self.assertEqual(self.sim.registrar.bindings, {})
+        unregistered = {r.source for r in self.sim.registrar.received if r.expires == 0}
+        self.assertEqual(unregistered, {("127.0.0.2", 5060)})
+
     def test_reg_list_shows_own_records_and_reg_cluster_the_nodes(self) -> None:
         """Each node lists the records it holds; reg_cluster shows both nodes alive; reg_stats the slots held."""
         a = self.node("a", "127.0.0.1")

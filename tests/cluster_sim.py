@@ -39,6 +39,9 @@ class SharedState:
     records: dict[RecordKey, tuple[str, int]] = field(default_factory=dict)
     #: Names whose calls fail (cut off from the database).
     cut: set[str] = field(default_factory=set)
+    #: (name, method): calls that fail once without effect, or take effect but lose their answer.
+    fail_once: set[tuple[str, str]] = field(default_factory=set)
+    lose_answer_once: set[tuple[str, str]] = field(default_factory=set)
     calls: Any = field(default_factory=itertools.count)
 
     def now(self) -> float:
@@ -62,25 +65,35 @@ class MemoryCoordinator:
         if self.node in self.state.cut:
             raise CoordinatorError(f"database unreachable from {self.node}")
 
-    def _answer(self, compute: Any) -> defer.Deferred[Any]:
+    def _answer(self, compute: Any, method: str) -> defer.Deferred[Any]:
+        key = (self.node, method)
         try:
             self._check()
-            return defer.succeed(compute())
+            if key in self.state.fail_once:
+                self.state.fail_once.discard(key)
+                raise CoordinatorError(f"{method} failed")
+            result = compute()
+            if key in self.state.lose_answer_once:
+                self.state.lose_answer_once.discard(key)
+                raise CoordinatorError(f"{method}: no answer (it took effect)")
+            return defer.succeed(result)
         except CoordinatorError as e:
             return defer.fail(e)
 
     def start(self) -> defer.Deferred[None]:
-        return self._answer(lambda: None)
+        return self._answer(lambda: None, "start")
 
     def join(self, name: str, listen: str, ttl: float) -> defer.Deferred[int]:
         def do() -> int:
             state = self.state
             old = state.members.get(name)
+            if old is not None and old.expires_at > state.now():
+                raise CoordinatorError(f"a live node is already named {name}")
             epoch = (old.epoch if old else 0) + 1
             state.members[name] = _Row(epoch, listen, state.now() + ttl, state.now())
             return epoch
 
-        return self._answer(do)
+        return self._answer(do, "join")
 
     def renew(self, name: str, epoch: int, ttl: float, slots: int, records: int) -> defer.Deferred[bool]:
         def do() -> bool:
@@ -91,7 +104,7 @@ class MemoryCoordinator:
             row.expires_at, row.renewed_at, row.slots, row.records = state.now() + ttl, state.now(), slots, records
             return True
 
-        return self._answer(do)
+        return self._answer(do, "renew")
 
     def claim(self, name: str, epoch: int, count: int) -> defer.Deferred[list[int]]:
         def do() -> list[int]:
@@ -108,7 +121,7 @@ class MemoryCoordinator:
                     taken.append(slot)
             return taken
 
-        return self._answer(do)
+        return self._answer(do, "claim")
 
     def release(self, name: str, epoch: int, slots: list[int]) -> defer.Deferred[None]:
         def do() -> None:
@@ -116,10 +129,10 @@ class MemoryCoordinator:
                 if self.state.owners.get(slot) == (name, epoch):
                     del self.state.owners[slot]
 
-        return self._answer(do)
+        return self._answer(do, "release")
 
     def held(self, name: str, epoch: int) -> defer.Deferred[list[int]]:
-        return self._answer(lambda: sorted(s for s, o in self.state.owners.items() if o == (name, epoch)))
+        return self._answer(lambda: sorted(s for s, o in self.state.owners.items() if o == (name, epoch)), "held")
 
     def members(self) -> defer.Deferred[list[Member]]:
         def do() -> list[Member]:
@@ -129,7 +142,7 @@ class MemoryCoordinator:
                 for name, row in sorted(self.state.members.items())
             ]
 
-        return self._answer(do)
+        return self._answer(do, "members")
 
     def reserve(self, name: str, epoch: int, records: list[tuple[RecordKey, str]], block: int) -> defer.Deferred[list[Reservation]]:
         def do() -> list[Reservation]:
@@ -143,7 +156,7 @@ class MemoryCoordinator:
                 out.append(Reservation(key, call_id, reserved + 1, reserved + block))
             return out
 
-        return self._answer(do)
+        return self._answer(do, "reserve")
 
     def leave(self, name: str, epoch: int) -> defer.Deferred[None]:
         def do() -> None:
@@ -154,7 +167,7 @@ class MemoryCoordinator:
             if row is not None and row.epoch == epoch:
                 row.expires_at = state.now()
 
-        return self._answer(do)
+        return self._answer(do, "leave")
 
     def close(self) -> None:
         pass

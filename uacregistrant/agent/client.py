@@ -92,10 +92,13 @@ class RegistrationClient:
         streams: StreamPool | None = None,
         stream_sockets: tuple[SocketSpec, ...] = (),
         may_send: Callable[[Registrant], bool] | None = None,
+        may_continue: Callable[[Registrant, int], bool] | None = None,
     ) -> None:
         self._clock = clock
-        #: Whether a record may send from this node now (a cluster node: its slot held, its lease valid).
+        #: Whether a record may start an attempt from this node now (a cluster node: its slot held, its lease valid).
         self.may_send = may_send
+        #: Whether request CSeq N of an attempt under way may go now (checked right before sending).
+        self.may_continue = may_continue
         self.counters = counters
         self._transactions = transactions
         self._resolver = resolver
@@ -148,10 +151,6 @@ class RegistrationClient:
         """Send a record's waiting follow-up, if it still has one (the pacer's first lane)."""
         out = self._follow_ups.pop(registrant, None)
         if out is not None and self._current(registrant, out.cseq):
-            if self.may_send is not None and not self.may_send(registrant):
-                # Not left waiting in a transaction state: it fails, and retries if it may by then.
-                self._guarded(registrant, "a follow-up not sent", self._fail, registrant, "follow-up not sent: this node may not send for it now (cluster)")
-                return
             self._guarded(registrant, "sending a follow-up", self._dispatch, registrant, out)
 
     def forget(self, registrant: Registrant) -> None:
@@ -361,6 +360,11 @@ class RegistrationClient:
         self._reschedule(registrant)
 
     def _start(self, registrant: Registrant, out: Outgoing, target: Target, sender: DatagramSender, via: tuple[str, int], via_transport: str) -> None:
+        if self.may_continue is not None and not self.may_continue(registrant, out.cseq):
+            # A cluster node whose lease or slot ended while this request
+            # waited (a lookup, a connection): not sent, not left waiting.
+            self._fail(registrant, "not sent: this node may no longer send for it (cluster)")
+            return
         account = registrant.account
         address = (target[1], target[2])
         branch = "z9hG4bK" + self._branch_token(10)

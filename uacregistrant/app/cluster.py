@@ -113,12 +113,18 @@ class ClusterNode(Service):
         """Whether the record may start an attempt from this node now."""
         if not self.member.may_send():
             return False
+        if slot_of(registrant.account.aor) not in self.active:
+            return False
         limit = self._limits.get(registrant)
         if limit is not None and registrant.cseq + MARGIN <= limit:
             return True
-        if slot_of(registrant.account.aor) in self.active:
-            self._want(registrant)
+        self._want(registrant)
         return False
+
+    def may_continue(self, registrant: Registrant, cseq: int) -> bool:
+        """Whether request C{cseq} of an attempt under way (a follow-up, or one that waited for DNS or a connection) may go now."""
+        limit = self._limits.get(registrant)
+        return limit is not None and cseq <= limit and self.member.may_send() and slot_of(registrant.account.aor) in self.active
 
     def holds(self, registrant: Registrant) -> bool:
         """Whether this node holds the record's slot."""
@@ -155,6 +161,10 @@ class ClusterNode(Service):
                 if registrant in self._limits:
                     registrant.send_soon(self._clock.seconds())
                     self._wake(registrant)
+            # Records the table added to these slots while they were reserved.
+            for registrant in self._in_slots(still):
+                if registrant not in self._limits:
+                    self._want(registrant)
             _log.info("cluster: took {slots} slot(s) with {records} record(s)", slots=len(still), records=len(records))
 
         def failed(reason: Any) -> None:
@@ -195,8 +205,9 @@ class ClusterNode(Service):
 
         def failed(reason: Any) -> None:
             _log.warn("cluster: reserving CSeq numbers failed ({error}); retrying", error=reason.getErrorMessage())
-            for registrant in records:
-                self._want(registrant)
+            self._pending.update(records)
+            if self._flush is None:
+                self._flush = self._clock.callLater(self.member.period, self._reserve_pending)
 
         d.addCallbacks(reserved, failed)
 
@@ -209,12 +220,16 @@ class ClusterNode(Service):
             batch = records[start : start + RESERVE_BATCH]
             by_key = {record_key(r): r for r in batch}
             reservations = await self.coordinator.reserve(self.member.name, epoch, [(k, r.call_id) for k, r in by_key.items()], BLOCK)
+            if self.member.epoch != epoch:
+                return  # the membership ended meanwhile: these blocks are not ours to use
+            held = self.member.held
             for reservation in reservations:
                 registrant = by_key.get(reservation.key)
-                if registrant is None or registrant.removed:
-                    continue
+                if registrant is None or registrant.removed or slot_of(reservation.key[0]) not in held:
+                    continue  # gone, or its slot was given up while the reservation ran
                 if not registrant.adopt(reservation.call_id, reservation.first - 1):
-                    _log.warn("cluster: {aor} keeps its own Call-ID (the stored one is not this daemon's)", aor=registrant.account.aor)
+                    _log.warn("cluster: {aor} not sent: the Call-ID stored for it is not of this daemon's form", aor=registrant.account.aor)
+                    continue
                 self._limits[registrant] = reservation.last
 
     async def stop(self) -> bool:

@@ -98,6 +98,8 @@ class ClusterMember:
         self._round: defer.Deferred[None] | None = None
         self._stopped = False
         self._next_delay = self.period
+        # Slots given up here whose release the database may not have had.
+        self._releasing: set[int] = set()
 
     def start(self) -> None:
         """Begin the rounds (the first joins)."""
@@ -134,6 +136,9 @@ class ClusterMember:
                 self.epoch = None
                 return
             self._renewed(started)
+            await self._reconcile(epoch)
+            if self._stopped or epoch != self.epoch:
+                return
             self.members = await coordinator.members()
             if joined:
                 # Nodes started together see each other before any claims
@@ -145,8 +150,10 @@ class ClusterMember:
             if len(self.held) > want:
                 spare = sorted(self.held)[-min(STEP, len(self.held) - want) :]
                 self.held.difference_update(spare)
+                self._releasing.update(spare)
                 self._on_released(spare)
                 await coordinator.release(self.name, epoch, spare)
+                self._releasing.difference_update(spare)
             elif len(self.held) < want and not self.fenced:
                 # Free slots are taken all at once (a dead member's records
                 # must not wait); only releases are paced.
@@ -160,9 +167,35 @@ class ClusterMember:
         except CoordinatorError as e:
             _log.warn("cluster: {error}", error=str(e))
 
+    async def _reconcile(self, epoch: int) -> None:
+        """
+        Make the slots held here what the database says (a release whose
+        answer was lost, a claim that committed but timed out): slots being
+        released are released again, slots the database gives us are taken
+        over, slots it no longer gives us stop.
+        """
+        listed = set(await self._coordinator.held(self.name, epoch))
+        if epoch != self.epoch:
+            return
+        again = sorted(listed & self._releasing)
+        if again:
+            await self._coordinator.release(self.name, epoch, again)
+        self._releasing.intersection_update(listed)
+        self._releasing.difference_update(again)
+        lost = sorted(self.held - listed)
+        if lost:
+            self.held.difference_update(lost)
+            self._on_released(lost)
+        found = sorted(listed - self.held - set(again))
+        if found:
+            self.held.update(found)
+            self._on_claimed(found)
+
     def _renewed(self, started: float) -> None:
         """A renewal begun at C{started} succeeded: sending is safe until the new deadline."""
         self.deadline = started + self.lease - self.safety
+        if self.deadline <= self._monotonic():
+            return  # answered too late to be of use: the fence stays as it is
         if self._fence_timer is not None and self._fence_timer.active():
             self._fence_timer.cancel()
         self._fence_timer = self._clock.callLater(max(0.0, self.deadline - self._monotonic()), self._check_fence)

@@ -278,6 +278,7 @@ class RegistrantService(MultiService):
             )
             self.cluster.setServiceParent(self)
             self.walker.eligible = self.client.may_send = self.cluster.eligible
+            self.client.may_continue = self.cluster.may_continue
         self.admin = Admin(self.registry, store, self.sync, clock, self.loader.reload)
         cluster = self.cluster
         self.commands = Commands(

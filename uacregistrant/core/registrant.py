@@ -348,11 +348,15 @@ class Registrant:
 
         @return: whether the Call-ID was taken.
         """
-        if last_cseq > self.cseq:
-            self.cseq = last_cseq
         if len(call_id) != 32 or not all(c in "0123456789abcdef" for c in call_id):
             return False
-        self._ids = bytes.fromhex(call_id) + self._ids[16:]
+        if call_id != self.call_id:
+            # Another Call-ID (another node's, or a fresh one after CSeq
+            # reached 2^31): its numbering is the one that counts.
+            self._ids = bytes.fromhex(call_id) + self._ids[16:]
+            self.cseq = last_cseq
+        elif last_cseq > self.cseq:
+            self.cseq = last_cseq
         return True
 
     def assume_bound(self, now: float) -> None:

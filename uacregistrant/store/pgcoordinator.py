@@ -100,6 +100,7 @@ VALUES (%(cluster)s, %(name)s, 1, %(listen)s, 0, 0, now(), now() + make_interval
     ON CONFLICT (cluster, name) DO UPDATE
    SET epoch = m.epoch + 1, listen = EXCLUDED.listen, slots = 0, records = 0,
        renewed_at = EXCLUDED.renewed_at, expires_at = EXCLUDED.expires_at
+ WHERE m.expires_at <= now()
 RETURNING m.epoch
 """
 
@@ -132,6 +133,10 @@ UPDATE uacregistrant_slots AS s
         LIMIT %(count)s
           FOR UPDATE OF f SKIP LOCKED)
 RETURNING s.slot
+"""
+
+_LOCK_MEMBERS_SQL = """
+SELECT name FROM uacregistrant_members WHERE cluster = %(cluster)s ORDER BY name FOR SHARE
 """
 
 _RELEASE_SQL = """
@@ -247,7 +252,15 @@ class PostgresCoordinator:
         """A new epoch for C{name} (1 the first time), alive for C{ttl} seconds."""
         values = {"cluster": self.cluster, "name": name, "listen": listen, "ttl": float(ttl)}
         d = self._call("join", lambda c: c.runQuery(_JOIN_SQL, values))
-        return d.addCallback(lambda rows: int(rows[0][0]))
+
+        def joined(rows: list[Any]) -> int:
+            if not rows:
+                # Another process with this name holds a live lease: two
+                # nodes must never share a name (they would share slots).
+                raise CoordinatorError(f"a live node of cluster {self.cluster} is already named {name}: give each node its own --node-name")
+            return int(rows[0][0])
+
+        return d.addCallback(joined)
 
     def renew(self, name: str, epoch: int, ttl: float, slots: int, records: int) -> defer.Deferred[bool]:
         """Extend a live lease of this epoch; C{False} if it expired or the name joined again."""
@@ -266,7 +279,11 @@ class PostgresCoordinator:
         values = {**self._member(name, epoch), "count": count}
 
         def interaction(cursor: Any) -> Any:
-            d = cursor.execute(CLAIM_SQL, values)
+            # The members' rows first, FOR SHARE: a renewal not yet visible
+            # (committing) makes this wait or fail to serialize, instead of
+            # letting the claim see its lease as expired.
+            d = cursor.execute(_LOCK_MEMBERS_SQL, values)
+            d.addCallback(lambda _: cursor.execute(CLAIM_SQL, values))
             return d.addCallback(lambda _: sorted(int(slot) for (slot,) in cursor.fetchall()))
 
         def attempt(connection: _Connection) -> defer.Deferred[list[int]]:

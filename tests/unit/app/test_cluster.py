@@ -188,6 +188,34 @@ class ClusterSimulationTests(SynchronousTestCase):
         self.assertBalanced(["a", "b"])
         self.assertLessEqual(self.longest_orphan, LEASE / 3 + 1)
 
+    def test_lost_answers_are_reconciled(self) -> None:
+        """
+        A release that failed (the slots stay ours in the database) and a
+        claim that took effect but lost its answer: each node's view is
+        set right from the database the next round; no slot stays without
+        a sender beyond 2 x lease, none gets two.
+        """
+        for name in "ab":
+            self.add(name)
+        self.advance(60)
+        self.state.fail_once.add(("a", "release"))
+        self.state.fail_once.add(("b", "release"))
+        self.state.lose_answer_once.add(("c", "claim"))
+        self.longest_orphan = 0.0
+        self.add("c")
+        self.advance(120)
+        self.assertBalanced(["a", "b", "c"])
+        self.assertLessEqual(self.longest_orphan, 2 * LEASE)
+
+    def test_a_second_process_with_the_same_name_is_refused(self) -> None:
+        """Two live nodes never share a name (they would share slots): the second cannot join while the first is alive."""
+        self.add("a")
+        self.advance(10)
+        twin = Node(self.state, self.clock, "a")
+        self.advance(10)
+        self.assertIsNone(twin.member.epoch)
+        self.assertEqual(twin.sends_for(), set())
+
     def test_drifting_clocks_never_double(self) -> None:
         """
         Node clocks running fast or slow against the server's (20 % slow is

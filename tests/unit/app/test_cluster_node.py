@@ -153,3 +153,67 @@ class ClusterNodeTests(SynchronousTestCase):
             reply = self.successResultOf(defer.maybeDeferred(node.commands.run, "reg_stats"))
             totals.append(int(dict(line.split(": ", 1) for line in reply.body)["total"]))
         self.assertEqual(totals, listed)
+
+
+class ReservationRaceTests(SynchronousTestCase):
+    """What the review of the cluster code found, kept fixed."""
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        from uacregistrant.app.cluster import ClusterNode
+        from uacregistrant.core.account import Account
+        from uacregistrant.core.registrant import Policy, Registrant
+        from uacregistrant.core.registry import Registry
+        from uacregistrant.store.coordinator import slot_of
+
+        self.clock = Clock()
+        self.state = SharedState(self.clock)
+        self.coordinator = MemoryCoordinator(self.state, "a")
+        self.registry = Registry(0)
+        account = Account(row_id=1, aor="sip:race@test.invalid", registrar="sip:127.0.0.1", binding_uri="sip:race@127.0.0.1", expiry=600)
+        self.registrant = Registrant(account, Policy())
+        self.registry.add(self.registrant)
+        self.slot = slot_of(account.aor)
+        self.woken: list[Any] = []
+        self.node = ClusterNode(self.coordinator, self.registry, self.clock, "a", "udp:127.0.0.1:5060", LEASE,
+                                wake=self.woken.append, monotonic=self.clock.seconds)
+        self.node.startService()
+        self.clock.advance(0)
+        self.clock.advance(1)
+        self.clock.advance(1)
+
+    def test_settled(self) -> None:
+        """Alone, the node holds every slot and the record may send, within its block."""
+        self.assertTrue(self.node.eligible(self.registrant))
+        self.assertTrue(self.node.may_continue(self.registrant, 1000))
+        self.assertFalse(self.node.may_continue(self.registrant, 1001))
+
+    def test_follow_up_near_the_end_of_the_block(self) -> None:
+        """A follow-up within the block goes even when a new attempt would need a new block first."""
+        self.registrant.cseq = 995
+        self.assertFalse(self.node.eligible(self.registrant))
+        self.assertTrue(self.node.may_continue(self.registrant, 996))
+
+    def test_reservation_answered_after_the_slot_was_given_up(self) -> None:
+        """A reservation completing after its slot was released does not let the record send again."""
+        answers: list[tuple[defer.Deferred[Any], Any]] = []
+        real = self.coordinator.reserve
+
+        def slow(*args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            real(*args).addCallback(lambda result: answers.append((d, result)))
+            return d
+
+        self.registrant.cseq = 995
+        self.coordinator.reserve = slow  # type: ignore[method-assign]
+        self.assertFalse(self.node.eligible(self.registrant))
+        self.clock.advance(0.2)  # the reservation ran in the database; its answer is late
+        self.assertEqual(len(answers), 1)
+        self.node.member.held.discard(self.slot)
+        self.node._released([self.slot])
+        for d, result in answers:
+            d.callback(result)
+        self.assertFalse(self.node.eligible(self.registrant))
+        self.assertFalse(self.node.may_continue(self.registrant, 996))
+        self.assertNotIn(self.registrant, self.node._limits)

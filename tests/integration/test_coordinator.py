@@ -110,9 +110,13 @@ class CoordinatorTests(TestCase):
 
     @inlineCallbacks
     def test_join_epochs(self) -> Any:
-        """Each join of a name is a new, greater epoch; names and clusters count apart."""
+        """Each join of a name is a new, greater epoch; names and clusters count apart; a live name cannot join twice."""
         a, first = yield self.node("a")
+        failure = yield self.assertFailure(a.join("a", "udp:127.0.0.1:5060", 30), CoordinatorError)
+        self.assertIn("already named a", str(failure))
+        yield a.leave("a", first)
         second = yield a.join("a", "udp:127.0.0.1:5060", 30)
+        yield self.expire(a, "a", second)
         third = yield a.join("a", "udp:127.0.0.1:5060", 30)
         other = yield a.join("b", "udp:127.0.0.1:5061", 30)
         _, elsewhere = yield self.node("a", cluster="c2")
@@ -129,6 +133,7 @@ class CoordinatorTests(TestCase):
         epoch2 = yield a.join("a", "udp:127.0.0.1:5060", 30)
         self.assertEqual(epoch2, epoch + 1)
         self.assertTrue((yield a.renew("a", epoch2, 30, 0, 0)))
+        yield a.leave("a", epoch2)
         epoch3 = yield a.join("a", "udp:127.0.0.1:5060", 30)
         self.assertFalse((yield a.renew("a", epoch2, 30, 0, 0)))
         self.assertTrue((yield a.renew("a", epoch3, 30, 0, 0)))
@@ -157,6 +162,7 @@ class CoordinatorTests(TestCase):
         self.assertEqual((yield b.held("b", eb)), sorted(got_b))
 
         # Claiming everything at once from both sides: the same outcome.
+        yield gatherResults([a.leave("a", ea), b.leave("b", eb)])
         yield a.join("a", "", 30)
         yield b.join("b", "", 30)
         ea, eb = ea + 1, eb + 1
@@ -284,6 +290,7 @@ class CoordinatorTests(TestCase):
         mine = yield a.claim("a", old, 10)
         keys = records_in(set(mine), 3)
         yield a.reserve("a", old, [(k, "id-a") for k in keys], 10)
+        yield self.expire(a, "a", old)
         new = yield a.join("a", "", 30)
         # The old epoch is over even before anyone took its slots.
         self.assertEqual((yield a.reserve("a", old, [(k, "id-a") for k in keys], 10)), [])
@@ -306,6 +313,7 @@ class CoordinatorTests(TestCase):
         a, ea = yield self.node("a")
         b, eb = yield self.node("b")
         yield self.node("a", cluster="c2")
+        yield b.leave("b", eb)
         yield b.join("b", "udp:10.0.0.2:5060,tls:10.0.0.2:5061", 30)
         self.assertTrue((yield b.renew("b", eb + 1, 30, 512, 40000)))
         yield self.expire(a, "a", ea)

@@ -137,3 +137,144 @@ def reg_stats(control: str) -> dict[str, Any]:
 
     status, body = request(control, "reg_stats json", timeout=30)
     return json.loads(body[0])  # type: ignore[no-any-return]
+
+
+def tree_cpu(root: int) -> float:
+    """
+    User + system CPU seconds of a process and every live descendant,
+    with what each has collected from children it reaped (cutime and
+    cstime): a PostgreSQL server's exited backends are counted too.
+    """
+    import glob
+    import os
+
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                head, tail = f.read().rsplit(")", 1)
+        except OSError:
+            continue
+        fields = tail.split()
+        pid = int(head.split("(", 1)[0])
+        parents[pid] = int(fields[1])
+        cpu[pid] = sum(int(v) for v in fields[11:15]) / tick
+    total = 0.0
+    for pid in cpu:
+        ancestor, hops = pid, 0
+        while ancestor != root and ancestor > 1 and hops < 64:
+            ancestor, hops = parents.get(ancestor, 0), hops + 1
+        if ancestor == root:
+            total += cpu[pid]
+    return total
+
+
+class Postgres:
+    """
+    A throw-away PostgreSQL on 127.0.0.1 (initdb into a temporary
+    directory, run as C{nobody} when we are root, which PostgreSQL
+    requires), for benchmarks: bench/ does not import from tests/.
+    C{url} for the daemon, C{connect()} for the benchmark, C{cpu()} for
+    the server's CPU (backends included), C{destroy()} at the end.
+    """
+
+    def __init__(self) -> None:
+        import glob
+        import pwd
+        import shutil
+        import subprocess
+        import tempfile
+
+        def binary(name: str) -> str:
+            found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+            if found is None:
+                raise RuntimeError(f"{name} not found: install the Debian package postgresql")
+            return found
+
+        self.directory = tempfile.mkdtemp(prefix="uacreg-bench-pg-")
+        self.data = os.path.join(self.directory, "data")
+        self.postgres = binary("postgres")
+        self.user: str | None = None
+        if os.geteuid() == 0:
+            self.user = "nobody"
+            entry = pwd.getpwnam(self.user)
+            os.chown(self.directory, entry.pw_uid, entry.pw_gid)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.process: Any = None
+        done = subprocess.run(
+            [binary("initdb"), "-D", self.data, "-U", "postgres", "-A", "trust", "--no-locale", "-E", "UTF8"],
+            capture_output=True, user=self.user, cwd=self.directory, timeout=120,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed: {done.stderr.decode(errors='replace')[-2000:]}")
+
+    def start(self, *settings: str, timeout: float = 60) -> None:
+        """Start the server (fsync off: a benchmark's table needs no durability) and wait until it answers."""
+        import subprocess
+        import time
+
+        options = ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off",
+                   "-c", "synchronous_commit=off", *(arg for s in settings for arg in ("-c", s))]
+        log = open(os.path.join(self.directory, "postgres.log"), "ab")
+        self.process = subprocess.Popen(
+            [self.postgres, "-D", self.data, "-p", str(self.port), "-k", self.directory, *options],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.directory, user=self.user, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited: {self.log()[-3000:]}")
+            try:
+                self.connect().close()
+                return
+            except Exception:
+                time.sleep(0.1)
+        raise RuntimeError(f"postgres did not start: {self.log()[-3000:]}")
+
+    def connect(self) -> Any:
+        import psycopg2
+
+        connection = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", connect_timeout=10)
+        connection.autocommit = True
+        return connection
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        connection = self.connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchall() if cursor.description else []
+        finally:
+            connection.close()
+
+    def cpu(self) -> float:
+        """CPU seconds of the server so far (postmaster, live and exited backends)."""
+        return tree_cpu(self.process.pid) if self.process is not None else 0.0
+
+    def log(self) -> str:
+        try:
+            with open(os.path.join(self.directory, "postgres.log"), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def destroy(self) -> None:
+        """Stop the server (fast shutdown, bounded) and remove its directory."""
+        import shutil
+        import signal
+        import subprocess
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -77,8 +77,10 @@ class ClusterNode(Service):
         self.active: set[int] = set()
         # The last CSeq each record may use, by record.
         self._limits: dict[Registrant, int] = {}
-        # Records of active slots waiting for a (new) reservation.
+        # Records of active slots waiting for a (new) reservation, and those
+        # whose reservation is under way.
         self._pending: set[Registrant] = set()
+        self._reserving: set[Registrant] = set()
         self._flush: IDelayedCall | None = None
         self._started = False
 
@@ -189,6 +191,8 @@ class ClusterNode(Service):
     # Reservations.
 
     def _want(self, registrant: Registrant) -> None:
+        if registrant in self._reserving:
+            return  # one reservation at a time per record
         self._pending.add(registrant)
         if self._flush is None:
             self._flush = self._clock.callLater(0.1, self._reserve_pending)
@@ -196,7 +200,14 @@ class ClusterNode(Service):
     def _reserve_pending(self) -> None:
         self._flush = None
         records, self._pending = list(self._pending), set()
+        self._reserving.update(records)
         d = defer.ensureDeferred(self._reserve(records, take_over=False))
+
+        def done(result: object) -> object:
+            self._reserving.difference_update(records)
+            return result
+
+        d.addBoth(done)
 
         def reserved(_: object) -> None:
             for registrant in records:
@@ -227,6 +238,10 @@ class ClusterNode(Service):
                 registrant = by_key.get(reservation.key)
                 if registrant is None or registrant.removed or slot_of(reservation.key[0]) not in held:
                     continue  # gone, or its slot was given up while the reservation ran
+                if registrant.in_transaction:
+                    # Its CSeq must not move under a request in flight (its
+                    # answer would be ignored): it asks again once that ends.
+                    continue
                 if not registrant.adopt(reservation.call_id, reservation.first - 1):
                     _log.warn("cluster: {aor} not sent: the Call-ID stored for it is not of this daemon's form", aor=registrant.account.aor)
                     continue

@@ -37,7 +37,7 @@ from uacregistrant.store.coordinator import SLOTS, CoordinatorError, ICoordinato
 _log = Logger()
 
 #: Seconds between joining and the first claim.
-JOIN_SETTLE = 1.0
+JOIN_SETTLE = 2.0
 #: Slots released at most per round (a join moves slots gradually).
 STEP = 64
 

@@ -186,7 +186,19 @@ class PostgresStore:
             yield cursor.execute(_COLUMNS_SQL, (table,))
             self._present = match_columns(self.layout, [str(name) for (name,) in cursor.fetchall()], table)
             if self.notify:
-                yield cursor.execute(notify_sql(self.layout, self._present))
+                sql = notify_sql(self.layout, self._present)
+                # Re-creating the trigger takes a lock that waits for every
+                # other node's load: only when it is missing or different.
+                body = sql.split("$body$")[1]
+                yield cursor.execute(
+                    "SELECT (SELECT prosrc FROM pg_proc WHERE proname = %s LIMIT 1),"
+                    " (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(%s)"
+                    " AND tgname IN ('uacregistrant_notify', 'uacregistrant_notify_truncate'))",
+                    (channel_name(table) + "_notify", quote_identifier(table)),
+                )
+                installed, triggers = cursor.fetchone()
+                if installed != body or triggers != 2:
+                    yield cursor.execute(sql)
             yield cursor.execute(f"SELECT count(*) FROM {quote_identifier(table)}")
             _log.info("table {table} holds {rows} row(s)", table=table, rows=cursor.fetchone()[0])
 

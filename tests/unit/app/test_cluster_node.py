@@ -217,3 +217,13 @@ class ReservationRaceTests(SynchronousTestCase):
         self.assertFalse(self.node.eligible(self.registrant))
         self.assertFalse(self.node.may_continue(self.registrant, 996))
         self.assertNotIn(self.registrant, self.node._limits)
+
+    def test_no_cseq_change_under_a_request_in_flight(self) -> None:
+        """A reservation answered while the record's request is in flight leaves its CSeq alone (its answer must still count)."""
+        self.registrant.cseq = 995
+        self.assertFalse(self.node.eligible(self.registrant))  # asks for a new block
+        self.registrant.start(self.clock.seconds())  # a request goes out meanwhile (CSeq 996)
+        self.clock.advance(0.2)
+        self.assertEqual(self.registrant.cseq, 996)
+        self.assertTrue(self.node.may_continue(self.registrant, 996))  # the old block still covers it
+        self.assertFalse(self.node.eligible(self.registrant))

@@ -25,6 +25,7 @@ keyed by the cluster's name, so several clusters can share a database.
 
 from __future__ import annotations
 
+import random
 import socket
 from importlib import resources
 from typing import Any, Callable, TypeVar
@@ -33,7 +34,7 @@ from urllib.parse import urlsplit
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
-from twisted.internet import defer, error, threads
+from twisted.internet import defer, error, task, threads
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 from txpostgres import txpostgres
@@ -51,7 +52,7 @@ RESERVE_BATCH = 1000
 #: Seconds a call may wait for the server (connecting included).
 TIMEOUT = 5.0
 #: Times a claim is tried again after losing a race with another claimer.
-CLAIM_RETRIES = 10
+CLAIM_RETRIES = 20
 #: The transaction lock taken while creating the tables ('uacrclus').
 _SCHEMA_LOCK = 0x7561637263_6C7573
 
@@ -297,10 +298,13 @@ class PostgresCoordinator:
 
         @defer.inlineCallbacks
         def claim() -> Any:
-            for _ in range(CLAIM_RETRIES):
+            for tries in range(CLAIM_RETRIES):
                 try:
                     slots = yield self._call("claim", attempt, retry=True)
                 except _Retry:
+                    # Another node claimed at the same moment: wait a little
+                    # (random, growing) so the two stop colliding.
+                    yield task.deferLater(self.reactor, random.uniform(0.005, 0.02) * (tries + 1), lambda: None)
                     continue
                 return slots
             raise CoordinatorError(f"cluster database {self._where()}: claim lost {CLAIM_RETRIES} races with other claimers in a row")

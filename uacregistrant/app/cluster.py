@@ -271,10 +271,11 @@ class ClusterNode(Service):
             except CoordinatorError:
                 return False
             self.active.update(rest)
-            now = self._clock.seconds()
-            for registrant in records:
-                if registrant in self._limits:
-                    registrant.assume_bound(now)
+        # Every record held, however recently taken over (its take-over
+        # REGISTER may still be unanswered): the un-REGISTERs must reach them all.
+        now = self._clock.seconds()
+        for registrant in self._limits:
+            registrant.assume_bound(now)
         return False
 
     async def leave(self) -> None:

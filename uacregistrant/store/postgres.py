@@ -190,6 +190,8 @@ class PostgresStore:
                 # Re-creating the trigger takes a lock that waits for every
                 # other node's load: only when it is missing or different.
                 body = sql.split("$body$")[1]
+                # Nodes starting together: one installs, the others then find it.
+                yield cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (channel_name(table) + "_notify",))
                 yield cursor.execute(
                     "SELECT (SELECT prosrc FROM pg_proc WHERE proname = %s LIMIT 1),"
                     " (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(%s)"

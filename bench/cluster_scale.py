@@ -73,7 +73,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -86,7 +85,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from cold_start_sipp import SCENARIO  # noqa: E402
-from common import TWISTD, Postgres, cpu_seconds, free_udp_port, report, write_accounts  # noqa: E402
+from common import TWISTD, Postgres, cpu_seconds, free_udp_port, group_cpu, report, stop_group, write_accounts  # noqa: E402
 from kamailio_uac import start_kamailio, write_uacreg  # noqa: E402
 
 from uacregistrant.control.ctl import request  # noqa: E402
@@ -130,51 +129,6 @@ request_route {{
     exit;
 }}
 """
-
-
-def group_cpu(pgid: int) -> float:
-    """User + system CPU seconds of every live process of a process group."""
-    total = 0.0
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-def stop_group(process: subprocess.Popen[bytes], grace: float = 20) -> None:
-    """SIGTERM a process group we started (its leader is C{process}), SIGKILL after C{grace} s."""
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and group_members(process.pid):
-        time.sleep(0.1)
-
-
-def group_members(pgid: int) -> int:
-    """How many live processes are in the process group (0 once it is gone)."""
-    count = 0
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            count += 1
-    return count
 
 
 class Registrar:

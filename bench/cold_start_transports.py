@@ -59,7 +59,7 @@ from typing import Any, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import TWISTD, cpu_seconds, free_udp_port, report, start_daemon, write_accounts  # noqa: E402
+from common import TWISTD, cpu_seconds, free_udp_port, group_cpu, group_members, report, start_daemon, write_accounts  # noqa: E402
 
 from uacregistrant.control.ctl import request  # noqa: E402
 
@@ -175,20 +175,6 @@ def free_port() -> int:
     raise RuntimeError("no port free for both UDP and TCP on 127.0.0.1")
 
 
-def group_cpu(pgid: int) -> float:
-    """User + system CPU seconds of every live process of a process group."""
-    total = 0.0
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 class Kamailio:
     """One Kamailio registrar (its own process group) on fresh loopback ports, in C{directory}; TLS files in C{certs}."""
 
@@ -268,20 +254,6 @@ class Kamailio:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and group_members(self.process.pid):
             time.sleep(0.1)
-
-
-def group_members(pgid: int) -> int:
-    """How many live processes are in the process group (0 once it is gone)."""
-    count = 0
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            count += 1
-    return count
 
 
 def log_evidence(path: str, limit: int = 3) -> list[str]:

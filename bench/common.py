@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import signal
 import socket
 import sqlite3
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -278,3 +282,48 @@ class Postgres:
                 self.process.wait(10)
         self.process = None
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def group_cpu(pgid: int) -> float:
+    """User + system CPU seconds of every live process of a process group."""
+    total = 0.0
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def stop_group(process: subprocess.Popen[bytes], grace: float = 20) -> None:
+    """SIGTERM a process group we started (its leader is C{process}), SIGKILL after C{grace} s."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and group_members(process.pid):
+        time.sleep(0.1)
+
+
+def group_members(pgid: int) -> int:
+    """How many live processes are in the process group (0 once it is gone)."""
+    count = 0
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            count += 1
+    return count

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from cold_start_sipp import SCENARIO
 from cold_start_sipp import run as run_uacregistrant  # noqa: E402
-from common import completed, free_udp_port, registrar_statistics, report, stop_registrars  # noqa: E402
+from common import completed, free_udp_port, group_cpu, registrar_statistics, report, stop_registrars  # noqa: E402
 
 STEADY_SCENARIO = ROOT / "bench" / "sipp" / "registrar_steady.xml"
 MODULES = next(iter(glob.glob("/usr/lib/*/kamailio/modules")), "/usr/lib/kamailio/modules")
@@ -71,19 +71,6 @@ request_route {{
     exit;
 }}
 """
-
-
-def group_cpu(pgid: int) -> float:
-    total = 0.0
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 def write_uacreg(directory: str, accounts: int, ports: list[int], expires: int = 3600) -> None:

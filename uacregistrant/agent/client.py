@@ -299,11 +299,16 @@ class RegistrationClient:
         address = (target[1], target[2])
         transport = self.transport_for(account, address)
         if transport is None:
-            family = "IPv6" if ":" in address[0] else "IPv4"
-            where = f"its forced socket {account.forced_socket} is not" if account.forced_socket else "no UDP --listen socket is"
-            self._fail(registrant, f"{account.next_hop.host} is at {family} address {address[0]} but {where} {family}; not sent")
+            self._fail(registrant, self._no_socket(account, address[0], "no UDP --listen socket"))
             return
         self._start(registrant, out, target, transport, (transport.via_host(address[0]), transport.spec.port), "UDP")
+
+    @staticmethod
+    def _no_socket(account: Account, ip: str, none: str) -> str:
+        """Why a record cannot reach C{ip}: its forced socket, or every socket (C{none}), is of the other family."""
+        family = "IPv6" if ":" in ip else "IPv4"
+        where = f"its forced socket {account.forced_socket} is not" if account.forced_socket else f"{none} is"
+        return f"{account.next_hop.host} is at {family} address {ip} but {where} {family}; not sent"
 
     def local_for(self, account: Account, target: Target) -> SocketSpec | None:
         """
@@ -326,9 +331,7 @@ class RegistrationClient:
         transport, ip, port = target
         local = self.local_for(account, target)
         if self._streams is None or local is None or local.ipv6 != (":" in ip):
-            family = "IPv6" if ":" in ip else "IPv4"
-            where = f"its forced socket {account.forced_socket} is not" if account.forced_socket else "no --listen socket is"
-            self._fail(registrant, f"{account.next_hop.host} is at {family} address {ip} but {where} {family}; not sent")
+            self._fail(registrant, self._no_socket(account, ip, "no --listen socket"))
             return
         try:
             link = self._streams.link(transport, (ip, port), local, account.next_hop.host)

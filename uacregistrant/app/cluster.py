@@ -154,7 +154,7 @@ class ClusterNode(Service):
 
     def _claimed(self, slots: list[int]) -> None:
         records = self._in_slots(slots)
-        d = defer.ensureDeferred(self._reserve(records, take_over=True))
+        d = defer.ensureDeferred(self._reserve(records))
 
         def reserved(_: object) -> None:
             still = [slot for slot in slots if slot in self.member.held]
@@ -201,7 +201,7 @@ class ClusterNode(Service):
         self._flush = None
         records, self._pending = list(self._pending), set()
         self._reserving.update(records)
-        d = defer.ensureDeferred(self._reserve(records, take_over=False))
+        d = defer.ensureDeferred(self._reserve(records))
 
         def done(result: object) -> object:
             self._reserving.difference_update(records)
@@ -222,7 +222,7 @@ class ClusterNode(Service):
 
         d.addCallbacks(reserved, failed)
 
-    async def _reserve(self, records: list[Registrant], take_over: bool) -> None:
+    async def _reserve(self, records: list[Registrant]) -> None:
         """Reserve a CSeq block for each record (of a slot held) and continue its Call-ID."""
         epoch = self.member.epoch
         if epoch is None or not records:
@@ -267,7 +267,7 @@ class ClusterNode(Service):
         if rest:
             records = self._in_slots(rest)
             try:
-                await self._reserve(records, take_over=True)
+                await self._reserve(records)
             except CoordinatorError:
                 return False
             self.active.update(rest)

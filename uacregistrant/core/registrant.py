@@ -17,7 +17,7 @@ from typing import Callable
 from uacregistrant.core.account import Account
 from uacregistrant.sip.digest import Challenge, Credentials, authorization_value, choose_challenge, parse_challenges
 from uacregistrant.sip.errors import SipParseError
-from uacregistrant.sip.message import Response, parse_delta_seconds, parse_name_addr
+from uacregistrant.sip.message import Response, parse_delta_seconds, parse_name_addr, printable
 from uacregistrant.sip.sharing import SharedTables
 from uacregistrant.sip.tokens import token_hex
 from uacregistrant.sip.uri import parse_uri_uncached, uris_equal
@@ -750,13 +750,6 @@ class Registrant:
             self.next_at = None
             return
         self.next_at = now + delay
-
-
-def printable(text: str) -> str:
-    """C{text} with control characters escaped (C{last_error} may quote a peer's words: a certificate name, a reason phrase)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _expires_param(text: str | None) -> int | None:

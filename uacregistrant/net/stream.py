@@ -318,14 +318,14 @@ class StreamLink(_Conversation):
         if self.transport_name == "tls":
             context = pool.tls
             if context is None:
-                self._failed("TLS is not configured")
+                self.failed("TLS is not configured")
                 return
             endpoint = endpoints.wrapClientTLS(context.client_creator(self.key[4]), endpoint)
         d = endpoint.connect(_Endpoint(self))
         self._connecting = d
         # The TLS handshake must finish within the connect timeout too.
         self._handshake_timer = pool.clock.callLater(CONNECT_TIMEOUT + 1, self._handshake_timeout)
-        d.addErrback(lambda reason: self._failed(self._closing_reason or describe_failure(reason)))
+        d.addErrback(lambda reason: self.failed(self._closing_reason or describe_failure(reason)))
 
     def _cancel_handshake_timer(self) -> None:
         timer = self._handshake_timer
@@ -360,12 +360,8 @@ class StreamLink(_Conversation):
             except Exception:
                 _log.failure("a request waiting for {link} failed", link=self.name)
 
-    def fail_now(self, reason: str) -> None:
-        """Give up on a connection that could not even be attempted."""
-        self._failed(reason)
-
-    def _failed(self, reason: str) -> None:
-        """The connection never opened."""
+    def failed(self, reason: str) -> None:
+        """The connection never opened (or could not even be attempted): its waiters hear why."""
         if self.closed:
             return
         self.closed = True
@@ -385,7 +381,7 @@ class StreamLink(_Conversation):
         was_open, self.open = self.open, False
         why = self._closing_reason or describe_failure(reason)
         if not was_open:
-            self._failed(why)
+            self.failed(why)
             return
         self.closed = True
         self._closing_reason = why
@@ -566,7 +562,7 @@ class StreamPool:
             link.connect()
         except Exception as e:
             _log.failure("opening {link} failed", link=link.name)
-            link.fail_now(f"cannot open a connection: {type(e).__name__}: {e}"[:200])
+            link.failed(f"cannot open a connection: {type(e).__name__}: {e}"[:200])
         return link
 
     def opened(self, link: StreamLink) -> None:

@@ -42,6 +42,8 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from uacregistrant.sip.message import printable
+
 _log = Logger()
 
 #: The private keys OpenSSL (through pyOpenSSL) can serve a certificate with.
@@ -210,9 +212,7 @@ def identities_of(cert: x509.Certificate) -> list[str]:
 
 def _shown(identity: str) -> str:
     """A certificate's name as it may appear in a message: control characters escaped, at most 100 characters."""
-    if not identity.isprintable():
-        identity = "".join(c if c.isprintable() else repr(c)[1:-1] for c in identity)
-    return identity[:100]
+    return printable(identity)[:100]
 
 
 def _peer_of(tls_protocol: TLSMemoryBIOProtocol | None) -> str:

@@ -324,6 +324,13 @@ def unquote_string(text: str) -> str:
     return "".join(out)
 
 
+def printable(text: str) -> str:
+    """C{text} with control characters escaped, for logs and messages that may quote a peer (a certificate name, a reason phrase)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def quote_string(text: str) -> str:
     """
     Render C{text} as a quoted-string; a backslash, a quote and control

@@ -680,7 +680,7 @@ class TransitionTableTests(SynchronousTestCase):
 class PrintableTests(SynchronousTestCase):
     def test_control_characters_escaped(self) -> None:
         """last_error may quote a peer: control characters are escaped, never written raw."""
-        from uacregistrant.core.registrant import printable
+        from uacregistrant.sip.message import printable
 
         self.assertEqual(printable("certificate is for sip:evil\r\nX: y"), "certificate is for sip:evil\\r\\nX: y")
         self.assertEqual(printable("plain text"), "plain text")

@@ -16,7 +16,18 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from uacregistrant.store.coordinator import SLOTS, CoordinatorError, ICoordinator, Member, RecordKey, Reservation, slot_of
+from uacregistrant.store.coordinator import (
+    HAND_OVER,
+    RUNNING,
+    SLOTS,
+    UNREGISTER,
+    CoordinatorError,
+    ICoordinator,
+    Member,
+    RecordKey,
+    Reservation,
+    slot_of,
+)
 
 
 @dataclass
@@ -27,6 +38,7 @@ class _Row:
     renewed_at: float
     slots: int = 0
     records: int = 0
+    stopping: str = RUNNING
 
 
 @dataclass
@@ -43,6 +55,9 @@ class SharedState:
     fail_once: set[tuple[str, str]] = field(default_factory=set)
     lose_answer_once: set[tuple[str, str]] = field(default_factory=set)
     calls: Any = field(default_factory=itertools.count)
+    #: Seconds every answer takes (each call takes effect at once, as a
+    #: committed statement whose answer is still on its way).
+    latency: float = 0.0
 
     def now(self) -> float:
         return self.clock.seconds()
@@ -76,9 +91,14 @@ class MemoryCoordinator:
             if key in self.state.lose_answer_once:
                 self.state.lose_answer_once.discard(key)
                 raise CoordinatorError(f"{method}: no answer (it took effect)")
-            return defer.succeed(result)
+            answer = defer.succeed(result)
         except CoordinatorError as e:
-            return defer.fail(e)
+            answer = defer.fail(e)
+        if not self.state.latency:
+            return answer
+        late: defer.Deferred[Any] = defer.Deferred()
+        self.state.clock.callLater(self.state.latency, answer.chainDeferred, late)
+        return late
 
     def start(self) -> defer.Deferred[None]:
         return self._answer(lambda: None, "start")
@@ -138,7 +158,7 @@ class MemoryCoordinator:
         def do() -> list[Member]:
             now = self.state.now()
             return [
-                Member(name, row.epoch, row.expires_at > now, now - row.renewed_at, row.slots, row.records, row.listen)
+                Member(name, row.epoch, row.expires_at > now, now - row.renewed_at, row.slots, row.records, row.listen, row.stopping)
                 for name, row in sorted(self.state.members.items())
             ]
 
@@ -157,6 +177,18 @@ class MemoryCoordinator:
             return out
 
         return self._answer(do, "reserve")
+
+    def begin_stop(self, name: str, epoch: int) -> defer.Deferred[bool]:
+        def do() -> bool:
+            state = self.state
+            if not state.live(name, epoch):
+                return True
+            now = state.now()
+            running = any(n != name and row.expires_at > now and row.stopping == RUNNING for n, row in state.members.items())
+            state.members[name].stopping = HAND_OVER if running else UNREGISTER
+            return running
+
+        return self._answer(do, "begin_stop")
 
     def leave(self, name: str, epoch: int) -> defer.Deferred[None]:
         def do() -> None:

@@ -15,7 +15,17 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from uacregistrant.store.coordinator import SLOTS, CoordinatorError, ICoordinator, Member, Reservation, slot_of
+from uacregistrant.store.coordinator import (
+    HAND_OVER,
+    RUNNING,
+    SLOTS,
+    UNREGISTER,
+    CoordinatorError,
+    ICoordinator,
+    Member,
+    Reservation,
+    slot_of,
+)
 from uacregistrant.store.pgcoordinator import CSEQ_MAX, PostgresCoordinator
 
 from .postgres import PostgresServer
@@ -330,6 +340,33 @@ class CoordinatorTests(TestCase):
         self.assertLess(dead.age, alive.age)
         self.assertGreaterEqual(alive.age, 0.5)
         self.assertEqual([m.name for m in (yield self.coordinator("nowhere").members())], [])
+
+    @inlineCallbacks
+    def test_begin_stop_in_turn(self) -> Any:
+        """
+        Members stopping at once decide one after the other: of three
+        asked together, exactly one un-registers (the last to decide), and
+        a member that joins again runs.  An expired member does not count
+        as running; a membership that is over hands over (it holds nothing).
+        """
+        nodes = []
+        for name in "abc":
+            nodes.append((yield self.node(name)))
+        decisions = yield gatherResults([c.begin_stop(name, epoch) for (c, epoch), name in zip(nodes, "abc")])
+        self.assertEqual(sorted(decisions), [False, True, True])
+        members = yield nodes[0][0].members()
+        stopping = {m.name: m.stopping for m in members}
+        self.assertEqual(sorted(stopping.values()), [HAND_OVER, HAND_OVER, UNREGISTER])
+        self.assertEqual([m.name for m in members if m.stopping == UNREGISTER], [n for n, d in zip("abc", decisions) if not d])
+
+        (a, ea), (b, eb), _ = nodes
+        yield a.leave("a", ea)
+        ea = yield a.join("a", "udp:127.0.0.1:5061", 30)
+        self.assertEqual([m.stopping for m in (yield a.members()) if m.name == "a"], [RUNNING])
+        self.assertTrue((yield b.begin_stop("b", eb)))  # a runs again
+        yield self.expire(a, "a", ea)
+        self.assertFalse((yield b.begin_stop("b", eb)))  # a's lease ran out: b is the last
+        self.assertTrue((yield a.begin_stop("a", ea)))  # a's membership is over
 
     @inlineCallbacks
     def test_quoted_names(self) -> Any:

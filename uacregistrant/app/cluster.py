@@ -250,19 +250,22 @@ class ClusterNode(Service):
     async def stop(self) -> bool:
         """
         Leave the cluster: hand the slots over when another member is
-        alive (C{True}: do not un-register), else keep them until the
-        caller has un-registered (then call L{leave}).
+        still running (C{True}: do not un-register), else keep them, take
+        those of the members stopping before, until the caller has
+        un-registered (then call L{leave}).  Members stopping at once
+        decide in turn (L{ICoordinator.begin_stop}), so that however many
+        stop together, whoever decides last un-registers for them.
         """
         self.running = False
         if self._flush is not None and self._flush.active():
             self._flush.cancel()
-        hand_over = await self.member.refresh_members()
+        hand_over = await self.member.begin_stop()
         if hand_over:
             self.active.clear()
             self._limits.clear()
             await self.member.stop(hand_over=True)
             return True
-        # The last node: the records of slots others left are un-registered from here too.
+        # The last node: the records of slots others handed over are un-registered from here too.
         rest = await self.member.claim_rest()
         if rest:
             records = self._in_slots(rest)

@@ -28,11 +28,11 @@ import math
 import time
 from typing import Callable
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from uacregistrant.store.coordinator import SLOTS, CoordinatorError, ICoordinator, Member
+from uacregistrant.store.coordinator import HAND_OVER, SLOTS, CoordinatorError, ICoordinator, Member
 
 _log = Logger()
 
@@ -40,6 +40,8 @@ _log = Logger()
 JOIN_SETTLE = 2.0
 #: Slots released at most per round (a join moves slots gradually).
 STEP = 64
+#: Seconds between two looks at the members handing over to the last one stopping.
+HAND_OVER_POLL = 0.2
 
 
 def quota(name: str, alive: list[str], slots: int = SLOTS) -> int:
@@ -223,28 +225,45 @@ class ClusterMember:
         if held:
             self._on_released(held)
 
-    def others_alive(self) -> bool:
-        """Whether, as last read, another member is alive."""
-        return any(m.alive and m.name != self.name for m in self.members)
-
-    async def refresh_members(self) -> bool:
-        """Read the members now; whether another is alive (C{True} if the database cannot say: hand over, do not un-register)."""
-        try:
-            self.members = await self._coordinator.members()
-        except CoordinatorError:
+    async def begin_stop(self) -> bool:
+        """
+        Decide, in turn with the other members, how this node stops:
+        C{True} to hand its slots over (another member is still running,
+        or the database cannot say: never un-register then), C{False} to
+        un-register what it holds (every other live member is stopping).
+        """
+        if self.epoch is None:
             return True
-        return self.others_alive()
+        try:
+            return await self._coordinator.begin_stop(self.name, self.epoch)
+        except CoordinatorError as e:
+            _log.warn("cluster: cannot tell whether another node is running ({error}): handing over", error=str(e))
+            return True
 
     async def claim_rest(self) -> list[int]:
-        """The last member stopping: take every free slot (their records are un-registered from here)."""
-        if self.epoch is None or not self.may_send():
-            return []
-        try:
-            claimed = await self._coordinator.claim(self.name, self.epoch, SLOTS)
-        except CoordinatorError:
-            return []
-        fresh = [slot for slot in claimed if slot not in self.held]
-        self.held.update(fresh)
+        """
+        The last member stopping: take every free slot, and those of the
+        members still handing over as they release them (until none is
+        left, or a lease has passed); the slots newly held.  Their records
+        are un-registered from here.
+        """
+        fresh: list[int] = []
+        deadline = self._monotonic() + self.lease + self.period
+        while self.epoch is not None and self.may_send():
+            try:
+                # The members first: one seen gone has released before the claim.
+                members = await self._coordinator.members()
+                claimed = await self._coordinator.claim(self.name, self.epoch, SLOTS)
+            except CoordinatorError as e:
+                _log.warn("cluster: taking the slots of the nodes stopped before failed ({error})", error=str(e))
+                break
+            new = [slot for slot in claimed if slot not in self.held]
+            self.held.update(new)
+            fresh.extend(new)
+            handing = [m.name for m in members if m.alive and m.name != self.name and m.stopping == HAND_OVER]
+            if not handing or self._monotonic() >= deadline:
+                break
+            await task.deferLater(self._clock, HAND_OVER_POLL, lambda: None)
         return fresh
 
     async def stop(self, hand_over: bool) -> None:

@@ -57,7 +57,7 @@ from uacregistrant.schedule.timers import TimerQueue
 from uacregistrant.schedule.walker import BucketWalker, WalkService
 from uacregistrant.sip.sharing import SharedTables
 from uacregistrant.store import IRegistrantStore
-from uacregistrant.store.coordinator import ICoordinator
+from uacregistrant.store.coordinator import ICoordinator, Member
 from uacregistrant.store.loader import TableLoader
 from uacregistrant.store.sqlite import SqliteStore, sqlite_path
 from uacregistrant.store.sync import TableSync
@@ -90,6 +90,13 @@ def open_coordinator(settings: Settings, reactor: Any) -> ICoordinator:
 def node_name(settings: Settings) -> str:
     """This node's name: the configured one, else the host name and the first listen port."""
     return settings.node_name or f"{socket.gethostname()}:{settings.listen[0].port}"[:63]
+
+
+def _member_state(member: Member) -> str:
+    """A member's state in reg_cluster: running, stopping (and how), stopped, or lost (its lease ran out)."""
+    if member.alive:
+        return f"stopping ({member.stopping})" if member.stopping else "running"
+    return "stopped" if member.stopping else "lost"
 
 
 class StartRefused(Exception):
@@ -327,11 +334,12 @@ class RegistrantService(MultiService):
         assert self.cluster is not None
         me = self.cluster.node_name
 
-        def rows(members: list[Any]) -> list[dict[str, Any]]:
+        def rows(members: list[Member]) -> list[dict[str, Any]]:
             return [
                 {
                     "name": m.name,
                     "alive": "yes" if m.alive else "no",
+                    "state": _member_state(m),
                     "last_heartbeat_s_ago": round(m.age, 1),
                     "slots": m.slots,
                     "records": m.records,

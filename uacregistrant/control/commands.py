@@ -108,7 +108,7 @@ class Commands:
             "reg_delete": (self.reg_delete, f"reg_delete {_KEY_USAGE}: un-register and forget (row kept, disabled)"),
             "reg_upsert": (self.reg_upsert, "reg_upsert column=value ...: add or change one record (aor, registrar, binding_URI required)"),
             "reg_events": (self.reg_events, "reg_events: follow state changes, one line each, until quit"),
-            "reg_cluster": (self.reg_cluster, "reg_cluster [json]: the cluster's nodes (alive, last heartbeat, slots, records, listen)"),
+            "reg_cluster": (self.reg_cluster, "reg_cluster [json]: the cluster's nodes (alive, state, last heartbeat, slots, records, listen)"),
             "quit": (self.quit, "quit: close this connection"),
         }
 

@@ -36,6 +36,11 @@ def slot_of(aor: str) -> int:
     return zlib.crc32(aor.encode("utf-8")) & (SLOTS - 1)
 
 
+#: A member's stop decision (L{Member.stopping}): none yet; its slots go
+#: to the members still running; it un-registers what it holds.
+RUNNING, HAND_OVER, UNREGISTER = "", "hand over", "unregister"
+
+
 class CoordinatorError(Exception):
     """The database could not be asked (unreachable, an error): try again later."""
 
@@ -47,6 +52,7 @@ class Member:
 
     @ivar alive: its lease has not expired (on the server's clock).
     @ivar age: seconds since its last renewal (server clock).
+    @ivar stopping: L{RUNNING}, or how it decided to stop (L{HAND_OVER}, L{UNREGISTER}).
     """
 
     name: str
@@ -56,6 +62,7 @@ class Member:
     slots: int
     records: int
     listen: str
+    stopping: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +121,15 @@ class ICoordinator(Interface):  # pragma: no cover - an interface
         the stored Call-ID (the proposed one is stored if there is none)
         and a new block of C{block} CSeq numbers above every number
         reserved before.  Records of slots not held are left out.
+        """
+
+    def begin_stop(name: str, epoch: int) -> defer.Deferred[bool]:
+        """
+        Decide how this member stops, one member after the other: hand its
+        slots over (C{True}) when another live member is still running
+        (has not begun to stop), else un-register (C{False}).  The decision
+        is recorded (L{Member.stopping}); C{True} when the membership of
+        C{epoch} is over (nothing is held any more).
         """
 
     def leave(name: str, epoch: int) -> defer.Deferred[None]:

@@ -37,11 +37,20 @@ import psycopg2.extensions
 from twisted.internet import defer, error, task, threads
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
-from txpostgres import txpostgres
 from zope.interface import implementer
 
-from uacregistrant.store.coordinator import SLOTS, CoordinatorError, ICoordinator, Member, RecordKey, Reservation, slot_of
-from uacregistrant.store.postgres import _lookup_host, redact
+from uacregistrant.store.coordinator import (
+    HAND_OVER,
+    SLOTS,
+    UNREGISTER,
+    CoordinatorError,
+    ICoordinator,
+    Member,
+    RecordKey,
+    Reservation,
+    slot_of,
+)
+from uacregistrant.store.postgres import _Connection, _lookup_host, redact
 
 T = TypeVar("T")
 
@@ -100,7 +109,7 @@ INSERT INTO uacregistrant_members AS m (cluster, name, epoch, listen, slots, rec
 VALUES (%(cluster)s, %(name)s, 1, %(listen)s, 0, 0, now(), now() + make_interval(secs => %(ttl)s::float8))
     ON CONFLICT (cluster, name) DO UPDATE
    SET epoch = m.epoch + 1, listen = EXCLUDED.listen, slots = 0, records = 0,
-       renewed_at = EXCLUDED.renewed_at, expires_at = EXCLUDED.expires_at
+       renewed_at = EXCLUDED.renewed_at, expires_at = EXCLUDED.expires_at, stopping = NULL
  WHERE m.expires_at <= now()
 RETURNING m.epoch
 """
@@ -152,10 +161,27 @@ SELECT slot FROM uacregistrant_slots
 """
 
 _MEMBERS_SQL = """
-SELECT name, epoch, expires_at > now(), extract(epoch FROM now() - renewed_at)::float8, slots, records, listen
+SELECT name, epoch, expires_at > now(), extract(epoch FROM now() - renewed_at)::float8, slots, records, listen,
+       coalesce(stopping, '')
   FROM uacregistrant_members
  WHERE cluster = %s
  ORDER BY name
+"""
+
+#: Every member's row locked first (FOR UPDATE), so that stopping members
+#: decide one after the other, each seeing the decisions made before.
+_LOCK_MEMBERS_FOR_STOP_SQL = """
+SELECT name FROM uacregistrant_members WHERE cluster = %(cluster)s ORDER BY name FOR UPDATE
+"""
+
+_BEGIN_STOP_SQL = f"""
+UPDATE uacregistrant_members AS me
+   SET stopping = CASE WHEN EXISTS (
+           SELECT 1 FROM uacregistrant_members AS o
+            WHERE o.cluster = me.cluster AND o.name <> me.name AND o.expires_at > now() AND o.stopping IS NULL)
+       THEN '{HAND_OVER}' ELSE '{UNREGISTER}' END
+ WHERE me.cluster = %(cluster)s AND me.name = %(name)s AND me.epoch = %(epoch)s AND me.expires_at > now()
+RETURNING me.stopping
 """
 
 _LEAVE_SQL = """
@@ -197,18 +223,6 @@ class _TimedOut(Exception):
 
 class _Abandoned(Exception):
     """The connection was dropped while a call waited for it."""
-
-
-class _Connection(txpostgres.Connection):  # type: ignore[misc]
-    """A txpostgres connection whose loss, noticed while idle, is not logged as an error."""
-
-    def doRead(self) -> Any:
-        try:
-            return super().doRead()
-        except psycopg2.Error as e:
-            # The server went away while nothing was asked: the reactor
-            # drops the descriptor and calls connectionLost with this.
-            return e
 
 
 @implementer(ICoordinator)
@@ -329,8 +343,8 @@ class PostgresCoordinator:
 
         def made(rows: list[tuple[Any, ...]]) -> list[Member]:
             return [
-                Member(str(name), int(epoch), bool(alive), float(age), int(slots), int(records), str(listen))
-                for name, epoch, alive, age, slots, records, listen in rows
+                Member(str(name), int(epoch), bool(alive), float(age), int(slots), int(records), str(listen), str(stopping))
+                for name, epoch, alive, age, slots, records, listen, stopping in rows
             ]
 
         return self._call("members", lambda c: c.runQuery(_MEMBERS_SQL, (self.cluster,))).addCallback(made)
@@ -385,6 +399,23 @@ class PostgresCoordinator:
 
         d: defer.Deferred[list[Reservation]] = reserve()
         return d
+
+    def begin_stop(self, name: str, epoch: int) -> defer.Deferred[bool]:
+        """
+        Record and return how C{name} stops: hand over (C{True}) if another
+        live member is still running.  The members' rows are locked first,
+        so two members stopping at once decide one after the other: the
+        second sees the first stopping, and neither hands over to the other.
+        """
+        values = self._member(name, epoch)
+
+        def interaction(cursor: Any) -> Any:
+            d = cursor.execute(_LOCK_MEMBERS_FOR_STOP_SQL, values)
+            d.addCallback(lambda _: cursor.execute(_BEGIN_STOP_SQL, values))
+            return d.addCallback(lambda _: cursor.fetchall())
+
+        d = self._call("begin_stop", lambda c: _transaction(c, interaction))
+        return d.addCallback(lambda rows: not rows or rows[0][0] == HAND_OVER)
 
     def leave(self, name: str, epoch: int) -> defer.Deferred[None]:
         """Free every slot of C{epoch} and end its lease now (nothing if the epoch is over)."""

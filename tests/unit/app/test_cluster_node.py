@@ -9,6 +9,7 @@ without un-registering, and the last node that does un-register.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from twisted.internet import defer
@@ -56,6 +57,12 @@ class ClusterNodeTests(SynchronousTestCase):
             seen.setdefault(received.user, set()).add(received.source)
         return seen
 
+    def states(self, node: RegistrantService) -> dict[str, str]:
+        """Each member's state, as reg_cluster json on C{node} shows it."""
+        reply = self.successResultOf(defer.maybeDeferred(node.commands.run, "reg_cluster json"))
+        self.assertEqual(reply.code, 200)
+        return {row["name"]: row["state"] for row in json.loads("\n".join(reply.body))["Nodes"]}
+
     def test_each_record_from_one_node_and_take_over(self) -> None:
         """Settled: every user registered from one node; a crash: the other continues each Call-ID, CSeq above."""
         a = self.node("a", "127.0.0.1")
@@ -98,6 +105,7 @@ class ClusterNodeTests(SynchronousTestCase):
         self.assertEqual({r.expires for r in self.sim.registrar.received} - {600}, set())
         self.assertEqual(len(self.sim.registrar.bindings), len(USERS))
         self.assertFalse(any(r.authorized is False and r.cseq == 1 for r in self.sim.registrar.received))
+        self.assertEqual(self.states(b), {"a": "lost", "b": "running"})
 
     def test_planned_stop_hands_over_and_last_node_unregisters(self) -> None:
         """SIGTERM with another node alive: nothing un-registered, the other takes over; the last node un-registers."""
@@ -112,6 +120,7 @@ class ClusterNodeTests(SynchronousTestCase):
         self.sim.run(2 * LEASE)
         self.assertEqual(len(self.sim.registrar.bindings), len(USERS))
         self.assertEqual({r.source for r in self.sim.registrar.received}, {("127.0.0.2", 5060)})
+        self.assertEqual(self.states(self.nodes["b"]), {"a": "stopped", "b": "running"})
         last = self.nodes["b"].stopService()
         self.sim.run(5)
         self.successResultOf(last)
@@ -132,6 +141,26 @@ class ClusterNodeTests(SynchronousTestCase):
         self.assertEqual(self.sim.registrar.bindings, {})
         unregistered = {r.source for r in self.sim.registrar.received if r.expires == 0}
         self.assertEqual(unregistered, {("127.0.0.2", 5060)})
+
+    def test_nodes_stopped_at_the_same_instant_unregister_everything(self) -> None:
+        """
+        Three nodes stopped in one instant, every database answer 50 ms
+        late: they decide in turn, the last to decide waits for the others'
+        slots and un-registers every record (before, each saw the others
+        alive and all handed over: nothing was un-registered).
+        """
+        nodes = [self.node(name, f"127.0.0.{i}") for i, name in enumerate("abc", 1)]
+        self.sim.run(30)
+        self.assertEqual(len(self.sim.registrar.bindings), len(USERS))
+        self.state.latency = 0.05
+        stopping = [node.stopService() for node in nodes]
+        self.sim.run(10)
+        for d in stopping:
+            self.successResultOf(d)
+        self.assertEqual(self.sim.registrar.bindings, {})
+        decided = sorted(row.stopping for row in self.state.members.values())
+        self.assertEqual(decided, ["hand over", "hand over", "unregister"])
+        self.assertEqual({r.user for r in self.sim.registrar.received if r.expires == 0}, set(USERS))
 
     def test_reg_list_shows_own_records_and_reg_cluster_the_nodes(self) -> None:
         """Each node lists the records it holds; reg_cluster shows both nodes alive; reg_stats the slots held."""

@@ -5,7 +5,9 @@
 -- creates its cluster's 1024 slot rows; a DBA may run it beforehand.
 
 -- Members: a node is alive while expires_at (server clock) is in the future;
--- epoch grows on every join and fences every write that needs membership.
+-- epoch grows on every join and fences every write that needs membership;
+-- stopping is how a stopping member decided to go ('hand over' or
+-- 'unregister'; NULL while it runs), one member at a time.
 CREATE TABLE IF NOT EXISTS uacregistrant_members (
     cluster TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -15,6 +17,7 @@ CREATE TABLE IF NOT EXISTS uacregistrant_members (
     records INTEGER NOT NULL DEFAULT 0,
     renewed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     expires_at TIMESTAMPTZ NOT NULL DEFAULT '-infinity',
+    stopping TEXT CHECK (stopping IN ('hand over', 'unregister')),
     PRIMARY KEY (cluster, name)
 );
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, cast
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import psycopg2
-from twisted.internet import defer, threads
+from twisted.internet import defer, error, threads
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -108,14 +108,37 @@ CREATE TRIGGER uacregistrant_notify_truncate AFTER TRUNCATE ON {table}
 
 
 class _Connection(txpostgres.Connection):  # type: ignore[misc]
-    """A txpostgres connection that reports its loss."""
+    """A txpostgres connection that reports its loss, and whose loss noticed while idle is not logged as an error."""
 
     on_lost: Callable[[Failure], None] | None = None
+
+    def doRead(self) -> Any:
+        try:
+            return super().doRead()
+        except psycopg2.Error as e:
+            # The server went away while nothing was asked: returned, not
+            # raised, the reactor drops the descriptor and calls
+            # connectionLost with it (raised, it also logs "Unhandled Error").
+            return e
+        except ValueError:
+            # libpq closed the socket on the error, and txpostgres then
+            # asked to watch descriptor -1.
+            if _descriptor(self) != -1:
+                raise
+            return error.ConnectionLost("the server closed the connection")
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
         if self.on_lost is not None:
             self.on_lost(reason)
+
+
+def _descriptor(connection: txpostgres.Connection) -> int:
+    """The connection's socket, or -1 if it has none any more."""
+    try:
+        return int(connection.fileno())
+    except Exception:
+        return -1
 
 
 @implementer(IRegistrantStore)

@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from uacregistrant.control.endpoints import ControlEndpoint, ControlEndpointError, parse_control
+from uacregistrant.control.endpoints import ControlEndpoint, ControlEndpointError, parse_control, parse_http
 from uacregistrant.core.register import USER_AGENT
 from uacregistrant.core.socketspec import SocketSpec, SocketSpecError, parse_socket
 from uacregistrant.sip.numbers import is_digits
@@ -66,6 +66,17 @@ class Settings:
     node_name: str = ""
     #: Seconds a node's lease lasts (renewed every third of it).
     cluster_lease: float = 10.0
+    #: Where Prometheus scrapes /metrics (and /healthz); C{None}: nowhere.
+    metrics: ControlEndpoint | None = None
+    #: Count records by state per registrar host too (bounded: the table's hosts).
+    metrics_per_registrar: bool = False
+    #: Where OpenSIPS's MI clients POST JSON-RPC (C{/mi_root}); C{None}: nowhere.
+    mi_http: ControlEndpoint | None = None
+    mi_root: str = "mi"
+    #: File holding the token a TCP control connection must give first ("": none).
+    control_token_file: str = ""
+    #: The log's form: twistd's C{text}, or C{json} (one object per line).
+    log_format: str = "text"
 
     @property
     def stream_listen(self) -> tuple[SocketSpec, ...]:
@@ -100,6 +111,11 @@ SCALARS: dict[str, tuple[type, Any]] = {
     "cluster": (str, ""),
     "node_name": (str, ""),
     "cluster_lease": (float, 10.0),
+    "metrics": (str, ""),
+    "mi_http": (str, ""),
+    "mi_root": (str, "mi"),
+    "control_token_file": (str, ""),
+    "log_format": (str, "text"),
 }
 #: name -> (smallest, largest) accepted; C{db_poll} also takes 0 (off).
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -118,9 +134,10 @@ BOUNDS: dict[str, tuple[float, float]] = {
 }
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _NAME = re.compile(r"[A-Za-z0-9._:@-]{0,63}")
+_MI_ROOT = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 #: name -> default; on the command line as --no-NAME (default on) or --NAME (default off).
-FLAGS: dict[str, bool] = {"db_notify": True, "unregister_on_shutdown": True, "tls_no_verify": False}
+FLAGS: dict[str, bool] = {"db_notify": True, "unregister_on_shutdown": True, "tls_no_verify": False, "metrics_per_registrar": False}
 LISTS = ("listen", "control", "nameserver")
 
 
@@ -191,6 +208,11 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
         if not _NAME.fullmatch(scalars[name]):
             raise ConfigError(f"invalid {name} {scalars[name][:70]!r}: at most 63 letters, digits and . _ : @ -")
     tls = {name: scalars[name] or None for name in ("tls_ca", "tls_cert", "tls_key")}
+    http = {name: _http(scalars[name], what) if scalars[name] else None for name, what in (("metrics", "metrics"), ("mi_http", "MI"))}
+    if not _MI_ROOT.fullmatch(scalars["mi_root"]):
+        raise ConfigError(f"invalid mi_root {scalars['mi_root'][:40]!r}: letters, digits, _ and - (the URL is /mi_root)")
+    if scalars["log_format"] not in ("text", "json"):
+        raise ConfigError(f"invalid log_format {scalars['log_format'][:20]!r}: text or json")
     if (tls["tls_cert"] is None) != (tls["tls_key"] is None):
         raise ConfigError("tls_cert and tls_key go together: give both or neither")
     return Settings(
@@ -220,6 +242,12 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
         cluster=scalars["cluster"],
         node_name=scalars["node_name"],
         cluster_lease=scalars["cluster_lease"],
+        metrics=http["metrics"],
+        metrics_per_registrar=flags["metrics_per_registrar"],
+        mi_http=http["mi_http"],
+        mi_root=scalars["mi_root"],
+        control_token_file=scalars["control_token_file"],
+        log_format=scalars["log_format"],
     )
 
 
@@ -309,6 +337,13 @@ def secure_control_endpoint(description: str) -> str:
     @raise ConfigError: if it cannot be made safe.
     """
     return _control(description).description
+
+
+def _http(description: str, what: str) -> ControlEndpoint:
+    try:
+        return parse_http(description, what)
+    except ControlEndpointError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _control(description: str) -> ControlEndpoint:

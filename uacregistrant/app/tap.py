@@ -34,6 +34,11 @@ _DESCRIPTIONS = {
     "cluster": "Run as a node of this cluster (PostgreSQL only): the nodes share the table's records",
     "node_name": "This node's name in the cluster (empty: host name and first listen port)",
     "cluster_lease": "Seconds a node's lease lasts; a dead node's records are taken over within twice this",
+    "metrics": "Serve Prometheus /metrics and /healthz on tcp:PORT (loopback unless :interface=IP is given) (empty: off)",
+    "mi_http": "Serve OpenSIPS's MI as JSON-RPC over HTTP (POST /MI-ROOT) on tcp:PORT (loopback unless :interface=IP) (empty: off)",
+    "mi_root": "URL path of the MI endpoint",
+    "control_token_file": "File (mode 0600) with the token TCP control connections must give first (auth TOKEN)",
+    "log_format": "text (twistd's) or json (one object per line)",
 }
 
 
@@ -65,6 +70,7 @@ class Options(usage.Options):
         ["no-db-notify", None, "Do not install the NOTIFY trigger nor LISTEN (PostgreSQL)"],
         ["no-unregister-on-shutdown", None, "Leave the bindings registered when stopping"],
         ["tls-no-verify", None, "Do not check registrars' TLS certificates (insecure; logged and shown in reg_stats)"],
+        ["metrics-per-registrar", None, "Also count records by state per registrar host in /metrics"],
     ]
 
     def __init__(self) -> None:

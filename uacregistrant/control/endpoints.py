@@ -98,6 +98,35 @@ def _is_socket(path: str) -> bool:
         return False
 
 
+def parse_http(description: str, what: str) -> ControlEndpoint:
+    """
+    Parse an HTTP endpoint (C{what}: metrics, MI): C{tcp:PORT} on 127.0.0.1
+    (C{tcp6}: ::1) unless C{interface=IP} names another address, which
+    the operator then chose to expose.
+
+    @raise ControlEndpointError: for another kind, a bad port, or an
+        interface that is not an IP address.
+    """
+    parts = split_description(description.strip())
+    kind = parts[0].lower()
+    positional = [p for p in parts[1:] if "=" not in p]
+    named = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    if kind not in ("tcp", "tcp6"):
+        raise ControlEndpointError(f"{what} endpoint {description!r} must be tcp:PORT[:interface=IP]")
+    port = parse_digits(named.pop("port", "") or (positional[0] if positional else ""), 65535)
+    if port is None:
+        raise ControlEndpointError(f"{what} endpoint {description!r}: the port must be 0-65535 in ASCII digits")
+    interface = named.pop("interface", "::1" if kind == "tcp6" else "127.0.0.1")
+    named.pop("backlog", None)
+    if named or len(positional) > 1:
+        raise ControlEndpointError(f"{what} endpoint {description!r}: unknown part(s) {', '.join(list(named) or positional[1:])}")
+    try:
+        interface = str(ipaddress.ip_address(interface))
+    except ValueError:
+        raise ControlEndpointError(f"{what} endpoint {description!r}: interface must be an IP address") from None
+    return ControlEndpoint("tcp", port=port, interface=interface)
+
+
 def parse_control(description: str) -> ControlEndpoint:
     """
     Parse a control endpoint, safe by default: a UNIX socket gets mode 0600

@@ -19,7 +19,7 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Callable, cast
+from typing import Any, Callable, Mapping, cast
 
 from twisted.application.internet import UDPServer
 from twisted.application.service import MultiService, Service
@@ -170,6 +170,8 @@ class RegistrantService(MultiService):
         """
         super().__init__()
         self.settings = settings
+        #: twistd's options when run by it (log file, uid, gid); empty otherwise.
+        self.twistd_options: dict[str, Any] = {}
         self.store = store
         self.reactor = reactor
         self._checks = checks
@@ -502,10 +504,12 @@ class RegistrantService(MultiService):
         return d.addBoth(close_store).addCallback(lambda _: None)
 
 
-def build_service(settings: Settings, reactor: Any | None = None) -> RegistrantService:
+def build_service(settings: Settings, reactor: Any | None = None, twistd: Mapping[str, Any] | None = None) -> RegistrantService:
     """
     The daemon's service for C{settings}: nothing is opened or bound until
     it starts.
+
+    @param twistd: twistd's options (its log file, user and group), when run by twistd.
 
     @raise ConfigError: if C{db_url} names no supported store.
     """
@@ -514,6 +518,7 @@ def build_service(settings: Settings, reactor: Any | None = None) -> RegistrantS
 
         reactor = default_reactor
     registrant = RegistrantService(settings, open_store(settings, reactor), reactor)
+    registrant.twistd_options = dict(twistd or {})
     # The daemon owns its process: keep the cyclic GC's pauses short.
     FreezeSurvivors().setServiceParent(registrant)
     return registrant

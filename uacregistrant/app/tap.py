@@ -126,4 +126,6 @@ def makeService(options: Options) -> IService:
     """
     from uacregistrant.app.service import build_service
 
-    return build_service(options.settings)
+    # twistd's own options (log file, -u/-g), when run by twistd.
+    parent = getattr(options, "parent", None)
+    return build_service(options.settings, twistd=dict(parent) if parent is not None else None)

@@ -86,9 +86,10 @@ class Processes:
         # UNIX socket paths are limited to 107 bytes: keep sockets in a short directory.
         self.sockets = Path(tempfile.mkdtemp(prefix="uacreg-"))
 
-    def spawn(self, args: list[str], name: str, **kw: Any) -> subprocess.Popen[bytes]:
+    def spawn(self, args: list[str], name: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[bytes]:
+        """Start C{args} in the test's directory, its output in C{name}.log; C{env} adds to the environment."""
         log = open(self.directory / f"{name}.log", "wb")
-        child = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=environment(), cwd=self.directory, **kw)
+        child = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**environment(), **(env or {})}, cwd=self.directory, **kw)
         self.children.append(child)
         return child
 

@@ -26,15 +26,18 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime, IResolver
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.names import client as dns_client
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.components import Componentized
 
 from uacregistrant.agent.changes import StateChanges
 from uacregistrant.agent.client import RegistrationClient
 from uacregistrant.agent.statelog import StateLog
 from uacregistrant.app.cluster import ClusterNode
 from uacregistrant.app.gcpolicy import FreezeSurvivors, freeze_loaded
+from uacregistrant.app.logs import DaemonLog, daemon_log
+from uacregistrant.app.operations import OperationsService
 from uacregistrant.app.preflight import preflight
 from uacregistrant.app.settings import ConfigError, Settings
 from uacregistrant.control.admin import Admin
@@ -162,16 +165,19 @@ class RegistrantService(MultiService):
         checks: Callable[[Settings, IRegistrantStore], None] = preflight,
         coordinator: ICoordinator | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        twistd: Mapping[str, Any] | None = None,
+        log: DaemonLog | None = None,
     ) -> None:
         """
         @param coordinator: the cluster's coordinator (with C{--cluster};
             by default PostgreSQL's, on the table's database).
         @param monotonic: the clock the cluster's lease deadlines are kept on.
+        @param twistd: twistd's options when run by it (log file, -u/-g):
+            signal handlers are installed then.
+        @param log: the log twistd is to use (L{daemon_log}).
         """
         super().__init__()
         self.settings = settings
-        #: twistd's options when run by it (log file, uid, gid); empty otherwise.
-        self.twistd_options: dict[str, Any] = {}
         self.store = store
         self.reactor = reactor
         self._checks = checks
@@ -303,6 +309,25 @@ class RegistrantService(MultiService):
         factory = ControlFactory(self.commands, clock)
         for control in settings.control:
             ControlListener(endpoints.serverFromString(reactor, control.description), factory).setServiceParent(self)
+        self.operations = OperationsService(
+            clock, self.reload, self._status_line, twistd or {}, log=log, call_from_thread=reactor.callFromThread if twistd else None,
+        )
+        self.operations.setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        """Join C{parent}; under twistd (an Application), hand it this daemon's log observer too."""
+        log = self.operations.log
+        if log is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, log.observer)
+        super().setServiceParent(parent)
+
+    def _status_line(self) -> str:
+        """What systemd shows (cheap: no walk over the records)."""
+        counters = self.counters
+        return (
+            f"{len(self.registry)} records; {counters.requests_sent} requests sent, "
+            f"{counters.timeouts} timeouts, {counters.lapsed_registrations} lapsed"
+        )
 
     def _make_resolver(self) -> IResolver:
         """The DNS resolver, made on the first lookup: --nameserver's, else the system's."""
@@ -392,6 +417,7 @@ class RegistrantService(MultiService):
     def _loaded(self, counts: dict[str, int]) -> None:
         """A full pass finished: the walk runs from the first one on."""
         self.walk.release()
+        self.operations.loaded()
         _log.info(
             "table {table}: {added} added, {changed} changed, {unchanged} unchanged, "
             "{removed} removed, {skipped} skipped; {total} records in {buckets} buckets",
@@ -456,6 +482,7 @@ class RegistrantService(MultiService):
 
     def stopService(self) -> defer.Deferred[Any]:
         """Stop loading and walking, un-register (unless disabled), then stop sending and listening."""
+        self.operations.stopping()
         self.loader.stopService()
         self.walk.stopService()
         bound = any(isinstance(child, (UDPServer, StreamListener)) and child.running for child in self)
@@ -517,8 +544,8 @@ def build_service(settings: Settings, reactor: Any | None = None, twistd: Mappin
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    registrant = RegistrantService(settings, open_store(settings, reactor), reactor)
-    registrant.twistd_options = dict(twistd or {})
+    log = daemon_log(twistd, settings.log_format) if twistd is not None else None
+    registrant = RegistrantService(settings, open_store(settings, reactor), reactor, twistd=twistd, log=log)
     # The daemon owns its process: keep the cyclic GC's pauses short.
     FreezeSurvivors().setServiceParent(registrant)
     return registrant

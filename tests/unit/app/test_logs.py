@@ -1,0 +1,130 @@
+"""
+app.logs: the log twistd is handed: JSON lines (one per event, whatever
+the fields hold), the text form, a file reopened after logrotate moved
+it, and twistd's choices (syslog, --logger, stdout) respected.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from uacregistrant.app.logs import ReopenableLog, daemon_log, json_line
+
+
+def event(**fields: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "log_time": 1_800_000_000.25, "log_level": LogLevel.warn, "log_namespace": "uacregistrant.agent.statelog",
+        "log_format": "{aor}: {state}: {error}",
+    }
+    base.update(fields)
+    return base
+
+
+class JsonLineTests(SynchronousTestCase):
+    def test_fields(self) -> None:
+        line = json_line(event(aor="sip:a@x", state="REGISTRAR_ERROR_STATE", error="403 Forbidden", row_id=7, logger=object()))
+        self.assertTrue(line.endswith("\n"))
+        self.assertEqual(line.count("\n"), 1)
+        record = json.loads(line)
+        self.assertEqual(record["time"], "2027-01-15T08:00:00.250Z")
+        self.assertEqual(record["level"], "warn")
+        self.assertEqual(record["namespace"], "uacregistrant.agent.statelog")
+        self.assertEqual(record["message"], "sip:a@x: REGISTRAR_ERROR_STATE: 403 Forbidden")
+        self.assertEqual((record["aor"], record["state"], record["row_id"]), ("sip:a@x", "REGISTRAR_ERROR_STATE", 7))
+        self.assertNotIn("logger", record)  # objects are not written
+        self.assertNotIn("log_format", record)
+
+    def test_one_line_whatever_the_fields_hold(self) -> None:
+        line = json_line(event(aor="sip:a@x\r\nFAKE=1", state="\x00\x1b[31m", error="é" * 5000))
+        self.assertEqual(line.count("\n"), 1)
+        record = json.loads(line)
+        self.assertEqual(record["aor"], "sip:a@x\r\nFAKE=1")
+        self.assertLessEqual(len(record["error"]), 2000)
+
+    def test_failure_has_traceback(self) -> None:
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            failure = Failure()
+        record = json.loads(json_line(event(log_format="boom", log_failure=failure)))
+        self.assertIn("ZeroDivisionError", record["traceback"])
+
+    def test_bad_format_still_a_line(self) -> None:
+        record = json.loads(json_line(event(log_format="{missing")))
+        self.assertIn("Unable to format event", record["message"])
+
+
+class DaemonLogTests(SynchronousTestCase):
+    def test_left_to_twistd(self) -> None:
+        self.assertIsNone(daemon_log({"syslog": True, "logfile": "x.log"}, "json"))
+        self.assertIsNone(daemon_log({"logger": "my.observer"}, "text"))
+        self.assertIsNone(daemon_log({"logfile": "-", "nodaemon": False}, "text"))
+
+    def test_stdout(self) -> None:
+        out = io.StringIO()
+        log = daemon_log({"logfile": "-", "nodaemon": True}, "json", stdout=out)
+        assert log is not None
+        self.assertIsNone(log.file)
+        log.observer(event(aor="sip:b@x", state="REGISTERED_STATE", error="-"))
+        self.assertEqual(json.loads(out.getvalue())["aor"], "sip:b@x")
+        log.reopen()  # nothing to reopen
+        log.rotate()
+
+    def test_file_reopened_after_logrotate_moved_it(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        log = daemon_log({"logfile": path, "nodaemon": False}, "text")
+        assert log is not None and log.file is not None
+        self.addCleanup(log.file.close)
+        log.observer(event(aor="sip:c@x", state="S", error="first"))
+        os.rename(path, path + ".1")  # logrotate without copytruncate
+        log.observer(event(aor="sip:c@x", state="S", error="second"))
+        log.reopen()  # SIGHUP
+        log.observer(event(aor="sip:c@x", state="S", error="third"))
+        with open(path + ".1") as moved, open(path) as new:
+            old_text, new_text = moved.read(), new.read()
+        self.assertIn("first", old_text)
+        self.assertIn("second", old_text)
+        self.assertNotIn("third", old_text)
+        self.assertIn("third", new_text)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o640)
+
+    def test_rotate_as_twistd(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        file = ReopenableLog(path)
+        self.addCleanup(file.close)
+        file.write("one\n")
+        file.rotate()
+        file.write("two\n")
+        file.flush()
+        with open(path + ".1") as old, open(path) as new:
+            self.assertEqual((old.read(), new.read()), ("one\n", "two\n"))
+
+    def test_no_size_rotation(self) -> None:
+        """logrotate rotates: a big log stays one file (twistd's own rotated at 1 MB, and could not under -u)."""
+        path = os.path.abspath(self.mktemp())
+        file = ReopenableLog(path)
+        self.addCleanup(file.close)
+        for _ in range(300):
+            file.write("x" * 4000 + "\n")
+        file.flush()
+        self.assertFalse(os.path.exists(path + ".1"))
+        self.assertGreater(os.path.getsize(path), 1_000_000)
+
+    def test_observer_receives_from_publisher(self) -> None:
+        out = io.StringIO()
+        log = daemon_log({"nodaemon": True}, "json", stdout=out)
+        assert log is not None
+        globalLogPublisher.addObserver(log.observer)
+        self.addCleanup(globalLogPublisher.removeObserver, log.observer)
+        from twisted.logger import Logger
+
+        Logger(namespace="test.logs").info("hello {who}", who="world")
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        self.assertIn({"who": "world", "message": "hello world", "namespace": "test.logs"},
+                      [{k: r[k] for k in ("who", "message", "namespace") if k in r} for r in lines])

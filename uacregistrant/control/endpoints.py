@@ -1,22 +1,73 @@
-# -*- test-case-name: tests.unit.app.test_settings,tests.unit.app.test_preflight -*-
+# -*- test-case-name: tests.unit.app.test_settings,tests.unit.app.test_preflight,tests.unit.control.test_access -*-
 """
 Control endpoints as operators write them (Twisted's endpoint syntax):
-C{unix:PATH[:mode=600]}, C{tcp:PORT[:interface=IP]}; parsed once, made
-safe by default, checked before the daemon starts.
+C{unix:PATH[:mode=600][:owner=USER][:group=GROUP]}, C{tcp:PORT[:interface=IP]};
+parsed once, made safe by default, checked before the daemon starts.  And
+the token a TCP control connection must give first (L{read_token}).
 """
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
+import pwd
 import socket
+import stat
 from dataclasses import dataclass
 
 from uacregistrant.sip.numbers import parse_digits
 
+#: The shortest token accepted, in characters.
+MIN_TOKEN = 16
+#: The longest token accepted, in characters (the file's first line).
+MAX_TOKEN = 1024
+
 
 class ControlEndpointError(ValueError):
     """A control endpoint that cannot be used (one line for the operator)."""
+
+
+class ControlTokenError(ControlEndpointError):
+    """The control token file cannot be used (one line, never the token)."""
+
+
+def read_token(path: str) -> bytes:
+    """
+    The token in C{path}: its first line, stripped.  The file must be a
+    regular file that neither its group nor others may read or write
+    (C{chmod 600}), and the token at least L{MIN_TOKEN} visible ASCII
+    characters.  The checks are made on the file opened, not on its name.
+
+    @raise ControlTokenError: saying what is wrong, without the token.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise ControlTokenError(f"control token file {path}: {e.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ControlTokenError(f"control token file {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise ControlTokenError(
+                f"control token file {path} may be read or written by other users (mode {stat.S_IMODE(info.st_mode):04o}): chmod 600 {path}"
+            )
+        with os.fdopen(os.dup(fd), "rb") as f:
+            first = f.readline(MAX_TOKEN + 2)
+    except OSError as e:
+        raise ControlTokenError(f"control token file {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    token = first.strip()
+    if not all(0x21 <= c <= 0x7E for c in token):
+        raise ControlTokenError(f"control token file {path}: the token (its first line) must be visible ASCII characters, no spaces")
+    if not MIN_TOKEN <= len(token) <= MAX_TOKEN:
+        raise ControlTokenError(
+            f"control token file {path}: the token (its first line) must be {MIN_TOKEN} to {MAX_TOKEN} characters "
+            f"(e.g. openssl rand -hex 32 > {path})"
+        )
+    return token
 
 
 def split_description(description: str) -> list[str]:
@@ -46,8 +97,9 @@ def _escape(text: str) -> str:
 @dataclass(frozen=True, slots=True)
 class ControlEndpoint:
     """
-    A control endpoint: a UNIX socket (C{path}, C{mode}) or a loopback TCP
-    port (C{port}, C{interface}).
+    A control endpoint: a UNIX socket (C{path}, C{mode}, and the C{owner}
+    and C{group} given to it once bound, -1 for unchanged) or a loopback
+    TCP port (C{port}, C{interface}).
     """
 
     kind: str
@@ -55,6 +107,8 @@ class ControlEndpoint:
     mode: str = "600"
     port: int = 0
     interface: str = "127.0.0.1"
+    owner: int = -1
+    group: int = -1
 
     @property
     def description(self) -> str:
@@ -79,6 +133,7 @@ class ControlEndpoint:
                 raise ControlEndpointError(f"control socket {self.path}: directory {directory} is not writable")
             if os.path.lexists(self.path) and not _is_socket(self.path):
                 raise ControlEndpointError(f"control socket {self.path}: a file that is not a socket is in the way")
+            self._check_ownership()
             return
         family = socket.AF_INET6 if ":" in self.interface else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -89,9 +144,27 @@ class ControlEndpoint:
                 raise ControlEndpointError(f"cannot listen on control tcp:{self.port} at {self.interface}: {e.strerror}") from None
 
 
-def _is_socket(path: str) -> bool:
-    import stat
+    def _check_ownership(self) -> None:
+        """Only root may give the socket to another user, or to a group it is not in."""
+        if os.geteuid() == 0:
+            return
+        if self.owner not in (-1, os.geteuid()):
+            raise ControlEndpointError(f"control socket {self.path}: owner={self.owner} needs root (the daemon runs as uid {os.geteuid()})")
+        if self.group not in (-1, os.getegid(), *os.getgroups()):
+            raise ControlEndpointError(f"control socket {self.path}: group={self.group} needs root, or a daemon user in that group")
 
+    def apply_ownership(self) -> None:
+        """
+        Give a UNIX socket its C{owner} and C{group} (right after it is
+        bound, before the reactor accepts a connection on it).
+
+        @raise OSError: if the socket cannot be changed.
+        """
+        if self.kind == "unix" and (self.owner != -1 or self.group != -1):
+            os.chown(self.path, self.owner, self.group)
+
+
+def _is_socket(path: str) -> bool:
     try:
         return stat.S_ISSOCK(os.lstat(path).st_mode)
     except OSError:
@@ -130,11 +203,13 @@ def parse_http(description: str, what: str) -> ControlEndpoint:
 def parse_control(description: str) -> ControlEndpoint:
     """
     Parse a control endpoint, safe by default: a UNIX socket gets mode 0600
-    unless a mode is given; TCP listens on 127.0.0.1 (C{tcp6}: ::1) unless a
-    loopback interface is given; any other interface is refused.
+    unless a mode is given, and the C{owner} and C{group} named (user and
+    group names or numeric ids, looked up now); TCP listens on 127.0.0.1
+    (C{tcp6}: ::1) unless a loopback interface is given; any other
+    interface is refused.
 
-    @raise ControlEndpointError: for another kind, a bad port or mode, or a
-        non-loopback interface.
+    @raise ControlEndpointError: for another kind, a bad port or mode, an
+        unknown user or group, or a non-loopback interface.
     """
     parts = split_description(description.strip())
     kind = parts[0].lower()
@@ -144,13 +219,15 @@ def parse_control(description: str) -> ControlEndpoint:
         path = named.pop("address", None) or (positional[0] if positional else "")
         mode = named.pop("mode", "600")
         named.pop("lockfile", None)
+        owner = _user(named.pop("owner", None), description)
+        group = _group(named.pop("group", None), description)
         if not path:
             raise ControlEndpointError(f"control endpoint {description!r} lacks a path")
-        if len(mode) > 4 or not all(c in "01234567" for c in mode):
+        if not mode or len(mode) > 4 or not all(c in "01234567" for c in mode):
             raise ControlEndpointError(f"control endpoint {description!r}: mode must be octal, e.g. 600")
         if named or len(positional) > 1:
             raise ControlEndpointError(f"control endpoint {description!r}: unknown part(s) {', '.join(list(named) or positional[1:])}")
-        return ControlEndpoint("unix", path=path, mode=mode)
+        return ControlEndpoint("unix", path=path, mode=mode, owner=owner, group=group)
     if kind in ("tcp", "tcp6"):
         port_text = named.pop("port", None) or (positional[0] if positional else "")
         port = parse_digits(port_text, 65535)
@@ -168,3 +245,33 @@ def parse_control(description: str) -> ControlEndpoint:
             raise ControlEndpointError(f"control endpoint {description!r} must listen on a loopback interface")
         return ControlEndpoint("tcp", port=port, interface=interface)
     raise ControlEndpointError(f"control endpoint {description!r} must be unix:PATH or tcp:PORT")
+
+
+#: The largest user or group id (2^32 - 1 is chown's "unchanged").
+_MAX_ID = 2**32 - 2
+
+
+def _user(name: str | None, description: str) -> int:
+    """C{owner=}: a user name or a numeric uid (-1: not given)."""
+    if name is None:
+        return -1
+    number = parse_digits(name, _MAX_ID)
+    if number is not None:
+        return number
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except (KeyError, ValueError):
+        raise ControlEndpointError(f"control endpoint {description!r}: no user named {name[:40]!r} (owner=)") from None
+
+
+def _group(name: str | None, description: str) -> int:
+    """C{group=}: a group name or a numeric gid (-1: not given)."""
+    if name is None:
+        return -1
+    number = parse_digits(name, _MAX_ID)
+    if number is not None:
+        return number
+    try:
+        return grp.getgrnam(name).gr_gid
+    except (KeyError, ValueError):
+        raise ControlEndpointError(f"control endpoint {description!r}: no group named {name[:40]!r} (group=)") from None

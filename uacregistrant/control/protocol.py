@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.control.test_control -*-
+# -*- test-case-name: tests.unit.control.test_control,tests.unit.control.test_access -*-
 """
 The line-based control protocol: one command per line; the reply is a
 status line, the body lines, then an empty line.  Usable with telnet or
@@ -12,14 +12,22 @@ already read wait in a bounded queue; a C{reg_events} subscriber that
 falls too far behind is dropped with a last line saying why; a connection
 idle for L{IDLE_TIMEOUT} (not following events) is closed; a connection
 told to close is aborted if the client does not read its last line.
+
+A TCP connection must first give the token (C{auth TOKEN}, the first line
+of C{--control-token-file}): until then every command is answered
+C{401 Unauthorized}, and the connection is closed after L{MAX_AUTH_FAILURES}
+wrong tokens, L{MAX_UNAUTHENTICATED} commands, or L{AUTH_TIMEOUT} seconds.
+A UNIX socket needs no token: its file permissions guard it.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections import deque
 from typing import Iterator, cast
 
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.protocols.basic import LineOnlyReceiver
@@ -27,6 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from uacregistrant.control.commands import Commands, Reply
+from uacregistrant.control.endpoints import read_token
 
 #: Bytes written per reactor turn at most while streaming a body.
 SLICE = 256 * 1024
@@ -44,6 +53,13 @@ MAX_CONNECTIONS = 64
 IDLE_TIMEOUT = 600.0
 #: Seconds a closing connection gets to read its last line before it is cut.
 CLOSE_GRACE = 10.0
+#: Wrong tokens a TCP connection may give before it is closed.
+MAX_AUTH_FAILURES = 3
+#: Lines a TCP connection may send before giving the token, at most.
+MAX_UNAUTHENTICATED = 10
+#: Seconds a TCP connection has to give the token.
+AUTH_TIMEOUT = 30.0
+_UNAUTHORIZED = b"401 Unauthorized\n\n"
 
 
 @implementer(IPushProducer)
@@ -52,15 +68,24 @@ class ControlProtocol(LineOnlyReceiver):
     One admin connection.  Commands are answered in the order they came,
     even when one waits for the database.  After C{reg_events} the
     connection receives a line per state change until C{quit}.
+
+    @param authenticate: whether the connection must give C{token} first
+        (C{auth TOKEN}); with no token, no command is ever run.
     """
 
     delimiter = b"\n"
     #: The longest command line (a reg_upsert with every column is well under it).
     MAX_LENGTH = 8192
 
-    def __init__(self, commands: Commands, clock: IReactorTime) -> None:
+    def __init__(self, commands: Commands, clock: IReactorTime, authenticate: bool = False, token: bytes | None = None) -> None:
         self._commands = commands
         self._clock = clock
+        self._token = token
+        #: Whether commands may run (always on a UNIX socket).
+        self.authenticated = not authenticate
+        self._auth_failures = 0
+        self._unauthenticated_lines = 0
+        self._auth_deadline: IDelayedCall | None = None
         self._pending: deque[tuple[str, int]] = deque()
         self._pending_bytes = 0
         self._busy = False
@@ -85,6 +110,8 @@ class ControlProtocol(LineOnlyReceiver):
         assert self.transport is not None
         cast(IConsumer, self.transport).registerProducer(self, True)
         self._touch()
+        if not self.authenticated:
+            self._auth_deadline = self._clock.callLater(AUTH_TIMEOUT, self._auth_timed_out)
 
     def _touch(self) -> None:
         """A command came (or the connection opened): restart the idle clock."""
@@ -140,6 +167,9 @@ class ControlProtocol(LineOnlyReceiver):
         text = line.decode("utf-8", errors="replace").strip()
         if not text:
             return
+        if not self.authenticated:
+            self._before_auth(text)
+            return
         size = len(line) + 1 + PENDING_OVERHEAD
         if self._pending_bytes + size > MAX_PENDING:
             self._close_with(f"503 Too many commands waiting: read the replies before sending more (over {MAX_PENDING} bytes queued)\n\n")
@@ -147,6 +177,41 @@ class ControlProtocol(LineOnlyReceiver):
         self._pending.append((text, size))
         self._pending_bytes += size
         self._work()
+
+    # Authentication (TCP).
+
+    def _before_auth(self, text: str) -> None:
+        """
+        A line before the token: C{auth TOKEN} (compared in constant time),
+        C{quit}, or a command answered C{401}.  Nothing is queued before
+        authentication, so these replies keep the order of the lines.
+        """
+        assert self.transport is not None
+        self._unauthenticated_lines += 1
+        word, rest = _first_word(text)
+        if word == "quit":
+            self.sendReply(Reply(200, "Bye", close=True))
+            return
+        if word == "auth":
+            if self._token is not None and hmac.compare_digest(rest.strip().encode("utf-8"), self._token):
+                self.authenticated = True
+                self._cancel_auth_deadline()
+                self.transport.write(b"200 OK\n\n")
+                return
+            self._auth_failures += 1
+        self.transport.write(_UNAUTHORIZED)
+        if self._auth_failures >= MAX_AUTH_FAILURES or self._unauthenticated_lines >= MAX_UNAUTHENTICATED:
+            self._hang_up()
+
+    def _auth_timed_out(self) -> None:
+        self._auth_deadline = None
+        if not self.authenticated:
+            self._close_with(f"408 No token within {AUTH_TIMEOUT:.0f} s: closing\n\n")
+
+    def _cancel_auth_deadline(self) -> None:
+        if self._auth_deadline is not None and self._auth_deadline.active():
+            self._auth_deadline.cancel()
+        self._auth_deadline = None
 
     def _continue(self) -> None:
         self._next_turn = None
@@ -186,6 +251,11 @@ class ControlProtocol(LineOnlyReceiver):
             if self._watching and text.lower() == "quit":
                 self._stop_watching()
                 self.transport.write(b"\n")
+            if _first_word(text)[0] == "auth":
+                # Already authorised (again, or on a UNIX socket): the token
+                # is never handed to the commands, nor logged.
+                self.sendReply(Reply(200, "OK"))
+                continue
             result = self._commands.run(text)
             if isinstance(result, defer.Deferred):
                 self._busy = True
@@ -298,7 +368,7 @@ class ControlProtocol(LineOnlyReceiver):
         self._stop_watching()
         self._pending.clear()
         self._stream = None
-        for call in (self._next_turn, self._idle, self._abort):
+        for call in (self._next_turn, self._idle, self._abort, self._auth_deadline):
             if call is not None and call.active():
                 call.cancel()
         factory = self.factory
@@ -308,6 +378,12 @@ class ControlProtocol(LineOnlyReceiver):
     def lineLengthExceeded(self, line: bytes) -> None:
         """Refuse an over-long line and drop the connection."""
         self.sendReply(Reply(400, "Line too long", close=True))
+
+
+def _first_word(text: str) -> tuple[str, str]:
+    """A command line's first word (lower case) and the rest."""
+    parts = text.split(None, 1)
+    return parts[0].lower(), parts[1] if len(parts) > 1 else ""
 
 
 class _Refuse(Protocol):
@@ -320,18 +396,31 @@ class _Refuse(Protocol):
 
 
 class ControlFactory(Factory):
-    """Builds a L{ControlProtocol} per connection, at most L{MAX_CONNECTIONS} at once."""
+    """
+    Builds a L{ControlProtocol} per connection, at most L{MAX_CONNECTIONS}
+    at once.  TCP connections must authenticate with the token of
+    C{token_file} (read when the first endpoint starts listening; without
+    one, no TCP connection can run a command); UNIX socket connections
+    need not.
+    """
 
-    def __init__(self, commands: Commands, clock: IReactorTime) -> None:
+    def __init__(self, commands: Commands, clock: IReactorTime, token_file: str = "") -> None:
         self.commands = commands
         self.clock = clock
         self.connections = 0
+        self._token_file = token_file
+        self._token: bytes | None = None
+
+    def startFactory(self) -> None:
+        """Read the token (checked by the start-up checks already)."""
+        if self._token_file:
+            self._token = read_token(self._token_file)
 
     def buildProtocol(self, addr: object) -> Protocol:
         """A protocol bound to the shared command table, or a refusal."""
         if self.connections >= MAX_CONNECTIONS:
             return _Refuse()
         self.connections += 1
-        protocol = ControlProtocol(self.commands, self.clock)
+        protocol = ControlProtocol(self.commands, self.clock, authenticate=isinstance(addr, (IPv4Address, IPv6Address)), token=self._token)
         protocol.factory = self
         return protocol

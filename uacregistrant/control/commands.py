@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.control.test_control -*-
+# -*- test-case-name: tests.unit.control.test_control,tests.unit.control.test_mi,tests.unit.control.test_events_json -*-
 """
 The admin commands: a command line in, a L{Reply} out.
 """
@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from uacregistrant.control.admin import Admin, AdminError
 from uacregistrant.control.events import EventHub
-from uacregistrant.control.formatting import IsoSeconds, record_dict, record_text
+from uacregistrant.control.formatting import IsoSeconds, json_records, record_text
 from uacregistrant.core.counters import SipCounters
 from uacregistrant.core.registrant import RegState, Registrant
 from uacregistrant.core.registry import Registry
@@ -39,6 +39,8 @@ class Reply:
     close: bool = False
     #: Start streaming state changes to this connection (reg_events).
     subscribe: bool = False
+    #: Those state changes as OpenSIPS's events in JSON (reg_events json).
+    events_json: bool = False
     #: A body too large to build at once: chunks written as the
     #: connection drains, each ending where it likes (the body's last
     #: chunk ends with a newline).
@@ -55,7 +57,12 @@ Handler = Callable[[list[str]], Result]
 _KEY_USAGE = "AOR [BINDING REGISTRAR]"
 
 
-def _failed(failure: Failure) -> Reply:
+def failure_reply(failure: Failure) -> Reply:
+    """
+    The reply for a command that failed: a refusal's own code and reason,
+    400 for a bad value, 503 when the database is unavailable, else 500
+    (and the failure in the log).
+    """
     if failure.check(AdminError):
         error: Any = failure.value
         return Reply(error.code, error.reason, error.detail)
@@ -107,7 +114,11 @@ class Commands:
             "reg_force_register": (self.reg_force_register, f"reg_force_register {_KEY_USAGE}: send a REGISTER now"),
             "reg_delete": (self.reg_delete, f"reg_delete {_KEY_USAGE}: un-register and forget (row kept, disabled)"),
             "reg_upsert": (self.reg_upsert, "reg_upsert column=value ...: add or change one record (aor, registrar, binding_URI required)"),
-            "reg_events": (self.reg_events, "reg_events: follow state changes, one line each, until quit"),
+            "reg_events": (
+                self.reg_events,
+                "reg_events: follow state changes, one line each, until quit\n"
+                "reg_events json: the same as OpenSIPS 4.0's events (E_REGISTRANT_*), one JSON object per line",
+            ),
             "reg_cluster": (self.reg_cluster, "reg_cluster [json]: the cluster's nodes (alive, state, last heartbeat, slots, records, listen)"),
             "quit": (self.quit, "quit: close this connection"),
         }
@@ -125,20 +136,36 @@ class Commands:
             return Reply(400, "Bad quoting", [f"{e}: close every quote (a value with a space: key=\"a b\")"])
         if not words:
             return Reply(400, "Empty command")
-        entry = self._table.get(words[0].lower())
+        return self.call(words[0], words[1:])
+
+    def call(self, name: str, args: list[str]) -> Result:
+        """
+        Run command C{name} with its arguments already split (the MI
+        calls it too); never raises (a Deferred never fails).
+        """
+        entry = self._table.get(name.lower())
         if entry is None:
-            return Reply(400, "Unknown command", [f"unknown command {words[0][:64]!r}; try help"])
+            return Reply(400, "Unknown command", [f"unknown command {name[:64]!r}; try help"])
         try:
-            result = entry[0](words[1:])
+            result = entry[0](args)
         except Exception:
-            return _failed(Failure())
+            return failure_reply(Failure())
         if isinstance(result, defer.Deferred):
-            return result.addErrback(_failed)
+            return result.addErrback(failure_reply)
         return result
+
+    def listed(self) -> list[Registrant]:
+        """The records this node lists: all of them, or in a cluster those it holds."""
+        holds = self._holds
+        return list(self._registry) if holds is None else [r for r in self._registry if holds(r)]
+
+    def held(self, registrant: Registrant) -> bool:
+        """Whether this node holds C{registrant} (always, outside a cluster)."""
+        return self._holds is None or self._holds(registrant)
 
     def help(self, args: list[str]) -> Reply:
         """List the commands."""
-        return Reply(200, "OK", [usage for _, usage in self._table.values()])
+        return Reply(200, "OK", [line for _, usage in self._table.values() for line in usage.split("\n")])
 
     def quit(self, args: list[str]) -> Reply:
         """Close the connection."""
@@ -155,7 +182,7 @@ class Commands:
             return Reply(400, "Too many arguments", ["usage: reg_list [json] [AOR]"])
         holds = self._holds
         if not args:
-            return list(self._registry) if holds is None else [r for r in self._registry if holds(r)]
+            return self.listed()
         found = self._registry.by_aor(args[0])
         if not found:
             return Reply(404, "No such registrant", [f"no record for AOR {args[0][:256]}"])
@@ -186,9 +213,8 @@ class Commands:
         as_json, args = self._json_flag(args)
         if args:
             return Reply(400, "Too many arguments", ["usage: reg_stats [json]"])
-        holds = self._holds
         # A cluster node counts the records it holds (every node loads them all).
-        records = list(self._registry) if holds is None else [r for r in self._registry if holds(r)]
+        records = self.listed()
         tally = _Tally(self._clock.seconds())
 
         def reply() -> Reply:
@@ -228,7 +254,7 @@ class Commands:
     def reg_force_register(self, args: list[str]) -> Result:
         """Send a REGISTER now (from the node that holds the record)."""
         registrant = self._admin.find(args)
-        if self._holds is not None and not self._holds(registrant):
+        if not self.held(registrant):
             return Reply(409, "Held by another node", [f"{registrant.account.aor} is registered by another node: ask that node (see reg_cluster)"])
         self._admin.force_register(registrant)
         return Reply(200, "OK")
@@ -261,21 +287,17 @@ class Commands:
         return self._admin.upsert(args).addCallback(lambda outcome: Reply(200, "OK", [outcome]))
 
     def reg_events(self, args: list[str]) -> Result:
-        """Subscribe this connection to state changes."""
+        """Subscribe this connection to state changes, as text lines or (C{json}) OpenSIPS's events."""
+        as_json, args = self._json_flag(args)
         if args:
-            return Reply(400, "Too many arguments", ["usage: reg_events"])
-        return Reply(200, "OK", subscribe=True)
+            return Reply(400, "Too many arguments", ["usage: reg_events [json]"])
+        return Reply(200, "OK", subscribe=True, events_json=as_json)
 
 
 def _json_body(registrants: list[Registrant]) -> Iterator[str]:
     """C{{"Records": [...]}} as one line, a record per chunk."""
-    yield '{"Records":['
-    separator = ""
-    times = IsoSeconds()  # many records were sent or are due in the same second
-    for registrant in registrants:
-        yield separator + json.dumps(record_dict(registrant, times=times), separators=(",", ":"))
-        separator = ","
-    yield "]}\n"
+    yield from json_records(registrants)
+    yield "\n"
 
 
 def _text_body(registrants: list[Registrant]) -> Iterator[str]:

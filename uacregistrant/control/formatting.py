@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.control.test_control -*-
+# -*- test-case-name: tests.unit.control.test_control,tests.unit.control.test_mi -*-
 """
 How records look in C{reg_list}: a dict for JSON, a block for text.
 
@@ -10,7 +10,8 @@ L{IsoSeconds} for itself and passes it as C{times=}.
 from __future__ import annotations
 
 import datetime
-from typing import Any
+import json
+from typing import Any, Iterable, Iterator
 
 from uacregistrant.core.registrant import Registrant
 from uacregistrant.sip.sharing import Memo
@@ -89,6 +90,21 @@ def record_dict(registrant: Registrant, *, times: IsoSeconds | None = None) -> d
     }
     record.update({k: v for k, v in optional.items() if v})
     return record
+
+
+def json_records(registrants: Iterable[Registrant]) -> Iterator[str]:
+    """
+    C{{"Records": [...]}} (C{reg_list json}'s body, and the MI's
+    C{reg_list} result) in compact JSON, a record per chunk, so that a
+    large listing can be written a slice at a time.
+    """
+    yield '{"Records":['
+    separator = ""
+    times = IsoSeconds()  # many records were sent or are due in the same second
+    for registrant in registrants:
+        yield separator + json.dumps(record_dict(registrant, times=times), separators=(",", ":"))
+        separator = ","
+    yield "]}"
 
 
 def record_text(registrant: Registrant, *, times: IsoSeconds | None = None) -> list[str]:

@@ -1,9 +1,11 @@
-# -*- test-case-name: tests.unit.app.test_preflight -*-
+# -*- test-case-name: tests.unit.app.test_preflight,tests.unit.app.test_secrets -*-
 """
 Every check that can refuse a start, run by the service's
 C{privilegedStartService} before it binds or creates anything (no table,
 no socket file): the store is readable, every UDP, TCP and TLS socket and control
-endpoint can be bound.  A refusal is one line for the operator.
+endpoint can be bound (a UNIX socket's owner and group can be given), the
+control token file is private and holds a token.  A refusal is one line
+for the operator.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import errno
 import socket
 
 from uacregistrant.app.settings import ConfigError, Settings
-from uacregistrant.control.endpoints import ControlEndpointError
+from uacregistrant.control.endpoints import ControlEndpointError, read_token
 from uacregistrant.core.socketspec import SocketSpec
 from uacregistrant.store import IRegistrantStore, StoreError
 
@@ -54,8 +56,10 @@ def preflight(settings: Settings, store: IRegistrantStore) -> None:
         raise ConfigError(str(e)) from None
     for spec in settings.listen:
         check_udp(spec)
-    for control in settings.control:
-        try:
+    try:
+        for control in settings.control:
             control.check()
-        except ControlEndpointError as e:
-            raise ConfigError(str(e)) from None
+        if settings.control_token_file:
+            read_token(settings.control_token_file)
+    except ControlEndpointError as e:
+        raise ConfigError(str(e)) from None

@@ -1,17 +1,25 @@
-# -*- test-case-name: tests.unit.app.test_settings,tests.unit.app.test_preflight -*-
+# -*- test-case-name: tests.unit.app.test_settings,tests.unit.app.test_preflight,tests.unit.app.test_secrets -*-
 """
 The daemon's settings: one typed, immutable object built from defaults,
-then a TOML file, then command-line options, and validated once.
+then a TOML file, then the environment (L{ENVIRONMENT}), then
+command-line options, and validated once.
+
+Secrets stay out of argv: the database password belongs in libpq's
+C{PGPASSFILE} or C{~/.pgpass} (or C{UACREG_DB_URL}, or a config file no
+other user can read), the control token in a file of mode 0600.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+from urllib.parse import parse_qs, urlsplit
 
 from uacregistrant.control.endpoints import ControlEndpoint, ControlEndpointError, parse_control, parse_http
 from uacregistrant.core.register import USER_AGENT
@@ -139,18 +147,45 @@ _MI_ROOT = re.compile(r"[A-Za-z0-9_-]{1,32}")
 #: name -> default; on the command line as --no-NAME (default on) or --NAME (default off).
 FLAGS: dict[str, bool] = {"db_notify": True, "unregister_on_shutdown": True, "tls_no_verify": False, "metrics_per_registrar": False}
 LISTS = ("listen", "control", "nameserver")
+#: Settings the environment may give (between the TOML file and the command line).
+ENVIRONMENT = {"db_url": "UACREG_DB_URL"}
+
+
+def url_has_password(url: str) -> bool:
+    """Whether a database URL holds a password (C{USER:PASSWORD@} or C{?password=})."""
+    try:
+        parts = urlsplit(url)
+        return bool(parts.password) or "password" in {k.lower() for k in parse_qs(parts.query, keep_blank_values=True)}
+    except ValueError:  # a URL urllib cannot split: look for USER:PASSWORD@ by hand
+        return "@" in url and ":" in url.partition("@")[0].rpartition("/")[2]
 
 
 def load_toml(path: str) -> dict[str, Any]:
-    """Read a TOML config file; keys are folded to lower case."""
+    """
+    Read a TOML config file; keys are folded to lower case.  A file holding
+    a secret (a password in C{db_url}) must not be readable by every user.
+    """
     try:
         with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
             data = tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"invalid TOML in {path}: {e}") from None
-    return {str(k).lower(): v for k, v in data.items()}
+    values = {str(k).lower(): v for k, v in data.items()}
+    db_url = values.get("db_url")
+    if mode & stat.S_IROTH and isinstance(db_url, str) and url_has_password(db_url):
+        raise ConfigError(
+            f"config file {path} holds a password (db_url) and every user may read it (mode {stat.S_IMODE(mode):04o}): "
+            f"chmod o-r {path}, or keep the password in PGPASSFILE or ~/.pgpass"
+        )
+    return values
+
+
+def environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings the environment gives (L{ENVIRONMENT}; empty variables ignored)."""
+    return {name: environ[variable] for name, variable in ENVIRONMENT.items() if environ.get(variable)}
 
 
 def known_keys() -> set[str]:
@@ -198,9 +233,15 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
     if not table or '"' in table:
         raise ConfigError(f"invalid table_name {table!r}")
     if not scalars["db_url"].startswith(("sqlite:", "postgres://", "postgresql://")):
-        raise ConfigError("unsupported db_url: use sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DBNAME")
+        raise ConfigError("unsupported db_url: use sqlite:PATH or postgres://USER@HOST:PORT/DBNAME (the password in PGPASSFILE or ~/.pgpass)")
     listen = _listen(_as_list(values.get("listen"), "listen") or ["udp:0.0.0.0:5060"])
     control = tuple(_control(e) for e in (_as_list(values.get("control"), "control") or ["unix:uacregistrant.ctl"]))
+    for endpoint in control:
+        if endpoint.kind == "tcp" and not scalars["control_token_file"]:
+            raise ConfigError(
+                f"control endpoint tcp:{endpoint.port} needs --control-token-file FILE (mode 0600, the token on its first line): "
+                "every local user can connect to a TCP port"
+            )
     user_agent = scalars["user_agent"]
     if len(user_agent) > 200 or not all(" " <= c <= "~" for c in user_agent):
         raise ConfigError("invalid user_agent: at most 200 printable ASCII characters (\"\" to send none)")

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.app.test_settings -*-
+# -*- test-case-name: tests.unit.app.test_settings,tests.unit.app.test_secrets -*-
 """
 C{twistd uacregistrant}: the options (mirroring the seed's parameters) and
 L{makeService}.
@@ -6,15 +6,36 @@ L{makeService}.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import sys
+from typing import Any, Mapping
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 
-from uacregistrant.app.settings import COLUMN_SETTINGS, FLAGS, LISTS, SCALARS, ConfigError, Settings, build_settings, load_toml
+from uacregistrant.app.settings import (
+    COLUMN_SETTINGS,
+    FLAGS,
+    LISTS,
+    SCALARS,
+    ConfigError,
+    Settings,
+    build_settings,
+    environment_values,
+    load_toml,
+    url_has_password,
+)
+from uacregistrant.control.ctl import package_version
+
+_log = Logger()
 
 _DESCRIPTIONS = {
-    "db_url": "Database URL: sqlite:PATH (relative or absolute) or postgres://USER@HOST:PORT/DBNAME",
+    "db_url": (
+        "Database URL: sqlite:PATH (relative or absolute) or postgres://USER@HOST:PORT/DBNAME, without the password "
+        "(libpq reads it from PGPASSFILE or ~/.pgpass, mode 0600; a password here shows in ps). "
+        "Precedence: this option, then $UACREG_DB_URL, then db_url in --config, then the default"
+    ),
     "table_name": "Table holding the accounts",
     "hash_size": "The registry has 2^hash_size buckets",
     "timer_interval": "Seconds for one walk over all buckets",
@@ -24,7 +45,10 @@ _DESCRIPTIONS = {
     "retry_interval": "First retry delay after a failure (s); doubles per failure",
     "retry_max_interval": "Cap on the retry delay (s)",
     "max_in_flight": "Outstanding REGISTER transactions at most (new ones wait)",
-    "db_poll": "Re-read the table every N seconds (0 = off; for SQLite, which has no NOTIFY)",
+    "db_poll": (
+        "Re-read the table every N seconds (0 = off; for SQLite, which has no NOTIFY; PostgreSQL falls back "
+        "to 30 s when its role may not install the NOTIFY trigger)"
+    ),
     "shutdown_timeout": "Seconds to wait for un-REGISTERs at shutdown",
     "keepalive": "Seconds between CRLF keep-alive pings on TCP/TLS connections (0 = none)",
     "user_agent": "User-Agent header of every request (empty: none)",
@@ -37,7 +61,10 @@ _DESCRIPTIONS = {
     "metrics": "Serve Prometheus /metrics and /healthz on tcp:PORT (loopback unless :interface=IP is given) (empty: off)",
     "mi_http": "Serve OpenSIPS's MI as JSON-RPC over HTTP (POST /MI-ROOT) on tcp:PORT (loopback unless :interface=IP) (empty: off)",
     "mi_root": "URL path of the MI endpoint",
-    "control_token_file": "File (mode 0600) with the token TCP control connections must give first (auth TOKEN)",
+    "control_token_file": (
+        "File (mode 0600, refused otherwise) whose first line (16 characters at least, e.g. openssl rand -hex 32) "
+        "is the token a TCP control connection must give first (auth TOKEN); required by --control tcp:"
+    ),
     "log_format": "text (twistd's) or json (one object per line)",
 }
 
@@ -54,8 +81,9 @@ class Options(usage.Options):
     settings: Settings
     longdesc = (
         "Keeps the SIP accounts of an OpenSIPS-style registrant table registered. "
-        "Settings may also come from --config FILE (TOML, seed spelling, e.g. hash_size); "
-        "command-line options override the file."
+        "Settings may also come from --config FILE (TOML, seed spelling, e.g. hash_size; a file holding a "
+        "password in db_url must not be readable by other users) and the environment (UACREG_DB_URL); "
+        "command-line options override both, the environment overrides the file."
     )
     optParameters = [
         [_option_name(key), None, None, f"{_DESCRIPTIONS[key]} [default: {default}]"]
@@ -67,7 +95,12 @@ class Options(usage.Options):
         ["config", "c", None, "TOML file with the same settings"],
     ]
     optFlags = [
-        ["no-db-notify", None, "Do not install the NOTIFY trigger nor LISTEN (PostgreSQL)"],
+        [
+            "no-db-notify",
+            None,
+            "Do not install the NOTIFY trigger nor LISTEN (PostgreSQL; a role that may not install it starts anyway, "
+            "polling, and logs the SQL file for the DBA: registrant-notify-postgres.sql)",
+        ],
         ["no-unregister-on-shutdown", None, "Leave the bindings registered when stopping"],
         ["tls-no-verify", None, "Do not check registrars' TLS certificates (insecure; logged and shown in reg_stats)"],
         ["metrics-per-registrar", None, "Also count records by state per registrar host in /metrics"],
@@ -88,12 +121,22 @@ class Options(usage.Options):
         self["nameserver"].append(server)
 
     def opt_control(self, description: str) -> None:
-        """Control endpoint, unix:PATH or tcp:PORT (repeatable) [default: unix:uacregistrant.ctl:mode=600]"""
+        """Control endpoint (repeatable): unix:PATH[:mode=660][:owner=USER][:group=GROUP] (names or ids, given to the socket once bound, so that a group of operators can use it without root), or tcp:PORT on loopback, which needs --control-token-file [default: unix:uacregistrant.ctl:mode=600]"""
         self["control"].append(description)
 
-    def merged(self) -> dict[str, Any]:
-        """Defaults are applied later: TOML values, then the options given."""
+    def opt_version(self) -> None:
+        """Print the version and exit"""
+        sys.stdout.write(f"uacregistrant {package_version()}\n")
+        sys.stdout.flush()
+        raise SystemExit(0)
+
+    def merged(self, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """
+        Defaults are applied later: TOML values, then the environment's
+        (C{environ}, by default the process's), then the options given.
+        """
         values: dict[str, Any] = load_toml(self["config"]) if self["config"] else {}
+        values.update(environment_values(os.environ if environ is None else environ))
         for key in SCALARS:
             if self[_option_name(key)] is not None:
                 values[key] = self[_option_name(key)]
@@ -117,6 +160,12 @@ class Options(usage.Options):
             self.settings = build_settings(self.merged())
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if self["db-url"] is not None and url_has_password(self["db-url"]):
+            # Logged once twistd's log begins (the global log buffers until then).
+            _log.warn(
+                "--db-url holds a password: every local user sees it in ps; "
+                "keep it in PGPASSFILE or ~/.pgpass (or UACREG_DB_URL, or a config file of mode 0600)"
+            )
 
 
 def makeService(options: Options) -> IService:

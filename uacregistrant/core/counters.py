@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.agent.test_client,tests.unit.agent.test_recovery,tests.unit.net.test_transaction -*-
+# -*- test-case-name: tests.unit.control.test_metrics,tests.unit.agent.test_client,tests.unit.agent.test_recovery,tests.unit.net.test_transaction -*-
 """Counters of what the SIP layer sent, received, dropped and why."""
 
 from __future__ import annotations
@@ -16,6 +16,13 @@ class SipCounters:
     timeouts: int = 0
     datagrams_received: int = 0
     responses_accepted: int = 0
+    #: Responses accepted for a transaction, by class (provisional ones too).
+    responses_1xx: int = 0
+    responses_2xx: int = 0
+    responses_3xx: int = 0
+    responses_4xx: int = 0
+    responses_5xx: int = 0
+    responses_6xx: int = 0
     dropped_oversized: int = 0
     dropped_malformed: int = 0
     dropped_requests: int = 0
@@ -47,6 +54,18 @@ class SipCounters:
     #: Keep-alive pings that got no pong in time.
     keepalive_failures: int = 0
 
+    def count_response_class(self, status: int) -> None:
+        """Count an accepted response in its class (C{status} 100-699, as the parser ensures; others are ignored)."""
+        names = _RESPONSE_CLASSES
+        index = status // 100 - 1
+        if 0 <= index < len(names):
+            name = names[index]
+            setattr(self, name, getattr(self, name) + 1)
+
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""
         return asdict(self)
+
+
+#: The counters of L{SipCounters.count_response_class}, by class - 1.
+_RESPONSE_CLASSES = tuple(f"responses_{n}xx" for n in range(1, 7))

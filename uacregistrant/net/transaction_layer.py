@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.net.test_transaction_layer -*-
+# -*- test-case-name: tests.unit.net.test_transaction_layer,tests.unit.control.test_metrics -*-
 """
 The client transactions on the reactor: L{TransactionLayer} sends what the
 pure L{NonInviteClientTransactions} asks for, hands final responses and
@@ -132,7 +132,11 @@ class TransactionLayer:
 
         @param via: the socket or connection it came over (the request's own, or it is dropped).
         """
+        counters = self._counters
+        accepted = counters.responses_accepted
         delivery = self._table.receive(response, source, self._clock.seconds(), via)
+        if counters.responses_accepted != accepted:  # matched a transaction (a provisional one too)
+            counters.count_response_class(response.status)
         if delivery is not None:
             if self._wake is None:
                 self._arm()

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.store.test_loader -*-
+# -*- test-case-name: tests.unit.store.test_loader,tests.unit.control.test_metrics -*-
 """
 Keeping the registry in step with the table: the first load (retried until
 the database answers), full passes on demand and on a timer, one-row
@@ -67,6 +67,8 @@ class TableLoader(Service):
         self._start_retry: IDelayedCall | None = None
         #: Whether a full pass has completed.
         self.loaded = False
+        #: When the last full pass completed (C{clock.seconds()}), or C{None}.
+        self.last_loaded: float | None = None
 
     def startService(self) -> None:
         """Start the store and load the table, retrying until it works."""
@@ -139,6 +141,7 @@ class TableLoader(Service):
             # initial one may have failed with the database away).
             first = not self.loaded
             self.loaded = True
+            self.last_loaded = self._clock.seconds()
             if first and self.running and self._poll_interval > 0 and not self._poll.running:
                 self._poll.start(self._poll_interval, now=False)
             self._loaded_hook(counts)

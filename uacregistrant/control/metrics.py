@@ -1,0 +1,620 @@
+# -*- test-case-name: tests.unit.control.test_metrics -*-
+"""
+Prometheus metrics and a health check over HTTP: C{GET /metrics} and
+C{GET /healthz}.
+
+Everything is collected on scrape from live sources handed in as
+callables, into a L{CollectorRegistry} of the page's own (never the
+process-wide one).  The records are counted by L{RecordCensus} a slice per
+reactor turn, as C{reg_stats} counts them, and a count is served again
+until counting anew would take more than 0.5 % of the time: a scrape of a
+million records never holds the reactor for more than one slice, and
+frequent scrapes do not make it count more often.
+
+The integrator builds, over one service: a L{RecordCensus}, a
+L{RegistrantCollector} and a L{MetricsPage} around it, a L{HealthCheck}
+and its L{HealthPage}, then L{metrics_site} to listen with, and
+L{MetricsPage.lag_probe} as a child service.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import time
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
+from io import BytesIO
+from operator import attrgetter, lt
+from typing import Any, Callable, Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
+from prometheus_client.metrics_core import Metric
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from uacregistrant import __version__
+from uacregistrant.core.counters import SipCounters
+from uacregistrant.core.registrant import RegState, Registrant
+from uacregistrant.core.registry import Registry
+from uacregistrant.sip.errors import SipParseError
+from uacregistrant.sip.sharing import Memo
+from uacregistrant.sip.uri import parse_uri_uncached
+
+_log = Logger()
+
+#: Records counted per reactor turn (as C{reg_stats} counts them).
+CENSUS_SLICE = 20000
+#: Registrar hosts named in C{uacregistrant_registrar_records}; the rest are C{other}.
+MAX_REGISTRARS = 1000
+#: The label of the registrars past L{MAX_REGISTRARS}.
+OTHER_REGISTRARS = "other"
+#: Registrar texts whose host is kept between counts (past it, parsed once per slice).
+HOSTS_KEPT = 20000
+#: Buckets of C{uacregistrant_reactor_lag_seconds}.
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: The reasons of C{uacregistrant_datagrams_dropped_total}: L{SipCounters}' C{dropped_*} fields.
+DROP_REASONS = tuple(f.name.removeprefix("dropped_") for f in dataclasses.fields(SipCounters) if f.name.startswith("dropped_"))
+#: The classes of C{uacregistrant_responses_total}.
+RESPONSE_CLASSES = tuple(f"{n}xx" for n in range(1, 7))
+_STATES = tuple(RegState)
+
+
+@dataclass(frozen=True, slots=True)
+class Census:
+    """
+    One count of the records.
+
+    @ivar taken_at: when the count began (C{clock.seconds()}).
+    @ivar states: records by state, indexed by L{RegState} value.
+    @ivar bindings_held: records whose binding the registrar still holds.
+    @ivar registrars: per registrar host label, records by state (empty
+        unless counted per registrar).
+    """
+
+    taken_at: float
+    states: tuple[int, ...]
+    bindings_held: int
+    registrars: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """Every record counted."""
+        return sum(self.states)
+
+    def by_state(self) -> dict[str, int]:
+        """Records by state name, every state (as C{reg_stats} shows them)."""
+        return {state.name: self.states[state] for state in _STATES}
+
+
+def registrar_host(registrar: str) -> str:
+    """The host of a registrar URI (lower-case, IPv6 without brackets), or L{OTHER_REGISTRARS} if it has none."""
+    try:
+        return parse_uri_uncached(registrar).host or OTHER_REGISTRARS
+    except SipParseError:
+        return OTHER_REGISTRARS
+
+
+_state_of = attrgetter("state")
+_until_of = attrgetter("registered_until")
+_registrar_of = attrgetter("account.registrar")
+
+
+class _Tally:
+    """
+    A census being counted, slice by slice (the loops over records run in
+    C: C{map}, C{filter} and L{Counter}).
+
+    Per registrar, records are counted by registrar text (a few texts
+    serve many records), then by host, parsed once per text through
+    C{hosts}; L{result} names the C{max_registrars} hosts with the most
+    records and counts the rest as L{OTHER_REGISTRARS}.
+    """
+
+    def __init__(
+        self, now: float, holds: Callable[[Registrant], bool] | None, hosts: Memo[str, str] | None, max_registrars: int
+    ) -> None:
+        self.now = now
+        self.states: Counter[RegState] = Counter()
+        self.held = 0
+        self._holds = holds
+        self._hosts = hosts
+        self._max_registrars = max_registrars
+        self._by_host: dict[str, list[int]] = {}
+
+    def count(self, records: Sequence[Registrant]) -> None:
+        if self._holds is not None:
+            records = list(filter(self._holds, records))
+        self.states.update(map(_state_of, records))
+        # registered_until is never 0: filter(None, ...) keeps the bindings we asked for.
+        self.held += sum(map(partial(lt, self.now), filter(None, map(_until_of, records))))
+        hosts = self._hosts
+        if hosts is None:
+            return
+        by_host = self._by_host
+        for (registrar, state), n in Counter(zip(map(_registrar_of, records), map(_state_of, records))).items():
+            host = hosts.get(registrar)
+            if host is None:
+                host = hosts.keep(registrar, registrar_host(registrar))
+            row = by_host.get(host)
+            if row is None:
+                row = by_host[host] = [0] * len(_STATES)
+            row[state] += n
+
+    def result(self) -> Census:
+        states = tuple(self.states[state] for state in _STATES)
+        by_host = self._by_host
+        named = heapq.nlargest(self._max_registrars, by_host, key=lambda host: (sum(by_host[host]), host))
+        registrars = {host: tuple(by_host[host]) for host in named}
+        rest = [row for host, row in by_host.items() if host not in registrars]
+        if rest:
+            other = registrars.get(OTHER_REGISTRARS, (0,) * len(_STATES))
+            registrars[OTHER_REGISTRARS] = tuple(map(sum, zip(other, *rest)))
+        return Census(self.now, states, self.held, registrars)
+
+
+class RecordCensus:
+    """
+    Counts the records by state (and bindings held, and per registrar
+    host if asked) a slice per reactor turn, and keeps the last count.
+
+    A count is served again while it is younger than C{max_age} or than
+    its own cost divided by C{budget}, whichever is longer: however often
+    the scrapes come, counting takes at most that share of the reactor's
+    time (with the defaults, a count of a million records, about 0.3 s
+    of CPU, is served for a minute).
+
+    @param holds: whether this node holds a record (a cluster node counts
+        its own records only, as C{reg_stats} does); C{None}: every record.
+    @param per_registrar: count per registrar host too (the
+        C{max_registrars} hosts with the most records by name, the rest
+        as L{OTHER_REGISTRARS}).
+    @param max_age: seconds a count is served at least.
+    @param budget: the share of the time counting may take.
+    @param slice_size: records counted per reactor turn (half as many
+        per registrar).
+    @param timer: measures a count's cost (seconds).
+    @ivar last: the last completed count, or C{None}.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        clock: IReactorTime,
+        holds: Callable[[Registrant], bool] | None = None,
+        per_registrar: bool = False,
+        max_registrars: int = MAX_REGISTRARS,
+        max_age: float = 5.0,
+        budget: float = 0.005,
+        slice_size: int = CENSUS_SLICE,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._registry = registry
+        self._clock = clock
+        self._holds = holds
+        self.per_registrar = per_registrar
+        self.max_registrars = max_registrars
+        self._max_age = max_age
+        self._budget = budget
+        # Per registrar, a record costs about twice as much to count.
+        self._slice = slice_size // 2 if per_registrar else slice_size
+        self._timer = timer
+        #: Registrar texts to their hosts (pure memoization, bounded).
+        self._hosts: Memo[str, str] = Memo(HOSTS_KEPT)
+        self.last: Census | None = None
+        #: Seconds the last count is served for.
+        self.fresh_for = max_age
+        #: Whoever waits for the count under way (C{None}: none under way).
+        self._waiting: list[defer.Deferred[Census]] | None = None
+
+    def current(self) -> defer.Deferred[Census]:
+        """A fresh enough count: the last one, or a new one (shared by every caller meanwhile)."""
+        last = self.last
+        if last is not None and self._clock.seconds() - last.taken_at < self.fresh_for:
+            return defer.succeed(last)
+        waiter: defer.Deferred[Census] = defer.Deferred()
+        if self._waiting is not None:
+            self._waiting.append(waiter)
+        else:
+            self._waiting = [waiter]
+            self._step(_Pass(_Tally(self._clock.seconds(), self._holds, self._hosts if self.per_registrar else None, self.max_registrars)))
+        return waiter
+
+    def _step(self, run: _Pass) -> None:
+        """Count one slice (bucket by bucket: no turn copies more than one bucket); the next on a later turn."""
+        registry = self._registry
+        started = self._timer()
+        room = self._slice
+        try:
+            while room > 0:
+                if run.offset >= len(run.records):
+                    if run.bucket >= registry.bucket_count:
+                        census = run.tally.result()
+                        run.spent += self._timer() - started
+                        self._done(census, run.spent)
+                        return
+                    run.records = registry.bucket(run.bucket)
+                    run.bucket += 1
+                    run.offset = 0
+                    continue
+                chunk = run.records[run.offset : run.offset + room]
+                run.tally.count(chunk)
+                run.offset += len(chunk)
+                room -= len(chunk)
+        except Exception:
+            self._failed(Failure())
+            return
+        run.spent += self._timer() - started
+        self._clock.callLater(0, self._step, run)
+
+    def _done(self, census: Census, spent: float) -> None:
+        self.last = census
+        self.fresh_for = max(self._max_age, spent / self._budget)
+        waiting, self._waiting = self._waiting or [], None
+        for waiter in waiting:
+            waiter.callback(census)
+
+    def _failed(self, failure: Failure) -> None:
+        waiting, self._waiting = self._waiting or [], None
+        for waiter in waiting:
+            waiter.errback(failure)
+
+
+class _Pass:
+    """Where a count under way has got to."""
+
+    __slots__ = ("tally", "bucket", "offset", "records", "spent")
+
+    def __init__(self, tally: _Tally) -> None:
+        self.tally = tally
+        self.bucket = 0
+        self.offset = 0
+        self.records: list[Registrant] = []
+        self.spent = 0.0
+
+
+class RegistrantCollector:
+    """
+    The daemon's metrics, read from their sources on each collection (a
+    prometheus_client custom collector).
+
+    @param census: the records' counts (its last one is reported).
+    @param counters: the SIP layer's counters.
+    @param db_up: whether the database answers.
+    @param last_load: when the last full pass over the table completed
+        (seconds since the epoch), or C{None}.
+    """
+
+    def __init__(
+        self,
+        census: RecordCensus,
+        counters: SipCounters,
+        db_up: Callable[[], bool],
+        last_load: Callable[[], float | None],
+        version: str = __version__,
+    ) -> None:
+        self._census = census
+        self._counters = counters
+        self._db_up = db_up
+        self._last_load = last_load
+        self._version = version
+
+    def collect(self) -> Iterable[Metric]:
+        """Every metric but the reactor lag (a histogram of the page's registry)."""
+        yield InfoMetricFamily("uacregistrant", "The daemon's version.", value={"version": self._version})
+        census = self._census.last
+        if census is not None:
+            records = GaugeMetricFamily("uacregistrant_records", "Records by registration state.", labels=["state"])
+            for state in _STATES:
+                records.add_metric([state.name], census.states[state])
+            yield records
+            yield GaugeMetricFamily(
+                "uacregistrant_bindings_held", "Records whose binding the registrar still holds.", value=census.bindings_held
+            )
+            yield GaugeMetricFamily(
+                "uacregistrant_records_counted_timestamp_seconds",
+                "When the record counts were taken (reused while counting again would take over 0.5 % of the time).",
+                value=census.taken_at,
+            )
+            if self._census.per_registrar:
+                per_registrar = GaugeMetricFamily(
+                    "uacregistrant_registrar_records",
+                    f"Records by registrar host and state, states with records only "
+                    f"(the {self._census.max_registrars} hosts with the most records; the rest as {OTHER_REGISTRARS}).",
+                    labels=["registrar", "state"],
+                )
+                # Only the states a host has records in: a thousand hosts
+                # make a few thousand series, not ten thousand zeros.
+                for host, counts in census.registrars.items():
+                    for state in _STATES:
+                        if counts[state]:
+                            per_registrar.add_metric([host, state.name], counts[state])
+                yield per_registrar
+        c = self._counters
+        yield _counter("uacregistrant_requests_sent_total", "Requests sent (retransmissions not included).", c.requests_sent)
+        yield _counter("uacregistrant_retransmissions_total", "Retransmissions (UDP Timer E).", c.retransmissions)
+        yield _counter("uacregistrant_timeouts_total", "Transactions that timed out (Timer F).", c.timeouts)
+        responses = CounterMetricFamily("uacregistrant_responses_total", "Responses accepted for a transaction, by class.", labels=["class"])
+        for name in RESPONSE_CLASSES:
+            responses.add_metric([name], getattr(c, f"responses_{name}"))
+        yield responses
+        yield _counter(
+            "uacregistrant_lapsed_registrations_total", "Registrations renewed only after their binding had expired.", c.lapsed_registrations
+        )
+        dropped = CounterMetricFamily("uacregistrant_datagrams_dropped_total", "Messages received and dropped, by reason.", labels=["reason"])
+        for reason in DROP_REASONS:
+            dropped.add_metric([reason], getattr(c, f"dropped_{reason}"))
+        yield dropped
+        yield GaugeMetricFamily("uacregistrant_db_up", "1 if the database answers, else 0.", value=1 if self._db_up() else 0)
+        loaded = self._last_load()
+        yield GaugeMetricFamily(
+            "uacregistrant_last_table_load_timestamp_seconds",
+            "When the last full pass over the table completed (0: none yet).",
+            value=loaded if loaded is not None else 0,
+        )
+
+
+def _counter(name: str, documentation: str, value: int) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+class ReactorLagProbe(Service):
+    """
+    How late the reactor runs a call: every C{interval} seconds a call is
+    scheduled and, when it runs, its lateness is observed.  (Not a
+    LoopingCall: it keeps to its start time's grid, skipping the intervals
+    a stall swallowed, which hides how long the stall was.)
+
+    @param observe: takes each lateness in seconds (a histogram's C{observe}).
+    """
+
+    def __init__(self, clock: IReactorTime, observe: Callable[[float], None], interval: float = 0.5) -> None:
+        self._clock = clock
+        self._observe = observe
+        self._interval = interval
+        self._due = 0.0
+        self._call: IDelayedCall | None = None
+
+    def start(self) -> None:
+        """Start measuring (nothing if already started)."""
+        if self._call is None:
+            self._schedule()
+
+    def stop(self) -> None:
+        """Stop measuring."""
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def startService(self) -> None:
+        super().startService()
+        self.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.stop()
+
+    def _schedule(self) -> None:
+        self._due = self._clock.seconds() + self._interval
+        self._call = self._clock.callLater(self._interval, self._tick)
+
+    def _tick(self) -> None:
+        try:
+            self._observe(max(0.0, self._clock.seconds() - self._due))
+        except Exception:
+            _log.failure("observing the reactor's lag failed")
+        self._schedule()
+
+
+class HealthCheck:
+    """
+    Whether the daemon works: the first table load is done and the bucket
+    walk runs and advances.
+
+    The walk is seen to advance by its visit count, sampled at each check:
+    a count unchanged for longer than C{stall_after} seconds is a stall.
+
+    @param loaded: whether the first full pass over the table completed.
+    @param walking: whether the bucket walk runs.
+    @param visits: buckets visited so far.
+    @param stall_after: seconds without a bucket visit that mean a stall;
+        by default L{stall_after} of C{bucket_interval}.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        loaded: Callable[[], bool],
+        walking: Callable[[], bool],
+        visits: Callable[[], int],
+        bucket_interval: float,
+        stall_after: float | None = None,
+    ) -> None:
+        self._clock = clock
+        self._loaded = loaded
+        self._walking = walking
+        self._visits = visits
+        self.stall_after = stall_after if stall_after is not None else default_stall_after(bucket_interval)
+        self._seen: int | None = None
+        self._seen_at = 0.0
+
+    def status(self) -> tuple[bool, str]:
+        """C{(True, "ok")}, or C{(False, reason)} (one line)."""
+        if not self._loaded():
+            return False, "table not loaded yet"
+        if not self._walking():
+            return False, "bucket walk not running"
+        now = self._clock.seconds()
+        visits = self._visits()
+        if visits != self._seen:
+            self._seen, self._seen_at = visits, now
+        elif now - self._seen_at > self.stall_after:
+            return False, f"bucket walk stalled: no bucket visited for {now - self._seen_at:.0f}s"
+        return True, "ok"
+
+
+def default_stall_after(bucket_interval: float) -> float:
+    """Seconds without a bucket visit that mean a stall: ten intervals, at least 10 s (a busy reactor runs late)."""
+    return max(10 * bucket_interval, 10.0)
+
+
+def _plain(request: Request, code: int, text: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    return (text + "\n").encode("utf-8")
+
+
+class _GetOnly(Resource):
+    """A page answering GET and HEAD only (405 otherwise) and having no children (404)."""
+
+    def render(self, request: Request) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return _plain(request, 405, "method not allowed: GET or HEAD")
+        return super().render(request)
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return _NotFound()
+
+
+class _NotFound(Resource):
+    """404 for every method, as plain text."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return _plain(request, 404, "not found: GET /metrics or /healthz")
+
+
+def _encoder(accept: bytes | None) -> tuple[Callable[[CollectorRegistry], bytes], str]:
+    """The exposition the scraper asked for (prometheus_client's negotiation), else the 0.0.4 text format."""
+    try:
+        return choose_encoder(accept.decode("latin-1") if accept else "")
+    except Exception:  # choose_encoder raises on a malformed version (version=abc)
+        return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
+
+
+class MetricsPage(_GetOnly):
+    """
+    C{GET /metrics}: waits for a fresh enough census, then renders every
+    metric of its own registry.
+
+    @ivar registry: this page's L{CollectorRegistry} (the collector and the
+        reactor lag histogram).
+    @ivar reactor_lag: the histogram a L{ReactorLagProbe} feeds.
+    """
+
+    def __init__(self, census: RecordCensus, collector: RegistrantCollector) -> None:
+        super().__init__()
+        self._census = census
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(collector)
+        self.reactor_lag = Histogram(
+            "uacregistrant_reactor_lag_seconds",
+            "How late the reactor ran a call due every half second.",
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
+
+    def lag_probe(self, clock: IReactorTime, interval: float = 0.5) -> ReactorLagProbe:
+        """A probe feeding L{reactor_lag} (start it, or make it a child service)."""
+        return ReactorLagProbe(clock, self.reactor_lag.observe, interval)
+
+    def render_GET(self, request: Request) -> int:
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def write(_: Census) -> None:
+            if gone:
+                return
+            encoder, content_type = _encoder(request.getHeader(b"accept"))
+            body = encoder(self.registry)
+            request.setHeader(b"content-type", content_type.encode("ascii"))
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            _log.failure("collecting metrics failed", failure)
+            if not gone:
+                body = _plain(request, 500, "collecting metrics failed")
+                request.setHeader(b"content-length", b"%d" % len(body))
+                request.write(body)
+                request.finish()
+
+        self._census.current().addCallback(write).addErrback(failed)
+        return NOT_DONE_YET
+
+
+class HealthPage(_GetOnly):
+    """C{GET /healthz}: 200 C{ok}, or 503 and the reason, one line of text."""
+
+    def __init__(self, check: HealthCheck) -> None:
+        super().__init__()
+        self._check = check
+
+    def render_GET(self, request: Request) -> bytes:
+        healthy, reason = self._check.status()
+        return _plain(request, 200 if healthy else 503, reason)
+
+
+class MetricsRoot(Resource):
+    """C{/metrics} and C{/healthz}; anything else is 404."""
+
+    def __init__(self, metrics: MetricsPage, health: HealthPage) -> None:
+        super().__init__()
+        self.putChild(b"metrics", metrics)
+        self.putChild(b"healthz", health)
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return _NotFound()
+
+    def render(self, request: Request) -> bytes:
+        return _NotFound().render(request)
+
+
+class _BodylessRequest(Request):
+    """A request whose body, if any, is read and dropped (GET only: nothing is ever kept)."""
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        pass
+
+
+class MetricsSite(Site):
+    """
+    The HTTP side: no tracebacks shown, no access log (scrapes are not
+    news), request bodies dropped, idle connections closed after a minute.
+    """
+
+    noisy = False
+    displayTracebacks = False
+
+    def __init__(self, root: Resource, clock: IReactorTime, timeout: float = 60.0) -> None:
+        super().__init__(root, requestFactory=_BodylessRequest, timeout=timeout, reactor=clock)
+
+    def startFactory(self) -> None:
+        """Nothing to open: there is no access log (twisted.web would also refresh its date every second)."""
+
+    def stopFactory(self) -> None:
+        """Nothing to close."""
+
+    def log(self, request: http.Request) -> None:
+        """No access log."""
+
+
+def metrics_site(metrics: MetricsPage, health: HealthPage, clock: IReactorTime) -> MetricsSite:
+    """The site serving C{/metrics} and C{/healthz}."""
+    return MetricsSite(MetricsRoot(metrics, health), clock)

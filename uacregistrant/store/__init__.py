@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 #: The table's columns in the seed's spelling (also the row keys).
 COLUMNS = (
@@ -82,6 +82,14 @@ def schema_sql(flavour: str) -> str:
 
 class IRegistrantStore(Interface):
     """A source of registrant rows, and where admin changes are written."""
+
+    connected = Attribute(
+        """
+        C{bool}: whether the database can be reached now (PostgreSQL: the query
+        connection is up and, with NOTIFY, so is the listening one; SQLite:
+        always).  For the C{uacregistrant_db_up} metric.
+        """
+    )
 
     def check() -> None:
         """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_postgres,tests.unit.store.test_store -*-
+# -*- test-case-name: tests.integration.test_postgres,tests.integration.test_least_privilege,tests.unit.store.test_store,tests.unit.app.test_secrets -*-
 """
 The registrant table in PostgreSQL, through txpostgres (no threads).
 
@@ -8,6 +8,13 @@ from a trigger that NOTIFYs the changed row's id and key; a second
 connection LISTENs.  When the server goes away, registrations carry on from
 memory; both connections come back with back-off and a full resync catches
 whatever changed meanwhile.
+
+Least privilege: the role needs only SELECT, INSERT, UPDATE and DELETE on
+the table (and USAGE on its id sequence).  The trigger is installed only
+when missing or different; a role that may not install it starts anyway,
+names the SQL for the DBA (C{registrant-notify-postgres.sql}) and asks
+for a full pass every L{FALLBACK_POLL} seconds instead (unless the loader
+polls already, C{--db-poll}).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any, Callable, cast
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import psycopg2
+from psycopg2 import errors as pg_errors
 from twisted.internet import defer, error, threads
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -51,6 +59,10 @@ _log = Logger()
 KEEPALIVE = 2.0
 #: Reconnection back-off: first delay, factor, cap (seconds).
 BACKOFF = (0.5, 2.0, 10.0)
+#: Seconds between full passes when NOTIFY could not be set up (and no --db-poll).
+FALLBACK_POLL = 30.0
+#: The shipped trigger SQL a DBA installs for a role without the rights.
+NOTIFY_SQL_FILE = "registrant-notify-postgres.sql"
 
 
 def redact(url: str) -> str:
@@ -143,14 +155,41 @@ def _descriptor(connection: txpostgres.Connection) -> int:
 
 @implementer(IRegistrantStore)
 class PostgresStore:
-    """The registrant table in PostgreSQL."""
+    """
+    The registrant table in PostgreSQL.
 
-    def __init__(self, url: str, layout: TableLayout, reactor: Any, notify: bool = True) -> None:
+    @param notify: install the NOTIFY trigger (when missing or different)
+        and LISTEN (C{--no-db-notify}: neither).
+    @param poll: the loader's seconds between polls (C{--db-poll}, 0: none);
+        when NOTIFY cannot be set up and this is 0, the store asks for a
+        full pass (C{on_resync}) every L{FALLBACK_POLL} seconds itself.
+    @param clock: the clock of those passes (default: C{reactor}).
+    @ivar notify_active: whether changes arrive by NOTIFY (known once started).
+    @ivar poll_interval: seconds between the passes the store asks for (0: none).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        layout: TableLayout,
+        reactor: Any,
+        notify: bool = True,
+        poll: float = 0.0,
+        clock: IReactorTime | None = None,
+    ) -> None:
         self.url = url
         self.layout = layout
         self.reactor = reactor
         self.notify = notify
-        self._clock: IReactorTime = reactor
+        self.notify_active = False
+        self.poll_interval = 0.0
+        self._poll = poll
+        self._clock: IReactorTime = clock if clock is not None else reactor
+        self._fallback = LoopingCall(self._fallback_poll)
+        self._fallback.clock = self._clock
+        self._pass_asked = False
+        self._loading = 0
+        self._watching = False
         self._present: dict[str, str] = {}
         self._conn: _Connection | None = None
         self._waiters: list[defer.Deferred[_Connection]] | None = None
@@ -158,11 +197,20 @@ class PostgresStore:
         self._on_change: Callable[[Key | None, Key | None], defer.Deferred[None]] | None = None
         self._on_resync: Callable[[], None] | None = None
         self._keepalive = LoopingCall(self._check_listener)
-        self._keepalive.clock = reactor
+        self._keepalive.clock = self._clock
         self._retry: IDelayedCall | None = None
         self._delay = BACKOFF[0]
         self._listening_once = False
         self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether the query connection is up and, while NOTIFY is used, the listening one too."""
+        if self._closed or self._conn is None or self._conn.closed:
+            return False
+        if self._watching and self.notify_active:
+            return self._listener is not None and not self._listener.closed
+        return True
 
     # Before the fork: a quick, read-only check with a connection not kept.
 
@@ -204,30 +252,80 @@ class PostgresStore:
             yield cursor.execute("SELECT to_regclass(%s)", (quote_identifier(table),))
             if cursor.fetchone()[0] is None:
                 self._no_table()
-                yield cursor.execute(schema_sql("postgres"))
+                try:
+                    yield cursor.execute(schema_sql("postgres"))
+                except pg_errors.InsufficientPrivilege as e:
+                    raise StoreError(
+                        f"table {table} does not exist and this role may not create it ({_first_line(e)}): "
+                        "have the DBA run the packaged registrant-postgres.sql"
+                    ) from None
                 _log.warn("created an empty table {table}: there are no accounts to register until rows are added", table=table)
             yield cursor.execute(_COLUMNS_SQL, (table,))
             self._present = match_columns(self.layout, [str(name) for (name,) in cursor.fetchall()], table)
             if self.notify:
-                sql = notify_sql(self.layout, self._present)
-                # Re-creating the trigger takes a lock that waits for every
-                # other node's load: only when it is missing or different.
-                body = sql.split("$body$")[1]
-                # Nodes starting together: one installs, the others then find it.
-                yield cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (channel_name(table) + "_notify",))
-                yield cursor.execute(
-                    "SELECT (SELECT prosrc FROM pg_proc WHERE proname = %s LIMIT 1),"
-                    " (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(%s)"
-                    " AND tgname IN ('uacregistrant_notify', 'uacregistrant_notify_truncate'))",
-                    (channel_name(table) + "_notify", quote_identifier(table)),
-                )
-                installed, triggers = cursor.fetchone()
-                if installed != body or triggers != 2:
-                    yield cursor.execute(sql)
+                self.notify_active = yield self._install_trigger(cursor)
             yield cursor.execute(f"SELECT count(*) FROM {quote_identifier(table)}")
             _log.info("table {table} holds {rows} row(s)", table=table, rows=cursor.fetchone()[0])
 
         return self._run(lambda connection: connection.runInteraction(prepare)).addCallback(lambda _: None)
+
+    @defer.inlineCallbacks
+    def _install_trigger(self, cursor: Any) -> Any:
+        """
+        Make sure the NOTIFY trigger is there, as L{notify_sql} writes it:
+        creating it only when missing or different (re-creating it takes a
+        lock that waits for every other node's load).  Fires with whether
+        NOTIFY can be used; C{False} when this role may not create it.
+
+        @raise StoreError: when the database refuses it for another reason.
+        """
+        table = self.layout.table
+        sql = notify_sql(self.layout, self._present)
+        body = sql.split("$body$")[1]
+        # Nodes starting together: one installs, the others then find it.
+        yield cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (channel_name(table) + "_notify",))
+        yield cursor.execute(
+            "SELECT (SELECT prosrc FROM pg_proc WHERE proname = %s LIMIT 1),"
+            " (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(%s)"
+            " AND tgname IN ('uacregistrant_notify', 'uacregistrant_notify_truncate'))",
+            (channel_name(table) + "_notify", quote_identifier(table)),
+        )
+        installed, triggers = cursor.fetchone()
+        if installed == body and triggers == 2:
+            return True
+        # A failure must not abort the transaction the start runs in.
+        yield cursor.execute("SAVEPOINT uacregistrant_notify")
+        try:
+            yield cursor.execute(sql)
+        except pg_errors.InsufficientPrivilege as e:
+            yield cursor.execute("ROLLBACK TO SAVEPOINT uacregistrant_notify")
+            self._cannot_install(_first_line(e), "missing" if installed is None or not triggers else "different", sql)
+            return False
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            raise  # the connection: retried as any other start
+        except psycopg2.Error as e:
+            raise StoreError(
+                f"cannot install the NOTIFY trigger on table {table}: {_first_line(e)}; have the DBA run "
+                f"{NOTIFY_SQL_FILE} as the table's owner, or start with --no-db-notify (and --db-poll)"
+            ) from None
+        yield cursor.execute("RELEASE SAVEPOINT uacregistrant_notify")
+        return True
+
+    def _cannot_install(self, reason: str, state: str, sql: str) -> None:
+        """The role may not install the trigger: say what the DBA should run, and poll meanwhile."""
+        poll = f"re-reading the table every {self._poll:g} s (--db-poll)" if self._poll > 0 else f"re-reading the table every {FALLBACK_POLL:g} s"
+        _log.warn(
+            "the NOTIFY trigger on table {table} is {state} and this role may not install it ({reason}): "
+            "have the DBA run {file} (uacregistrant/store/schema/) as the table's owner; until then no NOTIFY, {poll} "
+            "(--no-db-notify to choose this)",
+            table=self.layout.table,
+            state=state,
+            reason=reason,
+            file=NOTIFY_SQL_FILE,
+            poll=poll,
+        )
+        if not self.layout.is_default:
+            _log.warn("the NOTIFY trigger SQL for table {table} (not the default layout of {file}):\n{sql}", table=self.layout.table, file=NOTIFY_SQL_FILE, sql=sql)
 
     # Connections.
 
@@ -318,6 +416,7 @@ class PostgresStore:
 
     def load(self, consume: Callable[[list[Row]], None]) -> defer.Deferred[None]:
         """Read every row in one snapshot, BATCH_SIZE per FETCH."""
+        self._pass_asked = False  # the pass asked for (if any) is this one
         if not self._present:
             return defer.fail(StoreError("the store is not started"))
         logical, query = self._select()
@@ -337,7 +436,13 @@ class PostgresStore:
             yield cursor.execute("CLOSE uacregistrant_load")
             _log.info("read {rows} row(s) from {table}", rows=read, table=self.layout.table)
 
-        return self._run(lambda connection: connection.runInteraction(interaction))
+        self._loading += 1
+
+        def done(result: object) -> object:
+            self._loading -= 1
+            return result
+
+        return self._run(lambda connection: connection.runInteraction(interaction)).addBoth(done)
 
     def load_key(self, key: Key) -> defer.Deferred[Row | None]:
         """The row with this key, or C{None}."""
@@ -403,12 +508,31 @@ class PostgresStore:
         on_change: Callable[[Key | None, Key | None], defer.Deferred[None]],
         on_resync: Callable[[], None],
     ) -> None:
-        """LISTEN for the trigger's NOTIFYs (unless --no-db-notify)."""
-        if not self.notify:
+        """
+        LISTEN for the trigger's NOTIFYs (unless --no-db-notify); without
+        the trigger, ask for a full pass every L{FALLBACK_POLL} seconds
+        (unless the loader polls already).
+        """
+        if not self.notify or self._watching:
             return
+        self._watching = True
         self._on_change = on_change
         self._on_resync = on_resync
-        self._listen()
+        if self.notify_active:
+            self._listen()
+        elif self._poll <= 0 and not self._closed:
+            self.poll_interval = FALLBACK_POLL
+            self._fallback.start(FALLBACK_POLL, now=False)
+
+    def _fallback_poll(self) -> None:
+        """
+        Ask for a full pass, unless one is running or the last one asked for
+        has not begun (a pass longer than the interval never piles up).
+        """
+        if self._loading or self._pass_asked or self._on_resync is None:
+            return
+        self._pass_asked = True
+        self._on_resync()
 
     def _listen(self) -> None:
         self._retry = None
@@ -443,11 +567,14 @@ class PostgresStore:
         self._drop_query_connection()
         if self._closed or self._retry is not None:
             return
+        # The database refused LISTEN itself (not a lost connection): say how to do without.
+        refused = reason.check(psycopg2.DatabaseError) is not None and reason.check(psycopg2.OperationalError) is None
         _log.warn(
-            "cannot LISTEN at {url}: {error}; retrying in {delay:.1f}s",
+            "cannot LISTEN at {url}: {error}; retrying in {delay:.1f}s{hint}",
             url=redact(self.url),
             error=_message(reason),
             delay=self._delay,
+            hint=" (--no-db-notify to do without NOTIFY, with --db-poll)" if refused else "",
         )
         self._retry = self._clock.callLater(self._delay, self._listen)
         self._delay = min(BACKOFF[2], self._delay * BACKOFF[1])
@@ -482,6 +609,8 @@ class PostgresStore:
         self._closed = True
         if self._keepalive.running:
             self._keepalive.stop()
+        if self._fallback.running:
+            self._fallback.stop()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         for connection in (self._listener, self._conn):

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.app.test_preflight,tests.unit.store.test_store -*-
+# -*- test-case-name: tests.unit.app.test_preflight,tests.unit.store.test_store,tests.unit.app.test_secrets -*-
 """
 The embedded default store: an SQLite file, read and written on a thread
 of its own, never on the reactor's.
@@ -113,6 +113,11 @@ class SqliteStore:
         self._noticed: tuple[int, int] | None = None
         self._present: dict[str, str] = {}
         self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        """Always: an embedded file has no connection to lose (a busy or broken file fails the call instead)."""
+        return True
 
     # At the start-up checks: read only, keep nothing open.
 

@@ -104,9 +104,14 @@ class DaemonTests(ProcessTestCase):
             tcp_port = probe.getsockname()[1]
         db = self.directory / "registrant.db"
         make_table(db, self.rows(port, local, second))
+        token = "tok-" + hashlib.sha256(os.urandom(16)).hexdigest()
+        token_file = self.directory / "control.token"
+        token_file.write_text(token + "\n")
+        os.chmod(token_file, 0o600)
         daemon, control = self.processes.daemon(
             ["--db-url", f"sqlite:{db}", "--listen", f"udp:127.0.0.1:{local}", "--listen", f"udp:127.0.0.1:{second}",
-             "--hash-size", "2", "--timer-interval", "4", "--sip-t1", "100", "--control", f"tcp:{tcp_port}"]
+             "--hash-size", "2", "--timer-interval", "4", "--sip-t1", "100", "--control", f"tcp:{tcp_port}",
+             "--control-token-file", str(token_file)]
         )
 
         def settled() -> bool:
@@ -150,16 +155,20 @@ class DaemonTests(ProcessTestCase):
             self.assertNotIn(password, log)
             self.assertNotIn(password, data.decode())
 
-        # The TCP console (loopback only, as telnet would use it).
+        # The TCP console (loopback only, as telnet would use it): nothing
+        # before the token, then commands.
         with socket.create_connection(("127.0.0.1", tcp_port), timeout=PATIENCE) as s:
-            s.sendall(b"reg_stats\r\nquit\r\n")
+            s.sendall(f"reg_stats\r\nauth {token}\r\nreg_stats\r\nquit\r\n".encode())
             reply = b""
             while chunk := s.recv(65536):
                 reply += chunk
         text = reply.decode()
-        self.assertTrue(text.startswith("200 OK\n"), text)
+        self.assertTrue(text.startswith("401 Unauthorized\n\n200 OK\n\n200 OK\n"), text)
         self.assertIn("\nREGISTERED_STATE: 11\n", text)
         self.assertTrue(text.endswith("\n\n200 Bye\n\n"), text)
+        self.assertNotIn(token, text + self.processes.log("daemon"))
+        self.assertEqual(request(f"tcp:{tcp_port}", "reg_stats")[0], "401 Unauthorized")
+        self.assertEqual(request(f"tcp:{tcp_port}", "reg_stats", token=token.encode())[0], "200 OK")
 
         # The console script.
         self.assertEqual(ctl_main(["--control", control, "reg_stats"]), 0)

@@ -13,11 +13,52 @@ import signal
 import socket
 import sqlite3
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from uacregistrant.control.ctl import request
 
 from .helpers import PATIENCE, TWISTD, ProcessTestCase, free_udp_port, make_table, records, wait_for
 
 USERS = {f"u{i}": {"password": f"pw{i}"} for i in range(3)}
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=PATIENCE / 2) as reply:
+            return reply.status, reply.read().decode().strip()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode().strip()
+
+
+def json_rpc(port: int, method: str, params: object) -> dict[str, object]:
+    """One JSON-RPC call as OpenSIPS's MI clients send it (POST /mi, the id a string)."""
+    body = json.dumps({"jsonrpc": "2.0", "id": "4242", "method": method, "params": params}).encode()
+    call = urllib.request.Request(f"http://127.0.0.1:{port}/mi", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(call, timeout=PATIENCE / 2) as reply:
+        assert reply.status == 200
+        answer: dict[str, object] = json.loads(reply.read())
+    return answer
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics, by name and sorted labels (parsed by prometheus_client)."""
+    status, text = http_get(port, "/metrics")
+    assert status == 200, (status, text)
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text + "\n")
+        for sample in family.samples
+    }
 
 
 class NotifySocket:
@@ -63,10 +104,12 @@ class OperationsTests(ProcessTestCase):
         self.addCleanup(notify.close)
         logfile = self.directory / "uacregistrant.log"
         control = f"unix:{self.processes.sockets / 'ctl'}"
+        metrics, mi = free_tcp_port(), free_tcp_port()
         daemon = self.processes.spawn(
             [*TWISTD, "-n", "--pidfile=", f"--logfile={logfile}", "uacregistrant", "--control", control,
              "--db-url", f"sqlite:{table}", "--listen", f"udp:127.0.0.1:{local}", "--log-format", "json",
-             "--hash-size", "0", "--timer-interval", "10"],
+             "--hash-size", "0", "--timer-interval", "10", "--metrics", f"tcp:{metrics}",
+             "--mi-http", f"tcp:{mi}"],
             "daemon",
             env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"},
         )
@@ -84,6 +127,22 @@ class OperationsTests(ProcessTestCase):
             pings = len([m for m in notify.read() if m.get("WATCHDOG") == "1"])
             time.sleep(1.2)
             self.assertGreater(len([m for m in notify.read() if m.get("WATCHDOG") == "1"]), pings)
+
+            # Prometheus: /healthz is ok, /metrics counts what reg_stats counts.
+            self.assertEqual(http_get(metrics, "/healthz"), (200, "ok"))
+            scraped = scrape(metrics)
+            stats = dict(line.split(": ", 1) for line in request(control, "reg_stats")[1])
+            self.assertEqual(scraped[("uacregistrant_records", (("state", "REGISTERED_STATE"),))], float(stats["REGISTERED_STATE"]))
+            self.assertEqual(scraped[("uacregistrant_records", (("state", "REGISTERED_STATE"),))], 2.0)
+            self.assertEqual(scraped[("uacregistrant_bindings_held", ())], 2.0)
+            self.assertEqual(scraped[("uacregistrant_db_up", ())], 1.0)
+            self.assertGreaterEqual(scraped[("uacregistrant_responses_total", (("class", "2xx"),))], 2.0)
+
+            # OpenSIPS's MI over HTTP: reg_list as opensips-cli asks for it.
+            answer = json_rpc(mi, "reg_list", {})
+            self.assertEqual(answer["id"], "4242")
+            self.assertEqual(sorted(r["state"] for r in answer["result"]["Records"]), ["REGISTERED_STATE"] * 2)
+            self.assertIn("uac_registrant:list", json_rpc(mi, "which", {})["result"])
 
             # Every log line is one JSON object with time, level, namespace and message.
             lines = log_lines()

@@ -44,6 +44,8 @@ from uacregistrant.control.admin import Admin
 from uacregistrant.control.commands import Commands
 from uacregistrant.control.events import EventHub
 from uacregistrant.control.listener import ControlListener
+from uacregistrant.control.metrics import HealthCheck, HealthPage, MetricsPage, RecordCensus, RegistrantCollector, metrics_site
+from uacregistrant.control.mi import mi_site
 from uacregistrant.control.protocol import ControlFactory
 from uacregistrant.core.counters import SipCounters
 from uacregistrant.core.registrant import FAILURE_STATES, Policy, Registrant
@@ -77,9 +79,9 @@ def open_store(settings: Settings, reactor: Any) -> IRegistrantStore:
     elif url.startswith(("postgres://", "postgresql://")):
         from uacregistrant.store.postgres import PostgresStore
 
-        store = PostgresStore(url, settings.table, reactor, notify=settings.db_notify)
+        store = PostgresStore(url, settings.table, reactor, notify=settings.db_notify, poll=settings.db_poll)
     else:
-        raise ConfigError("unsupported db_url: use sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DBNAME")
+        raise ConfigError("unsupported db_url: use sqlite:PATH or postgres://USER@HOST:PORT/DBNAME")
     return store
 
 
@@ -306,13 +308,33 @@ class RegistrantService(MultiService):
             holds=cluster.holds if cluster is not None else None,
             cluster=self._cluster_nodes if cluster is not None else None,
         )
-        factory = ControlFactory(self.commands, clock)
+        factory = ControlFactory(self.commands, clock, token_file=settings.control_token_file)
         for control in settings.control:
-            ControlListener(endpoints.serverFromString(reactor, control.description), factory).setServiceParent(self)
+            listener = ControlListener(endpoints.serverFromString(reactor, control.description), factory, on_listening=control.apply_ownership)
+            listener.setServiceParent(self)
+        self.metrics: MetricsPage | None = None
+        if settings.metrics is not None:
+            self._serve_metrics(settings.metrics.description)
+        if settings.mi_http is not None:
+            site = mi_site(self.commands, self.admin, clock, settings.mi_root)
+            ControlListener(endpoints.serverFromString(reactor, settings.mi_http.description), site).setServiceParent(self)
         self.operations = OperationsService(
             clock, self.reload, self._status_line, twistd or {}, log=log, call_from_thread=reactor.callFromThread if twistd else None,
         )
         self.operations.setServiceParent(self)
+
+    def _serve_metrics(self, description: str) -> None:
+        """Prometheus's /metrics and /healthz on C{description}."""
+        settings, clock, cluster = self.settings, self._clock, self.cluster
+        census = RecordCensus(self.registry, clock, holds=cluster.holds if cluster is not None else None,
+                              per_registrar=settings.metrics_per_registrar)
+        collector = RegistrantCollector(census, self.counters, db_up=lambda: bool(self.store.connected), last_load=lambda: self.loader.last_loaded)
+        self.metrics = MetricsPage(census, collector)
+        health = HealthPage(HealthCheck(clock, loaded=lambda: self.loader.loaded, walking=lambda: self.walk.walking,
+                                        visits=lambda: self.walker.visits, bucket_interval=settings.bucket_interval))
+        site = metrics_site(self.metrics, health, clock)
+        ControlListener(endpoints.serverFromString(self.reactor, description), site).setServiceParent(self)
+        self.metrics.lag_probe(clock).setServiceParent(self)
 
     def setServiceParent(self, parent: Any) -> None:
         """Join C{parent}; under twistd (an Application), hand it this daemon's log observer too."""

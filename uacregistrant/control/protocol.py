@@ -307,7 +307,7 @@ class ControlProtocol(LineOnlyReceiver):
             if not self._watching:
                 self._watching = True
                 self._behind = 0
-                self._commands.events.subscribe(self._event)
+                self._commands.events.subscribe(self._event, as_json=reply.events_json)
             return
         self.transport.write(("\n".join(lines) + "\n\n").encode("utf-8"))
         if reply.close:

@@ -230,6 +230,19 @@ class ControlTests(ControlTestBase):
         self.assertEqual(self.ask("quit"), ["", "200 Bye", "", ""])
         self.assertEqual(self.service.events._subscribers, set())
 
+    def test_events_json(self) -> None:
+        """reg_events json streams OpenSIPS 4.0's events, one JSON object per line, over the console."""
+        self.assertEqual(self.ask("reg_events json"), ["200 OK", ""])
+        self.transport.clear()
+        self.protocol.dataReceived(b"reg_force_register sip:alice@test.invalid\r\n")
+        self.sim.run(1)
+        out = self.transport.value().decode().split("\n")
+        self.assertEqual(out[:2], ["200 OK", ""])
+        events = [json.loads(line) for line in out[2:] if line]
+        self.assertEqual([e["method"] for e in events], ["E_REGISTRANT_REGISTERING", "E_REGISTRANT_REGISTERED"])
+        self.assertEqual(events[1]["params"], {"aor": "sip:alice@test.invalid", "contact": "sip:alice@127.0.0.1:5060", "registrar": REG})
+        self.assertNotIn("TopSecret", "".join(out))
+
 
 class HostileClientTests(ControlTestBase):
     """What a careless or hostile console client can cost: bounded, and answered clearly."""

@@ -42,6 +42,9 @@ class FakeStore:
     C{_notified} does (TRUNCATE asks for a resync; DELETE reports no new key).
     """
 
+    #: The database answers (uacregistrant_db_up).
+    connected = True
+
     def __init__(self, clock: Clock, rows: list[Row] = (), batch: int = 1000) -> None:  # type: ignore[assignment]
         self.clock = clock
         self.rows: dict[Key, Row] = {key_of(r): r for r in rows}

@@ -12,6 +12,7 @@ Signals (installed only when the daemon runs under twistd):
 from __future__ import annotations
 
 import os
+import platform
 import signal
 from typing import Any, Callable, Mapping
 
@@ -20,6 +21,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from uacregistrant import __version__
 from uacregistrant.app.logs import DaemonLog, on_signal
 from uacregistrant.app.systemd import SystemdNotifier, SystemdService, watchdog_interval
 
@@ -56,8 +58,9 @@ class OperationsService(MultiService):
         self.systemd.setServiceParent(self)
 
     def startService(self) -> None:
-        """Warn about root, install the signal handlers, start telling systemd."""
+        """Say which version starts, warn about root, install the signal handlers, start telling systemd."""
         super().startService()
+        _log.info("uacregistrant {version} starting (Python {python})", version=__version__, python=platform.python_version())
         if self._twistd:
             if os.getuid() == 0 and self._twistd.get("uid") is None:
                 _log.warn("running as root: give twistd -u USER -g GROUP (or systemd's User=) to drop privileges once the sockets are bound")

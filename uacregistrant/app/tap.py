@@ -14,6 +14,7 @@ from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
+from uacregistrant import __version__
 from uacregistrant.app.settings import (
     COLUMN_SETTINGS,
     FLAGS,
@@ -26,7 +27,6 @@ from uacregistrant.app.settings import (
     load_toml,
     url_has_password,
 )
-from uacregistrant.control.ctl import package_version
 
 _log = Logger()
 
@@ -126,7 +126,7 @@ class Options(usage.Options):
 
     def opt_version(self) -> None:
         """Print the version and exit"""
-        sys.stdout.write(f"uacregistrant {package_version()}\n")
+        sys.stdout.write(f"uacregistrant {__version__}\n")
         sys.stdout.flush()
         raise SystemExit(0)
 

@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from uacregistrant import __version__
 from uacregistrant.control.admin import Admin, AdminError
 from uacregistrant.control.events import EventHub
 from uacregistrant.control.formatting import IsoSeconds, json_records, record_text
@@ -223,8 +224,9 @@ class Commands:
             if transports:
                 stats["transport"] = transports
             if as_json:
-                return Reply(200, "OK", [json.dumps(stats, separators=(",", ":"))])
-            lines = [f"total: {stats['total']}", f"enabled: {stats['enabled']}", f"bindings_held: {stats['bindings_held']}"]
+                return Reply(200, "OK", [json.dumps({"version": __version__, **stats}, separators=(",", ":"))])
+            lines = [f"version: {__version__}", f"total: {stats['total']}", f"enabled: {stats['enabled']}",
+                     f"bindings_held: {stats['bindings_held']}"]
             lines += [f"{name}: {count}" for name, count in tally.by_state().items()]
             lines += [f"sip.{name}: {value}" for name, value in self._counters.as_dict().items()]
             lines += [f"transport.{name}: {value}" for name, value in transports.items()]

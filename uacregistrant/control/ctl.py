@@ -16,7 +16,6 @@ token of C{--token-file} is sent first (C{auth TOKEN}).
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import shlex
 import socket
@@ -24,22 +23,13 @@ import sys
 from types import TracebackType
 from typing import TextIO
 
+from uacregistrant import __version__
 from uacregistrant.control.endpoints import ControlEndpointError, read_token
 from uacregistrant.control.endpoints import split_description as _split
 
 DEFAULT_CONTROL = "unix:uacregistrant.ctl"
 #: Bytes of command lines read from standard input at most.
 MAX_STDIN = 16 << 20
-
-
-def package_version() -> str:
-    """The installed package's version (the source tree's C{__version__} when not installed)."""
-    try:
-        return importlib.metadata.version("uacregistrant")
-    except importlib.metadata.PackageNotFoundError:
-        from uacregistrant import __version__
-
-        return __version__
 
 
 def is_tcp(description: str) -> bool:
@@ -257,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         help="file (mode 0600) whose first line is the daemon's --control-token-file token, "
         "sent first on a TCP endpoint (default: $UACREG_CONTROL_TOKEN_FILE)",
     )
-    parser.add_argument("--version", action="version", version=f"uacregistrant {package_version()}")
+    parser.add_argument("--version", action="version", version=f"uacregistrant {__version__}")
     parser.add_argument(
         "command",
         nargs="+",

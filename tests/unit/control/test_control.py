@@ -10,6 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.simulation import REGISTRAR, Simulation
+from uacregistrant import __version__
 from uacregistrant.control.protocol import ControlFactory
 from uacregistrant.testing.registrar import UserPolicy
 
@@ -91,6 +92,8 @@ class ControlTests(ControlTestBase):
         self.assertEqual(stats["states"]["REGISTERED_STATE"], 3)
         self.assertEqual(stats["bindings_held"], 3)
         self.assertIn("REGISTERED_STATE: 3", self.ask("reg_stats"))
+        self.assertEqual(self.ask("reg_stats")[1], f"version: {__version__}")
+        self.assertEqual(stats["version"], __version__)
 
     def test_reg_stats_in_slices(self) -> None:
         """A registry larger than a slice is counted over several reactor turns, with the same totals."""

@@ -60,8 +60,8 @@ class CoordinatorTests(TestCase):
         self.addCleanup(self.server.destroy)
         self.server.start()
 
-    def coordinator(self, cluster: str = CLUSTER, **kw: Any) -> PostgresCoordinator:
-        coordinator = PostgresCoordinator(self.server.url, cluster, reactor, **kw)
+    def coordinator(self, cluster: str = CLUSTER, url: str | None = None, **kw: Any) -> PostgresCoordinator:
+        coordinator = PostgresCoordinator(url or self.server.url, cluster, reactor, **kw)
         self.addCleanup(coordinator.close)
         return coordinator
 
@@ -367,6 +367,32 @@ class CoordinatorTests(TestCase):
         yield self.expire(a, "a", ea)
         self.assertFalse((yield b.begin_stop("b", eb)))  # a's lease ran out: b is the last
         self.assertTrue((yield a.begin_stop("a", ea)))  # a's membership is over
+
+    @inlineCallbacks
+    def test_least_privilege_role(self) -> Any:
+        """
+        A role without DDL rights: refused with what the DBA must do while
+        the tables are missing; once they exist (and DML is granted) it
+        starts and coordinates without creating anything.
+        """
+        self.server.execute("CREATE ROLE uac_dml LOGIN PASSWORD 'dml-secret'")
+        self.server.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        url = self.server.url.replace("postgres:secret-pg@", "uac_dml:dml-secret@")
+        limited = self.coordinator(url=url)
+        with self.assertRaises(CoordinatorError) as caught:
+            yield limited.start()
+        message = str(caught.exception)
+        self.assertIn("cluster-postgres.sql", message)
+        self.assertIn("uacregistrant_members", message)
+        self.assertNotIn("dml-secret", message)
+        # The DBA runs the script and grants DML; the role starts, joins and claims.
+        yield self.coordinator().start()
+        self.server.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON uacregistrant_members, uacregistrant_slots, uacregistrant_records TO uac_dml")
+        yield limited.start()
+        epoch = yield limited.join("a", "udp:127.0.0.1:5060", 30)
+        self.assertEqual(len((yield limited.claim("a", epoch, 8))), 8)
+        other = self.coordinator("c2", url=url)
+        yield other.start()  # another cluster's slot rows: DML only
 
     @inlineCallbacks
     def test_quoted_names(self) -> Any:

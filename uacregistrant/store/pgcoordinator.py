@@ -92,6 +92,13 @@ def schema() -> str:
 #: The cluster tables, as shipped for DBAs.
 SCHEMA = schema()
 
+#: The cluster's tables, as the schema script creates them.
+TABLES = ("uacregistrant_members", "uacregistrant_slots", "uacregistrant_records")
+
+_MISSING_SQL = """
+SELECT t.name FROM unnest(%s::text[]) AS t(name) WHERE to_regclass(t.name) IS NULL ORDER BY t.name
+"""
+
 _SETTINGS_SQL = """
 SELECT count(set_config(s.name, s.value, false))
   FROM unnest(%s::text[], %s::text[]) AS s(name, value)
@@ -258,7 +265,19 @@ class PostgresCoordinator:
         def create(cursor: Any) -> Any:
             # Two nodes starting at once would race on CREATE TABLE IF NOT EXISTS.
             yield cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            yield cursor.execute(SCHEMA)
+            # Tables a DBA created are used as they are: a role without DDL
+            # rights cannot even run CREATE TABLE IF NOT EXISTS on them.
+            yield cursor.execute(_MISSING_SQL, (list(TABLES),))
+            missing = [str(name) for (name,) in cursor.fetchall()]
+            if missing:
+                try:
+                    yield cursor.execute(SCHEMA)
+                except psycopg2.errors.InsufficientPrivilege as e:
+                    raise CoordinatorError(
+                        f"cluster database {self._where()}: cannot create {', '.join(missing)} ({_first_line(Failure(e))}): "
+                        "have the DBA run uacregistrant/store/schema/cluster-postgres.sql and grant this role "
+                        "SELECT, INSERT, UPDATE, DELETE on its tables"
+                    ) from None
             yield cursor.execute(_SLOTS_SQL, (self.cluster, SLOTS))
 
         return self._call("start", lambda c: _transaction(c, create)).addCallback(lambda _: None)

@@ -126,6 +126,9 @@ class OperationsTests(ProcessTestCase):
             wait_for(lambda: [r["state"] for r in records(control).values()] == ["REGISTERED_STATE"] * 2)
             pings = len([m for m in notify.read() if m.get("WATCHDOG") == "1"])
             time.sleep(1.2)
+            # Every 10 s a status line with the counts by state.
+            wait_for(lambda: any(m.get("STATUS", "").startswith("2 records: 2 registered, 0 failing, 2 bindings held") for m in notify.read()),
+                     timeout=25)
             self.assertGreater(len([m for m in notify.read() if m.get("WATCHDOG") == "1"]), pings)
 
             # Prometheus: /healthz is ok, /metrics counts what reg_stats counts.

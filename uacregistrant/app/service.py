@@ -48,7 +48,7 @@ from uacregistrant.control.metrics import HealthCheck, HealthPage, MetricsPage, 
 from uacregistrant.control.mi import mi_site
 from uacregistrant.control.protocol import ControlFactory
 from uacregistrant.core.counters import SipCounters
-from uacregistrant.core.registrant import FAILURE_STATES, Policy, Registrant
+from uacregistrant.core.registrant import FAILURE_STATES, Policy, RegState, Registrant
 from uacregistrant.core.registry import Registry
 from uacregistrant.core.socketspec import SocketSpec
 from uacregistrant.net.incoming import RequestAnswerer
@@ -312,6 +312,9 @@ class RegistrantService(MultiService):
         for control in settings.control:
             listener = ControlListener(endpoints.serverFromString(reactor, control.description), factory, on_listening=control.apply_ownership)
             listener.setServiceParent(self)
+        #: Counts of the records by state, a slice per reactor turn (metrics, systemd's status).
+        self.census = RecordCensus(self.registry, clock, holds=cluster.holds if cluster is not None else None,
+                                   per_registrar=settings.metrics_per_registrar)
         self.metrics: MetricsPage | None = None
         if settings.metrics is not None:
             self._serve_metrics(settings.metrics.description)
@@ -325,9 +328,7 @@ class RegistrantService(MultiService):
 
     def _serve_metrics(self, description: str) -> None:
         """Prometheus's /metrics and /healthz on C{description}."""
-        settings, clock, cluster = self.settings, self._clock, self.cluster
-        census = RecordCensus(self.registry, clock, holds=cluster.holds if cluster is not None else None,
-                              per_registrar=settings.metrics_per_registrar)
+        settings, clock, census = self.settings, self._clock, self.census
         collector = RegistrantCollector(census, self.counters, db_up=lambda: bool(self.store.connected), last_load=lambda: self.loader.last_loaded)
         self.metrics = MetricsPage(census, collector)
         health = HealthPage(HealthCheck(clock, loaded=lambda: self.loader.loaded, walking=lambda: self.walk.walking,
@@ -344,12 +345,19 @@ class RegistrantService(MultiService):
         super().setServiceParent(parent)
 
     def _status_line(self) -> str:
-        """What systemd shows (cheap: no walk over the records)."""
+        """What systemd shows: the last count of the records by state (the next one is started if it is stale)."""
+        self.census.current().addErrback(lambda f: _log.failure("counting the records failed", f))
+        last = self.census.last
         counters = self.counters
-        return (
-            f"{len(self.registry)} records; {counters.requests_sent} requests sent, "
-            f"{counters.timeouts} timeouts, {counters.lapsed_registrations} lapsed"
-        )
+        if last is None:
+            counted = f"{len(self.registry)} records"
+        else:
+            failing = sum(last.states[state] for state in FAILURE_STATES)
+            counted = (
+                f"{sum(last.states)} records: {last.states[RegState.REGISTERED_STATE]} registered, {failing} failing, "
+                f"{last.bindings_held} bindings held"
+            )
+        return f"{counted}; {counters.requests_sent} requests sent, {counters.timeouts} timeouts, {counters.lapsed_registrations} lapsed"
 
     def _make_resolver(self) -> IResolver:
         """The DNS resolver, made on the first lookup: --nameserver's, else the system's."""

@@ -94,6 +94,17 @@ class DaemonLogTests(SynchronousTestCase):
         self.assertIn("third", new_text)
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o640)
 
+    def test_file_given_to_the_service_user(self) -> None:
+        """Under -u/-g (twistd opens the log as root) the file is the service user's, so it can reopen it later."""
+        if os.geteuid() != 0:
+            raise self.skipTest("only root can give a file away")  # type: ignore[misc]
+        path = os.path.abspath(self.mktemp())
+        log = daemon_log({"logfile": path, "uid": 65534, "gid": 65534}, "json")
+        assert log is not None and log.file is not None
+        self.addCleanup(log.file.close)
+        info = os.stat(path)
+        self.assertEqual((info.st_uid, info.st_gid, info.st_mode & 0o777), (65534, 65534, 0o640))
+
     def test_rotate_as_twistd(self) -> None:
         path = os.path.abspath(self.mktemp())
         file = ReopenableLog(path)

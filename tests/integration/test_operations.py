@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sqlite3
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from uacregistrant.control.ctl import request
 
 from .helpers import PATIENCE, TWISTD, ProcessTestCase, free_udp_port, make_table, records, wait_for
+from .test_mi_clients import client
 
 USERS = {f"u{i}": {"password": f"pw{i}"} for i in range(3)}
 
@@ -146,6 +148,11 @@ class OperationsTests(ProcessTestCase):
             self.assertEqual(answer["id"], "4242")
             self.assertEqual(sorted(r["state"] for r in answer["result"]["Records"]), ["REGISTERED_STATE"] * 2)
             self.assertIn("uac_registrant:list", json_rpc(mi, "which", {})["result"])
+            # ... and the real OpenSIPS client against the daemon's --mi-http.
+            listed = subprocess.run([client("opensips-mi"), "-t", "http", "-i", "127.0.0.1", "-p", str(mi), "uac_registrant:list"],
+                                    capture_output=True, text=True, timeout=PATIENCE, env={**os.environ, "HOME": str(self.directory)})
+            self.assertEqual(listed.returncode, 0, listed.stdout + listed.stderr)
+            self.assertEqual(sorted(r["AOR"] for r in json.loads(listed.stdout)["Records"]), ["sip:u0@test.invalid", "sip:u1@test.invalid"])
 
             # Every log line is one JSON object with time, level, namespace and message.
             lines = log_lines()

@@ -67,6 +67,8 @@ class TableLoader(Service):
         self._start_retry: IDelayedCall | None = None
         #: Whether a full pass has completed.
         self.loaded = False
+        # Those sharing the pass that waits for the running one (None: none waits).
+        self._queued: list[defer.Deferred[dict[str, int]]] | None = None
         #: When the last full pass completed (C{clock.seconds()}), or C{None}.
         self.last_loaded: float | None = None
 
@@ -115,11 +117,39 @@ class TableLoader(Service):
     def reload(self, initial: bool = False) -> defer.Deferred[dict[str, int]]:
         """
         A full pass over the table (one at a time): add, change, retire.
+        Asked for while one pass runs and another already waits, it shares
+        the waiting one (which reads the table after this request anyway):
+        a burst of reloads (SIGHUPs, MI notifications) costs two passes at
+        most.
 
         @param initial: the first load (its records are new and wait for
             their bucket's visit; see L{TableSync.full}).
         """
-        return self._lock.run(self._full_pass, initial)
+        if self._queued is not None:
+            shared: defer.Deferred[dict[str, int]] = defer.Deferred()
+            self._queued.append(shared)
+            return shared
+        waiters: list[defer.Deferred[dict[str, int]]] = []
+        started: list[bool] = []
+
+        def begin() -> defer.Deferred[dict[str, int]]:
+            started.append(True)
+            if self._queued is waiters:
+                self._queued = None
+            return self._full_pass(initial)
+
+        def share(result: Any) -> Any:
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
+            return result
+
+        d = self._lock.run(begin)
+        if not started:
+            self._queued = waiters
+        return d.addBoth(share)
 
     def _full_pass(self, initial: bool = False) -> defer.Deferred[dict[str, int]]:
         full = self._sync.full(initial)

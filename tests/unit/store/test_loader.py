@@ -224,6 +224,41 @@ class TableLoaderTests(SynchronousTestCase):
         self.assertFalse(loader.busy)
         self.assertEqual(len(self.passes), 3)
 
+    def test_burst_of_reloads_costs_two_passes(self) -> None:
+        """
+        Reloads asked for while one pass runs share the one pass waiting
+        for it (it reads the table after them all): 500 SIGHUPs or MI
+        notifications are two passes, and each caller gets its counts.
+        """
+        loader = self.loader()
+        self.store.hold = True
+        first = loader.reload()
+        burst = [loader.reload() for _ in range(500)]
+        self.assertEqual(len(self.store.load_calls), 2)
+        self.store.hold = False
+        self.store.release()
+        self.successResultOf(first)
+        results = [self.successResultOf(d) for d in burst]
+        self.assertEqual(len(self.store.load_calls), 3)
+        self.assertEqual({r["unchanged"] for r in results}, {5})
+        self.assertFalse(loader.busy)
+        # Once nothing waits, a reload is a pass of its own again.
+        self.successResultOf(loader.reload())
+        self.assertEqual(len(self.store.load_calls), 4)
+
+    def test_shared_pass_failure_reaches_every_caller(self) -> None:
+        """A waiting pass that fails fails for everyone who shared it."""
+        loader = self.loader()
+        self.store.hold = True
+        first = loader.reload()
+        shared = [loader.reload() for _ in range(3)]
+        self.store.hold = False
+        self.store.load_failures = 1
+        self.store.release()
+        self.successResultOf(first)
+        for d in shared:
+            self.failureResultOf(d, StoreError)
+
     def test_poll_during_a_pass_skipped(self) -> None:
         """Polls run every poll_interval after the first load; one due while a pass runs is skipped."""
         loader = self.loader(poll_interval=10)

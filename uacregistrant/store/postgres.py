@@ -24,7 +24,7 @@ import json
 import re
 import socket
 from typing import Any, Callable, cast
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import psycopg2
 from psycopg2 import errors as pg_errors
@@ -66,12 +66,18 @@ NOTIFY_SQL_FILE = "registrant-notify-postgres.sql"
 
 
 def redact(url: str) -> str:
-    """The URL with its password replaced, for logs and errors."""
+    """The URL with its password replaced (in the user part and as C{?password=}), for logs and errors."""
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(name.lower() == "password" for name, _ in pairs):
+        query = urlencode([(name, "***" if name.lower() == "password" else value) for name, value in pairs], safe="*/")
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+    # Written out: urlunsplit would drop the // of an empty host (postgresql:///db?host=/run/...).
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def channel_name(table: str) -> str:

@@ -239,3 +239,22 @@ class SqliteStoreHardeningTests(SynchronousTestCase):
         self.assertEqual(len(self.rows(store)), 1)  # the copy held open
         self.table(path, 4)  # fixed in place: same file, the table created now
         self.assertEqual(len(self.rows(store)), 4)
+
+
+class RedactTests(SynchronousTestCase):
+    """URLs in logs and errors never carry a password, in the user part or the query."""
+
+    def test_passwords_hidden_everything_else_kept(self) -> None:
+        """A password in either place becomes ***; a URL without one is returned as it was."""
+        from uacregistrant.store.postgres import redact
+
+        cases = {
+            "postgres://u:s3cret@h:5432/db": "postgres://u:***@h:5432/db",
+            "postgres://u@h/db?password=s3cret": "postgres://u@h/db?password=***",
+            "postgresql://u:pw@h/db?sslmode=require&PASSWORD=x": "postgresql://u:***@h/db?sslmode=require&PASSWORD=***",
+            "postgresql:///db?host=/run/postgresql&password=zz": "postgresql:///db?host=/run/postgresql&password=***",
+            "postgresql:///db?host=/run/postgresql": "postgresql:///db?host=/run/postgresql",
+            "postgres://u@h/db": "postgres://u@h/db",
+        }
+        for url, expected in cases.items():
+            self.assertEqual(redact(url), expected, url)

@@ -171,6 +171,37 @@ def _is_socket(path: str) -> bool:
         return False
 
 
+def _split(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """An endpoint's kind (lower case), positional parts and named parts."""
+    parts = split_description(description.strip())
+    positional = [p for p in parts[1:] if "=" not in p]
+    named = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    return parts[0].lower(), positional, named
+
+
+def _tcp(kind: str, positional: list[str], named: dict[str, str], what: str, description: str, loopback: bool = False) -> ControlEndpoint:
+    """
+    C{tcp:PORT[:interface=IP]} (C{tcp6}: ::1 by default, else 127.0.0.1);
+    the interface an IP address, a loopback one if C{loopback}.
+    """
+    port = parse_digits(named.pop("port", "") or (positional[0] if positional else ""), 65535)
+    if port is None:
+        raise ControlEndpointError(f"{what} endpoint {description!r}: the port must be 0-65535 in ASCII digits")
+    interface = named.pop("interface", "::1" if kind == "tcp6" else "127.0.0.1")
+    named.pop("backlog", None)
+    if named or len(positional) > 1:
+        raise ControlEndpointError(f"{what} endpoint {description!r}: unknown part(s) {', '.join(list(named) or positional[1:])}")
+    try:
+        address = ipaddress.ip_address(interface)
+    except ValueError:
+        address = None
+    if loopback and (address is None or not address.is_loopback):
+        raise ControlEndpointError(f"{what} endpoint {description!r} must listen on a loopback interface")
+    if address is None:
+        raise ControlEndpointError(f"{what} endpoint {description!r}: interface must be an IP address")
+    return ControlEndpoint("tcp", port=port, interface=str(address))
+
+
 def parse_http(description: str, what: str) -> ControlEndpoint:
     """
     Parse an HTTP endpoint (C{what}: metrics, MI): C{tcp:PORT} on 127.0.0.1
@@ -180,24 +211,10 @@ def parse_http(description: str, what: str) -> ControlEndpoint:
     @raise ControlEndpointError: for another kind, a bad port, or an
         interface that is not an IP address.
     """
-    parts = split_description(description.strip())
-    kind = parts[0].lower()
-    positional = [p for p in parts[1:] if "=" not in p]
-    named = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    kind, positional, named = _split(description)
     if kind not in ("tcp", "tcp6"):
         raise ControlEndpointError(f"{what} endpoint {description!r} must be tcp:PORT[:interface=IP]")
-    port = parse_digits(named.pop("port", "") or (positional[0] if positional else ""), 65535)
-    if port is None:
-        raise ControlEndpointError(f"{what} endpoint {description!r}: the port must be 0-65535 in ASCII digits")
-    interface = named.pop("interface", "::1" if kind == "tcp6" else "127.0.0.1")
-    named.pop("backlog", None)
-    if named or len(positional) > 1:
-        raise ControlEndpointError(f"{what} endpoint {description!r}: unknown part(s) {', '.join(list(named) or positional[1:])}")
-    try:
-        interface = str(ipaddress.ip_address(interface))
-    except ValueError:
-        raise ControlEndpointError(f"{what} endpoint {description!r}: interface must be an IP address") from None
-    return ControlEndpoint("tcp", port=port, interface=interface)
+    return _tcp(kind, positional, named, what, description)
 
 
 def parse_control(description: str) -> ControlEndpoint:
@@ -211,10 +228,7 @@ def parse_control(description: str) -> ControlEndpoint:
     @raise ControlEndpointError: for another kind, a bad port or mode, an
         unknown user or group, or a non-loopback interface.
     """
-    parts = split_description(description.strip())
-    kind = parts[0].lower()
-    positional = [p for p in parts[1:] if "=" not in p]
-    named = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    kind, positional, named = _split(description)
     if kind == "unix":
         path = named.pop("address", None) or (positional[0] if positional else "")
         mode = named.pop("mode", "600")
@@ -229,21 +243,7 @@ def parse_control(description: str) -> ControlEndpoint:
             raise ControlEndpointError(f"control endpoint {description!r}: unknown part(s) {', '.join(list(named) or positional[1:])}")
         return ControlEndpoint("unix", path=path, mode=mode, owner=owner, group=group)
     if kind in ("tcp", "tcp6"):
-        port_text = named.pop("port", None) or (positional[0] if positional else "")
-        port = parse_digits(port_text, 65535)
-        if port is None:
-            raise ControlEndpointError(f"control endpoint {description!r}: the port must be 0-65535 in ASCII digits")
-        interface = named.pop("interface", "::1" if kind == "tcp6" else "127.0.0.1")
-        named.pop("backlog", None)
-        if named or len(positional) > 1:
-            raise ControlEndpointError(f"control endpoint {description!r}: unknown part(s) {', '.join(list(named) or positional[1:])}")
-        try:
-            loopback = ipaddress.ip_address(interface).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise ControlEndpointError(f"control endpoint {description!r} must listen on a loopback interface")
-        return ControlEndpoint("tcp", port=port, interface=interface)
+        return _tcp(kind, positional, named, "control", description, loopback=True)
     raise ControlEndpointError(f"control endpoint {description!r} must be unix:PATH or tcp:PORT")
 
 

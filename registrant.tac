@@ -26,5 +26,9 @@ except ConfigError as e:
     # One line and a non-zero exit, as the plugin does (no traceback).
     print(f"uacregistrant: cannot start: {e}", file=sys.stderr)
     raise SystemExit(1) from None
+if settings.log_format == "json":
+    # twistd has chosen the log before reading this file: JSON comes from its --logger.
+    print("uacregistrant: log_format applies to 'twistd uacregistrant'; with a .tac file use "
+          "twistd --logger=uacregistrant.app.logs.json_observer", file=sys.stderr)
 application = service.Application("uacregistrant")
 registrant.setServiceParent(application)

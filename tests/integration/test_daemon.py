@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
+import sqlite3
 import stat
 import subprocess
-
 
 from uacregistrant.control.ctl import main as ctl_main
 from uacregistrant.control.ctl import request
 
-from .helpers import PATIENCE, ProcessTestCase, ROOT, TWISTD, environment, free_udp_port, make_table, records, wait_for
+from .helpers import PATIENCE, ROOT, TWISTD, ProcessTestCase, environment, free_udp_port, make_table, records, wait_for
 
 USERS = {
     "md5": {"password": "p-md5"},
@@ -317,3 +318,11 @@ class DaemonTests(ProcessTestCase):
         )
         self.processes.children.append(env_child)
         wait_for(lambda: records(control).get("tac", {}).get("state") == "REGISTERED_STATE")
+        # SIGHUP re-reads the table (a row disabled meanwhile is un-registered) and never stops the daemon.
+        table = sqlite3.connect(db)
+        table.execute("UPDATE registrant SET state = 1")
+        table.commit()
+        table.close()
+        env_child.send_signal(signal.SIGHUP)
+        wait_for(lambda: records(control).get("tac", {}).get("state") == "NOT_REGISTERED_STATE")
+        self.assertIsNone(env_child.poll(), "SIGHUP stopped the .tac daemon")

@@ -30,6 +30,7 @@ def unit(path: Path) -> configparser.RawConfigParser:
 
 class UnitTests(SynchronousTestCase):
     def test_notify_watchdog_reload_hardening(self) -> None:
+        """Type=notify, a watchdog, reload by SIGHUP, a service user and the hardening options."""
         for path in UNITS:
             service = unit(path)["Service"]
             self.assertEqual(service["Type"], "notify", path.name)
@@ -42,6 +43,7 @@ class UnitTests(SynchronousTestCase):
         self.assertEqual(unit(UNITS[0])["Service"]["StateDirectory"], "uacregistrant")
 
     def test_exec_start_is_the_plugin(self) -> None:
+        """ExecStart's plugin arguments parse as the plugin's options."""
         for path in UNITS:
             words = shlex.split(unit(path)["Service"]["ExecStart"])
             self.assertTrue(words[0].endswith("/twistd"))
@@ -56,6 +58,7 @@ class UnitTests(SynchronousTestCase):
             self.assertEqual(options.settings.log_format, "json")
 
     def test_systemd_accepts_them(self) -> None:
+        """systemd-analyze verify finds nothing but the absent binary."""
         analyze = shutil.which("systemd-analyze")
         if analyze is None:
             raise self.skipTest("systemd-analyze is not installed")  # type: ignore[misc]
@@ -71,6 +74,7 @@ class UnitTests(SynchronousTestCase):
 
 class LogrotateTests(SynchronousTestCase):
     def test_reopen_by_sighup(self) -> None:
+        """logrotate creates the file for the service user and sends SIGHUP; copytruncate is the documented alternative."""
         text = (CONTRIB / "logrotate" / "uacregistrant").read_text()
         self.assertIn("create 0640 uacregistrant", text)
         self.assertIn("--signal=HUP", text)

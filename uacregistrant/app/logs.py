@@ -23,7 +23,6 @@ import sys
 from typing import IO, Any, Callable, Mapping
 
 from twisted.logger import FileLogObserver, ILogObserver, LogEvent, formatEvent, textFileLogObserver
-from twisted.python.logfile import LogFile
 
 #: Event fields never written (they are Twisted's own bookkeeping).
 _INTERNAL = frozenset({"log_logger", "log_source", "log_format", "log_trace", "log_io", "log_legacy", "log_text", "message", "format"})
@@ -35,13 +34,18 @@ class ReopenableLog:
     """
     A log file by path: appended to, reopened on request (after
     C{logrotate} moved it), rotated on request as twistd does
-    (C{path.1}, C{path.2}, ...).
+    (C{path.1}, C{path.2}, ...).  A reopen or rotation that fails keeps
+    the file it had: the log never goes silent for a bad path.
     """
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
-        directory, name = os.path.split(self.path)
-        self._file = LogFile(name, directory, rotateLength=None, defaultMode=0o640)
+        self._file = self._open()
+
+    def _open(self) -> IO[str]:
+        """The path opened for appending (created with mode 0640)."""
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return os.fdopen(descriptor, "a", encoding="utf-8", errors="replace")
 
     def write(self, text: str) -> None:
         """Append C{text}."""
@@ -52,12 +56,32 @@ class ReopenableLog:
         self._file.flush()
 
     def reopen(self) -> None:
-        """Close and open the path again (a new file if it was moved away)."""
-        self._file.reopen()
+        """
+        Open the path again (a new file if it was moved away), then close
+        the old one; if the path cannot be opened, keep the old one.
+
+        @raise OSError: the path could not be opened (the old file stays).
+        """
+        new = self._open()
+        old, self._file = self._file, new
+        old.close()
 
     def rotate(self) -> None:
-        """Move the file to C{path.1} (older ones up by one) and start a new one."""
-        self._file.rotate()
+        """
+        Move the file to C{path.1} (C{path.1} to C{path.2}, and so on) and
+        start a new one, as twistd's SIGUSR1 does.
+
+        @raise OSError: a move failed (the directory is not writable, say);
+            the file stays as it was.
+        """
+        self._file.flush()
+        taken = 0
+        while os.path.exists(f"{self.path}.{taken + 1}"):
+            taken += 1
+        for n in range(taken, 0, -1):
+            os.rename(f"{self.path}.{n}", f"{self.path}.{n + 1}")
+        os.rename(self.path, f"{self.path}.1")
+        self.reopen()
 
     def give_to(self, uid: int | None, gid: int | None) -> None:
         """Make the file the service user's, so that it can reopen it after dropping root."""
@@ -145,6 +169,15 @@ def daemon_log(twistd: Mapping[str, Any], log_format: str, stdout: IO[str] | Non
     file = ReopenableLog(path or "twistd.log")
     file.give_to(twistd.get("uid"), twistd.get("gid"))
     return DaemonLog(observer_for(file, log_format), file)
+
+
+def json_observer() -> ILogObserver:
+    """
+    JSON lines on standard output, for twistd's C{--logger}
+    (C{twistd --logger=uacregistrant.app.logs.json_observer -ny
+    registrant.tac}: a .tac file gets no C{--log-format}).
+    """
+    return observer_for(sys.stdout, "json")
 
 
 def on_signal(signum: int, call: Callable[[], object], call_from_thread: Callable[..., Any]) -> None:

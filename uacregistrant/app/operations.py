@@ -3,7 +3,7 @@
 The daemon as the operating system and the operator's tools see it:
 systemd's notifications, signals, the log, and a warning when run as root.
 
-Signals (installed only when the daemon runs under twistd):
+Signals (installed when the daemon runs, by the plugin or a .tac file):
   - SIGTERM, SIGINT: stop (un-registering, or handing over in a cluster).
   - SIGHUP: re-read the table (as C{reg_reload}) and reopen the log file.
   - SIGUSR1: rotate the log file as twistd does (C{FILE.1}, ...).
@@ -34,8 +34,11 @@ class OperationsService(MultiService):
 
     @param reload: re-reads the table (SIGHUP).
     @param status: the one-line status systemd shows.
-    @param twistd: twistd's options (empty when not run by twistd: no
-        signal handlers then, and no root warning).
+    @param call_from_thread: the reactor's, when this is the running
+        daemon: the signal handlers hand their work to it (none are
+        installed without it, nor is root warned about).
+    @param uid: the process's user id once started (twistd's C{-u} has
+        taken effect by then).
     """
 
     def __init__(
@@ -43,15 +46,15 @@ class OperationsService(MultiService):
         clock: IReactorTime,
         reload: Callable[[], defer.Deferred[Any]],
         status: Callable[[], str],
-        twistd: Mapping[str, Any],
         log: DaemonLog | None = None,
         notifier: SystemdNotifier | None = None,
         call_from_thread: Callable[..., Any] | None = None,
         environ: Mapping[str, str] | None = None,
+        uid: Callable[[], int] = os.getuid,
     ) -> None:
         super().__init__()
         self._reload = reload
-        self._twistd = twistd
+        self._uid = uid
         self.log = log
         self._call_from_thread = call_from_thread
         self.systemd = SystemdService(notifier or SystemdNotifier(environ), clock, status, watchdog_interval(environ))
@@ -61,12 +64,12 @@ class OperationsService(MultiService):
         """Say which version starts, warn about root, install the signal handlers, start telling systemd."""
         super().startService()
         _log.info("uacregistrant {version} starting (Python {python})", version=__version__, python=platform.python_version())
-        if self._twistd:
-            if os.getuid() == 0 and self._twistd.get("uid") is None:
+        if self._call_from_thread is not None:
+            # twistd starts the services after -u/-g took effect: still root means no -u.
+            if self._uid() == 0:
                 _log.warn("running as root: give twistd -u USER -g GROUP (or systemd's User=) to drop privileges once the sockets are bound")
-            if self._call_from_thread is not None:
-                on_signal(signal.SIGHUP, self.hangup, self._call_from_thread)
-                on_signal(signal.SIGUSR1, self.rotate_log, self._call_from_thread)
+            on_signal(signal.SIGHUP, self.hangup, self._call_from_thread)
+            on_signal(signal.SIGUSR1, self.rotate_log, self._call_from_thread)
 
     def loaded(self) -> None:
         """The first table load is done."""
@@ -81,10 +84,16 @@ class OperationsService(MultiService):
         if self.log is not None:
             try:
                 self.log.reopen()
-            except OSError as e:
-                _log.error("SIGHUP: cannot reopen the log file: {error}", error=e.strerror or str(e))
-        _log.info("SIGHUP: log file reopened; re-reading the table")
-        d = self._reload()
+            except Exception as e:  # the old file stays: log there, and re-read the table all the same
+                _log.error("SIGHUP: cannot reopen the log file (still writing to the old one): {error}", error=_reason(e))
+            else:
+                _log.info("SIGHUP: log file reopened")
+        _log.info("SIGHUP: re-reading the table")
+        try:
+            d = self._reload()
+        except Exception as e:
+            _log.error("SIGHUP: re-reading the table failed: {error}", error=_reason(e))
+            return defer.succeed(None)
 
         def failed(reason: Any) -> None:
             _log.warn("SIGHUP: re-reading the table failed: {error}", error=reason.getErrorMessage())
@@ -96,5 +105,9 @@ class OperationsService(MultiService):
         if self.log is not None:
             try:
                 self.log.rotate()
-            except OSError as e:
-                _log.error("SIGUSR1: cannot rotate the log file: {error}", error=e.strerror or str(e))
+            except Exception as e:
+                _log.error("SIGUSR1: cannot rotate the log file (still writing to it): {error}", error=_reason(e))
+
+
+def _reason(error: Exception) -> str:
+    return (error.strerror if isinstance(error, OSError) else None) or str(error) or type(error).__name__

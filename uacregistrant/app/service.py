@@ -167,16 +167,16 @@ class RegistrantService(MultiService):
         checks: Callable[[Settings, IRegistrantStore], None] = preflight,
         coordinator: ICoordinator | None = None,
         monotonic: Callable[[], float] = time.monotonic,
-        twistd: Mapping[str, Any] | None = None,
         log: DaemonLog | None = None,
+        signals: bool = False,
     ) -> None:
         """
         @param coordinator: the cluster's coordinator (with C{--cluster};
             by default PostgreSQL's, on the table's database).
         @param monotonic: the clock the cluster's lease deadlines are kept on.
-        @param twistd: twistd's options when run by it (log file, -u/-g):
-            signal handlers are installed then.
         @param log: the log twistd is to use (L{daemon_log}).
+        @param signals: this is the running daemon: install the signal
+            handlers (SIGHUP, SIGUSR1).
         """
         super().__init__()
         self.settings = settings
@@ -308,8 +308,9 @@ class RegistrantService(MultiService):
             holds=cluster.holds if cluster is not None else None,
             cluster=self._cluster_nodes if cluster is not None else None,
         )
-        factory = ControlFactory(self.commands, clock, token_file=settings.control_token_file)
         for control in settings.control:
+            # A factory (and a connection count) per endpoint: a TCP port every local user reaches never fills the operators' socket.
+            factory = ControlFactory(self.commands, clock, token_file=settings.control_token_file)
             listener = ControlListener(endpoints.serverFromString(reactor, control.description), factory, on_listening=control.apply_ownership)
             listener.setServiceParent(self)
         #: Counts of the records by state, a slice per reactor turn (metrics, systemd's status).
@@ -322,7 +323,7 @@ class RegistrantService(MultiService):
             site = mi_site(self.commands, self.admin, clock, settings.mi_root)
             ControlListener(endpoints.serverFromString(reactor, settings.mi_http.description), site).setServiceParent(self)
         self.operations = OperationsService(
-            clock, self.reload, self._status_line, twistd or {}, log=log, call_from_thread=reactor.callFromThread if twistd else None,
+            clock, self.reload, self._status_line, log=log, call_from_thread=reactor.callFromThread if signals else None,
         )
         self.operations.setServiceParent(self)
 
@@ -575,7 +576,7 @@ def build_service(settings: Settings, reactor: Any | None = None, twistd: Mappin
 
         reactor = default_reactor
     log = daemon_log(twistd, settings.log_format) if twistd is not None else None
-    registrant = RegistrantService(settings, open_store(settings, reactor), reactor, twistd=twistd, log=log)
+    registrant = RegistrantService(settings, open_store(settings, reactor), reactor, log=log, signals=True)
     # The daemon owns its process: keep the cyclic GC's pauses short.
     FreezeSurvivors().setServiceParent(registrant)
     return registrant

@@ -81,6 +81,9 @@ class Settings:
     #: Where OpenSIPS's MI clients POST JSON-RPC (C{/mi_root}); C{None}: nowhere.
     mi_http: ControlEndpoint | None = None
     mi_root: str = "mi"
+    #: Let the MI change records (enable, disable, upsert, delete, reload,
+    #: force_register): it has no authentication, as OpenSIPS's mi_http.
+    mi_http_writes: bool = False
     #: File holding the token a TCP control connection must give first ("": none).
     control_token_file: str = ""
     #: The log's form: twistd's C{text}, or C{json} (one object per line).
@@ -145,7 +148,7 @@ _NAME = re.compile(r"[A-Za-z0-9._:@-]{0,63}")
 _MI_ROOT = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 #: name -> default; on the command line as --no-NAME (default on) or --NAME (default off).
-FLAGS: dict[str, bool] = {"db_notify": True, "unregister_on_shutdown": True, "tls_no_verify": False, "metrics_per_registrar": False}
+FLAGS: dict[str, bool] = {"db_notify": True, "unregister_on_shutdown": True, "tls_no_verify": False, "metrics_per_registrar": False, "mi_http_writes": False}
 LISTS = ("listen", "control", "nameserver")
 #: Settings the environment may give (between the TOML file and the command line).
 ENVIRONMENT = {"db_url": "UACREG_DB_URL"}
@@ -252,6 +255,12 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
     http = {name: _http(scalars[name], what) if scalars[name] else None for name, what in (("metrics", "metrics"), ("mi_http", "MI"))}
     if not _MI_ROOT.fullmatch(scalars["mi_root"]):
         raise ConfigError(f"invalid mi_root {scalars['mi_root'][:40]!r}: letters, digits, _ and - (the URL is /mi_root)")
+    mi = http["mi_http"]
+    if flags["mi_http_writes"] and (mi is None or not ipaddress.ip_address(mi.interface).is_loopback):
+        raise ConfigError(
+            "mi_http_writes needs mi_http on a loopback interface (the MI has no authentication: "
+            "anyone who reaches it could change the table)"
+        )
     if scalars["log_format"] not in ("text", "json"):
         raise ConfigError(f"invalid log_format {scalars['log_format'][:20]!r}: text or json")
     if (tls["tls_cert"] is None) != (tls["tls_key"] is None):
@@ -287,6 +296,7 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
         metrics_per_registrar=flags["metrics_per_registrar"],
         mi_http=http["mi_http"],
         mi_root=scalars["mi_root"],
+        mi_http_writes=flags["mi_http_writes"],
         control_token_file=scalars["control_token_file"],
         log_format=scalars["log_format"],
     )

@@ -141,7 +141,10 @@ class SystemdService(Service):
         self._notifier.notify(stopping="1", status="stopping: un-registering")
 
     def stopService(self) -> None:
-        """Stop the loops; the last pings go on until the reactor stops (un-registering takes time)."""
+        """
+        Stop the loops.  The daemon stops this child last, after
+        un-registering: the pings go on while that takes its time.
+        """
         super().stopService()
         for loop in (self._status_loop, self._watchdog):
             if loop.running:

@@ -59,7 +59,8 @@ _DESCRIPTIONS = {
     "node_name": "This node's name in the cluster (empty: host name and first listen port)",
     "cluster_lease": "Seconds a node's lease lasts; a dead node's records are taken over within twice this",
     "metrics": "Serve Prometheus /metrics and /healthz on tcp:PORT (loopback unless :interface=IP is given) (empty: off)",
-    "mi_http": "Serve OpenSIPS's MI as JSON-RPC over HTTP (POST /MI-ROOT) on tcp:PORT (loopback unless :interface=IP) (empty: off)",
+    "mi_http": "Serve OpenSIPS's MI as JSON-RPC over HTTP (POST /MI-ROOT) on tcp:PORT (loopback unless :interface=IP); "
+    "read-only (which, reg_list) unless --mi-http-writes (empty: off)",
     "mi_root": "URL path of the MI endpoint",
     "control_token_file": (
         "File (mode 0600, refused otherwise) whose first line (16 characters at least, e.g. openssl rand -hex 32) "
@@ -104,6 +105,8 @@ class Options(usage.Options):
         ["no-unregister-on-shutdown", None, "Leave the bindings registered when stopping"],
         ["tls-no-verify", None, "Do not check registrars' TLS certificates (insecure; logged and shown in reg_stats)"],
         ["metrics-per-registrar", None, "Also count records by state per registrar host in /metrics"],
+        ["mi-http-writes", None, "Let the MI change records (enable, disable, upsert, delete, reload, force_register); "
+         "it has no authentication: every local user can then change the table (loopback --mi-http only)"],
     ]
 
     def __init__(self) -> None:

@@ -58,7 +58,11 @@ MAX_AUTH_FAILURES = 3
 #: Lines a TCP connection may send before giving the token, at most.
 MAX_UNAUTHENTICATED = 10
 #: Seconds a TCP connection has to give the token.
-AUTH_TIMEOUT = 30.0
+AUTH_TIMEOUT = 5.0
+#: TCP connections waiting to give the token, at most per endpoint (the
+#: others are refused at once: a client without the token cannot use up
+#: the connections of those who have it).
+MAX_WAITING_FOR_AUTH = 4
 _UNAUTHORIZED = b"401 Unauthorized\n\n"
 
 
@@ -83,6 +87,8 @@ class ControlProtocol(LineOnlyReceiver):
         self._token = token
         #: Whether commands may run (always on a UNIX socket).
         self.authenticated = not authenticate
+        #: Counted among its factory's connections waiting for the token.
+        self.waiting_for_auth = False
         self._auth_failures = 0
         self._unauthenticated_lines = 0
         self._auth_deadline: IDelayedCall | None = None
@@ -196,12 +202,20 @@ class ControlProtocol(LineOnlyReceiver):
             if self._token is not None and hmac.compare_digest(rest.strip().encode("utf-8"), self._token):
                 self.authenticated = True
                 self._cancel_auth_deadline()
+                self._stop_waiting_for_auth()
                 self.transport.write(b"200 OK\n\n")
                 return
             self._auth_failures += 1
         self.transport.write(_UNAUTHORIZED)
         if self._auth_failures >= MAX_AUTH_FAILURES or self._unauthenticated_lines >= MAX_UNAUTHENTICATED:
             self._hang_up()
+
+    def _stop_waiting_for_auth(self) -> None:
+        """This connection no longer waits for its token (it gave it, or it is gone)."""
+        factory = self.factory
+        if self.waiting_for_auth and isinstance(factory, ControlFactory):
+            self.waiting_for_auth = False
+            factory.waiting_for_auth -= 1
 
     def _auth_timed_out(self) -> None:
         self._auth_deadline = None
@@ -371,6 +385,7 @@ class ControlProtocol(LineOnlyReceiver):
         for call in (self._next_turn, self._idle, self._abort, self._auth_deadline):
             if call is not None and call.active():
                 call.cancel()
+        self._stop_waiting_for_auth()
         factory = self.factory
         if isinstance(factory, ControlFactory):
             factory.connections -= 1
@@ -387,18 +402,24 @@ def _first_word(text: str) -> tuple[str, str]:
 
 
 class _Refuse(Protocol):
-    """Says why and hangs up (too many control connections)."""
+    """Says why and hangs up (too many connections)."""
+
+    def __init__(self, reason: str) -> None:
+        self._reason = reason
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.transport.write(f"503 Too many control connections (at most {MAX_CONNECTIONS})\n\n".encode())
+        self.transport.write(f"503 {self._reason}\n\n".encode())
         self.transport.loseConnection()
 
 
 class ControlFactory(Factory):
     """
     Builds a L{ControlProtocol} per connection, at most L{MAX_CONNECTIONS}
-    at once.  TCP connections must authenticate with the token of
+    at once, of which at most L{MAX_WAITING_FOR_AUTH} TCP connections that
+    have not given the token yet.  One factory per endpoint: connections to
+    one (a TCP port any local user reaches) never crowd out another's (the
+    operators' UNIX socket).  TCP connections must authenticate with the token of
     C{token_file} (read when the first endpoint starts listening; without
     one, no TCP connection can run a command); UNIX socket connections
     need not.
@@ -408,6 +429,8 @@ class ControlFactory(Factory):
         self.commands = commands
         self.clock = clock
         self.connections = 0
+        #: TCP connections that have not given the token yet.
+        self.waiting_for_auth = 0
         self._token_file = token_file
         self._token: bytes | None = None
 
@@ -419,8 +442,14 @@ class ControlFactory(Factory):
     def buildProtocol(self, addr: object) -> Protocol:
         """A protocol bound to the shared command table, or a refusal."""
         if self.connections >= MAX_CONNECTIONS:
-            return _Refuse()
+            return _Refuse(f"Too many control connections (at most {MAX_CONNECTIONS})")
+        authenticate = isinstance(addr, (IPv4Address, IPv6Address))
+        if authenticate and self.waiting_for_auth >= MAX_WAITING_FOR_AUTH:
+            return _Refuse(f"Too many connections waiting to authenticate (at most {MAX_WAITING_FOR_AUTH})")
         self.connections += 1
-        protocol = ControlProtocol(self.commands, self.clock, authenticate=isinstance(addr, (IPv4Address, IPv6Address)), token=self._token)
+        protocol = ControlProtocol(self.commands, self.clock, authenticate=authenticate, token=self._token)
         protocol.factory = self
+        if authenticate:
+            protocol.waiting_for_auth = True
+            self.waiting_for_auth += 1
         return protocol

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
@@ -28,6 +29,7 @@ def event(**fields: object) -> dict[str, object]:
 
 class JsonLineTests(SynchronousTestCase):
     def test_fields(self) -> None:
+        """The event's time, level, namespace, message and own fields; objects left out."""
         line = json_line(event(aor="sip:a@x", state="REGISTRAR_ERROR_STATE", error="403 Forbidden", row_id=7, logger=object()))
         self.assertTrue(line.endswith("\n"))
         self.assertEqual(line.count("\n"), 1)
@@ -41,6 +43,7 @@ class JsonLineTests(SynchronousTestCase):
         self.assertNotIn("log_format", record)
 
     def test_one_line_whatever_the_fields_hold(self) -> None:
+        """CR, LF, escape sequences and huge values stay inside one line."""
         line = json_line(event(aor="sip:a@x\r\nFAKE=1", state="\x00\x1b[31m", error="é" * 5000))
         self.assertEqual(line.count("\n"), 1)
         record = json.loads(line)
@@ -48,6 +51,7 @@ class JsonLineTests(SynchronousTestCase):
         self.assertLessEqual(len(record["error"]), 2000)
 
     def test_failure_has_traceback(self) -> None:
+        """A failure's traceback is a field."""
         try:
             1 / 0
         except ZeroDivisionError:
@@ -56,17 +60,20 @@ class JsonLineTests(SynchronousTestCase):
         self.assertIn("ZeroDivisionError", record["traceback"])
 
     def test_bad_format_still_a_line(self) -> None:
+        """An event that cannot be formatted is still one line."""
         record = json.loads(json_line(event(log_format="{missing")))
         self.assertIn("Unable to format event", record["message"])
 
 
 class DaemonLogTests(SynchronousTestCase):
     def test_left_to_twistd(self) -> None:
+        """--syslog, --logger and a daemon logging to stdout are twistd's business."""
         self.assertIsNone(daemon_log({"syslog": True, "logfile": "x.log"}, "json"))
         self.assertIsNone(daemon_log({"logger": "my.observer"}, "text"))
         self.assertIsNone(daemon_log({"logfile": "-", "nodaemon": False}, "text"))
 
     def test_stdout(self) -> None:
+        """-n --logfile=-: standard output, nothing to reopen."""
         out = io.StringIO()
         log = daemon_log({"logfile": "-", "nodaemon": True}, "json", stdout=out)
         assert log is not None
@@ -77,6 +84,7 @@ class DaemonLogTests(SynchronousTestCase):
         log.rotate()
 
     def test_file_reopened_after_logrotate_moved_it(self) -> None:
+        """After logrotate moved the file, writes go to the old one until SIGHUP, then to a new one (mode 0640)."""
         path = os.path.abspath(self.mktemp())
         log = daemon_log({"logfile": path, "nodaemon": False}, "text")
         assert log is not None and log.file is not None
@@ -105,7 +113,41 @@ class DaemonLogTests(SynchronousTestCase):
         info = os.stat(path)
         self.assertEqual((info.st_uid, info.st_gid, info.st_mode & 0o777), (65534, 65534, 0o640))
 
+    def test_failed_reopen_keeps_the_old_file(self) -> None:
+        """A path that cannot be opened again (its directory gone) keeps the old file: nothing is lost in between."""
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        path = os.path.join(directory, "u.log")
+        file = ReopenableLog(path)
+        self.addCleanup(file.close)
+        file.write("before\n")
+        file.flush()
+        os.rename(directory, directory + ".gone")
+        with self.assertRaises(OSError):
+            file.reopen()
+        file.write("after\n")
+        file.flush()
+        with open(os.path.join(directory + ".gone", "u.log")) as f:
+            self.assertEqual(f.read(), "before\nafter\n")
+
+    def test_failed_rotation_keeps_the_file(self) -> None:
+        """A rotation that cannot move the file raises and the file stays in use."""
+        path = os.path.abspath(self.mktemp())
+        file = ReopenableLog(path)
+        self.addCleanup(file.close)
+        def refused(source: str, target: str) -> None:
+            raise PermissionError(13, "Permission denied")  # the directory is root's, the daemon not
+
+        self.patch(os, "rename", refused)
+        with self.assertRaises(OSError):
+            file.rotate()
+        file.write("still\n")
+        file.flush()
+        with open(path) as f:
+            self.assertEqual(f.read(), "still\n")
+
     def test_rotate_as_twistd(self) -> None:
+        """SIGUSR1 moves the file to FILE.1 and starts a new one."""
         path = os.path.abspath(self.mktemp())
         file = ReopenableLog(path)
         self.addCleanup(file.close)
@@ -127,7 +169,18 @@ class DaemonLogTests(SynchronousTestCase):
         self.assertFalse(os.path.exists(path + ".1"))
         self.assertGreater(os.path.getsize(path), 1_000_000)
 
+    def test_json_observer_for_twistd_logger(self) -> None:
+        """twistd --logger=uacregistrant.app.logs.json_observer: JSON lines on standard output."""
+        from twisted.python.reflect import namedAny
+
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        observer = namedAny("uacregistrant.app.logs.json_observer")()
+        observer(event(aor="sip:d@x", state="S", error="e"))
+        self.assertEqual(json.loads(out.getvalue())["aor"], "sip:d@x")
+
     def test_observer_receives_from_publisher(self) -> None:
+        """The observer works as twistd's global observer."""
         out = io.StringIO()
         log = daemon_log({"nodaemon": True}, "json", stdout=out)
         assert log is not None

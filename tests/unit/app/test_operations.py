@@ -21,12 +21,17 @@ from uacregistrant.app.systemd import SystemdNotifier
 
 
 class FakeLog(DaemonLog):
+    """Records reopen and rotate; C{broken} makes them fail."""
+
     def __init__(self) -> None:
         super().__init__(lambda event: None, None)
         self.calls: list[str] = []
+        self.broken: Exception | None = None
 
     def reopen(self) -> None:
         self.calls.append("reopen")
+        if self.broken is not None:
+            raise self.broken
 
     def rotate(self) -> None:
         self.calls.append("rotate")
@@ -46,15 +51,16 @@ class OperationsTests(SynchronousTestCase):
         self.reloads.append(d)
         return d
 
-    def service(self, twistd: dict[str, Any], call_from_thread: Any = None) -> OperationsService:
-        return OperationsService(self.clock, self.reload, lambda: "", twistd, log=self.log,
-                                 notifier=SystemdNotifier({}), call_from_thread=call_from_thread, environ={})
+    def service(self, call_from_thread: Any = None, uid: int = 1000) -> OperationsService:
+        return OperationsService(self.clock, self.reload, lambda: "", log=self.log, notifier=SystemdNotifier({}),
+                                 call_from_thread=call_from_thread, environ={}, uid=lambda: uid)
 
     def messages(self) -> list[str]:
         return [str(e.get("log_format", "")) for e in self.events]
 
     def test_hangup_reopens_then_reloads(self) -> None:
-        service = self.service({})
+        """SIGHUP reopens the log, then re-reads the table."""
+        service = self.service()
         d = service.hangup()
         self.assertEqual(self.log.calls, ["reopen"])
         self.assertEqual(len(self.reloads), 1)
@@ -62,26 +68,38 @@ class OperationsTests(SynchronousTestCase):
         self.successResultOf(d)
 
     def test_failed_reload_is_a_warning(self) -> None:
-        service = self.service({})
+        """A re-read that fails is a warning; the handler's Deferred does not fail."""
+        service = self.service()
         d = service.hangup()
         self.reloads[0].errback(RuntimeError("database away"))
         self.successResultOf(d)
         self.assertIn("SIGHUP: re-reading the table failed: {error}", self.messages())
 
+    def test_failed_reopen_still_reloads(self) -> None:
+        """Whatever the reopen raises, it is logged and the table is re-read all the same."""
+        service = self.service()
+        for broken in (FileNotFoundError(2, "No such file or directory"), AttributeError("_file")):
+            self.log.broken = broken
+            service.hangup()
+        self.assertEqual(len(self.reloads), 2)
+        self.assertEqual(self.messages().count("SIGHUP: cannot reopen the log file (still writing to the old one): {error}"), 2)
+
     def test_rotate(self) -> None:
-        self.service({}).rotate_log()
+        """SIGUSR1 rotates the log."""
+        self.service().rotate_log()
         self.assertEqual(self.log.calls, ["rotate"])
 
     def test_signals_only_under_twistd(self) -> None:
+        """Handlers are installed only for the running daemon; the signals then reach the reactor's thread."""
         before = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGUSR1)}
         for s, handler in before.items():
             self.addCleanup(signal.signal, s, handler)
         calls: list[Any] = []
-        service = self.service({}, call_from_thread=lambda f, *a: calls.append(f))
+        service = self.service()
         service.startService()
         self.assertEqual(signal.getsignal(signal.SIGHUP), before[signal.SIGHUP])
         service.stopService()
-        service = self.service({"uid": 1000, "nodaemon": True}, call_from_thread=lambda f, *a: calls.append(f))
+        service = self.service(call_from_thread=lambda f, *a: calls.append(f))
         service.startService()
         self.addCleanup(service.stopService)
         os.kill(os.getpid(), signal.SIGHUP)
@@ -89,17 +107,13 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(calls, [service.hangup, service.rotate_log])
 
     def test_root_warning(self) -> None:
-        if os.getuid() != 0:
-            raise self.skipTest("the warning is for root")  # type: ignore[misc]
+        """Still root once started (no -u): warned about; another user (-u took effect): not."""
         before = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGUSR1)}
         for s, handler in before.items():
             self.addCleanup(signal.signal, s, handler)
-        service = self.service({"uid": None, "nodaemon": True})
-        service.startService()
-        service.stopService()
-        self.assertTrue(any(m.startswith("running as root") for m in self.messages()))
-        self.events.clear()
-        service = self.service({"uid": 1000, "nodaemon": True})
-        service.startService()
-        service.stopService()
-        self.assertFalse(any(m.startswith("running as root") for m in self.messages()))
+        for uid, warned in ((0, True), (1000, False)):
+            self.events.clear()
+            service = self.service(call_from_thread=lambda f, *a: None, uid=uid)
+            service.startService()
+            service.stopService()
+            self.assertEqual(any(m.startswith("running as root") for m in self.messages()), warned, uid)

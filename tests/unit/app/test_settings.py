@@ -151,3 +151,36 @@ class TransportSettingsTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--nameserver", "127.0.0.1:5353", "--nameserver", "::1"])
         self.assertEqual(options.settings.nameservers, (("127.0.0.1", 5353), ("::1", 53)))
+
+
+class OperationsSettingsTests(SynchronousTestCase):
+    """--metrics, --mi-http (writes only by choice, and only on loopback), --log-format."""
+
+    def test_http_endpoints(self) -> None:
+        """tcp:PORT listens on loopback; an interface must be an IP address."""
+        settings = build_settings({"metrics": "tcp:9120", "mi_http": "tcp6:8888"})
+        assert settings.metrics is not None and settings.mi_http is not None
+        self.assertEqual((settings.metrics.port, settings.metrics.interface), (9120, "127.0.0.1"))
+        self.assertEqual(settings.mi_http.interface, "::1")
+        self.assertEqual(build_settings({"metrics": "tcp:9120:interface=192.0.2.1"}).metrics.interface, "192.0.2.1")  # type: ignore[union-attr]
+        for bad in ("unix:/x", "tcp:99999", "tcp:٩١", "tcp:9120:interface=example.com", "tcp:1:what=2"):
+            with self.assertRaises(ConfigError, msg=bad):
+                build_settings({"metrics": bad})
+
+    def test_mi_writes_only_on_loopback(self) -> None:
+        """MI writes are off by default; on only by choice, and never where others reach the MI."""
+        self.assertFalse(build_settings({"mi_http": "tcp:8888"}).mi_http_writes)
+        options = Options()
+        options.parseOptions(["--mi-http", "tcp:8888", "--mi-http-writes"])
+        self.assertTrue(options.settings.mi_http_writes)
+        for values in ({"mi_http": "tcp:8888:interface=0.0.0.0", "mi_http_writes": True}, {"mi_http_writes": True}):
+            with self.assertRaises(ConfigError) as caught:
+                build_settings(values)
+            self.assertIn("loopback", str(caught.exception))
+
+    def test_log_format_and_mi_root(self) -> None:
+        """log_format is text or json; mi_root a plain path segment."""
+        self.assertEqual(build_settings({"log_format": "json"}).log_format, "json")
+        for values in ({"log_format": "xml"}, {"mi_root": "a/b"}, {"mi_root": ""}):
+            with self.assertRaises(ConfigError, msg=str(values)):
+                build_settings(values)

@@ -52,6 +52,7 @@ class NotifierTests(SynchronousTestCase):
         self.addCleanup(self.listener.close)
 
     def test_sends_lines_one_line_per_value(self) -> None:
+        """KEY=VALUE lines in one datagram; a value's line breaks become spaces (no injected keys)."""
         notifier = SystemdNotifier({"NOTIFY_SOCKET": self.listener.path})
         self.addCleanup(notifier.close)
         self.assertTrue(notifier.enabled)
@@ -59,6 +60,7 @@ class NotifierTests(SynchronousTestCase):
         self.assertEqual(self.listener.messages(), [{"READY": "1", "STATUS": "12 records STOPPING=1"}])
 
     def test_abstract_socket(self) -> None:
+        """@name is the abstract namespace."""
         name = f"uacreg-test-{os.getpid()}"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.addCleanup(listener.close)
@@ -69,18 +71,21 @@ class NotifierTests(SynchronousTestCase):
         self.assertEqual(listener.recv(100), b"WATCHDOG=1")
 
     def test_without_systemd_nothing(self) -> None:
+        """No NOTIFY_SOCKET (or a relative one): nothing is sent."""
         for environ in ({}, {"NOTIFY_SOCKET": ""}, {"NOTIFY_SOCKET": "relative/path"}):
             notifier = SystemdNotifier(environ)
             self.assertFalse(notifier.enabled)
             self.assertFalse(notifier.notify(ready="1"))
 
     def test_gone_socket_is_logged_once(self) -> None:
+        """A socket that is gone fails quietly, logged once."""
         notifier = SystemdNotifier({"NOTIFY_SOCKET": short_path()})
         self.addCleanup(notifier.close)
         self.assertFalse(notifier.notify(ready="1"))
         self.assertFalse(notifier.notify(ready="1"))
 
     def test_watchdog_interval(self) -> None:
+        """Half of WATCHDOG_USEC, for this process only; ASCII digits only."""
         self.assertEqual(watchdog_interval({"WATCHDOG_USEC": "20000000"}, pid=7), 10.0)
         self.assertEqual(watchdog_interval({"WATCHDOG_USEC": "20000000", "WATCHDOG_PID": "7"}, pid=7), 10.0)
         self.assertIsNone(watchdog_interval({"WATCHDOG_USEC": "20000000", "WATCHDOG_PID": "8"}, pid=7))
@@ -98,6 +103,7 @@ class ServiceTests(SynchronousTestCase):
         self.service = SystemdService(self.notifier, self.clock, lambda: f"{self.count} records", watchdog=5.0)
 
     def test_ready_after_load_status_watchdog_stopping(self) -> None:
+        """Pings from the start, READY=1 once after the load, STATUS every 10 s, STOPPING=1; nothing after the stop."""
         self.service.startService()
         self.assertEqual(self.listener.messages(), [{"WATCHDOG": "1"}, {"STATUS": "loading the table"}])
         self.clock.advance(5)
@@ -118,6 +124,7 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_no_watchdog_no_pings(self) -> None:
+        """Without WatchdogSec no pings."""
         service = SystemdService(self.notifier, self.clock, lambda: "", watchdog=None)
         service.startService()
         self.clock.advance(100)

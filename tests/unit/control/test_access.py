@@ -17,11 +17,12 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -30,7 +31,14 @@ from uacregistrant import __version__
 from uacregistrant.control import ctl
 from uacregistrant.control.endpoints import ControlEndpointError, ControlTokenError, parse_control, read_token
 from uacregistrant.control.listener import ControlListener
-from uacregistrant.control.protocol import AUTH_TIMEOUT, MAX_AUTH_FAILURES, MAX_UNAUTHENTICATED, ControlFactory, ControlProtocol
+from uacregistrant.control.protocol import (
+    AUTH_TIMEOUT,
+    MAX_AUTH_FAILURES,
+    MAX_UNAUTHENTICATED,
+    MAX_WAITING_FOR_AUTH,
+    ControlFactory,
+    ControlProtocol,
+)
 from uacregistrant.testing.registrar import UserPolicy
 
 TOKEN = "k3Y-0123456789abcdefXYZ"
@@ -128,6 +136,25 @@ class TokenAuthTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(done_transport.value(), b"")
         self.assertFalse(done_transport.disconnecting)
+
+    def test_connections_waiting_for_the_token_are_bounded(self) -> None:
+        """
+        At most MAX_WAITING_FOR_AUTH TCP connections may wait for their
+        token (the next is refused at once); one that gives it, or goes,
+        frees its place; UNIX connections never count.
+        """
+        waiting = [self.connect() for _ in range(MAX_WAITING_FOR_AUTH)]
+        refused = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+        transport = StringTransport()
+        refused.makeConnection(transport)
+        self.assertEqual(transport.value(), f"503 Too many connections waiting to authenticate (at most {MAX_WAITING_FOR_AUTH})\n\n".encode())
+        self.assertTrue(transport.disconnecting)
+        self.assertIsInstance(self.factory.buildProtocol(UNIXAddress("ctl")), ControlProtocol)
+        protocol, first = waiting[0]
+        self.say(protocol, first, f"auth {TOKEN}\n")
+        self.assertIsInstance(self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40002)), ControlProtocol)
+        waiting[1][0].connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.factory.waiting_for_auth, MAX_WAITING_FOR_AUTH - 1)
 
     def test_quit_before_the_token(self) -> None:
         """quit needs no token: the client may leave politely."""

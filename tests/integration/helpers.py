@@ -54,6 +54,19 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_udp_and_tcp_port() -> int:
+    """A port on 127.0.0.1 free a moment ago for both UDP and TCP (for a server listening on both, as twistd dns does)."""
+    for _ in range(100):
+        port = free_udp_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # a TCP connection of this machine has it as its local port
+            return port
+    raise AssertionError("no port free for both UDP and TCP")
+
+
 def environment() -> dict[str, str]:
     """The environment for child processes: this checkout first on the path."""
     env = dict(os.environ)

@@ -158,7 +158,7 @@ class CoordinatorTests(TestCase):
         def claim_all(coordinator: PostgresCoordinator, name: str, epoch: int) -> Any:
             got: list[int] = []
             while True:
-                slots = yield coordinator.claim(name, epoch, 50)
+                slots = yield coordinator.claim(name, epoch, 10)
                 if not slots:
                     return got
                 got.extend(slots)
@@ -167,7 +167,9 @@ class CoordinatorTests(TestCase):
         self.assertFalse(set(got_a) & set(got_b))
         self.assertEqual(len(got_a) + len(got_b), SLOTS)
         self.assertEqual(set(got_a) | set(got_b), set(range(SLOTS)))
-        self.assertTrue(got_a and got_b, "both claimed some")
+        # (Which node got how many depends on timing: on a loaded machine one
+        # may finish before the other's first claim. Disjoint and complete is
+        # the guarantee.)
         self.assertEqual((yield a.held("a", ea)), sorted(got_a))
         self.assertEqual((yield b.held("b", eb)), sorted(got_b))
 

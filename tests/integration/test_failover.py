@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .helpers import TWISTD, ProcessTestCase, free_udp_port, make_table, records, require_binary, wait_for
+from .helpers import TWISTD, ProcessTestCase, free_udp_and_tcp_port, free_udp_port, make_table, records, require_binary, wait_for
 from .test_hardening import stats
 from .test_sipp import TcpRegistrar, free_port, free_tcp_port
 
@@ -58,14 +58,20 @@ class FailOverTests(ProcessTestCase):
 
     def serve_zone(self, text: str) -> int:
         """Start twistd dns serving the zone C{text} on 127.0.0.1 (UDP); return its port."""
-        dns_port = free_udp_port()
+        dns_port = free_udp_and_tcp_port()  # twistd dns listens on UDP and TCP
         zone = self.directory / "test.zone"
         zone.write_text(text)
-        self.processes.spawn(
+        dns = self.processes.spawn(
             [*TWISTD, "-n", "--pidfile=", "dns", "--pyzone", str(zone), "--port", str(dns_port), "--interface", "127.0.0.1"],
             "dns",
         )
-        wait_for(lambda: "DNSDatagramProtocol starting on" in self.processes.log("dns"))
+
+        def started() -> bool:
+            if dns.poll() is not None:
+                raise AssertionError(f"twistd dns exited: {self.processes.log('dns')[-2000:]}")
+            return "DNSDatagramProtocol starting on" in self.processes.log("dns")
+
+        wait_for(started)
         return dns_port
 
     def start_daemon(self, domain: str, passwords: dict[str, str], dns_port: int) -> str:

@@ -11,6 +11,11 @@ until counting anew would take more than 0.5 % of the time: a scrape of a
 million records never holds the reactor for more than one slice, and
 frequent scrapes do not make it count more often.
 
+The pages are often reached from off the host (Prometheus): the site
+(L{uacregistrant.control.http}) holds at most L{MAX_CONNECTIONS}
+connections, takes no request body (413, the connection closed) and
+closes idle connections.
+
 The integrator builds, over one service: a L{RecordCensus}, a
 L{RegistrantCollector} and a L{MetricsPage} around it, a L{HealthCheck}
 and its L{HealthPage}, then L{metrics_site} to listen with, and
@@ -25,9 +30,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
-from io import BytesIO
 from operator import attrgetter, lt
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
@@ -38,11 +42,11 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.resource import IResource
+from twisted.web.server import NOT_DONE_YET, Request
 
 from uacregistrant import __version__
+from uacregistrant.control.http import IDLE_TIMEOUT, PLAIN, BoundedRequest, BoundedSite, NotFound, Page, Root, plain, send
 from uacregistrant.core.counters import SipCounters
 from uacregistrant.core.registrant import RegState, Registrant
 from uacregistrant.core.registry import Registry
@@ -467,33 +471,16 @@ def default_stall_after(bucket_interval: float) -> float:
     return max(10 * bucket_interval, 10.0)
 
 
-def _plain(request: Request, code: int, text: str) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-    request.setHeader(b"cache-control", b"no-store")
-    return (text + "\n").encode("utf-8")
+#: HTTP connections at once, at most (more are answered 503 and closed): scrapers and probes are few.
+MAX_CONNECTIONS = 16
+
+_NOT_FOUND = NotFound("not found: GET /metrics or /healthz")
 
 
-class _GetOnly(Resource):
+class _GetOnly(Page):
     """A page answering GET and HEAD only (405 otherwise) and having no children (404)."""
 
-    def render(self, request: Request) -> Any:
-        if request.method not in (b"GET", b"HEAD"):
-            request.setHeader(b"allow", b"GET, HEAD")
-            return _plain(request, 405, "method not allowed: GET or HEAD")
-        return super().render(request)
-
-    def getChild(self, path: bytes, request: Request) -> Resource:
-        return _NotFound()
-
-
-class _NotFound(Resource):
-    """404 for every method, as plain text."""
-
-    isLeaf = True
-
-    def render(self, request: Request) -> bytes:
-        return _plain(request, 404, "not found: GET /metrics or /healthz")
+    not_found = _NOT_FOUND
 
 
 def _encoder(accept: bytes | None) -> tuple[Callable[[CollectorRegistry], bytes], str]:
@@ -538,19 +525,13 @@ class MetricsPage(_GetOnly):
             if gone:
                 return
             encoder, content_type = _encoder(request.getHeader(b"accept"))
-            body = encoder(self.registry)
-            request.setHeader(b"content-type", content_type.encode("ascii"))
-            request.setHeader(b"content-length", b"%d" % len(body))
-            request.write(body)
-            request.finish()
+            send(request, 200, encoder(self.registry), content_type.encode("ascii"))
 
         def failed(failure: Failure) -> None:
             _log.failure("collecting metrics failed", failure)
             if not gone:
-                body = _plain(request, 500, "collecting metrics failed")
-                request.setHeader(b"content-length", b"%d" % len(body))
-                request.write(body)
-                request.finish()
+                request.setHeader(b"cache-control", b"no-store")
+                send(request, 500, b"collecting metrics failed\n", PLAIN)
 
         self._census.current().addCallback(write).addErrback(failed)
         return NOT_DONE_YET
@@ -565,56 +546,26 @@ class HealthPage(_GetOnly):
 
     def render_GET(self, request: Request) -> bytes:
         healthy, reason = self._check.status()
-        return _plain(request, 200 if healthy else 503, reason)
+        return plain(request, 200 if healthy else 503, reason)
 
 
-class MetricsRoot(Resource):
-    """C{/metrics} and C{/healthz}; anything else is 404."""
+class MetricsRequest(BoundedRequest):
+    """A scrape: GET or HEAD, no body (any body is answered 413 and the connection closed, the body never read)."""
 
-    def __init__(self, metrics: MetricsPage, health: HealthPage) -> None:
-        super().__init__()
-        self.putChild(b"metrics", metrics)
-        self.putChild(b"healthz", health)
-
-    def getChild(self, path: bytes, request: Request) -> Resource:
-        return _NotFound()
-
-    def render(self, request: Request) -> bytes:
-        return _NotFound().render(request)
+    max_body = 0
 
 
-class _BodylessRequest(Request):
-    """A request whose body, if any, is read and dropped (GET only: nothing is ever kept)."""
-
-    def gotLength(self, length: int | None) -> None:
-        self.content = BytesIO()
-
-    def handleContentChunk(self, data: bytes) -> None:
-        pass
-
-
-class MetricsSite(Site):
+class MetricsSite(BoundedSite):
     """
-    The HTTP side: no tracebacks shown, no access log (scrapes are not
-    news), request bodies dropped, idle connections closed after a minute.
+    The HTTP side: at most C{max_connections} connections, no request
+    bodies, idle connections closed after a minute, no tracebacks shown,
+    no access log (scrapes are not news).
     """
 
-    noisy = False
-    displayTracebacks = False
-
-    def __init__(self, root: Resource, clock: IReactorTime, timeout: float = 60.0) -> None:
-        super().__init__(root, requestFactory=_BodylessRequest, timeout=timeout, reactor=clock)
-
-    def startFactory(self) -> None:
-        """Nothing to open: there is no access log (twisted.web would also refresh its date every second)."""
-
-    def stopFactory(self) -> None:
-        """Nothing to close."""
-
-    def log(self, request: http.Request) -> None:
-        """No access log."""
+    def __init__(self, root: IResource, clock: IReactorTime, max_connections: int = MAX_CONNECTIONS, timeout: float = IDLE_TIMEOUT) -> None:
+        super().__init__(root, clock, MetricsRequest, max_connections, timeout)
 
 
 def metrics_site(metrics: MetricsPage, health: HealthPage, clock: IReactorTime) -> MetricsSite:
-    """The site serving C{/metrics} and C{/healthz}."""
-    return MetricsSite(MetricsRoot(metrics, health), clock)
+    """The site serving C{/metrics} and C{/healthz} (anything else is 404)."""
+    return MetricsSite(Root({b"metrics": metrics, b"healthz": health}, _NOT_FOUND), clock)

@@ -24,6 +24,7 @@ from uacregistrant.app.service import RegistrantService
 from uacregistrant.control.commands import Reply
 from uacregistrant.control.metrics import (
     DROP_REASONS,
+    MAX_CONNECTIONS,
     OTHER_REGISTRARS,
     HealthCheck,
     HealthPage,
@@ -272,23 +273,70 @@ class HttpTests(SynchronousTestCase):
             self.assertEqual(get(self.site, path)[0], 404, path)
         self.assertEqual(get(self.site, "/metrics?name[]=x")[0], 200)
 
-    def test_body_dropped(self) -> None:
-        """A request body is read and dropped, never kept: a 1 MiB POST gets its 405 and nothing more."""
+    def test_body_refused(self) -> None:
+        """Any request body: 413 at once and the connection closed; nothing of it kept, the rest never parsed."""
         made: list[Any] = []
         factory = self.site.requestFactory
         self.site.requestFactory = lambda *a, **k: made.append(factory(*a, **k)) or made[-1]
+        for method, path in (("POST", "/metrics"), ("GET", "/metrics"), ("GET", "/healthz"), ("PUT", "/nowhere")):
+            channel = self.site.buildProtocol(None)
+            transport = StringTransport()
+            channel.makeConnection(transport)
+            channel.dataReceived(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n".encode())
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "), (method, path))
+            self.assertTrue(transport.disconnecting)
+            channel.dataReceived(b"x" * 65536 + b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertEqual(transport.value().count(b"HTTP/1.1 "), 1)
+            self.assertEqual(made[-1].content.getvalue(), b"")
+            channel.connectionLost(None)  # type: ignore[arg-type]
+        self.assertEqual(self.site.connections, 0)
+
+    def test_chunked_body_refused(self) -> None:
+        """A chunked body: 413 at its first byte."""
         channel = self.site.buildProtocol(None)
-        assert channel is not None
         transport = StringTransport()
         channel.makeConnection(transport)
-        channel.dataReceived(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n")
-        for _ in range(63):
-            channel.dataReceived(b"x" * 16384)
-            self.assertEqual(made[0].content.getvalue(), b"")
+        channel.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
         self.assertEqual(transport.value(), b"")
-        channel.dataReceived(b"x" * 16384)
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 405 "))
-        channel.connectionLost(None)  # type: ignore[arg-type]
+        channel.dataReceived(b"1\r\nx\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertTrue(transport.disconnecting)
+
+    def test_no_100_continue_for_a_body(self) -> None:
+        """Expect: 100-continue with a body: the 413 only, no 100 Continue on the closing connection."""
+        channel = self.site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"POST /metrics HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertNotIn(b" 100 ", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_connections_bounded(self) -> None:
+        """Past MAX_CONNECTIONS (16) at once a connection gets 503 and is closed; one closing frees a place."""
+        self.assertEqual(MAX_CONNECTIONS, 16)
+        kept = []
+        for _ in range(MAX_CONNECTIONS):
+            channel = self.site.buildProtocol(None)
+            channel.makeConnection(StringTransport())
+            kept.append(channel)
+        refused = StringTransport()
+        self.site.buildProtocol(None).makeConnection(refused)
+        self.assertTrue(refused.value().startswith(b"HTTP/1.1 503 "))
+        self.assertTrue(refused.disconnecting)
+        kept[0].connectionLost(None)
+        self.assertEqual(get(self.site, "/healthz")[0::2], (200, b"ok\n"))
+
+    def test_idle_connection_closed(self) -> None:
+        """A connection that sends nothing for a minute is closed."""
+        channel = self.site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /metrics HTTP/1.1\r\n")
+        self.clock.advance(59)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(transport.disconnecting)
 
     def test_negotiation(self) -> None:
         """OpenMetrics when asked for; a malformed Accept (prometheus_client raises on it) gets the 0.0.4 text format."""

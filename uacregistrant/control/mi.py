@@ -1,45 +1,64 @@
 # -*- test-case-name: tests.unit.control.test_mi,tests.integration.test_mi_clients -*-
 """
 OpenSIPS's management interface as its C{mi_http} module serves it:
-JSON-RPC 2.0 over HTTP C{POST /ROOT}, so that C{opensips-cli -x mi
-reg_list} and C{opensips-mi -t http ... reg_list} work unchanged.
+JSON-RPC 2.0 (L{uacregistrant.control.jsonrpc}) over HTTP C{POST /ROOT},
+so that C{opensips-cli -x mi reg_list} and C{opensips-mi -t http ...
+reg_list} work unchanged.
 
 The methods are uac_registrant's, under their 3.x names (C{reg_list} ...)
 and OpenSIPS 4.0's (C{uac_registrant:list} ...), plus C{which}; each does
 what the console's command of the same name does (L{Commands}, L{Admin}).
+Like C{mi_http}, C{POST /ROOT} asks for no credentials and every local
+user reaches loopback: only C{which} and C{reg_list} run unless the site
+is made with C{writes=True}; the others answer L{FORBIDDEN} (C{which}
+still names them, so clients send them and print that error).
 
 HTTP as C{mi_http} answers it: 405 for anything but POST, 400 for an
 empty body, 202 and no body for a notification, otherwise 200 with a
 JSON-RPC answer, errors included (the clients read no body from another
-status).  Every request is bounded: the body (L{MAX_BODY}, more is a 413
-and the connection closes without reading the rest), headers (Twisted's
-limits), idle connections (L{REQUEST_TIMEOUT}), connections at once
-(L{MAX_CONNECTIONS}); a large C{reg_list} is written a slice per reactor
-turn, as fast as the client reads.
+status).  Every request is bounded (L{uacregistrant.control.http}): the
+body (L{MAX_BODY}, more is a 413 and the connection closes without
+reading the rest), headers (Twisted's limits), idle connections
+(L{REQUEST_TIMEOUT}), connections at once (L{MAX_CONNECTIONS}); a
+connection's next request is read once its notification is done, and at
+most L{MAX_NOTIFICATIONS} run at once (more are answered 503, not run); a
+large C{reg_list} is written a slice per reactor turn, as fast as the
+client reads.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Union
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
-from twisted.web.pages import notFound
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.resource import IResource
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from uacregistrant.control.admin import Admin, AdminError
 from uacregistrant.control.commands import Commands, Reply, Result, failure_reply
 from uacregistrant.control.formatting import json_records, record_dict
+from uacregistrant.control.http import IDLE_TIMEOUT, BoundedRequest, BoundedSite, NotFound, Page, Root, plain, respond, send
+from uacregistrant.control.jsonrpc import (
+    ANSWER_START,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    SERVER_ERROR,
+    Call,
+    RpcError,
+    answer,
+    answer_end,
+    error_answer,
+    invalid_params,
+    parse_body,
+    parse_call,
+    request_id,
+)
 from uacregistrant.core.registrant import Registrant
 from uacregistrant.sip.numbers import parse_signed
 from uacregistrant.store import StoreError, StoreValueError
@@ -49,20 +68,18 @@ _log = Logger()
 
 #: Bytes of request body accepted at most (a reg_upsert with every column is far below).
 MAX_BODY = 64 * 1024
-#: Seconds an HTTP connection may stay idle.
-REQUEST_TIMEOUT = 60
+#: Seconds an HTTP connection may stay idle (and a reg_list's client may read nothing).
+REQUEST_TIMEOUT = IDLE_TIMEOUT
 #: HTTP connections at once, at most (more are answered 503 and closed).
 MAX_CONNECTIONS = 32
+#: Notifications running at once, at most (more are answered 503 and not run).
+MAX_NOTIFICATIONS = 4
 #: Bytes of a streamed reg_list written per reactor turn at most.
 SLICE = 256 * 1024
+#: The error of a write while writes are off: code, message, data.
+FORBIDDEN = (403, "Forbidden", "MI writes are off: start the daemon with --mi-http-writes")
 
-# JSON-RPC 2.0's codes, with OpenSIPS's messages.
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-SERVER_ERROR = -32000
-
+_JSON = b"application/json"
 _KEY = ("aor", "contact", "registrar")
 #: uac_registrant:upsert's parameters, all required, in OpenSIPS's order.
 UPSERT_PARAMS = (
@@ -85,27 +102,6 @@ _INTEGERS = frozenset({"expiry", "state"})
 Params = dict[str, Union[str, int]]
 
 
-class MiError(Exception):
-    """A JSON-RPC error: C{code}, C{message} and, when there is more to say, C{data}."""
-
-    def __init__(self, code: int, message: str, data: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-    def as_json(self) -> dict[str, Any]:
-        """The error object of a JSON-RPC answer."""
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data:
-            error["data"] = self.data
-        return error
-
-
-def _invalid_params(data: str) -> MiError:
-    return MiError(INVALID_PARAMS, "Invalid params", data)
-
-
 @dataclass(frozen=True, slots=True)
 class Listing:
     """A C{reg_list} result too large to build at once: written a slice at a time."""
@@ -117,12 +113,14 @@ class Listing:
 class MiCommand:
     """
     One MI command: the names clients may call it by, its recipes (the
-    parameter names of each accepted call) and what it does.
+    parameter names of each accepted call), what it does, and whether it
+    changes anything (runs only when writes are on).
     """
 
     names: tuple[str, ...]
     recipes: tuple[tuple[str, ...], ...]
     run: Callable[[Params], Any]
+    writes: bool = True
 
 
 def match_recipe(command: MiCommand, params: dict[str, Any] | list[Any]) -> Params:
@@ -132,19 +130,19 @@ def match_recipe(command: MiCommand, params: dict[str, Any] | list[Any]) -> Para
     take its names in order.  Strings also accept numbers; integers also
     accept numeric strings.
 
-    @raise MiError: C{-32602} saying what does not match.
+    @raise RpcError: C{-32602} saying what does not match.
     """
     candidates = [recipe for recipe in command.recipes if len(recipe) == len(params)]
     if not candidates:
-        raise _invalid_params("Too few or too many parameters")
+        raise invalid_params("Too few or too many parameters")
     if isinstance(params, dict):
         recipe = next((r for r in candidates if set(r) == set(params)), None)
         if recipe is None:
-            raise _invalid_params("Named parameters do not match")
+            raise invalid_params("Named parameters do not match")
         values = [params[name] for name in recipe]
     else:
         if len(candidates) > 1:
-            raise _invalid_params("Ambiguous call, use named parameters instead")
+            raise invalid_params("Ambiguous call, use named parameters instead")
         recipe = candidates[0]
         values = list(params)
     return {name: _typed(name, value) for name, value in zip(recipe, values)}
@@ -153,24 +151,24 @@ def match_recipe(command: MiCommand, params: dict[str, Any] | list[Any]) -> Para
 def _typed(name: str, value: Any) -> str | int:
     """A parameter's value as its type wants it (a string, or an integer for L{_INTEGERS})."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise _invalid_params(f"Bad type for parameter '{name}'")
+        raise invalid_params(f"Bad type for parameter '{name}'")
     if name in _INTEGERS:
         if isinstance(value, int):
             return value
         number = parse_signed(value.strip(), max_digits=12) if isinstance(value, str) else None
         if number is None:
-            raise _invalid_params(f"Bad type for parameter '{name}'")
+            raise invalid_params(f"Bad type for parameter '{name}'")
         return number
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _failed_reply(reply: Reply) -> MiError:
+def _failed_reply(reply: Reply) -> RpcError:
     """A console refusal as a JSON-RPC error: its code, its reason, its detail as data."""
-    return MiError(reply.code, reply.reason, "; ".join(reply.body) or None)
+    return RpcError(reply.code, reply.reason, "; ".join(reply.body) or None)
 
 
 def _ok(result: Result) -> Any:
-    """C{"OK"} for a console command that succeeded, else its refusal as an L{MiError}."""
+    """C{"OK"} for a console command that succeeded, else its refusal as an L{RpcError}."""
 
     def check(reply: Reply) -> str:
         if reply.code != 200:
@@ -187,15 +185,18 @@ class MiMethods:
     The MI's commands over the console's: what each name does, with
     which parameters.
 
+    @param writes: run the commands that change anything (else they
+        answer L{FORBIDDEN} and do nothing).
     @ivar commands: every L{MiCommand}, by each of its names.
     """
 
-    def __init__(self, commands: Commands, admin: Admin) -> None:
+    def __init__(self, commands: Commands, admin: Admin, writes: bool = False) -> None:
         self._commands = commands
         self._admin = admin
+        self.writes = writes
         table = [
-            MiCommand(("which", "core:which"), ((), ("command",)), self.which),
-            MiCommand(("reg_list", "uac_registrant:list"), ((), _KEY), self.reg_list),
+            MiCommand(("which", "core:which"), ((), ("command",)), self.which, writes=False),
+            MiCommand(("reg_list", "uac_registrant:list"), ((), _KEY), self.reg_list, writes=False),
             MiCommand(("reg_reload", "uac_registrant:reload"), ((), _KEY), self.reg_reload),
             MiCommand(("reg_enable", "uac_registrant:enable"), (_KEY,), self._console("reg_enable")),
             MiCommand(("reg_disable", "uac_registrant:disable"), (_KEY,), self._console("reg_disable")),
@@ -209,19 +210,22 @@ class MiMethods:
         """
         The command called C{method}.
 
-        @raise MiError: C{-32601} for an unknown name.
+        @raise RpcError: C{-32601} for an unknown name.
         """
         command = self.commands.get(method)
         if command is None:
-            raise MiError(METHOD_NOT_FOUND, "Method not found")
+            raise RpcError(METHOD_NOT_FOUND, "Method not found")
         return command
 
     def call(self, method: str, params: dict[str, Any] | list[Any]) -> Any:
         """
         Run C{method}: its result (a JSON value, a L{Listing}, or a
-        Deferred firing with one), or an L{MiError}.
+        Deferred firing with one), or an L{RpcError} (L{FORBIDDEN} for a
+        command that writes while writes are off: nothing is done).
         """
         command = self.lookup(method)
+        if command.writes and not self.writes:
+            raise RpcError(*FORBIDDEN)
         return command.run(match_recipe(command, params))
 
     def which(self, params: Params) -> Any:
@@ -237,14 +241,14 @@ class MiMethods:
             return [known for known in self.commands if known.startswith(name)]
         command = self.commands.get(name)
         if command is None:
-            raise MiError(404, "unknown MI command")
+            raise RpcError(404, "unknown MI command")
         return [list(recipe) for recipe in command.recipes]
 
     def _find(self, params: Params) -> Registrant:
         """The record named by aor, contact (its binding) and registrar, held by this node."""
         registrant = self._admin.find([str(params["aor"]), str(params["contact"]), str(params["registrar"])])
         if not self._commands.held(registrant):
-            raise MiError(404, "Held by another node", f"{registrant.account.aor} is registered by another node of the cluster (see reg_cluster)")
+            raise RpcError(404, "Held by another node", f"{registrant.account.aor} is registered by another node of the cluster (see reg_cluster)")
         return registrant
 
     def reg_list(self, params: Params) -> Any:
@@ -280,145 +284,92 @@ def _upsert_failed(failure: Failure) -> Failure:
     error: Any = failure.value
     if failure.check(AdminError) and error.code == 400 or failure.check(StoreValueError):
         detail = "; ".join(error.detail) if isinstance(error, AdminError) else str(error)
-        return Failure(_invalid_params(detail or str(error)))
+        return Failure(invalid_params(detail or str(error)))
     if failure.check(AdminError):
-        return Failure(MiError(503, "Failed Upsert", "; ".join([error.reason, *error.detail])))
+        return Failure(RpcError(503, "Failed Upsert", "; ".join([error.reason, *error.detail])))
     if failure.check(StoreError, CoordinatorError):
-        return Failure(MiError(503, "Failed Upsert", f"database unavailable: {failure.getErrorMessage()}"))
+        return Failure(RpcError(503, "Failed Upsert", f"database unavailable: {failure.getErrorMessage()}"))
     return failure
 
 
-def error_of(failure: Failure) -> MiError:
+def error_of(failure: Failure) -> RpcError:
     """Any failure as a JSON-RPC error (an unexpected one is logged, never shown as a traceback)."""
-    if failure.check(MiError):
-        error: MiError = failure.value  # type: ignore[assignment]
+    if failure.check(RpcError):
+        error: RpcError = failure.value  # type: ignore[assignment]
         return error
     return _failed_reply(failure_reply(failure))
 
 
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError("number out of range")
-    return number
+_NOT_FOUND = NotFound("404 Not Found: the MI answers POST requests at its root path only")
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def parse_body(body: bytes) -> Any:
+class MiResource(Page):
     """
-    The JSON document in C{body}.
+    C{POST /ROOT}: one JSON-RPC request per HTTP request (nothing below it).
 
-    @raise MiError: C{-32700} for anything that is not JSON (bad UTF-8,
-        NaN, numbers out of range, nesting too deep).
+    @param max_notifications: notifications running at once, at most.
+    @ivar notifying: the notifications running now.
     """
-    try:
-        return json.loads(body.decode("utf-8"), parse_float=_finite_float, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError):
-        raise MiError(PARSE_ERROR, "Parse error") from None
 
+    methods = (b"POST",)
+    not_allowed = "405 Method Not Allowed: POST a JSON-RPC 2.0 request"
+    not_found = _NOT_FOUND
 
-def _valid_id(value: Any) -> bool:
-    return value is None or isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool))
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """A valid JSON-RPC request: the method, its parameters, its id, and whether it wants an answer."""
-
-    method: str
-    params: dict[str, Any] | list[Any]
-    id: Any
-    notification: bool
-
-
-def parse_call(document: Any) -> Call:
-    """
-    Check a JSON-RPC 2.0 request (no batches); C{params} absent, C{{}}
-    or C{[]} is no parameters.
-
-    @raise MiError: C{-32600} (answered with L{request_id}'s id).
-    """
-    if not isinstance(document, dict):
-        raise MiError(INVALID_REQUEST, "Invalid Request", "a JSON-RPC request is one object (no batches)")
-    if not _valid_id(document.get("id")):
-        raise MiError(INVALID_REQUEST, "Invalid Request", "id must be a string, a number or null")
-    if document.get("jsonrpc") != "2.0":
-        raise MiError(INVALID_REQUEST, "Invalid Request", 'jsonrpc must be "2.0"')
-    method = document.get("method")
-    if not isinstance(method, str):
-        raise MiError(INVALID_REQUEST, "Invalid Request", "method must be a string")
-    params = document.get("params", [])
-    if not isinstance(params, (dict, list)):
-        raise MiError(INVALID_REQUEST, "Invalid Request", "params must be an object or an array")
-    return Call(method, params, document.get("id"), "id" not in document)
-
-
-def request_id(document: Any) -> Any:
-    """The id to answer an invalid request with: its own if usable, else null."""
-    if isinstance(document, dict) and _valid_id(document.get("id")):
-        return document.get("id")
-    return None
-
-
-def answer(result: Any, request_id: Any) -> bytes:
-    """A JSON-RPC success, compact."""
-    return json.dumps({"jsonrpc": "2.0", "result": result, "id": request_id}, separators=(",", ":")).encode("ascii")
-
-
-def error_answer(error: MiError, request_id: Any) -> bytes:
-    """A JSON-RPC error, compact."""
-    return json.dumps({"jsonrpc": "2.0", "error": error.as_json(), "id": request_id}, separators=(",", ":")).encode("ascii")
-
-
-class MiResource(Resource):
-    """C{POST /ROOT}: one JSON-RPC request per HTTP request (nothing below it)."""
-
-    def __init__(self, methods: MiMethods, clock: IReactorTime) -> None:
+    def __init__(self, methods: MiMethods, clock: IReactorTime, max_notifications: int = MAX_NOTIFICATIONS) -> None:
         super().__init__()
         self._methods = methods
         self._clock = clock
+        self._max_notifications = max_notifications
+        self.notifying = 0
 
-    def getChild(self, path: bytes, request: Request) -> IResource:
-        """Nothing below the MI's path."""
-        return _NOT_FOUND
-
-    def render(self, request: Request) -> bytes | int:
+    def render_POST(self, request: Request) -> bytes | int:
         """Answer one request; an unexpected exception is a JSON-RPC error (logged), never a traceback."""
         try:
-            return self._render(request)
+            return self._post(request)
         except Exception:
             _log.failure("MI request failed")
-            return _plain(request, 200, error_answer(MiError(SERVER_ERROR, "Server error", "internal error: see the daemon's log"), None))
+            return respond(request, 200, error_answer(RpcError(SERVER_ERROR, "Server error", "internal error: see the daemon's log"), None), _JSON)
 
-    def _render(self, request: Request) -> bytes | int:
-        if request.method != b"POST":
-            request.setHeader(b"allow", b"POST")
-            return _plain(request, 405, b"405 Method Not Allowed: POST a JSON-RPC 2.0 request\n", b"text/plain; charset=utf-8")
+    def _post(self, request: Request) -> bytes | int:
         assert request.content is not None
-        body = request.content.read(MAX_BODY + 1)
+        body = request.content.read(MAX_BODY)  # MiRequest keeps no more
         if not body:
-            return _plain(request, 400, b"400 Bad Request: empty body (POST a JSON-RPC 2.0 request)\n", b"text/plain; charset=utf-8")
-        if len(body) > MAX_BODY:
-            return _plain(request, 413, _too_large())
+            return plain(request, 400, "400 Bad Request: empty body (POST a JSON-RPC 2.0 request)")
         document: Any = None
         try:
             document = parse_body(body)
             call = parse_call(document)
-        except MiError as e:
-            return _plain(request, 200, error_answer(e, request_id(document)))
+        except RpcError as e:
+            return respond(request, 200, error_answer(e, request_id(document)), _JSON)
         if call.notification:
-            self._notify(call)
-            return _plain(request, 202, b"", None)
+            return self._notify(request, call)
         _Answer(request, call.id, self._clock).run(self._methods, call)
         return NOT_DONE_YET
 
-    def _notify(self, call: Call) -> None:
-        """A notification: run it, answer nothing (an unexpected failure is still logged)."""
+    def _notify(self, request: Request, call: Call) -> bytes | int:
+        """
+        A notification: answered 202 at once, run, and the request ended
+        (so the connection's next one read) only when it is done; 503 and
+        not run while L{MAX_NOTIFICATIONS} run already.  Its errors are
+        answered to nobody (an unexpected one is still logged).
+        """
+        if self.notifying >= self._max_notifications:
+            return plain(request, 503, f"503 Service Unavailable: {self.notifying} MI notifications are running; send it again later")
+        respond(request, 202, b"", None)
+        request.setHeader(b"content-length", b"0")
+        request.write(b"")
+        self.notifying += 1
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def done(_: object) -> None:
+            self.notifying -= 1
+            if not gone:
+                request.finish()
+
         d = defer.maybeDeferred(self._methods.call, call.method, call.params)
-        d.addErrback(error_of)
+        d.addErrback(error_of).addBoth(done).addErrback(lambda f: _log.failure("ending an MI notification failed", f))
+        return NOT_DONE_YET
 
 
 class _Answer:
@@ -445,20 +396,12 @@ class _Answer:
         if isinstance(result, Listing):
             _ListingWriter(self._request, result, self._id, self._clock).start()
             return
-        self._send(answer(result, self._id))
+        send(self._request, 200, answer(result, self._id), _JSON)
 
     def _failed(self, failure: Failure) -> None:
         error = error_of(failure)
         if not self._gone:
-            self._send(error_answer(error, self._id))
-
-    def _send(self, payload: bytes) -> None:
-        request = self._request
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"content-length", str(len(payload)).encode("ascii"))
-        request.write(payload)
-        request.finish()
+            send(self._request, 200, error_answer(error, self._id), _JSON)
 
 
 @implementer(IPushProducer)
@@ -474,7 +417,7 @@ class _ListingWriter:
         self._request = request
         self._clock = clock
         self._chunks: Iterator[str] = json_records(listing.records)
-        self._end = ',"id":' + json.dumps(request_id) + "}"
+        self._end = answer_end(request_id)
         self._paused = False
         self._done = False
         self._next: IDelayedCall | None = None
@@ -482,11 +425,10 @@ class _ListingWriter:
 
     def start(self) -> None:
         request = self._request
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", b"application/json")
+        respond(request, 200, b"", _JSON)
         request.notifyFinish().addBoth(self._finished)
         request.registerProducer(self, True)
-        request.write(b'{"jsonrpc":"2.0","result":')
+        request.write(ANSWER_START)
         self._schedule()
 
     def _finished(self, result: object) -> None:
@@ -557,136 +499,29 @@ class _ListingWriter:
             transport.loseConnection()
 
 
-def _plain(request: Request, code: int, body: bytes, content_type: bytes | None = b"application/json") -> bytes:
-    request.setResponseCode(code)
-    if content_type is not None:
-        request.setHeader(b"content-type", content_type)
-    return body
+class MiRequest(BoundedRequest):
+    """A request whose body is kept up to L{MAX_BODY} bytes; past it, a JSON-RPC error answered 413."""
+
+    max_body = MAX_BODY
+
+    def too_large(self) -> tuple[bytes, bytes]:
+        return _JSON, error_answer(RpcError(INVALID_REQUEST, "Invalid Request", f"request body over {self.max_body} bytes"), None)
 
 
-def _too_large() -> bytes:
-    return error_answer(MiError(INVALID_REQUEST, "Invalid Request", f"request body over {MAX_BODY} bytes"), None)
-
-
-class _MiRequest(Request):
-    """
-    A request whose body is kept in memory up to L{MAX_BODY} bytes; a
-    longer one is answered 413 at once and the connection closed, the
-    rest never read.
-    """
-
-    _refused = False
-
-    def gotLength(self, length: int | None) -> None:
-        """Keep the body in memory (never a temporary file); refuse a declared length over the bound."""
-        self.content = io.BytesIO()
-        if length is not None and length > MAX_BODY:
-            self._refuse()
-
-    def handleContentChunk(self, data: bytes) -> None:
-        """Keep a chunk, unless the body grows past the bound."""
-        if self._refused:
-            return
-        assert self.content is not None
-        if self.content.tell() + len(data) > MAX_BODY:
-            self._refuse()
-            return
-        self.content.write(data)
-
-    def _refuse(self) -> None:
-        self._refused = True
-        body = _too_large()
-        transport = self.channel.transport
-        if transport is None:
-            return
-        transport.write(
-            b"HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\nConnection: close\r\n"
-            b"Content-Length: " + str(len(body)).encode("ascii") + b"\r\n\r\n" + body
-        )
-        transport.loseConnection()
-
-    def process(self) -> None:
-        """Answer, unless the body was refused (answered already)."""
-        if not self._refused:
-            super().process()
-
-
-class _Busy(Protocol):
-    """Says the MI is busy and hangs up (too many connections at once)."""
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        self.transport.loseConnection()
-
-
-class _MiChannel(HTTPChannel):
-    """An HTTP connection that its site counts while it lasts."""
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        """Count this connection out."""
-        super().connectionLost(reason)
-        site = getattr(self, "site", None)
-        if isinstance(site, MiSite):
-            site.connections -= 1
-
-
-_NOT_FOUND = notFound("No such resource", "The MI answers POST requests at its root path only.")
-
-
-class _Root(Resource):
-    """The site's root: the MI at C{/ROOT}, nothing anywhere else."""
-
-    def __init__(self, root: bytes, mi: IResource) -> None:
-        super().__init__()
-        self.putChild(root, mi)
-
-    def getChild(self, path: bytes, request: Request) -> IResource:
-        return _NOT_FOUND
-
-    def render(self, request: Request) -> bytes:
-        page: bytes = _NOT_FOUND.render(request)
-        return page
-
-
-class MiSite(Site):
-    """
-    The MI's HTTP site: no tracebacks shown, no access log, at most
-    C{max_connections} connections, idle ones closed.
-
-    @ivar connections: the connections open now.
-    """
-
-    noisy = False
-    displayTracebacks = False
-    protocol = _MiChannel  # type: ignore[assignment]
+class MiSite(BoundedSite):
+    """The MI's HTTP site: at most C{max_connections} connections, bodies up to L{MAX_BODY}, idle ones closed."""
 
     def __init__(self, resource: IResource, clock: IReactorTime, max_connections: int = MAX_CONNECTIONS) -> None:
-        super().__init__(resource, requestFactory=_MiRequest, timeout=REQUEST_TIMEOUT, reactor=clock)
-        self.max_connections = max_connections
-        self.connections = 0
-
-    def buildProtocol(self, addr: Any) -> Any:
-        """An HTTP channel, or a 503 when too many are open."""
-        if self.connections >= self.max_connections:
-            return _Busy()
-        channel = super().buildProtocol(addr)
-        self.connections += 1
-        return channel
-
-    def startFactory(self) -> None:
-        """No access log (nor its once-a-second clock)."""
-
-    def stopFactory(self) -> None:
-        """Nothing to close."""
-
-    def log(self, request: Any) -> None:
-        """No access log."""
+        super().__init__(resource, clock, MiRequest, max_connections, REQUEST_TIMEOUT)
 
 
-def mi_site(commands: Commands, admin: Admin, clock: IReactorTime, root: str = "mi") -> MiSite:
+def mi_site(commands: Commands, admin: Admin, clock: IReactorTime, root: str = "mi", writes: bool = False) -> MiSite:
     """
     The MI over HTTP at C{POST /root}, over the console's C{commands}
     and C{admin}; listen on it with any TCP endpoint.
+
+    @param writes: run the commands that change anything (the daemon's
+        C{--mi-http-writes}); else only C{which} and C{reg_list} run.
     """
-    return MiSite(_Root(root.encode("ascii"), MiResource(MiMethods(commands, admin), clock)), clock)
+    mi = MiResource(MiMethods(commands, admin, writes), clock)
+    return MiSite(Root({root.encode("ascii"): mi}, _NOT_FOUND), clock)

@@ -10,15 +10,18 @@ import json
 import sqlite3
 from typing import Any
 
+from twisted.internet import task
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.simulation import REGISTRAR, Simulation
 from tests.unit.control.test_control import ControlTestBase
+from tests.unit.control.test_http import replies
 from uacregistrant.control import mi
 from uacregistrant.control.commands import Commands
-from uacregistrant.control.mi import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT, UPSERT_PARAMS, mi_site
+from uacregistrant.control.mi import MAX_BODY, MAX_CONNECTIONS, MAX_NOTIFICATIONS, REQUEST_TIMEOUT, UPSERT_PARAMS, MiResource, mi_site
+from uacregistrant.store.sqlite import SqliteStore
 from uacregistrant.testing.registrar import UserPolicy
 
 REG = f"sip:{REGISTRAR[0]}:{REGISTRAR[1]}"
@@ -56,11 +59,13 @@ def _unchunk(data: bytes) -> bytes:
 
 
 class MiTestBase(ControlTestBase):
-    """The service of the console tests, with the MI site on the same fake clock."""
+    """The service of the console tests, with the MI site on the same fake clock (writes on unless C{writes} says not)."""
+
+    writes = True
 
     def setUp(self) -> None:
         super().setUp()
-        self.site = mi_site(self.service.commands, self.service.admin, self.sim.reactor)
+        self.site = mi_site(self.service.commands, self.service.admin, self.sim.reactor, writes=self.writes)
 
     def connect(self) -> tuple[Any, StringTransport]:
         transport = StringTransport()
@@ -219,6 +224,25 @@ class JsonRpcTests(MiTestBase):
         channel.dataReceived(b" " * (MAX_BODY + 1))  # what was already on its way: ignored
         self.turns()
         self.assertEqual(Response(transport.value()).status, 413)
+
+    def test_body_bound_no_100_continue(self) -> None:
+        """Expect: 100-continue with a body over MAX_BODY: the 413 only, no 100 Continue after it on the closing connection."""
+        channel, transport = self.connect()
+        channel.dataReceived(f"POST /mi HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {MAX_BODY + 1}\r\n\r\n".encode())
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertNotIn(b"100 Continue", transport.value())
+        self.assertEqual(Response(transport.value()).json["error"]["code"], -32600)
+        self.assertTrue(transport.disconnecting)
+
+    def test_100_continue_within_the_bound(self) -> None:
+        """Expect: 100-continue with a body within MAX_BODY: 100, then the answer once the body came."""
+        body = json.dumps({"jsonrpc": "2.0", "method": "which", "id": 2}).encode()
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /mi HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        self.assertEqual(transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        transport.clear()
+        channel.dataReceived(body)
+        self.assertEqual(Response(transport.value()).json["id"], 2)
 
     def test_body_bound_chunked(self) -> None:
         """A chunked body growing past MAX_BODY: 413 once it does, nothing kept beyond the bound."""
@@ -446,7 +470,7 @@ class ClusterTests(MiTestBase):
             service.registry, service.counters, service.admin, service.events, self.sim.reactor,
             holds=lambda r: r.account.aor == ALICE["aor"],
         )
-        self.site = mi_site(commands, service.admin, self.sim.reactor)
+        self.site = mi_site(commands, service.admin, self.sim.reactor, writes=True)
 
     def test_lists_held_records_only(self) -> None:
         """reg_list: only the records this node holds; another's record is 404 Held by another node."""
@@ -455,6 +479,140 @@ class ClusterTests(MiTestBase):
         error = self.error("reg_list", CAROL2)
         self.assertEqual((error["code"], error["message"]), (404, "Held by another node"))
         self.assertEqual(self.error("reg_force_register", CAROL2)["code"], 409)
+
+
+#: What a write answers while writes are off.
+FORBIDDEN = {"code": 403, "message": "Forbidden", "data": "MI writes are off: start the daemon with --mi-http-writes"}
+#: Every command that writes, by its 3.x and 4.0 names.
+WRITES = [name for n in ("reload", "enable", "disable", "force_register", "upsert", "delete") for name in (f"reg_{n}", f"uac_registrant:{n}")]
+
+
+class WritesOffTests(MiTestBase):
+    """mi_site's default: which and reg_list run; every other command is refused and does nothing."""
+
+    writes = False
+
+    def test_reads_run(self) -> None:
+        """which still names every command (the clients check a name is one before sending it); reg_list answers."""
+        names = self.result("which")
+        self.assertEqual(len(names), 16)
+        self.assertTrue(set(WRITES) <= set(names))
+        self.assertEqual(self.result("which", {"command": "reg_upsert"}), [list(UPSERT_PARAMS)])
+        self.assertEqual(len(self.result("reg_list", {})["Records"]), 4)
+        self.assertEqual(self.result("uac_registrant:list", ALICE)["Registrant"]["AOR"], ALICE["aor"])
+
+    def test_writes_refused(self) -> None:
+        """Every write, by both names, whatever its parameters: 403 Forbidden over HTTP 200 saying how to turn writes on; nothing done."""
+        db = sqlite3.connect(self.path)
+        db.execute("UPDATE registrant SET expiry = 1200 WHERE username = 'alice'")  # what a reg_reload would pick up
+        db.commit()
+        tables = {user: self.table(user) for user in ("alice", "bob", "carol", "dan")}
+        records = self.console_records()
+        sent = len(self.sim.registrar.received)
+        for method in WRITES:
+            params = upsert_params() if method.endswith("upsert") else ALICE
+            self.assertEqual(self.error(method, params, run=0.5), FORBIDDEN, method)
+            self.assertEqual(self.error(method, {"nonsense": 1}), FORBIDDEN, method)
+        self.assertEqual({user: self.table(user) for user in tables}, tables)
+        self.assertEqual(self.console_records(), records)
+        self.assertEqual(len(self.sim.registrar.received), sent)
+        self.assertEqual(self.error("reg_frobnicate", {})["code"], -32601)
+
+    def test_write_notification_does_nothing(self) -> None:
+        """A write sent as a notification: 202 as ever, and nothing done."""
+        response = self.post(json.dumps({"jsonrpc": "2.0", "method": "reg_disable", "params": CAROL2}), run=1)
+        self.assertEqual((response.status, response.body), (202, b""))
+        self.assertEqual(self.table("carol")[1][1], 0)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
+def notification(method: str, params: Any) -> bytes:
+    """A JSON-RPC notification as an HTTP request."""
+    body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params}).encode()
+    return b"POST /mi HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+
+DAN = {"aor": "sip:dan@test.invalid", "contact": "sip:dan@127.0.0.1:5060", "registrar": REG}
+
+
+class NotificationTests(MiTestBase):
+    """
+    Notifications paced per connection and bounded per site, the table's
+    queries finishing on a later reactor turn (as they do from the
+    store's thread), so that a reload is seen running.
+    """
+
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        users = {name: UserPolicy(password="TopSecret!") for name in ("alice", "carol", "dan")}
+        self.sim = Simulation(self.path, users, hash_size=0, timer_interval=10)
+        clock = self.sim.reactor
+        self.sim.store = SqliteStore(self.path, self.sim.settings.table, clock, run_in_thread=lambda f, *a: task.deferLater(clock, 0, f, *a))
+        self.sim.add("alice", password="TopSecret!")
+        self.sim.add("carol", password="TopSecret!", binding_URI="sip:carol@127.0.0.1:5070")
+        self.service = self.sim.start()
+        self.addCleanup(self.service.stopService)
+        self.sim.run(2)
+        self.site = mi_site(self.service.commands, self.service.admin, clock, writes=True)
+        self.mi: MiResource = self.site.resource.children[b"mi"]
+        self.sim.add("dan", password="TopSecret!")  # what a reload picks up
+
+    def has_dan(self) -> bool:
+        return "error" not in self.rpc("reg_list", DAN)
+
+    def test_next_request_read_when_done(self) -> None:
+        """The 202 goes out at once, but the connection's next request is read only once the notification has run."""
+        channel, transport = self.connect()
+        ask = json.dumps({"jsonrpc": "2.0", "method": "reg_list", "params": DAN, "id": 7}).encode()
+        channel.dataReceived(notification("reg_reload", {}) + b"POST /mi HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(ask) + ask)
+        self.assertEqual([r.status for r in replies(transport.value())], [202])
+        self.assertEqual(self.mi.notifying, 1)
+        self.sim.run(1)
+        first, second = replies(transport.value())
+        self.assertEqual((first.status, first.body, second.status), (202, b"", 200))
+        self.assertEqual(json.loads(second.body)["result"]["Registrant"]["AOR"], DAN["aor"])  # read after the reload
+        self.assertEqual(self.mi.notifying, 0)
+
+    def test_burst_waits_unread(self) -> None:
+        """A burst of notifications on one connection waits while the first runs (past 16 KiB, the connection is not read), then runs."""
+        channel, transport = self.connect()
+        channel.dataReceived(notification("reg_reload", {}))
+        channel.dataReceived(notification("reg_reload", {}) * 199)
+        self.assertEqual([r.status for r in replies(transport.value())], [202])
+        self.assertEqual((transport.producerState, self.mi.notifying), ("paused", 1))
+        self.sim.run(5)
+        self.assertEqual([r.status for r in replies(transport.value())], [202] * 200)
+        self.assertEqual((transport.producerState, self.mi.notifying), ("producing", 0))
+
+    def test_notifications_bounded(self) -> None:
+        """Past MAX_NOTIFICATIONS running on the site, a notification is answered 503 and not run; once they are done, it is taken again."""
+        for _ in range(MAX_NOTIFICATIONS):
+            channel, transport = self.connect()
+            channel.dataReceived(notification("reg_reload", {}))
+            self.assertEqual([r.status for r in replies(transport.value())], [202])
+        self.assertEqual(self.mi.notifying, MAX_NOTIFICATIONS)
+        channel, transport = self.connect()
+        channel.dataReceived(notification("reg_disable", CAROL2))
+        (busy,) = replies(transport.value())
+        self.assertEqual(busy.status, 503)
+        self.assertIn(b"notifications are running", busy.body)
+        self.sim.run(1)
+        self.assertEqual((self.mi.notifying, self.table("carol")[0][1]), (0, 0))
+        transport.clear()
+        channel.dataReceived(notification("reg_disable", CAROL2))
+        self.sim.run(1)
+        self.assertEqual([r.status for r in replies(transport.value())], [202])
+        self.assertEqual(self.table("carol")[0][1], 1)
+
+    def test_client_gone_meanwhile(self) -> None:
+        """The client disconnects while its notification runs: it still runs to the end, is counted out, nothing logged."""
+        channel, transport = self.connect()
+        channel.dataReceived(notification("reg_reload", {}))
+        channel.connectionLost(Failure(ConnectionError("gone")))
+        self.sim.run(1)
+        self.assertEqual((self.mi.notifying, self.site.connections), (0, 0))
+        self.assertTrue(self.has_dan())
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 def turn(clock: Any) -> None:

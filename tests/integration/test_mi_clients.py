@@ -3,8 +3,9 @@ OpenSIPS's own MI clients against the MI over HTTP: C{opensips-cli}
 (C{communication_type: http}) and C{opensips-mi -t http}, run as they are
 installed, against the real service on the real reactor (UDP to the test
 registrar on 127.0.0.1, a SQLite table), the MI listening on a free
-loopback port.  The clients run as child processes while the reactor
-keeps serving.
+loopback port (writes on, as with --mi-http-writes, but for the test of
+writes off).  The clients run as child processes while the reactor keeps
+serving.
 """
 
 from __future__ import annotations
@@ -85,17 +86,25 @@ class MiClientsTests(TestCase):
         self.service.startService()
         self.addCleanup(self.service.stopService)
         yield until(lambda: self.states() == {"alice": "REGISTERED_STATE", "bob": "REGISTERED_STATE"}, "both registered")
-        self.site: MiSite = mi_site(self.service.commands, self.service.admin, reactor)
-        port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
-        self.port = port.getHost().port
-        self.addCleanup(port.stopListening)
-        # Connections the clients closed are gone before the reactor is checked for leftovers.
-        self.addCleanup(lambda: until(lambda: self.site.connections == 0, "MI connections closed"))
-        config = self.directory / "opensips-cli.cfg"
-        config.write_text(f"[default]\ncommunication_type: http\nurl: http://127.0.0.1:{self.port}/mi\n")
-        self.config = str(config)
+        self.site, self.port = self.listen(writes=True)
+        self.config = self.cli_config(self.port)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("OPENSIPS_")}
         self.env["HOME"] = str(self.directory)  # no operator's ~/.opensips-cli.cfg; the history file lands here
+
+    def listen(self, writes: bool) -> tuple[MiSite, int]:
+        """An MI site over the service on a free loopback port."""
+        site = mi_site(self.service.commands, self.service.admin, reactor, writes=writes)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        # Connections the clients closed are gone before the reactor is checked for leftovers.
+        self.addCleanup(lambda: until(lambda: site.connections == 0, "MI connections closed"))
+        return site, port.getHost().port
+
+    def cli_config(self, port: int) -> str:
+        """An opensips-cli configuration file speaking HTTP to the MI on C{port}."""
+        config = self.directory / f"opensips-cli-{port}.cfg"
+        config.write_text(f"[default]\ncommunication_type: http\nurl: http://127.0.0.1:{port}/mi\n")
+        return str(config)
 
     def states(self) -> dict[str, str]:
         return {r.account.aor.split(":")[1].split("@")[0]: r.state.name for r in self.service.registry}
@@ -107,8 +116,8 @@ class MiClientsTests(TestCase):
         d = getProcessOutputAndValue(args[0], args[1:], env=self.env, path=str(self.directory))
         return d.addCallback(lambda result: (result[0].decode(), result[1].decode(), result[2]))
 
-    def opensips_cli(self, *words: str) -> defer.Deferred[tuple[str, str, int]]:
-        return self.run_client([self.cli, "-f", self.config, "-x", "mi", *words])
+    def opensips_cli(self, *words: str, config: str | None = None) -> defer.Deferred[tuple[str, str, int]]:
+        return self.run_client([self.cli, "-f", config or self.config, "-x", "mi", *words])
 
     def opensips_mi(self, *words: str) -> defer.Deferred[tuple[str, str, int]]:
         return self.run_client([self.mi, "-t", "http", "-i", "127.0.0.1", "-p", str(self.port), *words])
@@ -180,3 +189,18 @@ class MiClientsTests(TestCase):
         out, err, code = yield self.opensips_mi("reg_enable", f"aor={key['aor']}")  # not split: one positional value
         self.assertEqual(code, 1)
         self.assertIn("-32602: Invalid params (Too few or too many parameters)", out)
+
+    @defer.inlineCallbacks
+    def test_cli_writes_off(self) -> Any:
+        """MI writes off (the default): opensips-cli prints the 403 saying how to turn them on, exits 255, nothing changes; reg_list still works."""
+        _, port = self.listen(writes=False)
+        config = self.cli_config(port)
+        words = [f"{name}={value}" for name, value in self.key("bob").items()]
+        out, err, code = yield self.opensips_cli("reg_disable", *words, config=config)
+        self.assertEqual(code, 255, out + err)
+        self.assertIn("403: Forbidden (MI writes are off: start the daemon with --mi-http-writes)", err)
+        self.assertEqual(self.table_state("bob"), 0)
+        self.assertEqual(self.states(), {"alice": "REGISTERED_STATE", "bob": "REGISTERED_STATE"})
+        out, err, code = yield self.opensips_cli("uac_registrant:list", config=config)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(json.loads(out)["Records"]), 2)

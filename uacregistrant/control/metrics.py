@@ -562,7 +562,7 @@ class MetricsSite(BoundedSite):
     no access log (scrapes are not news).
     """
 
-    def __init__(self, root: IResource, clock: IReactorTime, max_connections: int = MAX_CONNECTIONS, timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(self, root: IResource, clock: IReactorTime, timeout: float = IDLE_TIMEOUT, max_connections: int = MAX_CONNECTIONS) -> None:
         super().__init__(root, clock, MetricsRequest, max_connections, timeout)
 
 

@@ -148,6 +148,11 @@ class OperationsTests(ProcessTestCase):
             self.assertEqual(answer["id"], "4242")
             self.assertEqual(sorted(r["state"] for r in answer["result"]["Records"]), ["REGISTERED_STATE"] * 2)
             self.assertIn("uac_registrant:list", json_rpc(mi, "which", {})["result"])
+            # Writes are off unless --mi-http-writes: the MI has no authentication.
+            refused = json_rpc(mi, "reg_disable", {"aor": "sip:u0@test.invalid", "contact": f"sip:u0@127.0.0.1:{local}",
+                                                   "registrar": f"sip:127.0.0.1:{port}"})
+            self.assertEqual(refused["error"]["code"], 403, refused)  # type: ignore[index]
+            self.assertEqual(records(control)["u0"]["state"], "REGISTERED_STATE")
             # ... and the real OpenSIPS client against the daemon's --mi-http.
             listed = subprocess.run([client("opensips-mi"), "-t", "http", "-i", "127.0.0.1", "-p", str(mi), "uac_registrant:list"],
                                     capture_output=True, text=True, timeout=PATIENCE, env={**os.environ, "HOME": str(self.directory)})

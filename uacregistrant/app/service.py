@@ -320,7 +320,7 @@ class RegistrantService(MultiService):
         if settings.metrics is not None:
             self._serve_metrics(settings.metrics.description)
         if settings.mi_http is not None:
-            site = mi_site(self.commands, self.admin, clock, settings.mi_root)
+            site = mi_site(self.commands, self.admin, clock, settings.mi_root, writes=settings.mi_http_writes)
             ControlListener(endpoints.serverFromString(reactor, settings.mi_http.description), site).setServiceParent(self)
         self.operations = OperationsService(
             clock, self.reload, self._status_line, log=log, call_from_thread=reactor.callFromThread if signals else None,

@@ -15,6 +15,7 @@ import pwd
 import socket
 import stat
 from dataclasses import dataclass
+from typing import Callable
 
 from uacregistrant.sip.numbers import parse_digits
 
@@ -253,25 +254,22 @@ _MAX_ID = 2**32 - 2
 
 def _user(name: str | None, description: str) -> int:
     """C{owner=}: a user name or a numeric uid (-1: not given)."""
-    if name is None:
-        return -1
-    number = parse_digits(name, _MAX_ID)
-    if number is not None:
-        return number
-    try:
-        return pwd.getpwnam(name).pw_uid
-    except (KeyError, ValueError):
-        raise ControlEndpointError(f"control endpoint {description!r}: no user named {name[:40]!r} (owner=)") from None
+    return _account_id(name, description, "owner", "user", lambda n: pwd.getpwnam(n).pw_uid)
 
 
 def _group(name: str | None, description: str) -> int:
     """C{group=}: a group name or a numeric gid (-1: not given)."""
+    return _account_id(name, description, "group", "group", lambda n: grp.getgrnam(n).gr_gid)
+
+
+def _account_id(name: str | None, description: str, part: str, what: str, lookup: Callable[[str], int]) -> int:
+    """A numeric id as given, or the id C{lookup} finds for a name (-1: not given)."""
     if name is None:
         return -1
     number = parse_digits(name, _MAX_ID)
     if number is not None:
         return number
     try:
-        return grp.getgrnam(name).gr_gid
+        return lookup(name)
     except (KeyError, ValueError):
-        raise ControlEndpointError(f"control endpoint {description!r}: no group named {name[:40]!r} (group=)") from None
+        raise ControlEndpointError(f"control endpoint {description!r}: no {what} named {name[:40]!r} ({part}=)") from None

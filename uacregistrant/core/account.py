@@ -138,7 +138,7 @@ def _clean(value: str | None, name: str) -> str | None:
         return None
     bad = _BAD_TEXT.search(value)
     if bad is not None:
-        what = "invalid UTF-8" if "\ud800" <= bad.group() <= "\udfff" else f"a control character ({bad.group()!r})"
+        what = "invalid UTF-8" if 0xD800 <= ord(bad.group()) <= 0xDFFF else f"a control character ({bad.group()!r})"
         raise RowError(
             f"{name} holds {what} at position {bad.start()}",
             f"remove it: CR, LF and other control characters would end a header line of the REGISTER",

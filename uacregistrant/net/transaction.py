@@ -320,7 +320,10 @@ class NonInviteClientTransactions(Generic[_User]):
         completed = self._completed
         while forgetting and forgetting[0][0] <= now:
             done = forgetting.popleft()
-            if completed.get(done[3]) is done:
+            # Equal, not identical: compiled (mypyc), a tuple is boxed anew
+            # where it is stored, and identity never holds.  A newer
+            # completion of the same branch differs in its deadline.
+            if completed.get(done[3]) == done:
                 del completed[done[3]]
 
     def clear(self) -> None:

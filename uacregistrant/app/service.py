@@ -9,7 +9,9 @@ arguments, from the store up to the wire:
                              listen sockets are child services)
 
 plus the control endpoints (child services) and the GC policy.  The
-walk starts once the first full pass is done.
+walk starts as the first batch of the first load lands: records register
+as their rows arrive, each at its bucket's visit (at once if the walk has
+passed its bucket already).
 """
 
 from __future__ import annotations
@@ -270,6 +272,7 @@ class RegistrantService(MultiService):
             poke=self.walker.poke,
             forget=self._forget,
             shared=shared,
+            arrived=self.walker.arrived,
         )
         self.loader = TableLoader(
             store,
@@ -277,7 +280,7 @@ class RegistrantService(MultiService):
             clock,
             poll_interval=settings.db_poll,
             loaded=self._loaded,
-            first_batch=freeze_loaded,
+            first_batch=self._first_batch,
         )
         self.loader.setServiceParent(self)
         self.walk = WalkService(self.walker, clock)
@@ -445,8 +448,13 @@ class RegistrantService(MultiService):
             print(f"uacregistrant: cannot start: {reason}", file=sys.__stderr__)
             raise StartRefused(reason) from None
 
+    def _first_batch(self) -> None:
+        """A batch of the first load is in: the walk runs from the first one on (records register as their rows land)."""
+        freeze_loaded()
+        self.walk.release()
+
     def _loaded(self, counts: dict[str, int]) -> None:
-        """A full pass finished: the walk runs from the first one on."""
+        """A full pass finished (the walk runs already, unless the table is empty)."""
         self.walk.release()
         self.operations.loaded()
         _log.info(

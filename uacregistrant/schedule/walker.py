@@ -20,7 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from uacregistrant.core.registrant import Registrant
-from uacregistrant.core.registry import Registry
+from uacregistrant.core.registry import Registry, bucket_of
 from uacregistrant.schedule.pacer import Pacer
 from uacregistrant.schedule.timers import Timer, TimerQueue
 
@@ -61,6 +61,10 @@ class BucketWalker:
         self.cycle = bucket_interval * registry.bucket_count
         self.next_bucket = 0
         self.visits = 0
+        # Buckets visited at least once (the walk starts while the first
+        # load still adds records: one arriving in a visited bucket missed
+        # its visit).
+        self._visited = bytearray(registry.bucket_count)
         # Each record's pending wake-up (only records due before their
         # bucket's next visit have one).
         self._wakes: dict[Registrant, Timer] = {}
@@ -70,6 +74,7 @@ class BucketWalker:
         index = self.next_bucket
         self.next_bucket = (index + 1) % self._registry.bucket_count
         self.visits += 1
+        self._visited[index] = 1
         try:
             self._scan(self._registry.bucket(index), 0)
         except Exception:
@@ -112,6 +117,16 @@ class BucketWalker:
                 wake.cancel()
             wakes[registrant] = self._timers.call_at(at, self._wake, registrant)
 
+    def arrived(self, registrant: Registrant) -> None:
+        """
+        A record the first load added while the walk runs: queued now if
+        the walk has visited its bucket already (it would have been sent
+        at that visit had it been loaded), else it waits for its visit, as
+        the seed's bucket timing has it.
+        """
+        if self._visited[bucket_of(registrant.account.aor, self._registry.bucket_count)]:
+            self.consider(registrant, self._clock.seconds())
+
     def poke(self, registrant: Registrant) -> None:
         """Re-examine a record whose schedule just changed."""
         now = self._clock.seconds()
@@ -143,7 +158,7 @@ class WalkService(Service):
     """
     Runs the walk: one L{BucketWalker.tick} every C{bucket_interval}
     seconds, from the moment it is both running and L{release}d (the
-    service releases it when the first full pass is done).
+    service releases it as the first batch of the first load lands).
     """
 
     def __init__(self, walker: BucketWalker, clock: IReactorTime) -> None:

@@ -34,6 +34,9 @@ class TableSync:
     The one place where rows become records.
 
     @param poke: called with a record whose send time may have changed.
+    @param arrived: called with a record the first load added (it waits
+        for its bucket's visit, unless the walk has passed that bucket
+        already: the walk starts as the first rows land).
     @param forget: called with a retired record once it is removed.
     @param shared: the service's tables, where accounts keep once what
         they repeat (a fresh set of tables if not given).
@@ -51,6 +54,7 @@ class TableSync:
         poke: Callable[[Registrant], None],
         forget: Callable[[Registrant], None],
         shared: SharedTables | None = None,
+        arrived: Callable[[Registrant], None] = lambda registrant: None,
     ) -> None:
         self._shared = shared if shared is not None else SharedTables()
         self._registry = registry
@@ -60,6 +64,7 @@ class TableSync:
         self._timer_interval = timer_interval
         self._sockets = sockets
         self.poke = poke
+        self._arrived = arrived
         self._forget = forget
         #: Keys deleted by an admin: their rows stay (disabled) but the
         #: records stay forgotten until a row for the key is enabled again.
@@ -116,6 +121,8 @@ class TableSync:
             self._registry.add(registrant)
             if immediate:
                 self.poke(registrant)
+            else:
+                self._arrived(registrant)
             return "added"
         if existing.reconfigure(account, now):
             self.poke(existing)

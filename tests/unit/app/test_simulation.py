@@ -80,6 +80,37 @@ class SimulationTests(SynchronousTestCase):
             self.assertClose(when, bucket, delta=0.01, msg=user)
         self.assertEqual(len(first_sent), 40)
 
+    def test_registrations_start_while_the_table_loads(self) -> None:
+        """
+        2,100 rows (three batches): the walk starts as the first batch
+        lands, so REGISTERs go out before the load ends; records of later
+        batches whose bucket the walk has visited go at once, the others at
+        their bucket's visit (hash_size 1, timer_interval 100: 0 s and 50 s).
+        """
+        users = {f"u{i}": UserPolicy() for i in range(2100)}
+        sim = self.simulation(users, hash_size=1, timer_interval=100, send_rate=100000)
+        for user in users:
+            sim.add(user)
+        service = sim.start()
+        sent_when_loaded: list[int] = []
+        loaded = service.operations.loaded
+        service.operations.loaded = lambda: (sent_when_loaded.append(service.counters.requests_sent), loaded())  # type: ignore[method-assign,func-returns-value]
+        sim.run(1)
+        self.assertEqual(len(sent_when_loaded), 1)
+        self.assertGreater(sent_when_loaded[0], 0, "nothing was sent before the load ended")
+        self.assertLess(sent_when_loaded[0], 2100)
+        first_sent: dict[str, float] = {}
+        for received in sim.registrar.received:
+            first_sent.setdefault(received.user, received.time)
+        bucket0 = {u for u in users if bucket_of(f"sip:{u}@test.invalid", 2) == 0}
+        self.assertEqual(set(first_sent), bucket0)  # every batch's, none of bucket 1 yet
+        self.assertLess(max(first_sent.values()), 1)
+        sim.run(50)
+        for received in sim.registrar.received:
+            first_sent.setdefault(received.user, received.time)
+        self.assertEqual(set(first_sent), set(users))
+        self.assertEqual({round(t) for u, t in first_sent.items() if u not in bucket0}, {50})
+
     def test_no_lapse_over_hours(self) -> None:
         """Over three simulated hours no binding expires at the registrar, even grants shorter than a walk."""
         users = {
@@ -224,7 +255,7 @@ class SimulationTests(SynchronousTestCase):
         batches stays deleted: the pass's older snapshot does not bring it
         back.
         """
-        users = {f"u{i}": UserPolicy() for i in range(2500)}
+        users = {f"u{i}": UserPolicy() for i in range(2100)}
         sim = self.simulation(users, hash_size=0, timer_interval=100, send_rate=10000, max_in_flight=10000)
         sim.db.executemany(
             "INSERT INTO registrant (registrar, aor, binding_URI, expiry) VALUES (?, ?, ?, 3600)",

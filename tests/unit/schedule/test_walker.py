@@ -218,6 +218,31 @@ class BucketWalkerTests(SynchronousTestCase):
         self.assertEqual(self.pushed(), [r1])
 
 
+    def test_record_arriving_during_the_first_load(self) -> None:
+        """
+        A record the first load adds while the walk runs: sent at once if
+        its bucket was visited already (it missed that visit), else at its
+        bucket's visit, as the seed's timing has it.
+        """
+        walker = self.walker()
+        early = in_bucket(0, 4, self.taken)
+        self.registry.add(early)
+        walker.arrived(early)  # before any visit: waits
+        self.assertEqual(self.pacer.pushed, [])
+        walker.tick()  # bucket 0
+        self.assertEqual(self.pacer.pushed, [(0, early)])
+        late_visited, late_waiting = in_bucket(0, 4, self.taken), in_bucket(2, 4, self.taken)
+        self.clock.advance(1)
+        for record in (late_visited, late_waiting):
+            self.registry.add(record)
+            walker.arrived(record)
+        self.assertEqual(self.pacer.pushed[1:], [(1, late_visited)])
+        self.clock.advance(9)
+        walker.tick()  # bucket 1
+        self.clock.advance(10)
+        walker.tick()  # bucket 2: the record that waited for it
+        self.assertEqual(self.pacer.pushed[2:], [(20, late_waiting)])
+
 class WalkServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()

@@ -255,7 +255,7 @@ class SimulationTests(SynchronousTestCase):
         batches stays deleted: the pass's older snapshot does not bring it
         back.
         """
-        users = {f"u{i}": UserPolicy() for i in range(2100)}
+        users = {f"u{i}": UserPolicy() for i in range(2500)}
         sim = self.simulation(users, hash_size=0, timer_interval=100, send_rate=10000, max_in_flight=10000)
         sim.db.executemany(
             "INSERT INTO registrant (registrar, aor, binding_URI, expiry) VALUES (?, ?, ?, 3600)",
@@ -278,7 +278,7 @@ class SimulationTests(SynchronousTestCase):
         self.assertNotIn((gone[0], gone[1]), sim.registrar.bindings)
 
     def test_large_table_loads_in_slices(self) -> None:
-        """Loading gives the reactor a turn every BATCH_SIZE rows; walking starts after the last."""
+        """Loading gives the reactor a turn every BATCH_SIZE rows (the walk starts with the first)."""
         users = {f"u{i}": UserPolicy() for i in range(4500)}
         sim = self.simulation(users, hash_size=0, timer_interval=100)
         sim.db.executemany(

@@ -12,13 +12,13 @@ import dataclasses
 import enum
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from uacregistrant.core.account import Account
 from uacregistrant.sip.digest import Challenge, Credentials, authorization_value, choose_challenge, parse_challenges
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import Response, parse_delta_seconds, parse_name_addr, printable
-from uacregistrant.sip.sharing import SharedTables
+from uacregistrant.sip.sharing import SharedTables, SharedValues
 from uacregistrant.sip.tokens import token_hex
 from uacregistrant.sip.uri import parse_uri_uncached, uris_equal
 
@@ -428,7 +428,10 @@ class Registrant:
         status = response.status
         if status < 200 or self._state not in IN_TRANSACTION:
             return None
-        self.last_reply = self.policy.shared.replies.share((status, response.reason))
+        # Through Any: compiled (mypyc), a tuple[int, str] result would be
+        # unboxed and boxed again, one copy per record instead of the shared one.
+        replies: SharedValues[Any] = self.policy.shared.replies
+        self.last_reply = replies.share((status, response.reason))
         follow: Outgoing | None = None
         if status < 300:
             follow = self._on_success(response, now)

@@ -28,7 +28,7 @@ formatting) import this one, never the reverse.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Generic, Hashable, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, Hashable, TypeVar
 
 if TYPE_CHECKING:  # for the annotation only: uri.py imports this module
     from uacregistrant.sip.uri import SipUri
@@ -128,7 +128,7 @@ class Names:
     __slots__ = ("headers", "params", "_limit")
 
     #: The longest spelling remembered.
-    LENGTH_MAX = 32
+    LENGTH_MAX: Final = 32
 
     def __init__(self, limit: int = 1024) -> None:
         self.headers: dict[str, str] = {}

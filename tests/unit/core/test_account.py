@@ -4,6 +4,7 @@ import dataclasses
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.build import COMPILED
 from uacregistrant.core.account import Account, RowError, account_from_row
 from uacregistrant.sip.sharing import SharedTables
 
@@ -70,7 +71,8 @@ class SharedTablesTests(SynchronousTestCase):
         first = self.load(shared, aor="sip:a@example.com", expiry=int("7200"))
         second = self.load(shared, aor="sip:b@example.com", expiry=int("7200"))
         self.assertIs(first.next_hop, second.next_hop)
-        self.assertIs(first.expiry, second.expiry)
+        if not COMPILED:  # compiled, an int attribute is stored unboxed: nothing to share
+            self.assertIs(first.expiry, second.expiry)
         proxied = self.load(shared, proxy="<sip:proxy.example.com;lr>")
         self.assertIs(proxied.next_hop, self.load(shared, proxy="sip:proxy.example.com;lr").next_hop)
         self.assertEqual(len(shared.uris), 2)  # the registrar and the proxy (however written); no AOR, no binding
@@ -92,7 +94,8 @@ class SharedTablesTests(SynchronousTestCase):
             first = self.load(tables, aor="sip:a@example.com", expiry=int("7200"))
             second = self.load(tables, aor="sip:b@example.com", expiry=int("7200"))
             self.assertEqual(first.next_hop is second.next_hop, shares)
-            self.assertEqual(first.expiry is second.expiry, shares)
+            if not COMPILED:  # compiled, an int attribute is stored unboxed: nothing to share
+                self.assertEqual(first.expiry is second.expiry, shares)
         self.assertEqual((len(full.uris), len(full.expiries)), (1, 1))
 
     def test_replace_keeps_the_hop(self) -> None:
@@ -177,4 +180,5 @@ class HostileRowTests(SynchronousTestCase):
                 raise RuntimeError("no")
 
         self.refused("username", username=Weird())
-        self.refused("unusable row", id=1, forced_socket=WeirdText("udp:127.0.0.1"))
+        if not COMPILED:  # compiled code calls str's own strip, never the subclass's: nothing raises
+            self.refused("unusable row", id=1, forced_socket=WeirdText("udp:127.0.0.1"))

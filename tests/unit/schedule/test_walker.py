@@ -210,8 +210,17 @@ class BucketWalkerTests(SynchronousTestCase):
         """A bucket whose scan raises is logged; the next tick still moves on."""
         self.add(0)
         r1 = self.add(1)
-        walker = self.walker()
-        self.patch(self.registry, "bucket", lambda index: 1 / 0 if index == 0 else [r1])
+        registry = self.registry
+
+        class FailingRegistry:
+            """The registry, but bucket 0 cannot be read (a compiled Registry cannot be patched)."""
+
+            bucket_count = registry.bucket_count
+
+            def bucket(self, index: int) -> list[Registrant]:
+                return [1 / 0] if index == 0 else registry.bucket(index)  # type: ignore[list-item]
+
+        walker = BucketWalker(FailingRegistry(), self.clock, 10.0, self.pacer, timers=TimerQueue(self.clock))  # type: ignore[arg-type]
         walker.tick()
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         walker.tick()

@@ -6,7 +6,7 @@ All registrants, in 2^hash_size buckets chosen by a stable hash of the AOR.
 from __future__ import annotations
 
 import zlib
-from typing import Iterator, KeysView
+from typing import Any, Iterator, KeysView
 
 from uacregistrant.core.account import AccountKey
 from uacregistrant.core.registrant import Registrant
@@ -42,7 +42,9 @@ class Registry:
 
     def add(self, registrant: Registrant) -> None:
         """Add a registrant; its key must be new."""
-        key = registrant.account.key
+        # One tuple for both dictionaries: compiled (mypyc), a variable of the
+        # key's own tuple type would be boxed anew for each (64 bytes each).
+        key: Any = registrant.account.key
         if key in self._by_key:
             raise KeyError(f"duplicate registrant {key}")
         self._buckets[bucket_of(key[0], self.bucket_count)][key] = registrant

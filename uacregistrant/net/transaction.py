@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from heapq import heapify, heappop, heappush
-from typing import Callable, Generic, TypeVar, Union
+from typing import Any, Callable, Generic, TypeVar, Union
 
 from uacregistrant.core.counters import SipCounters
 from uacregistrant.sip.errors import SipParseError
@@ -244,7 +244,11 @@ class NonInviteClientTransactions(Generic[_User]):
         del self._live[key]
         self._unschedule(txn)
         if not txn.reliable:
-            self._completed[key] = completed = (now + self.t4, txn.dest, txn.cseq, key)
+            # One tuple in both places: compiled (mypyc), a variable of the
+            # tuple's own type would be boxed anew for each (twice the memory
+            # for every transaction until Timer K).
+            completed: Any = (now + self.t4, txn.dest, txn.cseq, key)
+            self._completed[key] = completed
             self._forgetting.append(completed)
         return Deliver(txn.user, response)
 

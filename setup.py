@@ -5,8 +5,8 @@ The pure modules on the hot path (the SIP codec, the registrant state
 machine and the rest of core/, the client transaction machine, target
 health) can be compiled with mypyc, which ships with mypy.  The compiled
 build is chosen when UACREG_COMPILE=1 (not yet by default: compiled, a
-registered account still costs more memory, see docs/PERFORMANCE.md,
-issue 14); UACREG_PURE_PYTHON=1 always builds pure Python.  Without a C
+registered account still costs about 6 % more memory, see
+docs/PERFORMANCE.md, issue 14); UACREG_PURE_PYTHON=1 always builds pure Python.  Without a C
 compiler, the Python headers or mypyc, or when compiling fails, the
 build is pure Python: `pip install .` works everywhere.
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -284,9 +284,8 @@ class Postgres:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def group_cpu(pgid: int) -> float:
-    """User + system CPU seconds of every live process of a process group."""
-    total = 0.0
+def _group_stats(pgid: int) -> Iterator[list[str]]:
+    """The /proc/PID/stat fields after the command name (state first) of each process of a process group."""
     for stat in glob.glob("/proc/[0-9]*/stat"):
         try:
             with open(stat) as f:
@@ -294,8 +293,12 @@ def group_cpu(pgid: int) -> float:
         except OSError:
             continue
         if int(fields[2]) == pgid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+            yield fields
+
+
+def group_cpu(pgid: int) -> float:
+    """User + system CPU seconds of every live process of a process group."""
+    return sum(int(fields[11]) + int(fields[12]) for fields in _group_stats(pgid)) / os.sysconf("SC_CLK_TCK")
 
 
 def stop_group(process: subprocess.Popen[bytes], grace: float = 20) -> None:
@@ -317,13 +320,4 @@ def stop_group(process: subprocess.Popen[bytes], grace: float = 20) -> None:
 
 def group_members(pgid: int) -> int:
     """How many live processes are in the process group (0 once it is gone)."""
-    count = 0
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            count += 1
-    return count
+    return sum(1 for fields in _group_stats(pgid) if fields[0] != "Z")

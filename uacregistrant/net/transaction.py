@@ -233,6 +233,7 @@ class NonInviteClientTransactions(Generic[_User]):
             counters.dropped_cseq_mismatch += 1
             return None
         counters.responses_accepted += 1
+        counters.count_response_class(response.status)
         if response.status < 200:
             t2 = self.t2
             if txn.interval < t2 and not txn.reliable:

@@ -132,11 +132,7 @@ class TransactionLayer:
 
         @param via: the socket or connection it came over (the request's own, or it is dropped).
         """
-        counters = self._counters
-        accepted = counters.responses_accepted
         delivery = self._table.receive(response, source, self._clock.seconds(), via)
-        if counters.responses_accepted != accepted:  # matched a transaction (a provisional one too)
-            counters.count_response_class(response.status)
         if delivery is not None:
             if self._wake is None:
                 self._arm()

@@ -124,7 +124,7 @@ class BucketWalker:
         at that visit had it been loaded), else it waits for its visit, as
         the seed's bucket timing has it.
         """
-        if self._visited[bucket_of(registrant.account.aor, self._registry.bucket_count)]:
+        if self.visits and self._visited[bucket_of(registrant.account.aor, self._registry.bucket_count)]:
             self.consider(registrant, self._clock.seconds())
 
     def poke(self, registrant: Registrant) -> None:

@@ -3,18 +3,18 @@ Builds uacregistrant (the metadata is in setup.cfg).
 
 The pure modules on the hot path (the SIP codec, the registrant state
 machine and the rest of core/, the client transaction machine, target
-health) can be compiled with mypyc, which ships with mypy.  The compiled
-build is chosen when UACREG_COMPILE=1 (not yet by default: compiled, a
-registered account still costs about 6 % more memory, see
-docs/PERFORMANCE.md, issue 14); UACREG_PURE_PYTHON=1 always builds pure Python.  Without a C
-compiler, the Python headers or mypyc, or when compiling fails, the
-build is pure Python: `pip install .` works everywhere.
+health) are compiled with mypyc, which ships with mypy (a build
+requirement in pyproject.toml): about a third less CPU per registration
+(docs/PERFORMANCE.md, issue 14).  UACREG_PURE_PYTHON=1 builds pure Python.
+Without a C compiler, the Python headers or mypyc, or when compiling
+fails, the build is pure Python: `pip install .` works everywhere.
 
 The project's own tests run against the source tree, so CI compiles in
-place for its compiled run:
+place for its compiled run (and a development install should be pure:
+`UACREG_PURE_PYTHON=1 pip install -e .`, or the .so files shadow edits):
 
-    UACREG_COMPILE=1 python setup.py build_ext --inplace   # .so files beside the .py files
-    python setup.py clean_compiled                          # back to pure Python
+    python setup.py build_ext --inplace   # .so files beside the .py files
+    python setup.py clean_compiled        # back to pure Python
 """
 
 from __future__ import annotations
@@ -35,16 +35,12 @@ COMPILED = sorted(
     + glob.glob("uacregistrant/core/*.py")
     + ["uacregistrant/net/transaction.py", "uacregistrant/net/targets.py"]
 )
-#: Compiled without being asked (UACREG_COMPILE=1) once memory per account is no worse.
-COMPILE_BY_DEFAULT = False
 
 
 def compile_reason() -> str | None:
     """Why the build stays pure Python, or C{None} to compile."""
     if os.environ.get("UACREG_PURE_PYTHON") == "1":
         return "UACREG_PURE_PYTHON=1"
-    if os.environ.get("UACREG_COMPILE") != "1" and not COMPILE_BY_DEFAULT:
-        return "not asked for (UACREG_COMPILE=1)"
     compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         return f"no C compiler ({compiler})"

@@ -52,7 +52,7 @@ def run(
     sampler = None
     if py_spy:
         sampler = subprocess.Popen(
-            ["py-spy", "record", "--nonblocking", "--rate", "250", "--format", "raw", "-o", py_spy, "-p", str(daemon.pid)],
+            ["py-spy", "record", *os.environ.get("UACREG_BENCH_PYSPY", "--gil").split(), "--nonblocking", "--rate", "250", "--format", "raw", "-o", py_spy, "-p", str(daemon.pid)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

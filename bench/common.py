@@ -122,7 +122,7 @@ def start_daemon(directory: str, db: str, local: int, control: str, *options: st
         [*TWISTD, "-n", "--pidfile=", f"--logfile={directory}/daemon.log", *twistd, "uacregistrant",
          "--db-url", f"sqlite:{db}", "--listen", f"udp:127.0.0.1:{local}", "--control", control,
          "--no-unregister-on-shutdown", *options],
-        cwd=directory, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=directory, env={**os.environ, "PYTHONPATH": os.environ.get("UACREG_BENCH_TREE", str(ROOT))},
     )
 
 

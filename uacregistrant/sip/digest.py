@@ -67,6 +67,34 @@ class Challenge:
         """Whether this is a Digest challenge with a nonce."""
         return self.scheme.lower() == "digest" and bool(self.nonce)
 
+    def layout(self) -> "ChallengeLayout":
+        """What this challenge has in common with its registrar's others (see L{ChallengeLayout})."""
+        return ChallengeLayout(self.scheme, tuple(item for item in self.params.items() if item[0] not in _NOT_IN_LAYOUT))
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeLayout:
+    """
+    A challenge without its nonce and opaque: the scheme and the other
+    parameters (realm, qop, algorithm...), which all the challenges of one
+    registrar repeat.  Hashable: a service keeps one per distinct layout
+    (L{uacregistrant.sip.sharing.SharedTables.layouts}), so a record that
+    keeps its challenge for credentials up front holds only its nonce (and
+    opaque) of its own.  C{stale} is left out: it concerns the response
+    that carried it, never the answers to come.
+    """
+
+    scheme: str
+    params: tuple[tuple[str, str], ...]
+
+    def challenge(self, nonce: str, opaque: str | None = None) -> Challenge:
+        """The challenge again, with this C{nonce} (and C{opaque})."""
+        params = dict(self.params)
+        params["nonce"] = nonce
+        if opaque is not None:
+            params["opaque"] = opaque
+        return Challenge(self.scheme, params)
+
 
 # One auth-param or scheme token: NAME [= (quoted-string | token)] [,]
 _AUTH_ITEM = re.compile(r'[\s,]*([^\s=,"]+)[ \t]*(?:=[ \t]*("(?:[^"\\]|\\.)*"|[^\s,"]*))?')
@@ -74,6 +102,8 @@ _AUTH_ITEM = re.compile(r'[\s,]*([^\s=,"]+)[ \t]*(?:=[ \t]*("(?:[^"\\]|\\.)*"|[^
 
 #: Parameters that differ per challenge: never shared.
 _UNIQUE_PARAMS = frozenset({"nonce", "opaque"})
+#: Parameters a L{ChallengeLayout} leaves out.
+_NOT_IN_LAYOUT = _UNIQUE_PARAMS | {"stale"}
 #: Longer values are not kept in the shared table (a registrar inventing
 #: 60 KB realms must not fill it with them).
 _SHARED_LENGTH_MAX = 256

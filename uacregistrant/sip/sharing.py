@@ -30,7 +30,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final, Generic, Hashable, TypeVar
 
-if TYPE_CHECKING:  # for the annotation only: uri.py imports this module
+if TYPE_CHECKING:  # for the annotations only: uri.py and digest.py import this module
+    from uacregistrant.sip.digest import ChallengeLayout
     from uacregistrant.sip.uri import SipUri
 
 _V = TypeVar("_V", bound=Hashable)
@@ -161,6 +162,11 @@ class SharedTables:
         at most 128 characters); 4096.
       - C{expiries}: configured and granted expiries (ints past 256 are
         an object each); 4096.
+      - C{layouts}: kept challenges' layouts (scheme, realm, qop,
+        algorithm...: all but the nonce and opaque, see
+        L{uacregistrant.sip.digest.ChallengeLayout}), one per registrar
+        as a rule; 1024, none of a challenge over the registrant's
+        C{KEEP_CHALLENGE_MAX} characters.
 
     Pure memoization:
       - C{uris}: parsed registrar, proxy and third-party URIs by text,
@@ -171,7 +177,7 @@ class SharedTables:
         L{uacregistrant.sip.message}); 1024 each.
     """
 
-    __slots__ = ("text", "replies", "expiries", "uris", "names")
+    __slots__ = ("text", "replies", "expiries", "layouts", "uris", "names")
 
     def __init__(
         self,
@@ -179,11 +185,13 @@ class SharedTables:
         text_limit: int = 4096,
         replies_limit: int = 4096,
         expiries_limit: int = 4096,
+        layouts_limit: int = 1024,
         uris_limit: int = 8192,
         names_limit: int = 1024,
     ) -> None:
         self.text: SharedValues[str] = SharedValues(text_limit)
         self.replies: SharedValues[tuple[int, str]] = SharedValues(replies_limit)
         self.expiries: SharedValues[int] = SharedValues(expiries_limit)
+        self.layouts: SharedValues[ChallengeLayout] = SharedValues(layouts_limit)
         self.uris: Memo[str, SipUri] = Memo(uris_limit)
         self.names = Names(names_limit)

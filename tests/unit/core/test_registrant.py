@@ -109,6 +109,61 @@ class RegistrantTests(SynchronousTestCase):
         assert out is not None
         self.assertEqual(out.authorization[0][0], "Proxy-Authorization")
 
+
+    def test_kept_challenges_share_their_layout(self) -> None:
+        """Records challenged alike keep one layout between them (realm, qop, algorithm) and their own nonces."""
+        records = [self.registrant(aor=f"sip:u{i}@example.com") for i in range(3)]
+        for i, r in enumerate(records):
+            r.start(0)
+            r.on_response(response(401, "Unauthorized", CHALLENGE.replace("n1", f"n{i}").replace('"r"', '"'.join(["", "r", ""]))), 1)
+            r.on_response(response(200, "OK"), 2)
+        kept = [r._auth for r in records]
+        self.assertEqual([type(k).__name__ for k in kept], ["_Auth"] * 3)
+        self.assertIs(kept[0].layout, kept[1].layout)  # type: ignore[union-attr]
+        self.assertIs(kept[0].layout, kept[2].layout)  # type: ignore[union-attr]
+        self.assertEqual(len(self.policy.shared.layouts), 1)
+        for i, r in enumerate(records):
+            params = parse_authorization(r.start(3000).authorization[0][1])
+            self.assertEqual((params["nonce"], params["nc"], params["realm"], params["qop"]), (f"n{i}", "00000002", "r", "auth"))
+            self.assertTrue(verify_authorization(params, "secret", "REGISTER"))
+
+    def test_opaque_kept_with_its_nonce(self) -> None:
+        """A challenge's opaque goes back with every answer, the refresh's included; stale=true is not kept."""
+        r = self.registrant()
+        r.start(0)
+        follow = r.on_response(response(401, "Unauthorized", CHALLENGE.replace("MD5", 'MD5, opaque="o1", stale=true')), 1)
+        assert follow is not None
+        self.assertEqual(parse_authorization(follow.authorization[0][1])["opaque"], "o1")
+        r.on_response(response(200, "OK"), 2)
+        assert r._auth is not None and not isinstance(r._auth, tuple)
+        self.assertNotIn("stale", dict(r._auth.layout.params))
+        params = parse_authorization(r.start(3000).authorization[0][1])
+        self.assertEqual((params["nonce"], params["nc"], params["opaque"]), ("n1", "00000002", "o1"))
+        self.assertTrue(verify_authorization(params, "secret", "REGISTER"))
+
+    def test_proxy_and_registrar_challenges_both_kept(self) -> None:
+        """A 407 then a 401 in one attempt: the refresh carries both answers, each with its own nonce count."""
+        r = self.registrant()
+        r.start(0)
+        r.on_response(response(407, "Proxy Authentication Required", CHALLENGE.replace("WWW", "Proxy").replace("n1", "p1")), 1)
+        follow = r.on_response(response(401, "Unauthorized", CHALLENGE), 2)
+        assert follow is not None
+        self.assertEqual([name for name, _ in follow.authorization], ["Proxy-Authorization", "Authorization"])
+        r.on_response(response(200, "OK"), 3)
+        out = r.start(3000)
+        answers = {name: parse_authorization(value) for name, value in out.authorization}
+        self.assertEqual(
+            {name: (params["nonce"], params["nc"]) for name, params in answers.items()},
+            {"Proxy-Authorization": ("p1", "00000003"), "Authorization": ("n1", "00000002")},
+        )
+        # A new 407 replaces only the proxy's kept challenge.
+        follow = r.on_response(response(407, "Proxy Authentication Required", CHALLENGE.replace("WWW", "Proxy").replace("n1", "p2")), 3001)
+        assert follow is not None
+        answers = {name: parse_authorization(value) for name, value in follow.authorization}
+        self.assertEqual(
+            {name: (params["nonce"], params["nc"]) for name, params in answers.items()},
+            {"Proxy-Authorization": ("p2", "00000001"), "Authorization": ("n1", "00000003")},
+        )
     def test_granted_expiry_sources(self) -> None:
         """
         Our Contact's expires, else the Expires header; with no Contact of
@@ -345,6 +400,7 @@ class HostileRegistrarTests(SynchronousTestCase):
         out = r.on_response(response(401, "Unauthorized", CHALLENGE.replace("n1", "n" * 5000)), 1)
         assert out is not None
         self.assertIn("n" * 5000, out.authorization[0][1])
+        self.assertEqual(len(self.policy.shared.layouts), 0)  # nor its layout shared
         r.on_response(response(200, "OK", "Contact: <sip:alice@192.0.2.1:5060>;expires=600\r\n"), 2)
         self.assertEqual(r.state, RegState.REGISTERED_STATE)
         self.assertEqual(r.start(600).authorization, ())
@@ -354,7 +410,7 @@ class HostileRegistrarTests(SynchronousTestCase):
         r.start(0)
         self.assertIsNotNone(r.on_response(response(401, "Unauthorized", CHALLENGE.replace("n1", "n" * 5000)), 1))
         r.on_response(response(200, "OK"), 2)
-        self.assertEqual((r.state, r._auth), (RegState.NOT_REGISTERED_STATE, ()))
+        self.assertEqual((r.state, r._auth), (RegState.NOT_REGISTERED_STATE, None))
 
     def test_interval_too_brief_forever(self) -> None:
         """A registrar raising Min-Expires on every 423 gets two follow-ups, then the back-off."""

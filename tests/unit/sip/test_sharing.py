@@ -54,7 +54,7 @@ class SharedTablesTests(SynchronousTestCase):
     def fill(self, tables: SharedTables, limit: int) -> None:
         """Fill every table of C{tables} to C{limit} through the code that uses them."""
         for i in range(limit):
-            parse_challenges(f'Digest realm="r{i}.test", nonce="n"', shared=tables.text)
+            tables.layouts.share(parse_challenges(f'Digest realm="r{i}.test", nonce="n"', shared=tables.text)[0].layout())
             tables.replies.share((500 + i, "".join(["Error ", str(i)])))
             tables.expiries.share(int(f"{10_000 + i}"))
             parse_uri(f"sip:registrar{i}.test", tables.uris)
@@ -71,6 +71,7 @@ class SharedTablesTests(SynchronousTestCase):
         parse_message(unusual, names=tables.names)
         return {
             "text": first.realm is second.realm,
+            "layouts": tables.layouts.share(first.layout()) is tables.layouts.share(second.layout()),
             "replies": tables.replies.share(reply) is tables.replies.share((486, "".join(["Busy", " Here"]))),
             "expiries": tables.expiries.share(expiry) is tables.expiries.share(int("123456")),
             "uris": parse_uri("sip:new.test", tables.uris) is parse_uri("sip:new.test", tables.uris),
@@ -80,33 +81,37 @@ class SharedTablesTests(SynchronousTestCase):
     def test_two_services_share_nothing(self) -> None:
         """One service filling its tables to their limits leaves another's interning and memos working."""
         limit = 8
-        full = SharedTables(text_limit=limit, replies_limit=limit, expiries_limit=limit, uris_limit=limit, names_limit=limit)
+        full = SharedTables(
+            text_limit=limit, replies_limit=limit, expiries_limit=limit, layouts_limit=limit, uris_limit=limit, names_limit=limit
+        )
         self.fill(full, 50)
         other = SharedTables()
-        self.assertEqual(self.shares(other), dict.fromkeys(["text", "replies", "expiries", "uris", "names"], True))
-        self.assertEqual(self.shares(full), dict.fromkeys(["text", "replies", "expiries", "uris", "names"], False))
+        self.assertEqual(self.shares(other), dict.fromkeys(["text", "replies", "expiries", "layouts", "uris", "names"], True))
+        self.assertEqual(self.shares(full), dict.fromkeys(["text", "replies", "expiries", "layouts", "uris", "names"], False))
         # Only its own: "Digest", "realm", "nonce" and the realm; one reply, one expiry, one URI.
         self.assertEqual([len(other.text), len(other.replies), len(other.expiries), len(other.uris)], [4, 1, 1, 1])
 
     def test_each_table_bounded(self) -> None:
         """However much goes through them, no table grows past its limit."""
         limit = 8
-        tables = SharedTables(text_limit=limit, replies_limit=limit, expiries_limit=limit, uris_limit=limit, names_limit=limit)
+        tables = SharedTables(
+            text_limit=limit, replies_limit=limit, expiries_limit=limit, layouts_limit=limit, uris_limit=limit, names_limit=limit
+        )
         self.fill(tables, 50)
-        sizes = [len(tables.text), len(tables.replies), len(tables.expiries), len(tables.uris)]
+        sizes = [len(tables.text), len(tables.replies), len(tables.expiries), len(tables.layouts), len(tables.uris)]
         sizes += [len(tables.names.headers), len(tables.names.params)]
-        self.assertEqual(sizes, [limit] * 6)
+        self.assertEqual(sizes, [limit] * 7)
         self.assertEqual(
-            [tables.text.limit, tables.replies.limit, tables.expiries.limit, tables.uris.limit, tables.names.limit],
-            [limit] * 5,
+            [tables.text.limit, tables.replies.limit, tables.expiries.limit, tables.layouts.limit, tables.uris.limit, tables.names.limit],
+            [limit] * 6,
         )
 
     def test_default_limits(self) -> None:
         """The documented limits."""
         tables = SharedTables()
         self.assertEqual(
-            [tables.text.limit, tables.replies.limit, tables.expiries.limit, tables.uris.limit, tables.names.limit],
-            [4096, 4096, 4096, 8192, 1024],
+            [tables.text.limit, tables.replies.limit, tables.expiries.limit, tables.layouts.limit, tables.uris.limit, tables.names.limit],
+            [4096, 4096, 4096, 1024, 8192, 1024],
         )
 
 

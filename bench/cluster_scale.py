@@ -759,6 +759,8 @@ def main() -> int:
     parser.add_argument("--code", default="HEAD", metavar="REVISION",
                         help="run the daemons from this commit (git archive, the repository untouched), or '.' for the working tree "
                              "[default: %(default)s]")
+    parser.add_argument("--tree", metavar="PATH",
+                        help="run the daemons from this directory as it is (e.g. a worktree compiled in place); overrides --code")
     parser.add_argument("--keep", action="store_true", help="keep every run's directory (node logs) and print where")
     options = parser.parse_args()
     global KEEP
@@ -768,7 +770,11 @@ def main() -> int:
     if not options.no_kamailio:
         configs.append(("kamailio uac", -1))
     work = tempfile.mkdtemp(prefix="uacreg-cluster-")
-    if options.code == ".":
+    if options.tree:
+        code = os.path.abspath(options.tree)
+        compiled = bool(glob.glob(os.path.join(code, "uacregistrant", "core", "*.so")))
+        state = f"tree {code} ({'compiled' if compiled else 'pure'})"
+    elif options.code == ".":
         code, state = str(ROOT), f"working tree at {code_state()}"
     else:
         code, commit = snapshot(options.code, work)

@@ -119,6 +119,9 @@ class RegistrationClient:
         self._flow_of: dict[Registrant, LinkKey] = {}
         self._flow_losses: dict[LinkKey, float] = {}
         self._target_names: Memo[Target, str] = Memo(TARGET_NAMES_MAX)
+        # One (IP, port) tuple per target: every transaction to it holds
+        # the same one (a completed one until Timer K: 56 bytes each).
+        self._addresses: Memo[Target, Address] = Memo(TARGET_NAMES_MAX)
         self.user_agent = user_agent
         self._branch_token = branch_token
         self._changes = changes
@@ -296,7 +299,7 @@ class RegistrationClient:
 
     def _send_datagram(self, registrant: Registrant, out: Outgoing, target: Target) -> None:
         account = registrant.account
-        address = (target[1], target[2])
+        address = self._address(target)
         transport = self.transport_for(account, address)
         if transport is None:
             self._fail(registrant, self._no_socket(account, address[0], "no UDP --listen socket"))
@@ -369,7 +372,7 @@ class RegistrationClient:
             self._fail(registrant, "not sent: this node may no longer send for it (cluster)")
             return
         account = registrant.account
-        address = (target[1], target[2])
+        address = self._address(target)
         branch = "z9hG4bK" + self._branch_token(10)
         data = render_register(account, registrant.call_id, registrant.from_tag, out, via, branch, self.user_agent, via_transport)
         sent = self._clock.seconds()
@@ -389,9 +392,14 @@ class RegistrationClient:
             self.counters.send_errors += 1
             self._fail(registrant, f"sending to {target_name(target)} failed: {e}")
 
+    def _address(self, target: Target) -> Address:
+        """The target's C{(IP, port)}, one tuple per target (up to L{TARGET_NAMES_MAX} targets)."""
+        address = self._addresses.get(target)
+        return address if address is not None else self._addresses.keep(target, (target[1], target[2]))
+
     def _on_final(self, registrant: Registrant, cseq: int, response: Response, target: Target, sender: DatagramSender) -> None:
         now = self._clock.seconds()
-        address = (target[1], target[2])
+        address = self._address(target)
         self.recovery.answered(address, now)
         unavailable = response.status == 503 and not response.has("retry-after")
         if unavailable:
@@ -425,7 +433,7 @@ class RegistrationClient:
             return
         before = registrant.state
         now = self._clock.seconds()
-        address = (target[1], target[2])
+        address = self._address(target)
         registrant.on_timeout(now, target_name(target))
         if not self.recovery.answered_since(address, sent):
             # Nobody heard from it since: the target is down, not this record.

@@ -290,6 +290,23 @@ class DispatchTests(SynchronousTestCase):
         self.assertEqual((self.registrant.state, len(self.transactions)), (RegState.REGISTERING_STATE, 1))
         self.assertEqual(self.counters.requests_sent, 1)
 
+    def test_one_address_tuple_per_target(self) -> None:
+        """The transactions to one target hold one (IP, port) tuple between them (a completed one keeps it until Timer K)."""
+        self.resolver.known[self.HOP] = ("192.0.2.10", 5060)
+        dests: list[Address] = []
+        start = self.transactions.start
+
+        def recording(sender: object, dest: Address, *args: object, **kwargs: object) -> None:
+            dests.append(dest)
+            start(sender, dest, *args, **kwargs)  # type: ignore[arg-type]
+
+        self.patch(self.transactions, "start", recording)
+        other = Registrant(dataclasses.replace(self.registrant.account, aor="sip:bob@example.com"), self.registrant.policy)
+        self.client.send(self.registrant)
+        self.client.send(other)
+        self.assertEqual(dests, [("192.0.2.10", 5060)] * 2)
+        self.assertIs(dests[0], dests[1])
+
     def test_uncached_hop_waits_for_the_lookup(self) -> None:
         """An uncached hop is looked up; the REGISTER goes to the address found, once it is found."""
         self.client.send(self.registrant)

@@ -85,7 +85,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from cold_start_sipp import SCENARIO  # noqa: E402
-from common import TWISTD, Postgres, cpu_seconds, free_udp_port, group_cpu, report, stop_group, write_accounts  # noqa: E402
+from common import TWISTD, Postgres, cpu_seconds, free_udp_port, group_cpu, precompile, report, stop_group, write_accounts  # noqa: E402
 from kamailio_uac import start_kamailio, write_uacreg  # noqa: E402
 
 from uacregistrant.control.ctl import request  # noqa: E402
@@ -226,6 +226,7 @@ class Node:
         self.probe_cost = 0.0
 
     def start(self) -> None:
+        precompile(self.code)
         self.process = subprocess.Popen(self.command, cwd=self.directory, env={**os.environ, "PYTHONPATH": self.code},
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -649,6 +650,7 @@ def run_digest_pair(accounts: int, rate: float, work: str, timeout: float, code:
         control = f"unix:{directory}/ctl"
         start = time.monotonic()
         # common.start_daemon's command, with the daemon's code from C{code}.
+        precompile(code)
         daemon = subprocess.Popen(
             [*TWISTD, "-n", "--pidfile=", f"--logfile={directory}/daemon.log", "uacregistrant", "--db-url", f"sqlite:{directory}/r.db",
              "--listen", f"udp:127.0.0.1:{local}", "--control", control, "--no-unregister-on-shutdown",

@@ -189,8 +189,30 @@ class Outgoing:
 
 #: Characters of last_error kept.
 MAX_ERROR = 300
-#: Follow-ups, stale-nonce answers and 423 retries in the current attempt.
-_NO_TRIES = (0, 0, 0)
+
+
+class _Tries:
+    """
+    What the current attempt has done: follow-ups, stale-nonce answers and
+    423 retries, and the headers answered after a challenge.  Replaced,
+    never changed: every record at rest holds the one L{_NO_TRIES}.
+    """
+
+    __slots__ = ("follow_ups", "stale", "too_brief", "answered")
+
+    def __init__(self, follow_ups: int, stale: int, too_brief: int, answered: tuple[str, ...]) -> None:
+        self.follow_ups = follow_ups
+        self.stale = stale
+        self.too_brief = too_brief
+        self.answered = answered
+
+
+#: No follow-up, no stale nonce, no 423, nothing answered.
+_NO_TRIES = _Tries(0, 0, 0, ())
+#: Bits of L{Registrant._flags}.
+_RESEND = 1
+_RETIRING = 2
+_REMOVED = 4
 
 
 #: A challenge whose parameters take more characters than this is answered
@@ -312,12 +334,9 @@ class Registrant:
         "last_error",
         "failures",
         "recovered_after",
-        "resend",
-        "retiring",
+        "_flags",
         "_auth",
-        "_answered",
         "_tries",
-        "_removed",
         "target",
     )
 
@@ -339,16 +358,11 @@ class Registrant:
         self.failures = 0
         #: Failures that preceded the last success (0 if none).
         self.recovered_after = 0
-        #: Send again as soon as the outstanding transaction ends.
-        self.resend = False
-        #: Un-register, then forget this record.
-        self.retiring = False
-        # Challenges kept for credentials sent up front (nc counting up),
-        # and the headers answered after a challenge in this attempt.
+        # resend, retiring and removed, as bits (one field, not three).
+        self._flags = 0
+        # Challenges kept for credentials sent up front (nc counting up).
         self._auth: _Kept = None
-        self._answered: tuple[str, ...] = ()
         self._tries = _NO_TRIES
-        self._removed = False
         #: The last target sent to, C{TRANSPORT:IP:PORT} (interned by the client), or C{""}.
         self.target = ""
 
@@ -370,11 +384,29 @@ class Registrant:
     @property
     def removed(self) -> bool:
         """Whether the record has left the registry (nothing may act on it)."""
-        return self._removed
+        return self._flags & _REMOVED != 0
 
     def mark_removed(self) -> None:
         """The registry forgot this record (called by the registry only)."""
-        self._removed = True
+        self._flags |= _REMOVED
+
+    @property
+    def resend(self) -> bool:
+        """Send again as soon as the outstanding transaction ends."""
+        return self._flags & _RESEND != 0
+
+    @resend.setter
+    def resend(self, value: bool) -> None:
+        self._flags = self._flags | _RESEND if value else self._flags & ~_RESEND
+
+    @property
+    def retiring(self) -> bool:
+        """Un-register, then forget this record."""
+        return self._flags & _RETIRING != 0
+
+    @retiring.setter
+    def retiring(self, value: bool) -> None:
+        self._flags = self._flags | _RETIRING if value else self._flags & ~_RETIRING
 
     def retry_early(self, now: float, cured: frozenset[RegState] = TIMED_OUT) -> bool:
         """
@@ -386,7 +418,7 @@ class Registrant:
         @return: whether the record's send time moved.
         """
         at = self.next_at
-        if self._removed or self._state not in cured or at is None or at <= now:
+        if self._flags & _REMOVED or self._state not in cured or at is None or at <= now:
             return False
         self.next_at = now
         return True
@@ -444,7 +476,6 @@ class Registrant:
         Credentials from the last accepted challenge go up front with the
         next nonce count, saving a round trip while the nonce lives.
         """
-        self._answered = ()
         self._tries = _NO_TRIES
         self.next_at = None
         if self.enabled:
@@ -532,7 +563,6 @@ class Registrant:
         back-off: this must not fail in turn.
         """
         self._auth = None
-        self._answered = ()
         self._tries = _NO_TRIES
         self._move(Event.FAILED)
         self.failures += 1
@@ -609,8 +639,7 @@ class Registrant:
             self.send_soon(now)
 
     def _on_success(self, response: Response, now: float) -> Outgoing | None:
-        self._tries = _NO_TRIES
-        self._answered = ()  # only meaningful within an attempt
+        self._tries = _NO_TRIES  # only meaningful within an attempt
         for kept in _kept(self._auth):
             if not kept.small:  # answered in this attempt, not kept after it
                 self._auth = _keep(tuple(kept for kept in _kept(self._auth) if kept.small))
@@ -737,8 +766,9 @@ class Registrant:
                 f"no digest challenge we can answer in {response.status} (algorithms offered: {offered})",
             )
             return None
-        follow_ups, stale, too_brief = self._tries
-        if header in self._answered:
+        tries = self._tries
+        follow_ups, stale = tries.follow_ups, tries.stale
+        if header in tries.answered:
             if not chosen.stale or stale >= MAX_STALE_ANSWERS:
                 self._fail(
                     Event.REJECTED,
@@ -750,8 +780,7 @@ class Registrant:
         if follow_ups >= MAX_FOLLOW_UPS:
             self._fail(Event.REFUSED, now, f"{response.status} after {follow_ups} follow-up requests")
             return None
-        self._tries = (follow_ups + 1, stale, too_brief)
-        self._answered += (header,)
+        self._tries = _Tries(follow_ups + 1, stale, tries.too_brief, tries.answered + (header,))
         # One kept challenge per header.
         fresh = _Auth.of(header, chosen, self.policy.shared.layouts)
         self._auth = _keep(tuple(kept for kept in _kept(self._auth) if kept.header != header) + (fresh,))
@@ -771,7 +800,8 @@ class Registrant:
                 response,
             )
             return None
-        follow_ups, stale, too_brief = self._tries
+        tries = self._tries
+        follow_ups, too_brief = tries.follow_ups, tries.too_brief
         if too_brief >= MAX_TOO_BRIEF or follow_ups >= MAX_FOLLOW_UPS:
             self._fail(
                 Event.REFUSED,
@@ -780,11 +810,10 @@ class Registrant:
                 response,
             )
             return None
-        self._tries = (follow_ups + 1, stale, too_brief + 1)
-        self.wanted_expires = minimum
         # Credentials already accepted go again (nc + 1); a challenge to
-        # them is a fresh challenge, not a rejection.
-        self._answered = ()
+        # them is a fresh challenge, not a rejection: nothing answered.
+        self._tries = _Tries(follow_ups + 1, tries.stale, too_brief + 1, ())
+        self.wanted_expires = minimum
         self._move(Event.TOO_BRIEF)
         return self._request(minimum, now)
 

@@ -712,6 +712,30 @@ class TransitionTableTests(SynchronousTestCase):
         r.start(0)
         self.assertTrue(r.removed)
 
+    def test_flags_independent(self) -> None:
+        """resend, retiring and removed (kept as bits of one field) each change alone."""
+        r = self.registrant()
+        self.assertEqual((r.resend, r.retiring, r.removed), (False, False, False))
+        r.retiring = True
+        self.assertEqual((r.resend, r.retiring, r.removed), (False, True, False))
+        r.resend = True
+        r.mark_removed()
+        self.assertEqual((r.resend, r.retiring, r.removed), (True, True, True))
+        r.retiring = False
+        self.assertEqual((r.resend, r.retiring, r.removed), (True, False, True))
+        r.resend = False
+        self.assertEqual((r.resend, r.retiring, r.removed), (False, False, True))
+
+    def test_send_soon_in_transaction_resends_after(self) -> None:
+        """A change during a transaction is sent once the transaction ends (resend), and only once."""
+        r = self.registrant()
+        r.start(0)
+        r.send_soon(1)
+        self.assertTrue(r.resend)
+        self.assertIsNone(r.next_at)
+        r.on_response(response(200, "OK", "Contact: <sip:alice@192.0.2.1:5060>;expires=600\r\n"), 2)
+        self.assertEqual((r.resend, r.state, r.next_at), (False, RegState.REGISTERED_STATE, 2))
+
     def test_reconfigure_enabled_cancels_retiring(self) -> None:
         """A retiring record enabled again before it is forgotten stays (no longer retiring); disabled it keeps retiring."""
         r = self.registrant()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
 from uacregistrant.core.account import Account
 from uacregistrant.sip.digest import Challenge, ChallengeLayout, Credentials, authorization_value, choose_challenge, parse_challenges
@@ -189,6 +190,10 @@ class Outgoing:
 
 #: Characters of last_error kept.
 MAX_ERROR = 300
+#: A time field's "none": the times are kept as floats, not C{float | None}
+#: (compiled, a float field is 8 bytes in the record; a C{float | None} one
+#: points to a 24-byte box of its own).
+_NONE: Final = math.nan
 
 
 class _Tries:
@@ -327,9 +332,9 @@ class Registrant:
         "cseq",
         "expires",
         "wanted_expires",
-        "last_register_sent",
-        "next_at",
-        "registered_until",
+        "_sent",
+        "_next_at",
+        "_until",
         "last_reply",
         "last_error",
         "failures",
@@ -350,9 +355,10 @@ class Registrant:
         self.cseq = 0
         self.expires = account.expiry
         self.wanted_expires = account.expiry
-        self.last_register_sent: float | None = None
-        self.next_at: float | None = 0.0 if account.enabled else None
-        self.registered_until: float | None = None
+        # The three times, NaN for none (see L{_NONE}).
+        self._sent = _NONE
+        self._next_at = 0.0 if account.enabled else _NONE
+        self._until = _NONE
         self.last_reply: tuple[int, str] | None = None
         self.last_error = ""
         self.failures = 0
@@ -380,6 +386,36 @@ class Registrant:
     def state(self) -> RegState:
         """The registration state; it changes only through L{TRANSITIONS}."""
         return self._state
+
+    @property
+    def next_at(self) -> float | None:
+        """When the record next wants to send (see the class), or C{None}."""
+        at = self._next_at
+        return None if at != at else at
+
+    @next_at.setter
+    def next_at(self, value: float | None) -> None:
+        self._next_at = _NONE if value is None else value
+
+    @property
+    def registered_until(self) -> float | None:
+        """When the binding we hold expires (see the class), or C{None}."""
+        until = self._until
+        return None if until != until else until
+
+    @registered_until.setter
+    def registered_until(self, value: float | None) -> None:
+        self._until = _NONE if value is None else value
+
+    @property
+    def last_register_sent(self) -> float | None:
+        """When the last request went (an attempt's first or a follow-up), or C{None}."""
+        sent = self._sent
+        return None if sent != sent else sent
+
+    @last_register_sent.setter
+    def last_register_sent(self, value: float | None) -> None:
+        self._sent = _NONE if value is None else value
 
     @property
     def removed(self) -> bool:
@@ -467,7 +503,7 @@ class Registrant:
 
     def due(self, now: float) -> bool:
         """Whether the record wants to send a request now."""
-        return self.next_at is not None and now >= self.next_at
+        return now >= self._next_at  # never for NaN (none)
 
     def start(self, now: float) -> Outgoing:
         """
@@ -485,7 +521,7 @@ class Registrant:
         return self._request(0, now)
 
     def _request(self, expires: int, now: float) -> Outgoing:
-        self.last_register_sent = now
+        self._sent = now
         self.cseq += 1
         auth = []
         for state in _kept(self._auth):

@@ -726,6 +726,18 @@ class TransitionTableTests(SynchronousTestCase):
         r.resend = False
         self.assertEqual((r.resend, r.retiring, r.removed), (False, False, True))
 
+    def test_times_none_or_a_time(self) -> None:
+        """next_at, registered_until and last_register_sent (kept as floats, NaN for none) read back as set."""
+        r = self.registrant(enabled=False)
+        self.assertEqual((r.next_at, r.registered_until, r.last_register_sent), (None, None, None))
+        self.assertFalse(r.due(float("inf")))
+        r.next_at, r.registered_until, r.last_register_sent = 0.0, 7.5, 3.25
+        self.assertEqual((r.next_at, r.registered_until, r.last_register_sent), (0.0, 7.5, 3.25))
+        self.assertTrue(r.due(0.0))
+        r.next_at = r.registered_until = r.last_register_sent = None
+        self.assertEqual((r.next_at, r.registered_until, r.last_register_sent), (None, None, None))
+        self.assertFalse(r.due(float("inf")))
+
     def test_send_soon_in_transaction_resends_after(self) -> None:
         """A change during a transaction is sent once the transaction ends (resend), and only once."""
         r = self.registrant()

@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from twisted.logger import Logger
 
@@ -12,9 +11,14 @@ from uacregistrant.core.registrant import FAILURE_STATES, RegState, Registrant
 
 _log = Logger()
 
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    """One record moved from C{old} to C{new} at C{time}."""
+
+class StateChange(NamedTuple):
+    """
+    One record moved from C{old} to C{new} at C{time}.
+
+    (A named tuple: made three times per registration, it costs a tuple,
+    where a frozen dataclass set each field through C{object.__setattr__}.)
+    """
 
     registrant: Registrant
     old: RegState

@@ -73,7 +73,7 @@ def is_token(text: str) -> bool:
     return _TOKEN.fullmatch(text) is not None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class SipMessage:
     """
     A parsed SIP message.
@@ -84,14 +84,24 @@ class SipMessage:
 
     headers: list[tuple[str, str]]
     body: bytes
-    _index: dict[str, list[str]] = field(default_factory=dict, repr=False)
-    _via: "Via | None" = field(default=None, repr=False)
-    _cseq: tuple[int, str] | None = field(default=None, repr=False)
+    _index: dict[str, list[str]] = field(repr=False)
+    _via: "Via | None" = field(repr=False)
+    _cseq: tuple[int, str] | None = field(repr=False)
 
-    def __post_init__(self) -> None:
-        if not self._index:
-            for name, value in self.headers:
-                self._index.setdefault(name, []).append(value)
+    # Written out (not generated): compiled by mypyc, a written __init__
+    # is native code, where the dataclass-generated one stays Python.
+    def __init__(self, headers: list[tuple[str, str]], body: bytes, _index: dict[str, list[str]] | None = None) -> None:
+        self.headers = headers
+        self.body = body
+        self._via = None
+        self._cseq = None
+        if _index:
+            self._index = _index
+        else:
+            index: dict[str, list[str]] = {}
+            self._index = index
+            for name, value in headers:
+                index.setdefault(name, []).append(value)
 
     def get_all(self, name: str) -> list[str]:
         """All values of header C{name}, list headers split at commas."""
@@ -153,20 +163,34 @@ class SipMessage:
         return parse_delta_seconds(value, name)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Request(SipMessage):
     """A SIP request."""
 
-    method: str = ""
-    uri: str = ""
+    method: str
+    uri: str
+
+    def __init__(
+        self, headers: list[tuple[str, str]], body: bytes, _index: dict[str, list[str]] | None = None, method: str = "", uri: str = ""
+    ) -> None:
+        SipMessage.__init__(self, headers, body, _index)
+        self.method = method
+        self.uri = uri
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Response(SipMessage):
     """A SIP response."""
 
-    status: int = 0
-    reason: str = ""
+    status: int
+    reason: str
+
+    def __init__(
+        self, headers: list[tuple[str, str]], body: bytes, _index: dict[str, list[str]] | None = None, status: int = 0, reason: str = ""
+    ) -> None:
+        SipMessage.__init__(self, headers, body, _index)
+        self.status = status
+        self.reason = reason
 
     @property
     def retry_after(self) -> int | None:
@@ -178,14 +202,20 @@ class Response(SipMessage):
         return parse_delta_seconds(head, "Retry-After")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Via:
-    """One Via value."""
+    """One Via value (not to be changed once parsed)."""
 
     transport: str
     host: str
     port: int | None
     params: dict[str, str | None]
+
+    def __init__(self, transport: str, host: str, port: int | None, params: dict[str, str | None]) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params = params
 
     @property
     def branch(self) -> str | None:

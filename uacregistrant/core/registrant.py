@@ -218,6 +218,10 @@ _NO_TRIES = _Tries(0, 0, 0, ())
 _RESEND = 1
 _RETIRING = 2
 _REMOVED = 4
+#: The kept challenge in compact form is answered with Proxy-Authorization.
+_PROXY = 8
+_HEADER: Final = "Authorization"
+_PROXY_HEADER: Final = "Proxy-Authorization"
 
 
 #: A challenge whose parameters take more characters than this is answered
@@ -290,27 +294,11 @@ class _LargeAuth(_OpaqueAuth):
     small = False
 
 
-#: What a record keeps of its challenges: none, one (the common case, no
-#: tuple), or one per header answered (Authorization, Proxy-Authorization).
-_Kept = _Auth | tuple[_Auth, ...] | None
-
-
-def _kept(auth: _Kept) -> tuple[_Auth, ...]:
-    """A record's kept challenges as a tuple."""
-    if auth is None:
-        return ()
-    if isinstance(auth, _Auth):
-        return (auth,)
-    return auth
-
-
-def _keep(kept: tuple[_Auth, ...]) -> _Kept:
-    """The smallest form of C{kept} (see L{_Kept})."""
-    if not kept:
-        return None
-    if len(kept) == 1:
-        return kept[0]
-    return kept
+#: What a record keeps of its challenges (L{Registrant._auth}): none; the
+#: common case, one challenge without an opaque, as its shared layout (its
+#: nonce, nonce count and header in fields of the record: no object of its
+#: own); or any other case, one L{_Auth} per header answered.
+_Kept = ChallengeLayout | tuple[_Auth, ...] | None
 
 
 class Registrant:
@@ -341,6 +329,8 @@ class Registrant:
         "recovered_after",
         "_flags",
         "_auth",
+        "_nonce",
+        "_nc",
         "_tries",
         "target",
     )
@@ -366,8 +356,11 @@ class Registrant:
         self.recovered_after = 0
         # resend, retiring and removed, as bits (one field, not three).
         self._flags = 0
-        # Challenges kept for credentials sent up front (nc counting up).
+        # Challenges kept for credentials sent up front (nc counting up):
+        # see _Kept, _kept() and _keep().
         self._auth: _Kept = None
+        self._nonce = ""
+        self._nc = 0
         self._tries = _NO_TRIES
         #: The last target sent to, C{TRANSPORT:IP:PORT} (interned by the client), or C{""}.
         self.target = ""
@@ -523,11 +516,39 @@ class Registrant:
     def _request(self, expires: int, now: float) -> Outgoing:
         self._sent = now
         self.cseq += 1
+        if self._auth is None:
+            return Outgoing(self.cseq, expires)
         auth = []
-        for state in _kept(self._auth):
+        kept = self._kept()
+        for state in kept:
             state.nc += 1
             auth.append((state.header, self._answer(state)))
+        self._keep(kept)
         return Outgoing(self.cseq, expires, tuple(auth))
+
+    def _kept(self) -> tuple[_Auth, ...]:
+        """The kept challenges, one L{_Auth} each (made for the occasion from the compact form)."""
+        auth = self._auth
+        if auth is None:
+            return ()
+        if isinstance(auth, tuple):
+            return auth
+        kept = _Auth(_PROXY_HEADER if self._flags & _PROXY else _HEADER, auth, self._nonce)
+        kept.nc = self._nc
+        return (kept,)
+
+    def _keep(self, kept: tuple[_Auth, ...]) -> None:
+        """Keep these challenges, in the compact form if they fit it (see L{_Kept})."""
+        if len(kept) == 1 and not isinstance(kept[0], _OpaqueAuth):
+            only = kept[0]
+            self._auth = only.layout
+            self._nonce = only.nonce
+            self._nc = only.nc
+            self._flags = self._flags | _PROXY if only.header == _PROXY_HEADER else self._flags & ~_PROXY
+            return
+        self._auth = kept if kept else None
+        self._nonce = ""
+        self._nc = 0
 
     def _answer(self, state: _Auth) -> str:
         account = self.account
@@ -598,7 +619,7 @@ class Registrant:
         record always has pending work.  Only plain assignments and the
         back-off: this must not fail in turn.
         """
-        self._auth = None
+        self._keep(())
         self._tries = _NO_TRIES
         self._move(Event.FAILED)
         self.failures += 1
@@ -635,7 +656,7 @@ class Registrant:
             return False
         self.account = account
         self.wanted_expires = account.expiry
-        self._auth = None
+        self._keep(())
         self.send_soon(now)
         return True
 
@@ -676,10 +697,11 @@ class Registrant:
 
     def _on_success(self, response: Response, now: float) -> Outgoing | None:
         self._tries = _NO_TRIES  # only meaningful within an attempt
-        for kept in _kept(self._auth):
-            if not kept.small:  # answered in this attempt, not kept after it
-                self._auth = _keep(tuple(kept for kept in _kept(self._auth) if kept.small))
-                break
+        if isinstance(self._auth, tuple):  # the compact form is always small
+            for kept in self._auth:
+                if not kept.small:  # answered in this attempt, not kept after it
+                    self._keep(tuple(kept for kept in self._auth if kept.small))
+                    break
         if self._state in _UNREGISTER_STATES:
             self.registered_until = None
             self.failures = 0
@@ -776,7 +798,7 @@ class Registrant:
 
     def _on_challenge(self, response: Response, now: float) -> Outgoing | None:
         account = self.account
-        header = "Authorization" if response.status == 401 else "Proxy-Authorization"
+        header = _HEADER if response.status == 401 else _PROXY_HEADER
         if not account.has_credentials:
             self._fail(
                 Event.REJECTED,
@@ -819,7 +841,7 @@ class Registrant:
         self._tries = _Tries(follow_ups + 1, stale, tries.too_brief, tries.answered + (header,))
         # One kept challenge per header.
         fresh = _Auth.of(header, chosen, self.policy.shared.layouts)
-        self._auth = _keep(tuple(kept for kept in _kept(self._auth) if kept.header != header) + (fresh,))
+        self._keep(tuple(kept for kept in self._kept() if kept.header != header) + (fresh,))
         self._move(Event.CHALLENGED)
         return self._request(0 if self._state == RegState.AUTHENTICATING_UNREGISTER_STATE else self.wanted_expires, now)
 
@@ -854,7 +876,7 @@ class Registrant:
         return self._request(minimum, now)
 
     def _fail(self, event: Event, now: float, error: str, response: Response | None = None) -> None:
-        self._auth = None
+        self._keep(())
         self._tries = _NO_TRIES
         self._move(event)
         self.failures += 1

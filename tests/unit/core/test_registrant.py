@@ -17,7 +17,7 @@ from uacregistrant.core.registrant import (
     RegState,
     Registrant,
 )
-from uacregistrant.sip.digest import parse_authorization, verify_authorization
+from uacregistrant.sip.digest import ChallengeLayout, parse_authorization, verify_authorization
 from uacregistrant.sip.message import Response, parse_message
 
 
@@ -117,10 +117,11 @@ class RegistrantTests(SynchronousTestCase):
             r.start(0)
             r.on_response(response(401, "Unauthorized", CHALLENGE.replace("n1", f"n{i}").replace('"r"', '"'.join(["", "r", ""]))), 1)
             r.on_response(response(200, "OK"), 2)
+        # In the compact form: the shared layout, the nonce and count in the record's fields.
         kept = [r._auth for r in records]
-        self.assertEqual([type(k).__name__ for k in kept], ["_Auth"] * 3)
-        self.assertIs(kept[0].layout, kept[1].layout)  # type: ignore[union-attr]
-        self.assertIs(kept[0].layout, kept[2].layout)  # type: ignore[union-attr]
+        self.assertIsInstance(kept[0], ChallengeLayout)
+        self.assertIs(kept[0], kept[1])
+        self.assertIs(kept[0], kept[2])
         self.assertEqual(len(self.policy.shared.layouts), 1)
         for i, r in enumerate(records):
             params = parse_authorization(r.start(3000).authorization[0][1])
@@ -135,11 +136,35 @@ class RegistrantTests(SynchronousTestCase):
         assert follow is not None
         self.assertEqual(parse_authorization(follow.authorization[0][1])["opaque"], "o1")
         r.on_response(response(200, "OK"), 2)
-        assert r._auth is not None and not isinstance(r._auth, tuple)
-        self.assertNotIn("stale", dict(r._auth.layout.params))
+        assert isinstance(r._auth, tuple)  # not the compact form: the opaque is the record's own
+        self.assertNotIn("stale", dict(r._auth[0].layout.params))
         params = parse_authorization(r.start(3000).authorization[0][1])
         self.assertEqual((params["nonce"], params["nc"], params["opaque"]), ("n1", "00000002", "o1"))
         self.assertTrue(verify_authorization(params, "secret", "REGISTER"))
+
+    def test_proxy_challenge_kept(self) -> None:
+        """A kept 407 (compact form) goes up front as Proxy-Authorization; a 401 then adds the registrar's; a failure drops both."""
+        r = self.registrant()
+        r.start(0)
+        r.on_response(response(407, "Proxy Authentication Required", CHALLENGE.replace("WWW", "Proxy").replace("n1", "p1")), 1)
+        r.on_response(response(200, "OK"), 2)
+        self.assertIsInstance(r._auth, ChallengeLayout)
+        out = r.start(3000)
+        self.assertEqual([(name, parse_authorization(value)["nc"]) for name, value in out.authorization], [("Proxy-Authorization", "00000002")])
+        follow = r.on_response(response(401, "Unauthorized", CHALLENGE), 3001)
+        assert follow is not None
+        self.assertEqual(
+            [(name, parse_authorization(value)["nonce"], parse_authorization(value)["nc"]) for name, value in follow.authorization],
+            [("Proxy-Authorization", "p1", "00000003"), ("Authorization", "n1", "00000001")],
+        )
+        r.on_response(response(403, "Forbidden"), 3002)
+        self.assertEqual((r._auth, r._nonce), (None, ""))
+        self.assertEqual(r.start(4000).authorization, ())
+        # A 401 alone after that is kept compact again, answered with Authorization.
+        r.on_response(response(401, "Unauthorized", CHALLENGE), 4001)
+        r.on_response(response(200, "OK"), 4002)
+        self.assertIsInstance(r._auth, ChallengeLayout)
+        self.assertEqual([name for name, _ in r.start(5000).authorization], ["Authorization"])
 
     def test_proxy_and_registrar_challenges_both_kept(self) -> None:
         """A 407 then a 401 in one attempt: the refresh carries both answers, each with its own nonce count."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 from uacregistrant.sip.errors import SipParseError
@@ -25,10 +25,11 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9\-.]*[A-Za-z0-9])?\.?$")
 _USER_CHARS = re.compile(r"^[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+$")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class SipUri:
     """
-    A parsed C{sip:} or C{sips:} URI.
+    A parsed C{sip:} or C{sips:} URI (shared between records: never
+    changed once parsed).
 
     @ivar host: lower-cased host; IPv6 addresses without brackets.
     @ivar params: URI parameters, names lower-cased; a flag parameter maps to
@@ -40,9 +41,35 @@ class SipUri:
     password: str | None
     host: str
     port: int | None
-    params: dict[str, str | None] = field(default_factory=dict)
-    headers: str = ""
-    text: str = ""
+    params: dict[str, str | None]
+    headers: str
+    text: str
+
+    # Written out: compiled by mypyc, a written __init__ is native code,
+    # where the dataclass-generated (frozen) one stays Python.
+    def __init__(
+        self,
+        scheme: str,
+        user: str | None,
+        password: str | None,
+        host: str,
+        port: int | None,
+        params: dict[str, str | None] | None = None,
+        headers: str = "",
+        text: str = "",
+    ) -> None:
+        self.scheme = scheme
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.params = {} if params is None else params
+        self.headers = headers
+        self.text = text
+
+    def __hash__(self) -> int:
+        # Equal URIs have equal text (C{__eq__} compares every field).
+        return hash(self.text)
 
     def __str__(self) -> str:
         return self.text

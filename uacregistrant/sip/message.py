@@ -223,13 +223,18 @@ class Via:
         return self.params.get("branch")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class NameAddr:
-    """A Contact/From/To value: the URI text and the header parameters."""
+    """A Contact/From/To value: the URI text and the header parameters (not changed once parsed)."""
 
     uri: str
     params: dict[str, str | None]
-    display: str = ""
+    display: str
+
+    def __init__(self, uri: str, params: dict[str, str | None], display: str = "") -> None:
+        self.uri = uri
+        self.params = params
+        self.display = display
 
 
 def parse_delta_seconds(value: str, name: str) -> int:

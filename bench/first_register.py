@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import free_udp_port, report, write_accounts  # noqa: E402
+from common import free_udp_port, precompile, report, write_accounts  # noqa: E402
 
 
 def one_run(tree: Path, python: str, db: str, registrar: socket.socket, timeout: float) -> dict[str, float]:
@@ -87,7 +87,10 @@ def main() -> None:
     try:
         db = os.path.join(directory, "r.db")
         write_accounts(db, args.accounts, [f"sip:127.0.0.1:{registrar.getsockname()[1]}"], 5060)
-        trees = [("this", ROOT)] + ([("before", args.before)] if args.before else [])
+        # "this": the tree in UACREG_BENCH_TREE (e.g. one compiled in place), else this one.
+        trees = [("this", Path(os.environ.get("UACREG_BENCH_TREE", ROOT)))] + ([("before", args.before)] if args.before else [])
+        for _, tree in trees:
+            precompile(str(tree))
         rows = []
         for run in range(args.runs):
             for name, tree in trees:

@@ -218,6 +218,9 @@ _NO_TRIES = _Tries(0, 0, 0, ())
 _RESEND = 1
 _RETIRING = 2
 _REMOVED = 4
+#: The From-tag's bits, the low ones of L{Registrant._ids} (the Call-ID's are above).
+_TAG_BITS: Final = 40
+_TAG_MASK: Final = (1 << _TAG_BITS) - 1
 #: The kept challenge in compact form is answered with Proxy-Authorization.
 _PROXY = 8
 _HEADER: Final = "Authorization"
@@ -340,8 +343,8 @@ class Registrant:
         self.policy = policy
         self._state = RegState.NOT_REGISTERED_STATE
         # Call-ID (32 hex digits) and From-tag (10) from one random token,
-        # kept as its 21 bytes (hex text would take 37 more per record).
-        self._ids = bytes.fromhex(policy.token(21))
+        # kept as one 168-bit int: 48 bytes (as 21 bytes, 56; as hex text, 93).
+        self._ids = int(policy.token(21), 16)
         self.cseq = 0
         self.expires = account.expiry
         self.wanted_expires = account.expiry
@@ -455,7 +458,7 @@ class Registrant:
     @property
     def call_id(self) -> str:
         """The Call-ID of every request of this record."""
-        return self._ids[:16].hex()
+        return f"{self._ids >> _TAG_BITS:032x}"
 
     def adopt(self, call_id: str, last_cseq: int) -> bool:
         """
@@ -470,7 +473,7 @@ class Registrant:
         if call_id != self.call_id:
             # Another Call-ID (another node's, or a fresh one after CSeq
             # reached 2^31): its numbering is the one that counts.
-            self._ids = bytes.fromhex(call_id) + self._ids[16:]
+            self._ids = int(call_id, 16) << _TAG_BITS | self._ids & _TAG_MASK
             self.cseq = last_cseq
         elif last_cseq > self.cseq:
             self.cseq = last_cseq
@@ -487,7 +490,7 @@ class Registrant:
     @property
     def from_tag(self) -> str:
         """The From tag of every request of this record."""
-        return self._ids[16:].hex()
+        return f"{self._ids & _TAG_MASK:010x}"
 
     @property
     def enabled(self) -> bool:

@@ -807,6 +807,16 @@ class PrintableTests(SynchronousTestCase):
 
 
 class AdoptTests(SynchronousTestCase):
+    def test_ids_from_one_token(self) -> None:
+        """Call-ID (32 hex digits) and From-tag (10) come from one 21-byte token, leading zeros kept; a take-over keeps the tag."""
+        token = "00" * 15 + "0a" + "0000000b01"
+        r = Registrant(account(), Policy(token=lambda n: token if n == 21 else "c" * (2 * n)))
+        self.assertEqual((r.call_id, r.from_tag), ("00" * 15 + "0a", "0000000b01"))
+        r.adopt("000000000000000000000000000000ff", 7)
+        self.assertEqual((r.call_id, r.from_tag), ("000000000000000000000000000000ff", "0000000b01"))
+        r = Registrant(account(), Policy(token=lambda n: "f" * (2 * n)))
+        self.assertEqual((r.call_id, r.from_tag), ("f" * 32, "f" * 10))
+
     def test_takes_call_id_and_cseq_above(self) -> None:
         """A take-over continues the Call-ID and goes above the CSeq reserved before; a foreign Call-ID is not taken."""
         r = Registrant(account(), Policy(rng=random.Random(1)))

@@ -138,7 +138,9 @@ def start_daemon(directory: str, db: str, local: int, control: str, *options: st
         [*TWISTD, "-n", "--pidfile=", f"--logfile={directory}/daemon.log", *twistd, "uacregistrant",
          "--db-url", f"sqlite:{db}", "--listen", f"udp:127.0.0.1:{local}", "--control", control,
          "--no-unregister-on-shutdown", *options],
-        cwd=directory, env={**os.environ, "PYTHONPATH": tree},
+        # The tree first; an inherited PYTHONPATH after it (e.g. a venv's
+        # site-packages for Debian's /usr/bin/python3, same 3.11 ABI).
+        cwd=directory, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tree, os.environ.get("PYTHONPATH")]))},
     )
 
 

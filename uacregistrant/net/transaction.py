@@ -110,7 +110,7 @@ class ClientTransaction(Generic[_User]):
     __slots__ = ("key", "dest", "data", "cseq", "user", "reliable", "interval", "timeout_at", "entry", "resend", "origin")
 
     def __init__(
-        self, key: str, dest: Address, data: bytes, cseq: int, user: _User, reliable: bool, interval: float, timeout_at: float, origin: object
+        self, key: str, dest: Any, data: bytes, cseq: int, user: _User, reliable: bool, interval: float, timeout_at: float, origin: object
     ) -> None:
         self.key = key
         self.dest = dest
@@ -171,7 +171,7 @@ class NonInviteClientTransactions(Generic[_User]):
         return len(self._live)
 
     def start(
-        self, now: float, key: str, dest: Address, data: bytes, cseq: int, user: _User, reliable: bool = False, origin: object = None
+        self, now: float, key: str, dest: Any, data: bytes, cseq: int, user: _User, reliable: bool = False, origin: object = None
     ) -> Transmit[_User]:
         """
         Open a transaction for the request C{data}; the answer is the one
@@ -330,6 +330,8 @@ class NonInviteClientTransactions(Generic[_User]):
             # completion of the same branch differs in its deadline.
             if completed.get(done[3]) == done:
                 del completed[done[3]]
+        if not completed and not forgetting:
+            self._completed = {}
 
     def clear(self) -> None:
         """Forget everything, without outcomes (shutdown)."""

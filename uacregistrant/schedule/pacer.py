@@ -118,6 +118,8 @@ class Pacer:
                 break  # congestion: wait for answers before starting more
             registrant = queue.popleft()
             self._queued.discard(registrant)
+            if not self._queued:
+                self._queued = set()
             if registrant.removed or not registrant.due(now):
                 continue
             self._tokens -= 1

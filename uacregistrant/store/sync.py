@@ -231,6 +231,8 @@ class FullSync:
 
     def _end(self, result: object) -> object:
         self._sync._ended(self)
+        self.seen = set()
+        self.touched = set()
         return result
 
     def _retire_vanished(self, keys: Sequence[AccountKey]) -> None:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Generic, Sequence, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -21,18 +21,35 @@ def in_slices(
     @return: fires after the last slice (at once when there is only one),
         or fails with the exception C{work} raised (no slice runs after it).
     """
-    done: defer.Deferred[None] = defer.Deferred()
+    return _Slices(clock, items, size, work).done
 
-    def step(start: int) -> None:
+
+class _Slices(Generic[_T]):
+    """
+    The slices' progress.  An object whose method is the next turn's call,
+    not a closure that schedules itself: that would be a reference cycle,
+    holding C{items} until the cyclic collector ran, and never once the
+    daemon's GC policy had frozen it (app/gcpolicy.py).
+    """
+
+    __slots__ = ("_clock", "_items", "_size", "_work", "done")
+
+    def __init__(self, clock: IReactorTime, items: Sequence[_T], size: int, work: Callable[[Sequence[_T]], None]) -> None:
+        self._clock = clock
+        self._items = items
+        self._size = size
+        self._work = work
+        self.done: defer.Deferred[None] = defer.Deferred()
+        self._step(0)
+
+    def _step(self, start: int) -> None:
+        size = self._size
         try:
-            work(items[start : start + size])
+            self._work(self._items[start : start + size])
         except Exception:
-            done.errback()
+            self.done.errback()
             return
-        if start + size < len(items):
-            clock.callLater(0, step, start + size)
+        if start + size < len(self._items):
+            self._clock.callLater(0, self._step, start + size)
         else:
-            done.callback(None)
-
-    step(0)
-    return done
+            self.done.callback(None)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
@@ -229,23 +229,7 @@ class SqliteStore:
         busy (another process's lock), with back-off, then fail with
         L{StoreError} naming C{what}.
         """
-        done: defer.Deferred[_T] = defer.Deferred()
-
-        def attempt(tries: int) -> None:
-            if self._closed or self._run_in_thread is None:
-                done.errback(StoreError(f"{what} {self.layout.table}: the store is closed"))
-                return
-            d = self._run_in_thread(function, *args)
-            d.addCallbacks(done.callback, lambda failure: failed(failure, tries))
-
-        def failed(failure: Failure, tries: int) -> None:
-            if _is_busy(failure.value) and tries < len(BUSY_RETRIES) and not self._closed:
-                self._clock.callLater(BUSY_RETRIES[tries], attempt, tries + 1)
-                return
-            done.errback(_store_error(what, self.layout.table, failure))
-
-        attempt(0)
-        return done
+        return _Call(self, what, function, args).done
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -263,41 +247,7 @@ class SqliteStore:
         Read every row, C{BATCH_SIZE} per trip to the store's thread; each
         batch is handed to C{consume} on the reactor thread.
         """
-        done: defer.Deferred[None] = defer.Deferred()
-        cursor: list[sqlite3.Cursor] = []
-        columns: list[str] = []
-        read = [0]
-
-        def first() -> list[Row]:
-            # The query is built here, on the store's thread, after a
-            # replacement file may have been opened with other columns.
-            self._notice_replacement()
-            logical, query = self._select()
-            columns.extend(logical)
-            opened = self._connection().execute(query)
-            cursor.append(opened)
-            return [make_row(columns, v) for v in opened.fetchmany(BATCH_SIZE)]
-
-        def more() -> list[Row]:
-            return [make_row(columns, v) for v in cursor[0].fetchmany(BATCH_SIZE)]
-
-        def got(rows: list[Row]) -> None:
-            read[0] += len(rows)
-            try:
-                if rows:
-                    consume(rows)
-            except Exception:
-                done.errback()
-                return
-            if len(rows) < BATCH_SIZE:
-                _log.info("read {rows} row(s) from {table}", rows=read[0], table=self.layout.table)
-                done.callback(None)
-            else:
-                # The next batch on a later reactor turn, however fast the thread answers.
-                self._clock.callLater(0, lambda: self._call("reading", more).addCallbacks(got, done.errback))
-
-        self._call("reading", first).addCallbacks(got, done.errback)
-        return done
+        return _Load(self, consume).done
 
     def _notice_replacement(self) -> None:
         """
@@ -440,3 +390,88 @@ def _store_error(what: str, table: str, failure: Failure) -> StoreError:
     if _is_busy(error):
         return StoreError(f"{what} {table}: the database stayed locked by another process")
     return StoreError(f"{what} {table} failed: {type(error).__name__}: {error}")
+
+
+# The store's calls and loads are small objects whose methods are the
+# callbacks, not closures calling each other: closures that refer to each
+# other form a reference cycle, which only the cyclic collector frees, and
+# the daemon freezes what survives its older generations
+# (app/gcpolicy.py): a load caught in one kept its whole pass for good.
+
+
+class _Call(Generic[_T]):
+    """One call on the store's thread, retried while the database is busy; C{done} fires with its result."""
+
+    __slots__ = ("_store", "_what", "_function", "_args", "done")
+
+    def __init__(self, store: SqliteStore, what: str, function: Callable[..., _T], args: tuple[Any, ...]) -> None:
+        self._store = store
+        self._what = what
+        self._function = function
+        self._args = args
+        self.done: defer.Deferred[_T] = defer.Deferred()
+        self._attempt(0)
+
+    def _attempt(self, tries: int) -> None:
+        store = self._store
+        if store._closed or store._run_in_thread is None:
+            self.done.errback(StoreError(f"{self._what} {store.layout.table}: the store is closed"))
+            return
+        d = store._run_in_thread(self._function, *self._args)
+        d.addCallbacks(self.done.callback, self._failed, errbackArgs=(tries,))
+
+    def _failed(self, failure: Failure, tries: int) -> None:
+        store = self._store
+        if _is_busy(failure.value) and tries < len(BUSY_RETRIES) and not store._closed:
+            store._clock.callLater(BUSY_RETRIES[tries], self._attempt, tries + 1)
+            return
+        self.done.errback(_store_error(self._what, store.layout.table, failure))
+
+
+class _Load:
+    """Every row, C{BATCH_SIZE} per trip to the store's thread, each batch handed to C{consume}; C{done} fires after the last."""
+
+    __slots__ = ("_store", "_consume", "_columns", "_cursor", "_read", "done")
+
+    def __init__(self, store: SqliteStore, consume: Callable[[list[Row]], None]) -> None:
+        self._store = store
+        self._consume = consume
+        self._columns: list[str] = []
+        self._cursor: sqlite3.Cursor | None = None
+        self._read = 0
+        self.done: defer.Deferred[None] = defer.Deferred()
+        store._call("reading", self._first).addCallbacks(self._got, self.done.errback)
+
+    def _first(self) -> list[Row]:
+        # The query is built here, on the store's thread, after a
+        # replacement file may have been opened with other columns.
+        store = self._store
+        store._notice_replacement()
+        logical, query = store._select()
+        self._columns.extend(logical)
+        self._cursor = store._connection().execute(query)
+        return self._more()
+
+    def _more(self) -> list[Row]:
+        assert self._cursor is not None
+        columns = self._columns
+        return [make_row(columns, v) for v in self._cursor.fetchmany(BATCH_SIZE)]
+
+    def _got(self, rows: list[Row]) -> None:
+        self._read += len(rows)
+        try:
+            if rows:
+                self._consume(rows)
+        except Exception:
+            self.done.errback()
+            return
+        if len(rows) < BATCH_SIZE:
+            self._cursor = None
+            _log.info("read {rows} row(s) from {table}", rows=self._read, table=self._store.layout.table)
+            self.done.callback(None)
+        else:
+            # The next batch on a later reactor turn, however fast the thread answers.
+            self._store._clock.callLater(0, self._next)
+
+    def _next(self) -> None:
+        self._store._call("reading", self._more).addCallbacks(self._got, self.done.errback)

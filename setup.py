@@ -55,6 +55,8 @@ def compile_reason() -> str | None:
 
 def extensions() -> list[Any]:
     """The mypyc extensions, or none (pure Python)."""
+    if "clean_compiled" in sys.argv[1:]:
+        return []  # nothing to build: do not run mypyc for it
     reason = compile_reason()
     if reason is not None:
         print(f"uacregistrant: pure Python build ({reason})", file=sys.stderr)
@@ -63,7 +65,13 @@ def extensions() -> list[Any]:
 
     # The modules are type-checked (strict) by the project's own mypy run;
     # here mypy only gives mypyc their types, without the zope plugin.
-    return mypycify(["--config-file", os.devnull, *COMPILED], opt_level="3", debug_level="0")
+    # mypyc checks and generates the C here, while setup.py loads: a newer
+    # mypy that finds fault (it exits) must not fail the install either.
+    try:
+        return list(mypycify(["--config-file", os.devnull, *COMPILED], opt_level="3", debug_level="0"))
+    except BaseException as e:  # SystemExit from mypyc included
+        print(f"uacregistrant: mypyc failed ({type(e).__name__}: {e}); pure Python build", file=sys.stderr)
+        return []
 
 
 class OptionalBuildExt(build_ext):

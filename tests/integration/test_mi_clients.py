@@ -40,7 +40,7 @@ def client(name: str) -> str:
     """An OpenSIPS client installed beside this interpreter, or skip (fail under UACREG_REQUIRE_PEERS=1)."""
     path = Path(sys.executable).parent / name
     if not path.exists():
-        message = f"{name} not found beside {sys.executable}: install the test extra (pip install -e '.[test]': opensipscli, opensips)"
+        message = f"{name} not found beside {sys.executable}: install the test extra (UACREG_PURE_PYTHON=1 pip install -e '.[test]': opensipscli, opensips)"
         if os.environ.get("UACREG_REQUIRE_PEERS") == "1":
             raise AssertionError(message + " (UACREG_REQUIRE_PEERS=1)")
         raise SkipTest(message)

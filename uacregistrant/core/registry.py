@@ -28,15 +28,17 @@ class Registry:
 
     Nothing here holds a key tuple: a bucket is keyed by the registrants
     themselves (a dict, for its insertion order), and a key is found among
-    the records of its AOR (one, as a rule).  A third dictionary by key
-    and its tuples took some 110 bytes per record at 100,000.
+    the records of its AOR (one, as a rule; an AOR with several has them
+    by C{(binding, registrar)}, so a large one is no linear search).  A
+    third dictionary by key and its tuples took some 110 bytes per record
+    at 100,000.
     """
 
     def __init__(self, hash_size: int) -> None:
         self.bucket_count = 1 << hash_size
         self._buckets: list[dict[Registrant, None]] = [{} for _ in range(self.bucket_count)]
-        # One record per AOR is the common case: a list only when shared.
-        self._by_aor: dict[str, Registrant | list[Registrant]] = {}
+        # One record per AOR is the common case: a dict only when shared.
+        self._by_aor: dict[str, Registrant | dict[tuple[str, str], Registrant]] = {}
         self._count = 0
 
     def __len__(self) -> int:
@@ -57,21 +59,23 @@ class Registry:
         self._count += 1
         if same is None:
             self._by_aor[aor] = registrant
-        elif isinstance(same, list):
-            same.append(registrant)
+        elif isinstance(same, dict):
+            same[(account.binding_uri, account.registrar)] = registrant
         else:
-            self._by_aor[aor] = [same, registrant]
+            first = same.account
+            self._by_aor[aor] = {(first.binding_uri, first.registrar): same, (account.binding_uri, account.registrar): registrant}
 
     def remove(self, registrant: Registrant) -> None:
         """Forget a registrant."""
-        aor = registrant.account.aor
+        account = registrant.account
+        aor = account.aor
         del self._buckets[bucket_of(aor, self.bucket_count)][registrant]
         self._count -= 1
         same = self._by_aor[aor]
-        if isinstance(same, list):
-            same.remove(registrant)
+        if isinstance(same, dict):
+            del same[(account.binding_uri, account.registrar)]
             if len(same) == 1:
-                self._by_aor[aor] = same[0]
+                self._by_aor[aor] = next(iter(same.values()))
         else:
             del self._by_aor[aor]
         registrant.mark_removed()
@@ -91,17 +95,18 @@ class Registry:
         same = self._by_aor.get(aor)
         if same is None:
             return []
-        return list(same) if isinstance(same, list) else [same]
+        return list(same.values()) if isinstance(same, dict) else [same]
 
     def bucket(self, index: int) -> list[Registrant]:
         """A snapshot of one bucket's registrants."""
         return list(self._buckets[index])
 
 
-def _find(same: Registrant | list[Registrant], aor: str, binding: str, registrar: str) -> Registrant | None:
+def _find(same: Registrant | dict[tuple[str, str], Registrant], aor: str, binding: str, registrar: str) -> Registrant | None:
     """The record of C{same} (one AOR's) with this key, or C{None}."""
-    for registrant in same if isinstance(same, list) else (same,):
-        account = registrant.account
-        if account.binding_uri == binding and account.registrar == registrar and account.aor == aor:
-            return registrant
+    if isinstance(same, dict):
+        return same.get((binding, registrar))
+    account = same.account
+    if account.binding_uri == binding and account.registrar == registrar and account.aor == aor:
+        return same
     return None

@@ -448,7 +448,7 @@ class _Load:
         store = self._store
         store._notice_replacement()
         logical, query = store._select()
-        self._columns.extend(logical)
+        self._columns[:] = logical  # a busy retry runs this again
         self._cursor = store._connection().execute(query)
         return self._more()
 

@@ -78,3 +78,27 @@ class RegistryTests(SynchronousTestCase):
         again = record("sip:alice@example.com")
         self.registry.add(again)
         self.assertIs(self.registry.get(again.account.key), again)
+
+    def test_many_records_of_one_aor(self) -> None:
+        """
+        An AOR with many records (bindings or registrars) finds each by its
+        key, keeps them in the order added, and goes back to one record as
+        they leave.
+        """
+        policy = Policy()
+        many = [record("sip:trunk@example.com", f"sip:trunk@192.0.2.{i}", policy=policy) for i in range(1, 201)]
+        for r in many:
+            self.registry.add(r)
+        self.assertEqual(len(self.registry), 4 + 200)
+        for r in many:
+            self.assertIs(self.registry.get(r.account.key), r)
+        with self.assertRaises(KeyError):
+            self.registry.add(record("sip:trunk@example.com", "sip:trunk@192.0.2.7", policy=policy))
+        self.assertEqual(self.registry.by_aor("sip:trunk@example.com"), many)
+        for r in many[1:]:
+            self.registry.remove(r)
+        self.assertEqual(self.registry.by_aor("sip:trunk@example.com"), many[:1])
+        self.assertIs(self.registry.get(many[0].account.key), many[0])
+        self.assertIsNone(self.registry.get(many[1].account.key))
+        self.registry.remove(many[0])
+        self.assertEqual(self.registry.by_aor("sip:trunk@example.com"), [])

@@ -52,10 +52,11 @@ class RowError(ValueError):
         self.hint = hint
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Account:
     """
-    An account to keep registered.
+    An account to keep registered (never changed once made: a changed row
+    makes a new one, see L{dataclasses.replace}).
 
     @ivar key: C{(aor, binding_uri, registrar)}, the table's unique key.
     @ivar forced_socket: the canonical C{TRANSPORT:HOST:PORT} of the socket to
@@ -71,19 +72,52 @@ class Account:
     registrar: str
     binding_uri: str
     expiry: int
-    enabled: bool = True
-    proxy: str | None = None
-    third_party_registrant: str | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    binding_params: str = ""
-    forced_socket: str | None = None
-    next_hop: SipUri = field(default=_NO_HOP, repr=False, compare=False)
+    enabled: bool
+    proxy: str | None
+    third_party_registrant: str | None
+    username: str | None
+    password: str | None = field(repr=False)
+    binding_params: str
+    forced_socket: str | None
+    next_hop: SipUri = field(repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        hop = self.proxy or self.registrar
-        if self.next_hop.text != hop:
-            object.__setattr__(self, "next_hop", parse_uri_uncached(hop))
+    # Written out, not generated: compiled by mypyc, a written __init__ is
+    # native code, where a (frozen) dataclass's generated one stays Python
+    # and sets each field through object.__setattr__ (one per table row).
+    def __init__(
+        self,
+        row_id: int | None,
+        aor: str,
+        registrar: str,
+        binding_uri: str,
+        expiry: int,
+        enabled: bool = True,
+        proxy: str | None = None,
+        third_party_registrant: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        binding_params: str = "",
+        forced_socket: str | None = None,
+        next_hop: SipUri = _NO_HOP,
+    ) -> None:
+        self.row_id = row_id
+        self.aor = aor
+        self.registrar = registrar
+        self.binding_uri = binding_uri
+        self.expiry = expiry
+        self.enabled = enabled
+        self.proxy = proxy
+        self.third_party_registrant = third_party_registrant
+        self.username = username
+        self.password = password
+        self.binding_params = binding_params
+        self.forced_socket = forced_socket
+        hop = proxy or registrar
+        self.next_hop = next_hop if next_hop.text == hop else parse_uri_uncached(hop)
+
+    def __hash__(self) -> int:
+        # Equal accounts have equal keys (C{__eq__} compares the key's fields).
+        return hash((self.aor, self.binding_uri, self.registrar))
 
     @property
     def binding(self) -> SipUri:

@@ -519,14 +519,18 @@ class Registrant:
     def _request(self, expires: int, now: float) -> Outgoing:
         self._sent = now
         self.cseq += 1
-        if self._auth is None:
+        kept = self._auth
+        if kept is None:
             return Outgoing(self.cseq, expires)
+        if not isinstance(kept, tuple):
+            # The compact form (see _Kept): answered from the record's own fields.
+            self._nc += 1
+            header = _PROXY_HEADER if self._flags & _PROXY else _HEADER
+            return Outgoing(self.cseq, expires, ((header, self._answer(kept.challenge(self._nonce), self._nc)),))
         auth = []
-        kept = self._kept()
         for state in kept:
             state.nc += 1
-            auth.append((state.header, self._answer(state)))
-        self._keep(kept)
+            auth.append((state.header, self._answer(state.challenge(), state.nc)))
         return Outgoing(self.cseq, expires, tuple(auth))
 
     def _kept(self) -> tuple[_Auth, ...]:
@@ -553,16 +557,16 @@ class Registrant:
         self._nonce = ""
         self._nc = 0
 
-    def _answer(self, state: _Auth) -> str:
+    def _answer(self, challenge: Challenge, nc: int) -> str:
         account = self.account
         assert account.username is not None and account.password is not None
         return authorization_value(
-            state.challenge(),
+            challenge,
             Credentials(account.username, account.password),
             "REGISTER",
             account.registrar,
             self.policy.token(8),
-            state.nc,
+            nc,
         )
 
     def on_response(self, response: Response, now: float) -> Outgoing | None:

@@ -46,6 +46,7 @@ from uacregistrant.store import (
     select_sql,
     where_key_sql,
 )
+from uacregistrant.store.sqlite_pages import PagedReader
 
 _log = Logger()
 _T = TypeVar("_T")
@@ -429,44 +430,75 @@ class _Call(Generic[_T]):
 
 
 class _Load:
-    """Every row, C{BATCH_SIZE} per trip to the store's thread, each batch handed to C{consume}; C{done} fires after the last."""
+    """
+    Every row, C{BATCH_SIZE} per trip to the store's thread, each batch
+    handed to C{consume}; C{done} fires after the last.  A page is one
+    step of one statement (L{PagedReader}) where the table allows it, else
+    the rows are fetched one step each.
+    """
 
-    __slots__ = ("_store", "_consume", "_columns", "_cursor", "_read", "done")
+    __slots__ = ("_store", "_consume", "_columns", "_pages", "_cursor", "_read", "done")
 
     def __init__(self, store: SqliteStore, consume: Callable[[list[Row]], None]) -> None:
         self._store = store
         self._consume = consume
         self._columns: list[str] = []
+        self._pages: PagedReader | None = None
         self._cursor: sqlite3.Cursor | None = None
         self._read = 0
         self.done: defer.Deferred[None] = defer.Deferred()
-        store._call("reading", self._first).addCallbacks(self._got, self.done.errback)
+        store._call("reading", self._first).addCallbacks(self._got, self._failed)
 
-    def _first(self) -> list[Row]:
+    def _first(self) -> tuple[list[Row], bool]:
         # The query is built here, on the store's thread, after a
         # replacement file may have been opened with other columns.
         store = self._store
         store._notice_replacement()
         logical, query = store._select()
         self._columns[:] = logical  # a busy retry runs this again
-        self._cursor = store._connection().execute(query)
+        db = store._connection()
+        self._pages = PagedReader.open(db, store.layout.table, [store._present[name] for name in logical], BATCH_SIZE)
+        if self._pages is None:
+            self._cursor = db.execute(query)
         return self._more()
 
-    def _more(self) -> list[Row]:
-        assert self._cursor is not None
+    def _more(self) -> tuple[list[Row], bool]:
+        """The next batch, and whether it is the last."""
         columns = self._columns
-        return [make_row(columns, v) for v in self._cursor.fetchmany(BATCH_SIZE)]
+        pages = self._pages
+        if pages is not None:
+            rows = [make_row(columns, v) for v in pages.next_page()]
+            return rows, pages.done
+        assert self._cursor is not None
+        rows = [make_row(columns, v) for v in self._cursor.fetchmany(BATCH_SIZE)]
+        if len(rows) < BATCH_SIZE:
+            self._cursor.close()
+            return rows, True
+        return rows, False
 
-    def _got(self, rows: list[Row]) -> None:
+    def _failed(self, failure: Failure) -> None:
+        self._let_go()
+        self.done.errback(failure)
+
+    def _let_go(self) -> None:
+        """A read abandoned half-way: its open statement is closed on the store's thread."""
+        pages, cursor = self._pages, self._cursor
+        self._pages = self._cursor = None
+        if (pages is not None and not pages.done) or cursor is not None:
+            closing = self._store._call("closing a read", pages.close if pages is not None else cursor.close)  # type: ignore[union-attr]
+            closing.addErrback(lambda f: None)  # the store closing closes it all the same
+
+    def _got(self, batch: tuple[list[Row], bool]) -> None:
+        rows, last = batch
         self._read += len(rows)
         try:
             if rows:
                 self._consume(rows)
         except Exception:
-            self.done.errback()
+            self._failed(Failure())
             return
-        if len(rows) < BATCH_SIZE:
-            self._cursor = None
+        if last:
+            self._pages = self._cursor = None
             _log.info("read {rows} row(s) from {table}", rows=self._read, table=self._store.layout.table)
             self.done.callback(None)
         else:
@@ -474,4 +506,4 @@ class _Load:
             self._store._clock.callLater(0, self._next)
 
     def _next(self) -> None:
-        self._store._call("reading", self._more).addCallbacks(self._got, self.done.errback)
+        self._store._call("reading", self._more).addCallbacks(self._got, self._failed)

@@ -1,10 +1,14 @@
 """Tests for L{uacregistrant.sip.digest}."""
 
 import hashlib
+import re
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from uacregistrant.sip.digest import (
+    _AUTH_ITEM,
     Challenge,
     Credentials,
     authorization_value,
@@ -149,3 +153,18 @@ class SharedTextTests(SynchronousTestCase):
         self.assertEqual(len(challenge.realm), 300)
         self.assertEqual(len(shared), 3)  # "Digest", "realm", "nonce"
         self.assertNotIn(challenge.realm, shared)
+
+
+class ChallengeScannerTests(SynchronousTestCase):
+    """The challenge scanner's regular expression, rewritten for speed, matches what the plain one matched."""
+
+    #: The expression as first written: one alternation per quoted character.
+    PLAIN = re.compile(r'[\s,]*([^\s=,"]+)[ \t]*(?:=[ \t]*("(?:[^"\\]|\\.)*"|[^\s,"]*))?')
+
+    @settings(max_examples=2000, deadline=None)
+    @given(st.text(alphabet='ab=", \\\t\r\n\u00a0\u2028é', max_size=40), st.integers(0, 40))
+    def test_same_matches(self, text: str, pos: int) -> None:
+        plain, fast = self.PLAIN.match(text, pos), _AUTH_ITEM.match(text, pos)
+        self.assertEqual(plain is None, fast is None)
+        if plain is not None and fast is not None:
+            self.assertEqual((plain.span(), plain.groups()), (fast.span(), fast.groups()))

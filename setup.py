@@ -1,9 +1,9 @@
 """
 Builds uacregistrant (the metadata is in setup.cfg).
 
-The pure modules on the hot path (the SIP codec, the registrant state
-machine and the rest of core/, the client transaction machine, target
-health) are compiled with mypyc, which ships with mypy (a build
+The modules on the hot path (the SIP codec, the registrant state machine
+and the rest of core/, the client transaction machine, target health, and
+the registration client) are compiled with mypyc, which ships with mypy (a build
 requirement in pyproject.toml): about a third less CPU per registration
 (docs/PERFORMANCE.md, issue 14).  UACREG_PURE_PYTHON=1 builds pure Python.
 Without a C compiler, the Python headers or mypyc, or when compiling
@@ -20,6 +20,7 @@ place for its compiled run (and a development install should be pure:
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import shutil
 import sys
@@ -30,11 +31,16 @@ from setuptools import Command, setup
 from setuptools.command.build_ext import build_ext
 
 #: What mypyc compiles: no Twisted, no zope, no I/O (import-linter keeps it so).
-COMPILED = sorted(
+CORE = sorted(
     glob.glob("uacregistrant/sip/*.py")
     + glob.glob("uacregistrant/core/*.py")
     + ["uacregistrant/net/transaction.py", "uacregistrant/net/targets.py"]
 )
+#: Compiled too when Twisted's types are there to compile it against (a
+#: build requirement): the registration client, the glue around every
+#: request and response (about a tenth less CPU per registration).  Its
+#: imports (Twisted, the transports) stay interpreted.
+GLUE = ["uacregistrant/agent/client.py"]
 
 
 def compile_reason() -> str | None:
@@ -67,8 +73,15 @@ def extensions() -> list[Any]:
     # here mypy only gives mypyc their types, without the zope plugin.
     # mypyc checks and generates the C here, while setup.py loads: a newer
     # mypy that finds fault (it exits) must not fail the install either.
+    compiled = CORE
+    if importlib.util.find_spec("twisted") is not None:
+        compiled = CORE + GLUE
+    else:
+        print("uacregistrant: Twisted is not in the build environment: the client stays interpreted", file=sys.stderr)
+    # The interpreted modules the client imports are read for their types
+    # only (silently: zope's interfaces need a plugin this build does not load).
     try:
-        return list(mypycify(["--config-file", os.devnull, *COMPILED], opt_level="3", debug_level="0"))
+        return list(mypycify(["--config-file", os.devnull, "--follow-imports=silent", *compiled], opt_level="3", debug_level="0"))
     except BaseException as e:  # SystemExit from mypyc included
         print(f"uacregistrant: mypyc failed ({type(e).__name__}: {e}); pure Python build", file=sys.stderr)
         return []

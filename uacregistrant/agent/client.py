@@ -11,7 +11,7 @@ ever sent over UDP or in clear.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -36,6 +36,14 @@ from uacregistrant.sip.tokens import token_hex
 from uacregistrant.sip.uri import transport_of
 
 _log = Logger()
+
+
+class Clock(Protocol):
+    """What the client reads of the reactor's clock (a protocol: this module compiles without zope's mypy plugin)."""
+
+    def seconds(self) -> float:
+        """Now, in seconds."""
+
 
 #: Transports requests can go over.
 SENDS_OVER = frozenset({"udp", "tcp", "tls"})
@@ -94,7 +102,7 @@ class RegistrationClient:
         may_send: Callable[[Registrant], bool] | None = None,
         may_continue: Callable[[Registrant, int], bool] | None = None,
     ) -> None:
-        self._clock = clock
+        self._clock: Clock = clock
         #: Whether a record may start an attempt from this node now (a cluster node: its slot held, its lease valid).
         self.may_send = may_send
         #: Whether request CSeq N of an attempt under way may go now (checked right before sending).
@@ -121,7 +129,7 @@ class RegistrationClient:
         self._target_names: Memo[Target, str] = Memo(TARGET_NAMES_MAX)
         # One (IP, port) tuple per target: every transaction to it holds
         # the same one (a completed one until Timer K: 56 bytes each).
-        self._addresses: Memo[Target, Address] = Memo(TARGET_NAMES_MAX)
+        self._addresses: Memo[Target, Any] = Memo(TARGET_NAMES_MAX)
         self.user_agent = user_agent
         self._branch_token = branch_token
         self._changes = changes
@@ -392,8 +400,13 @@ class RegistrationClient:
             self.counters.send_errors += 1
             self._fail(registrant, f"sending to {target_name(target)} failed: {e}")
 
-    def _address(self, target: Target) -> Address:
-        """The target's C{(IP, port)}, one tuple per target (up to L{TARGET_NAMES_MAX} targets)."""
+    def _address(self, target: Target) -> Any:
+        """
+        The target's C{(IP, port)}, one tuple per target (up to
+        L{TARGET_NAMES_MAX} targets).  Typed C{Any} on purpose: compiled,
+        a C{tuple[str, int]} result would be unboxed and boxed again, one
+        new tuple per transaction instead of the shared one.
+        """
         address = self._addresses.get(target)
         return address if address is not None else self._addresses.keep(target, (target[1], target[2]))
 

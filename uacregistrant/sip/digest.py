@@ -30,12 +30,21 @@ SUPPORTED_ALGORITHMS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Challenge:
-    """One challenge from a WWW-Authenticate or Proxy-Authenticate header."""
+    """
+    One challenge from a WWW-Authenticate or Proxy-Authenticate header.
+
+    Not frozen, C{__init__} written out: compiled, a dataclass's generated
+    C{__init__} stays interpreted (this one is made for every answer).
+    """
 
     scheme: str
     params: dict[str, str]
+
+    def __init__(self, scheme: str, params: dict[str, str]) -> None:
+        self.scheme = scheme
+        self.params = params
 
     @property
     def realm(self) -> str:
@@ -72,7 +81,7 @@ class Challenge:
         return ChallengeLayout(self.scheme, tuple(item for item in self.params.items() if item[0] not in _NOT_IN_LAYOUT))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class ChallengeLayout:
     """
     A challenge without its nonce and opaque: the scheme and the other
@@ -82,10 +91,25 @@ class ChallengeLayout:
     keeps its challenge for credentials up front holds only its nonce (and
     opaque) of its own.  C{stale} is left out: it concerns the response
     that carried it, never the answers to come.
+
+    C{__init__}, C{__eq__} and C{__hash__} are written out (native when
+    compiled): one is made, hashed and compared for every 401.
     """
 
     scheme: str
     params: tuple[tuple[str, str], ...]
+
+    def __init__(self, scheme: str, params: tuple[tuple[str, str], ...]) -> None:
+        self.scheme = scheme
+        self.params = params
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ChallengeLayout):
+            return NotImplemented
+        return self.scheme == other.scheme and self.params == other.params
+
+    def __hash__(self) -> int:
+        return hash((self.scheme, self.params))
 
     def challenge(self, nonce: str, opaque: str | None = None) -> Challenge:
         """The challenge again, with this C{nonce} (and C{opaque})."""
@@ -165,7 +189,7 @@ def _as_is(text: str) -> str:
     return text
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Credentials:
     """
     A username and a secret: a password, or an HA1 written C{0x<hex>}.
@@ -175,6 +199,10 @@ class Credentials:
 
     username: str
     secret: str
+
+    def __init__(self, username: str, secret: str) -> None:
+        self.username = username
+        self.secret = secret
 
     def __repr__(self) -> str:
         return f"Credentials(username={self.username!r}, secret=<hidden>)"

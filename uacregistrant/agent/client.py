@@ -11,7 +11,7 @@ ever sent over UDP or in clear.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Final, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -46,16 +46,16 @@ class Clock(Protocol):
 
 
 #: Transports requests can go over.
-SENDS_OVER = frozenset({"udp", "tcp", "tls"})
+SENDS_OVER: Final = frozenset({"udp", "tcp", "tls"})
 #: After a connection's loss made its records register again, another loss
 #: of the same connection within this many seconds leaves them to their
 #: normal refresh (a peer that closes every connection must not cause a
 #: register-close-register loop).
-FLOW_LOSS_QUIET = 120.0
+FLOW_LOSS_QUIET: Final = 120.0
 #: Connections whose last loss is remembered, at most.
-FLOW_LOSSES_MAX = 4096
+FLOW_LOSSES_MAX: Final = 4096
 #: Target names kept interned (C{tls:IP:PORT}, shown by reg_list).
-TARGET_NAMES_MAX = 4096
+TARGET_NAMES_MAX: Final = 4096
 
 
 class RouteError(Exception):

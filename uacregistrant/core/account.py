@@ -25,7 +25,7 @@ import math
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Final, Mapping
 
 from uacregistrant.core.socketspec import SocketSpecError, normalise_socket
 from uacregistrant.sip.errors import SipParseError
@@ -35,12 +35,12 @@ from uacregistrant.sip.sharing import Memo, SharedTables
 from uacregistrant.sip.uri import SipUri, parse_uri, parse_uri_uncached, strip_angle_brackets
 
 #: Largest expiry a REGISTER can carry (RFC 3261 delta-seconds).
-MAX_EXPIRES = 2**32 - 1
+MAX_EXPIRES: Final = 2**32 - 1
 
 AccountKey = tuple[str, str, str]
 
 #: The default next hop: none yet (L{Account} parses one).
-_NO_HOP = SipUri("", None, None, "", None)
+_NO_HOP: Final = SipUri("", None, None, "", None)
 
 
 class RowError(ValueError):
@@ -137,12 +137,12 @@ class Account:
 
 #: What no text column may hold: control characters (CR and LF among
 #: them) and lone surrogates (how bytes that are not UTF-8 read).
-_BAD_TEXT = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
-_WHITESPACE = re.compile(r"\s")
+_BAD_TEXT: Final = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_WHITESPACE: Final = re.compile(r"\s")
 #: What a key column may not hold: angle brackets, quotes, whitespace.
-_NOT_BARE = re.compile(r'[<>"\s]')
-_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
-_KEY_HINT = "the daemon finds rows by the key as stored: write it as a bare URI, without <> or surrounding spaces"
+_NOT_BARE: Final = re.compile(r'[<>"\s]')
+_QUOTED: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
+_KEY_HINT: Final = "the daemon finds rows by the key as stored: write it as a bare URI, without <> or surrounding spaces"
 
 
 def _string(row: Mapping[str, Any], name: str) -> str | None:
@@ -342,7 +342,7 @@ def _shared(text: str | None) -> str | None:
 
 
 #: An unquoted Contact parameter value: a token, or a host (an IPv6 reference included).
-_PARAM_VALUE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~\[\]:]+")
+_PARAM_VALUE: Final = re.compile(r"[A-Za-z0-9\-.!%*_+`'~\[\]:]+")
 
 
 def _check_params(params: str) -> None:
@@ -374,7 +374,7 @@ def _password(row: Mapping[str, Any]) -> str | None:
     return text if text else None
 
 
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_SURROGATE: Final = re.compile(r"[\ud800-\udfff]")
 
 
 def _whole_number(value: Any, name: str, hint: str) -> int | None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Final
 
 
 @dataclass(slots=True)
@@ -68,4 +69,4 @@ class SipCounters:
 
 
 #: The counters of L{SipCounters.count_response_class}, by class - 1.
-_RESPONSE_CLASSES = tuple(f"responses_{n}xx" for n in range(1, 7))
+_RESPONSE_CLASSES: Final = tuple(f"responses_{n}xx" for n in range(1, 7))

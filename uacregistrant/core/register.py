@@ -8,15 +8,17 @@ address the request is sent from.
 
 from __future__ import annotations
 
+from typing import Final
+
 from uacregistrant import __version__
 from uacregistrant.core.account import Account
 from uacregistrant.core.registrant import Outgoing
 from uacregistrant.sip.message import check_line_count
 
-USER_AGENT = f"uacregistrant/{__version__}"
+USER_AGENT: Final = f"uacregistrant/{__version__}"
 
 #: Lines of a REGISTER without its Authorization headers (request line included).
-_REGISTER_LINES = 10
+_REGISTER_LINES: Final = 10
 
 
 def render_register(

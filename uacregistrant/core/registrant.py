@@ -67,7 +67,7 @@ class Event(enum.Enum):
 
 
 #: States that mean the last attempt failed.
-FAILURE_STATES = frozenset(
+FAILURE_STATES: Final = frozenset(
     {
         RegState.REGISTER_TIMEOUT_STATE,
         RegState.INTERNAL_ERROR_STATE,
@@ -76,7 +76,7 @@ FAILURE_STATES = frozenset(
     }
 )
 #: States in which a transaction is outstanding.
-IN_TRANSACTION = frozenset(
+IN_TRANSACTION: Final = frozenset(
     {
         RegState.REGISTERING_STATE,
         RegState.AUTHENTICATING_STATE,
@@ -84,14 +84,14 @@ IN_TRANSACTION = frozenset(
         RegState.AUTHENTICATING_UNREGISTER_STATE,
     }
 )
-_UNREGISTER_STATES = frozenset({RegState.UNREGISTERING_STATE, RegState.AUTHENTICATING_UNREGISTER_STATE})
-_REGISTER_STATES = frozenset({RegState.REGISTERING_STATE, RegState.AUTHENTICATING_STATE})
+_UNREGISTER_STATES: Final = frozenset({RegState.UNREGISTERING_STATE, RegState.AUTHENTICATING_UNREGISTER_STATE})
+_REGISTER_STATES: Final = frozenset({RegState.REGISTERING_STATE, RegState.AUTHENTICATING_STATE})
 #: Failures a registrar answering again may cure (see L{Registrant.retry_early}).
-TIMED_OUT = frozenset({RegState.REGISTER_TIMEOUT_STATE})
+TIMED_OUT: Final = frozenset({RegState.REGISTER_TIMEOUT_STATE})
 #: Failures another target of the same hop may cure.
-FAIL_OVER = frozenset({RegState.REGISTER_TIMEOUT_STATE, RegState.REGISTRAR_ERROR_STATE})
+FAIL_OVER: Final = frozenset({RegState.REGISTER_TIMEOUT_STATE, RegState.REGISTRAR_ERROR_STATE})
 #: States in which nothing is outstanding.
-AT_REST = frozenset(RegState) - IN_TRANSACTION
+AT_REST: Final = frozenset(RegState) - IN_TRANSACTION
 
 
 def _transitions() -> dict[tuple[RegState, Event], RegState]:
@@ -119,18 +119,18 @@ def _transitions() -> dict[tuple[RegState, Event], RegState]:
 
 #: The only way a registrant's state changes: C{(state, event) -> new state}.
 #: A pair missing here is a bug, raised as L{InvalidTransition}.
-TRANSITIONS: dict[tuple[RegState, Event], RegState] = _transitions()
+TRANSITIONS: Final[dict[tuple[RegState, Event], RegState]] = _transitions()
 
 
 class InvalidTransition(Exception):
     """An event that the current state does not allow (a bug)."""
 #: Stale-nonce answers allowed within one attempt.
-MAX_STALE_ANSWERS = 2
+MAX_STALE_ANSWERS: Final = 2
 #: 423 follow-ups (a longer expiry asked for) allowed within one attempt.
-MAX_TOO_BRIEF = 2
+MAX_TOO_BRIEF: Final = 2
 #: Follow-up requests of any kind (digest answers, 423 retries) allowed
 #: within one attempt: a hostile registrar cannot keep one going.
-MAX_FOLLOW_UPS = 6
+MAX_FOLLOW_UPS: Final = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +189,7 @@ class Outgoing:
 
 
 #: Characters of last_error kept.
-MAX_ERROR = 300
+MAX_ERROR: Final = 300
 #: A time field's "none": the times are kept as floats, not C{float | None}
 #: (compiled, a float field is 8 bytes in the record; a C{float | None} one
 #: points to a 24-byte box of its own).
@@ -213,16 +213,16 @@ class _Tries:
 
 
 #: No follow-up, no stale nonce, no 423, nothing answered.
-_NO_TRIES = _Tries(0, 0, 0, ())
+_NO_TRIES: Final = _Tries(0, 0, 0, ())
 #: Bits of L{Registrant._flags}.
-_RESEND = 1
-_RETIRING = 2
-_REMOVED = 4
+_RESEND: Final = 1
+_RETIRING: Final = 2
+_REMOVED: Final = 4
 #: The From-tag's bits, the low ones of L{Registrant._ids} (the Call-ID's are above).
 _TAG_BITS: Final = 40
 _TAG_MASK: Final = (1 << _TAG_BITS) - 1
 #: The kept challenge in compact form is answered with Proxy-Authorization.
-_PROXY = 8
+_PROXY: Final = 8
 _HEADER: Final = "Authorization"
 _PROXY_HEADER: Final = "Proxy-Authorization"
 
@@ -230,11 +230,11 @@ _PROXY_HEADER: Final = "Proxy-Authorization"
 #: A challenge whose parameters take more characters than this is answered
 #: but not kept for credentials up front: a registrar sending huge nonces
 #: must not make every registered record hold one.
-KEEP_CHALLENGE_MAX = 2048
+KEEP_CHALLENGE_MAX: Final = 2048
 #: A guessed expiry is never shorter than this (or what was asked, if less).
-GUESS_FLOOR = 10
+GUESS_FLOOR: Final = 10
 #: The expiry guessed when a 200 says nothing usable about any binding.
-NO_INFORMATION_GUESS = 60
+NO_INFORMATION_GUESS: Final = 60
 
 
 class _Auth:
@@ -458,7 +458,7 @@ class Registrant:
     @property
     def call_id(self) -> str:
         """The Call-ID of every request of this record."""
-        return f"{self._ids >> _TAG_BITS:032x}"
+        return (self._ids >> _TAG_BITS).to_bytes(16, "big").hex()  # as f"{...:032x}", at half the cost
 
     def adopt(self, call_id: str, last_cseq: int) -> bool:
         """
@@ -490,7 +490,7 @@ class Registrant:
     @property
     def from_tag(self) -> str:
         """The From tag of every request of this record."""
-        return f"{self._ids & _TAG_MASK:010x}"
+        return (self._ids & _TAG_MASK).to_bytes(5, "big").hex()  # as f"{...:010x}"
 
     @property
     def enabled(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Final
 
 from uacregistrant.sip.numbers import parse_digits
 
@@ -18,9 +19,9 @@ class SocketSpecError(ValueError):
 
 
 #: The transports a socket can be, in the order they are documented.
-TRANSPORTS = ("udp", "tcp", "tls")
+TRANSPORTS: Final = ("udp", "tcp", "tls")
 #: Transports carried over a byte stream (connections, framing, keep-alives).
-STREAM_TRANSPORTS = frozenset({"tcp", "tls"})
+STREAM_TRANSPORTS: Final = frozenset({"tcp", "tls"})
 
 
 @dataclass(frozen=True, slots=True)

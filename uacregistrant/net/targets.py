@@ -11,17 +11,17 @@ Pure: it is given the time.
 
 from __future__ import annotations
 
-from typing import Generic, Hashable, Sequence, TypeVar
+from typing import Final, Generic, Hashable, Sequence, TypeVar
 
 #: A target: C{(transport, ip, port)} in the daemon; anything hashable here.
 _Target = TypeVar("_Target", bound=Hashable)
 
 #: Seconds a target is avoided after its first failure in a row; doubles
 #: with each further failure, up to L{AVOID_MAX}.
-AVOID_FIRST = 30.0
-AVOID_MAX = 600.0
+AVOID_FIRST: Final = 30.0
+AVOID_MAX: Final = 600.0
 #: Targets remembered at most (a registrar's failures are few; a bound all the same).
-REMEMBERED_MAX = 4096
+REMEMBERED_MAX: Final = 4096
 
 
 class TargetHealth(Generic[_Target]):

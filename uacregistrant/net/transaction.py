@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from heapq import heapify, heappop, heappush
-from typing import Any, Callable, Generic, TypeVar, Union
+from typing import Any, Callable, Final, Generic, TypeVar, Union
 
 from uacregistrant.core.counters import SipCounters
 from uacregistrant.sip.errors import SipParseError
@@ -35,7 +35,7 @@ _User = TypeVar("_User")
 
 #: Cancelled heap entries tolerated before the heap is rebuilt without them
 #: (and only once they are half of it).
-_COMPACT_AFTER = 256
+_COMPACT_AFTER: Final = 256
 
 
 class _Action:

@@ -11,21 +11,21 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Final
 
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import is_token, quote_string, unquote_string
 from uacregistrant.sip.numbers import is_hex
 from uacregistrant.sip.sharing import SharedValues
 
-_HASHES: dict[str, Callable[[bytes], str]] = {
+_HASHES: Final[dict[str, Callable[[bytes], str]]] = {
     "MD5": lambda data: hashlib.md5(data).hexdigest(),
     "SHA-256": lambda data: hashlib.sha256(data).hexdigest(),
     "SHA-512-256": lambda data: hashlib.new("sha512_256", data).hexdigest(),
 }
-_HEX_LENGTH = {"MD5": 32, "SHA-256": 64, "SHA-512-256": 64}
+_HEX_LENGTH: Final = {"MD5": 32, "SHA-256": 64, "SHA-512-256": 64}
 #: Every algorithm name the client answers, upper-cased.
-SUPPORTED_ALGORITHMS = frozenset(
+SUPPORTED_ALGORITHMS: Final = frozenset(
     [name for name in _HASHES] + [name + "-SESS" for name in _HASHES]
 )
 
@@ -125,20 +125,20 @@ class ChallengeLayout:
 # same language as "(?:[^"\\]|\\.)*" at a third of the cost in re's engine
 # (one alternation per character there: 5.0 -> 2.2 us for a registrar's
 # challenge of five parameters).
-_AUTH_ITEM = re.compile(r'[\s,]*([^\s=,"]+)[ \t]*(?:=[ \t]*("[^"\\]*(?:\\.[^"\\]*)*"|[^\s,"]*))?')
+_AUTH_ITEM: Final = re.compile(r'[\s,]*([^\s=,"]+)[ \t]*(?:=[ \t]*("[^"\\]*(?:\\.[^"\\]*)*"|[^\s,"]*))?')
 #: Scheme and parameter names registrars send, tokens without a look.
-_KNOWN_TOKENS = frozenset(
+_KNOWN_TOKENS: Final = frozenset(
     ["Digest", "digest", "realm", "nonce", "opaque", "qop", "algorithm", "stale", "domain", "charset", "userhash"]
 )
 
 
 #: Parameters that differ per challenge: never shared.
-_UNIQUE_PARAMS = frozenset({"nonce", "opaque"})
+_UNIQUE_PARAMS: Final = frozenset({"nonce", "opaque"})
 #: Parameters a L{ChallengeLayout} leaves out.
-_NOT_IN_LAYOUT = _UNIQUE_PARAMS | {"stale"}
+_NOT_IN_LAYOUT: Final = _UNIQUE_PARAMS | {"stale"}
 #: Longer values are not kept in the shared table (a registrar inventing
 #: 60 KB realms must not fill it with them).
-_SHARED_LENGTH_MAX = 256
+_SHARED_LENGTH_MAX: Final = 256
 
 
 def parse_challenges(value: str, *, shared: SharedValues[str] | None = None) -> list[Challenge]:

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.numbers import is_digits
 
 #: Largest message accepted (header section and body), as for datagrams.
-MAX_MESSAGE = 65535
+MAX_MESSAGE: Final = 65535
 
-_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+_CONTENT_LENGTH: Final = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 
 
 class FramingError(SipParseError):
@@ -38,8 +39,8 @@ class KeepAlive:
     ping: bool
 
 
-PING = KeepAlive(ping=True)
-PONG = KeepAlive(ping=False)
+PING: Final = KeepAlive(ping=True)
+PONG: Final = KeepAlive(ping=False)
 
 
 class StreamFramer:

@@ -17,21 +17,21 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Final, Iterator, Sequence
 
 from uacregistrant.sip.errors import SipParseError, SipRenderError
 from uacregistrant.sip.numbers import parse_digits
 from uacregistrant.sip.sharing import Names
 
 #: The largest message the parser accepts (bytes).
-MAX_MESSAGE_SIZE = 65535
+MAX_MESSAGE_SIZE: Final = 65535
 #: Characters of a reason phrase kept (the rest is dropped).
-MAX_REASON = 128
+MAX_REASON: Final = 128
 #: The most header fields the parser accepts in one message (a 200 may
 #: list hundreds of bindings, one Contact header each).
-MAX_HEADERS = 1024
+MAX_HEADERS: Final = 1024
 
-_COMPACT = {
+_COMPACT: Final = {
     "v": "via",
     "f": "from",
     "t": "to",
@@ -46,26 +46,28 @@ _COMPACT = {
     "r": "refer-to",
     "u": "allow-events",
 }
-_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
-_WHITESPACE = re.compile(r"\s")
+_TOKEN: Final = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_WHITESPACE: Final = re.compile(r"\s")
 # A bare CR left in a header section once its line ends (CRLF, or a bare
 # LF) are taken out: echoed into a request (a realm, a nonce) it would end
 # a header line there.  Other control characters may appear escaped in
 # quoted strings (RFC 4475 §3.1.1.2) and are escaped again when quoted.
 # header-name HCOLON value (RFC 3261 §7.3.1; LWS allowed before the colon)
-_HEADER_LINE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:(.*)", re.DOTALL)
-_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^\s<>\"]+")
+_HEADER_LINE: Final = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:(.*)", re.DOTALL)
+_ABSOLUTE_URI: Final = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^\s<>\"]+")
 # SIP / 2.0 / transport  sent-by[;params]  (LWS allowed around the slashes)
-_VIA = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+(\S.*)$", re.IGNORECASE | re.DOTALL)
+_VIA: Final = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+(\S.*)$", re.IGNORECASE | re.DOTALL)
+# Transports a Via usually names, upper-case (parse_via's fast path).
+_VIA_TRANSPORTS: Final = frozenset({"UDP", "TCP", "TLS", "SCTP", "WS", "WSS"})
 # The common To/From shape, <absolute-URI> then token parameters: a value
 # matching it is one parse_name_addr accepts, so it needs no full parse.
-_PLAIN_NAME_ADDR = re.compile(
+_PLAIN_NAME_ADDR: Final = re.compile(
     r"<[A-Za-z][A-Za-z0-9+\-.]*:[^\s<>\"]+>"
     r"(?:[ \t]*;[ \t]*[A-Za-z0-9\-.!%*_+`'~]+(?:[ \t]*=[ \t]*[A-Za-z0-9\-.!%*_+`'~]+)?)*"
 )
 # Headers whose values are comma-separated lists (RFC 3261 §7.3.1).
-_LIST_HEADERS = frozenset({"via", "contact", "route", "record-route", "supported", "allow", "require"})
-_MAX_UINT32 = 2**32 - 1
+_LIST_HEADERS: Final = frozenset({"via", "contact", "route", "record-route", "supported", "allow", "require"})
+_MAX_UINT32: Final = 2**32 - 1
 
 
 def is_token(text: str) -> bool:
@@ -105,15 +107,27 @@ class SipMessage:
 
     def get_all(self, name: str) -> list[str]:
         """All values of header C{name}, list headers split at commas."""
-        values = self._index.get(name.lower(), [])
-        if name.lower() in _LIST_HEADERS:
+        key = name.lower()
+        values = self._index.get(key)
+        if values is None:
+            return []
+        if key in _LIST_HEADERS:
             return [item for value in values for item in split_list(value)]
         return list(values)
 
     def get(self, name: str) -> str | None:
-        """The first value of header C{name}, or C{None}."""
-        values = self.get_all(name)
-        return values[0] if values else None
+        """The first value of header C{name}, or C{None} (a list header: its first item)."""
+        key = name.lower()
+        values = self._index.get(key)
+        if values is None:
+            return None
+        if key in _LIST_HEADERS:
+            for value in values:
+                items = split_list(value)
+                if items:
+                    return items[0]
+            return None
+        return values[0]
 
     def has(self, name: str) -> bool:
         """Whether header C{name} is present."""
@@ -141,7 +155,11 @@ class SipMessage:
         text, _, method = value.partition(" ")
         method = method.strip()
         # ASCII digits only (str.isdigit alone accepts "²"), checked inline: this runs per response.
-        if not (text.isascii() and text.isdigit() and len(text) <= 10) or int(text) > _MAX_UINT32 or not is_token(method):
+        if (
+            not (text.isascii() and text.isdigit() and len(text) <= 10)
+            or int(text) > _MAX_UINT32
+            or (method != "REGISTER" and not is_token(method))
+        ):
             raise SipParseError(f"invalid CSeq {value[:80]!r}")
         return int(text), method.upper()
 
@@ -381,15 +399,18 @@ def quote_string(text: str) -> str:
     return '"' + _QUOTED_PAIR.sub(r"\\\g<0>", text) + '"'
 
 
-_QUOTED_PAIR = re.compile(r'[\\"\x00-\x08\x0b\x0c\x0e-\x1f\x7f]')
+_QUOTED_PAIR: Final = re.compile(r'[\\"\x00-\x08\x0b\x0c\x0e-\x1f\x7f]')
 
 
 def parse_via(value: str, names: Names | None = None) -> Via:
     """Parse one Via value: C{SIP/2.0/UDP host[:port];params}."""
-    match = _VIA.match(value)
-    if match is None:
-        raise SipParseError(f"invalid Via {value[:80]!r}")
-    transport, rest = match.group(1), match.group(2)
+    transport, space, rest = value[8:].partition(" ")
+    if not (value.startswith("SIP/2.0/") and transport in _VIA_TRANSPORTS and space and rest and not rest[0].isspace()):
+        # Not the usual "SIP/2.0/UDP host...": the full grammar (LWS around the slashes...).
+        match = _VIA.match(value)
+        if match is None:
+            raise SipParseError(f"invalid Via {value[:80]!r}")
+        transport, rest = match.group(1), match.group(2)
     sent_by, _, paramtext = rest.partition(";")
     sent_by = sent_by.strip()
     if not sent_by:
@@ -527,9 +548,9 @@ def parse_message(data: bytes, names: Names | None = None) -> Request | Response
 
 
 #: Headers a message must carry exactly once (Via at least once).
-_REQUIRED_ONCE = ("to", "from", "call-id", "cseq")
+_REQUIRED_ONCE: Final = ("to", "from", "call-id", "cseq")
 #: Headers that may not repeat.
-_SINGLE = frozenset(_REQUIRED_ONCE + ("max-forwards", "content-length", "expires", "min-expires"))
+_SINGLE: Final = frozenset(_REQUIRED_ONCE + ("max-forwards", "content-length", "expires", "min-expires"))
 
 
 def _validate(message: SipMessage, names: Names | None) -> None:
@@ -602,7 +623,7 @@ def _spellings(names: Sequence[str]) -> Iterator[str]:
 #: Header names as peers usually spell them (RFC 3261's spelling, lower,
 #: upper and capitalised, and the compact forms), mapped to their
 #: canonical form: looked up, not matched.  Constant: never written.
-_HEADER_SPELLINGS: dict[str, str] = {
+_HEADER_SPELLINGS: Final[dict[str, str]] = {
     raw: _header_name(raw + ":")
     for raw in _spellings(
         (
@@ -619,7 +640,7 @@ _HEADER_SPELLINGS: dict[str, str] = {
     )
 }
 #: The same for parameter names (Via, Contact, To/From, URI parameters).
-_PARAM_SPELLINGS: dict[str, str] = {
+_PARAM_SPELLINGS: Final[dict[str, str]] = {
     raw: raw.lower()
     for raw in _spellings(
         (
@@ -695,7 +716,7 @@ def render_response(
 
 
 # A valueless rport parameter (RFC 3581 §3), to be given the source port.
-_BARE_RPORT = re.compile(r";[ \t]*rport(?=[ \t]*(?:;|$))", re.IGNORECASE)
+_BARE_RPORT: Final = re.compile(r";[ \t]*rport(?=[ \t]*(?:;|$))", re.IGNORECASE)
 
 
 def stamp_via(value: str, ip: str, port: int) -> str:

@@ -10,8 +10,9 @@ from a peer, a row or an operator goes through here instead.
 from __future__ import annotations
 
 import re
+from typing import Final
 
-_HEX = re.compile(r"[0-9A-Fa-f]+")
+_HEX: Final = re.compile(r"[0-9A-Fa-f]+")
 
 
 def is_digits(text: str) -> bool:

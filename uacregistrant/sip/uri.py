@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import unquote
 
 from uacregistrant.sip.errors import SipParseError
@@ -20,9 +21,9 @@ from uacregistrant.sip.numbers import parse_digits
 from uacregistrant.sip.sharing import Memo
 
 # Parameters that must match whenever either URI has them (§19.1.4).
-_SIGNIFICANT_PARAMS = ("user", "ttl", "method", "maddr", "transport")
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9\-.]*[A-Za-z0-9])?\.?$")
-_USER_CHARS = re.compile(r"^[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+$")
+_SIGNIFICANT_PARAMS: Final = ("user", "ttl", "method", "maddr", "transport")
+_HOSTNAME: Final = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9\-.]*[A-Za-z0-9])?\.?$")
+_USER_CHARS: Final = re.compile(r"^[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+$")
 
 
 @dataclass(slots=True, init=False)

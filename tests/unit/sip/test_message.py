@@ -1,5 +1,7 @@
 """Tests for L{uacregistrant.sip.message}."""
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from uacregistrant.sip.errors import SipParseError, SipRenderError
@@ -273,3 +275,35 @@ class RenderTests(SynchronousTestCase):
             self.assertEqual(stamp_via(value, ip, 4000), expected)
             self.assertEqual(parse_via(expected).branch, "z9hG4bK1")
         self.assertRaises(SipParseError, stamp_via, "garbage", "192.0.2.1", 5060)
+
+
+class FastPathTests(SynchronousTestCase):
+    """The parser's shortcuts for the usual shapes give what the full grammar gives."""
+
+    @settings(max_examples=1000, deadline=None)
+    @given(
+        st.sampled_from(["UDP", "TCP", "TLS", "SCTP", "WS", "WSS", "XUDP"]),
+        st.text(alphabet="ab1.:;=[] \t\"\\", max_size=30),
+    )
+    def test_via_as_the_full_grammar_reads_it(self, transport: str, rest: str) -> None:
+        usual = f"SIP/2.0/{transport} {rest}"
+        # Lower case never takes the shortcut: the full grammar (case-insensitive) reads it.
+        spelled = f"sip/2.0/{transport.lower()} {rest}"
+        outcomes = []
+        for value in (usual, spelled):
+            try:
+                outcomes.append(parse_via(value))
+            except SipParseError:
+                outcomes.append(None)
+        self.assertEqual(outcomes[0], outcomes[1])
+
+    def test_first_item_of_a_list_header(self) -> None:
+        """get() of a list header is the first item of all its values, empty items skipped."""
+        message = parse_message(
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\n"
+            b"Call-ID: c\r\nCSeq: 1 REGISTER\r\nContact: ,\r\nContact: , <sip:a@c>, <sip:a@d>\r\nContent-Length: 0\r\n\r\n"
+        )
+        self.assertEqual(message.get("contact"), "<sip:a@c>")
+        self.assertEqual(message.get("Contact"), message.get_all("contact")[0])
+        self.assertIsNone(message.get("route"))
+        self.assertEqual(message.get_all("route"), [])

@@ -248,20 +248,32 @@ def compute_response(
     """
     Compute the digest response.
 
+    (Written for the compiled build: the challenge's properties and
+    L{Credentials.can_answer} inline, each looked at once.)
+
     @return: C{(response, qop)}, qop being C{None} for an RFC 2069 answer.
+    @raise SipParseError: if these credentials cannot answer the algorithm.
     """
-    algorithm = challenge.algorithm
-    if not credentials.can_answer(algorithm):
+    params = challenge.params
+    algorithm = params.get("algorithm", "MD5").upper()
+    session = algorithm.endswith("-SESS")
+    base = algorithm[:-5] if session else algorithm
+    digest = _HASHES.get(base)
+    ha1 = credentials.ha1_hex
+    if digest is None or (ha1 is not None and len(ha1) != _HEX_LENGTH[base]):
         raise SipParseError(f"cannot answer algorithm {algorithm}")
-    digest = _HASHES[_base(algorithm)]
-    realm, nonce = challenge.realm, challenge.nonce
-    ha1 = credentials.ha1_hex or digest(
-        f"{credentials.username}:{realm}:{credentials.secret}".encode()
-    )
-    if algorithm.endswith("-SESS"):
+    nonce = params.get("nonce", "")
+    if ha1 is None:
+        ha1 = digest(f"{credentials.username}:{params.get('realm', '')}:{credentials.secret}".encode())
+    if session:
         ha1 = digest(f"{ha1}:{nonce}:{cnonce}".encode())
-    offered = challenge.qop_options
-    qop = "auth" if "auth" in offered else "auth-int" if "auth-int" in offered else None
+    offered = params.get("qop")
+    qop: str | None = None
+    if offered == "auth":
+        qop = offered
+    elif offered is not None:
+        options = [option.strip() for option in offered.lower().split(",")]
+        qop = "auth" if "auth" in options else "auth-int" if "auth-int" in options else None
     if qop == "auth-int":
         ha2 = digest(f"{method}:{uri}:{digest(body)}".encode())
     else:

@@ -31,6 +31,7 @@ from uacregistrant.net.resolver import Address, ResolutionError, SipResolver, Ta
 from uacregistrant.net.stream import StreamPool
 from uacregistrant.net.tls import TlsSettings, load_tls
 from uacregistrant.net.transaction_layer import TransactionLayer
+from uacregistrant.net.transport import SipTransport
 from uacregistrant.sip.message import Request, Response, parse_message
 from uacregistrant.sip.uri import SipUri, parse_uri
 from uacregistrant.testing.registrar import UserPolicy
@@ -99,7 +100,7 @@ class GuardTests(SynchronousTestCase):
 
     def test_sending(self) -> None:
         """Sending raising (something else than the socket's OSError)."""
-        self.check_step(TransactionLayer, "start", "starting an attempt")
+        self.check_step(SipTransport, "send", "starting an attempt")
 
     def test_transmitting(self) -> None:
         """Choosing the socket or rendering raising."""

@@ -4,7 +4,8 @@
 #
 #   git worktree add /tmp/wt-final-comp HEAD && (cd /tmp/wt-final-comp && python setup.py build_ext --inplace)
 #   git worktree add /tmp/wt-final-pure HEAD
-#   git worktree add /tmp/wt-before <the commit to compare with>
+#   git worktree add /tmp/wt-before <the commit to compare with>   (compiled in place if it can be)
+#   git worktree add /tmp/wt-issue-start ec05535    # optional: before issue 14 (pure), for the pure build's regression check
 #   bash bench/campaign_issue14.sh            # logs in /tmp/campaign
 #
 # About 20 minutes on 2 cores (the steady state alone 13); only loopback.
@@ -14,11 +15,13 @@ ROOT="$PWD"
 export PATH="$ROOT/.venv/bin:$PATH"
 PY=.venv/bin/python
 L=/tmp/campaign; mkdir -p $L
+TREES="final-comp final-pure before"
+[ -d /tmp/wt-issue-start ] && TREES="$TREES issue-start"
 echo "start $(date -u +%T)" > $L/times.txt
 # 1. Kamailio side by side, cold start, 20k and 100k, rate 50000, two rounds, alternated.
 for size in 20000 100000; do
   for round in 1 2; do
-    for t in final-comp final-pure before; do
+    for t in $TREES; do
       echo "=== $t $size round $round $(date -u +%T)" >> $L/kam.log
       UACREG_BENCH_TREE=/tmp/wt-$t $PY bench/kamailio_uac.py --accounts $size --rate 50000 2>&1 | tail -4 >> $L/kam.log
     done
@@ -33,7 +36,7 @@ done
 echo "debian done $(date -u +%T)" >> $L/times.txt
 # 2. Memory and core CPU: core_cycle 100k, two rounds, alternated.
 for round in 1 2; do
-  for t in final-comp final-pure before; do
+  for t in $TREES; do
     echo "=== $t round $round" >> $L/core.log
     (cd /tmp/wt-$t && PYTHONPATH=/tmp/wt-$t "$ROOT/.venv/bin/python" "$ROOT/bench/core_cycle.py" --accounts 100000 2>&1 | tail -1) >> $L/core.log
   done

@@ -7,11 +7,11 @@ import sqlite3
 from typing import Any
 
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from uacregistrant.store import COLUMNS, TableLayout, schema_sql
 from uacregistrant.store.sqlite import SqliteStore, run_synchronously
-from uacregistrant.store.sqlite_pages import PagedReader
+from uacregistrant.store.sqlite_pages import PAGED_ROW_CHARS, PagedReader
 
 #: Every kind of value a row can hold, and text JSON must escape.
 AWKWARD = [
@@ -125,6 +125,56 @@ class PagedReaderTests(SynchronousTestCase):
         """A WITHOUT ROWID table cannot be paged by rowid: the caller reads it row by row."""
         db = self.connect()
         db.execute("CREATE TABLE t (a TEXT PRIMARY KEY) WITHOUT ROWID")
+        self.assertIsNone(PagedReader.open(db, "t", ["a"], 10))
+
+    def test_smallest_rowid(self) -> None:
+        """A row at rowid -2**63 (the smallest there is) is read like any other."""
+        db = self.connect()
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a)")
+        db.executemany("INSERT INTO t VALUES (?, ?)", [(-(1 << 63), "first"), (0, "zero"), ((1 << 63) - 1, "last")])
+        reader = PagedReader.open(db, "t", ["a"], 1)
+        assert reader is not None
+        self.assertEqual(read_all(reader), [("first",), ("zero",), ("last",)])
+
+    def test_generated_column_named_rowid(self) -> None:
+        """A generated (hidden from table_info) column called rowid is not taken for the row number."""
+        db = self.connect()
+        db.execute("CREATE TABLE t (a, rowid AS (7))")
+        db.executemany("INSERT INTO t (a) VALUES (?)", [(i,) for i in range(5)])
+        reader = PagedReader.open(db, "t", ["a"], 2)
+        assert reader is not None
+        self.assertEqual(read_all(reader), [(i,) for i in range(5)])
+
+    def test_long_rows_read_on_their_own(self) -> None:
+        """A row over PAGED_ROW_CHARS (20,000 control characters, JSON would write six times as many) comes back exactly, between the others."""
+        db = self.connect()
+        # SQLite's longest string made small: a page holding that row as JSON (120,000 characters) would exceed it.
+        db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 100_000)
+        db.execute("CREATE TABLE t (a, b)")
+        rows = [("x", 1), ("\x01" * 20000, 2), ("y" * PAGED_ROW_CHARS, 3), ("z", 4)]
+        db.executemany("INSERT INTO t VALUES (?, ?)", rows)
+        reader = PagedReader.open(db, "t", ["a", "b"], 3)
+        assert reader is not None
+        self.assertEqual(read_all(reader), rows)
+
+    def test_pages_seek_by_rowid(self) -> None:
+        """Each page starts with a search by rowid, not a scan: the load stays linear in the rows."""
+        db = self.connect()
+        db.execute("CREATE TABLE t (a)")
+        reader = PagedReader.open(db, "t", ["a"], 10)
+        assert reader is not None
+        for sql in (reader._first_sql, reader._next_sql):
+            plan = " ".join(str(row[3]) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", (0,)))
+            self.assertIn("SEARCH", plan)
+            self.assertNotIn("SCAN t", plan)
+
+    def test_virtual_table_declined(self) -> None:
+        """A virtual table (its rowid is the module's) is read row by row."""
+        db = self.connect()
+        try:
+            db.execute("CREATE VIRTUAL TABLE t USING fts5(a)")
+        except sqlite3.OperationalError as e:
+            raise SkipTest(f"this SQLite has no fts5: {e}") from None
         self.assertIsNone(PagedReader.open(db, "t", ["a"], 10))
 
 

@@ -817,7 +817,7 @@ class Registrant:
         challenges: list[Challenge] = []
         try:
             for value in response.get_all(source):
-                challenges.extend(parse_challenges(value, shared=self.policy.shared.text))
+                challenges.extend(parse_challenges(value, shared=self.policy.shared.text, templates=self.policy.shared.challenges))
         except SipParseError as e:
             self._fail(Event.FAILED, now, f"unparsable {source}: {e}")
             return None

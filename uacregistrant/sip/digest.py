@@ -16,7 +16,7 @@ from typing import Callable, Final
 from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.message import is_token, quote_string, unquote_string
 from uacregistrant.sip.numbers import is_hex
-from uacregistrant.sip.sharing import SharedValues
+from uacregistrant.sip.sharing import Memo, SharedValues
 
 _HASHES: Final[dict[str, Callable[[bytes], str]]] = {
     "MD5": lambda data: hashlib.md5(data).hexdigest(),
@@ -141,7 +141,53 @@ _NOT_IN_LAYOUT: Final = _UNIQUE_PARAMS | {"stale"}
 _SHARED_LENGTH_MAX: Final = 256
 
 
-def parse_challenges(value: str, *, shared: SharedValues[str] | None = None) -> list[Challenge]:
+class ChallengeTemplate:
+    """
+    What a challenge header parsed to, kept to answer the same header
+    with another nonce (L{parse_challenges}' C{templates}): the
+    challenges, and which one holds the nonce.
+    """
+
+    __slots__ = ("challenges", "holder")
+
+    def __init__(self, challenges: list[Challenge], holder: int) -> None:
+        self.challenges = challenges
+        self.holder = holder
+
+    def fill(self, nonce: str) -> list[Challenge]:
+        """The challenges again (new objects), the holder's nonce C{nonce}."""
+        challenges = [Challenge(challenge.scheme, dict(challenge.params)) for challenge in self.challenges]
+        challenges[self.holder].params["nonce"] = nonce
+        return challenges
+
+
+#: A longer challenge header is parsed each time, never kept as a template.
+TEMPLATE_LENGTH_MAX: Final = 1024
+
+
+def _nonce_span(value: str) -> tuple[int, int] | None:
+    """
+    Where the value of the header's nonce starts and ends, if the header is
+    plain enough to find it without the parser: at most
+    L{TEMPLATE_LENGTH_MAX} characters, no backslash, "nonce" once in any
+    case, written C{nonce="...} right after a separator and outside any
+    quoted string.  Every character the nonce's value may hold is then
+    inert to the parser (no quote, no backslash): two such headers that
+    differ only there parse alike but for the nonce.
+    """
+    if len(value) > TEMPLATE_LENGTH_MAX or "\\" in value or value.lower().count("nonce") != 1:
+        return None
+    start = value.find('nonce="')
+    if start <= 0 or value[start - 1] not in " ,\t" or value.count('"', 0, start) % 2:
+        return None
+    start += 7
+    end = value.find('"', start)
+    return None if end == -1 else (start, end)
+
+
+def parse_challenges(
+    value: str, *, shared: SharedValues[str] | None = None, templates: Memo[str, ChallengeTemplate] | None = None
+) -> list[Challenge]:
     """
     Parse a WWW-Authenticate/Proxy-Authenticate value into challenges.
 
@@ -155,7 +201,28 @@ def parse_challenges(value: str, *, shared: SharedValues[str] | None = None) -> 
         different each time, are left alone.  A service passes its
         C{SharedTables.text}; without it nothing is shared (a registrar
         reading one answer, a test).
+    @param templates: parses kept by the header's text without its nonce
+        (a service's C{SharedTables.challenges}): a registrar's 401s
+        repeat all but the nonce, and a header found there is not parsed
+        again (see L{_nonce_span} for which headers qualify; a template is
+        kept only if the parser read the nonce where L{_nonce_span} did).
     """
+    span = _nonce_span(value) if templates is not None else None
+    if span is None or templates is None:
+        return _parse_challenges(value, shared)
+    start, end = span
+    key = value[:start] + value[end:]
+    template = templates.get(key)
+    if template is not None:
+        return template.fill(value[start:end])
+    challenges = _parse_challenges(value, shared)
+    holders = [i for i, challenge in enumerate(challenges) if "nonce" in challenge.params]
+    if len(holders) == 1 and challenges[holders[0]].params["nonce"] == value[start:end]:
+        templates.keep(key, ChallengeTemplate([Challenge(c.scheme, dict(c.params)) for c in challenges], holders[0]))
+    return challenges
+
+
+def _parse_challenges(value: str, shared: SharedValues[str] | None) -> list[Challenge]:
     share = shared.share if shared is not None else _as_is
     challenges: list[Challenge] = []
     scheme: str | None = None

@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final, Generic, Hashable, TypeVar
 
 if TYPE_CHECKING:  # for the annotations only: uri.py and digest.py import this module
-    from uacregistrant.sip.digest import ChallengeLayout
+    from uacregistrant.sip.digest import ChallengeLayout, ChallengeTemplate
     from uacregistrant.sip.uri import SipUri
 
 _V = TypeVar("_V", bound=Hashable)
@@ -175,9 +175,12 @@ class SharedTables:
       - C{names}: header and parameter names in unusual spellings
         (L{Names}; the usual ones are constants of
         L{uacregistrant.sip.message}); 1024 each.
+      - C{challenges}: parsed challenge headers by their text without the
+        nonce (L{uacregistrant.sip.digest.parse_challenges}: a registrar's
+        401s differ only there); 1024, none over 1024 characters.
     """
 
-    __slots__ = ("text", "replies", "expiries", "layouts", "uris", "names")
+    __slots__ = ("text", "replies", "expiries", "layouts", "uris", "names", "challenges")
 
     def __init__(
         self,
@@ -188,6 +191,7 @@ class SharedTables:
         layouts_limit: int = 1024,
         uris_limit: int = 8192,
         names_limit: int = 1024,
+        challenges_limit: int = 1024,
     ) -> None:
         self.text: SharedValues[str] = SharedValues(text_limit)
         self.replies: SharedValues[tuple[int, str]] = SharedValues(replies_limit)
@@ -195,3 +199,4 @@ class SharedTables:
         self.layouts: SharedValues[ChallengeLayout] = SharedValues(layouts_limit)
         self.uris: Memo[str, SipUri] = Memo(uris_limit)
         self.names = Names(names_limit)
+        self.challenges: Memo[str, ChallengeTemplate] = Memo(challenges_limit)

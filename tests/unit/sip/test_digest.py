@@ -3,13 +3,16 @@
 import hashlib
 import re
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from uacregistrant.sip import digest as digest_module
 from uacregistrant.sip.digest import (
+    TEMPLATE_LENGTH_MAX,
     _AUTH_ITEM,
     Challenge,
+    ChallengeTemplate,
     Credentials,
     authorization_value,
     choose_challenge,
@@ -19,7 +22,7 @@ from uacregistrant.sip.digest import (
     verify_authorization,
 )
 from uacregistrant.sip.errors import SipParseError
-from uacregistrant.sip.sharing import SharedValues
+from uacregistrant.sip.sharing import Memo, SharedValues
 
 # RFC 7616 §3.9.1
 RFC_CHALLENGE = {
@@ -232,3 +235,73 @@ class ComputeResponseTests(SynchronousTestCase):
         self.assertEqual(outcomes[0], outcomes[1])
         if outcomes[0] is not None:
             self.assertEqual(credentials.can_answer(challenge.algorithm), True)
+
+
+def boom(*args: object) -> None:
+    raise AssertionError("parsed again")
+
+
+class ChallengeTemplateTests(SynchronousTestCase):
+    """Headers answered from a kept template parse exactly as the parser reads them."""
+
+    #: Header shapes with {} where the nonce goes; some qualify for a template, some must not be fooled.
+    SHAPES = [
+        'Digest realm="r", nonce="{}", qop="auth", algorithm=MD5',
+        'Digest realm="r", nonce="{}", opaque="o", qop="auth"',
+        'Digest realm="r",nonce="{}"',
+        'Basic realm="b", Digest realm="r", nonce="{}"',
+        'Digest realm="a, nonce=\\"x\\"", nonce="{}"',
+        'Digest realm="nonce=\\"{}\\"", qop="auth"',
+        'Digest realm="q", xnonce="{}"',
+        'Digest nonce="{}", NONCE="fixed"',
+        'Digest NONCE="fixed", nonce="{}"',
+        'Digest realm="r" nonce="{}" qop=auth',
+        'Digest realm="r", nonce="{}", stale=true',
+        'Digest realm="{}", nonce="n"',
+        'Digest realm="r nonce="{}", qop="auth"',
+        'Digest realm="r", opaque="nonce="{}", qop="x"',
+        'Digest realm="r", nonce="{}"x, qop="auth"',
+    ]
+
+    @settings(max_examples=800, deadline=None)
+    @given(
+        st.sampled_from(SHAPES),
+        st.lists(st.text(alphabet='ab0, =;\t"\\é', max_size=12), min_size=1, max_size=4),
+    )
+    @example('Digest nonce="{}", NONCE="fixed"', ["fixed", "other"])
+    @example('Digest NONCE="fixed", nonce="{}"', ["fixed", "other"])
+    @example('Digest realm="r nonce="{}", qop="auth"', ["a", "b"])
+    def test_same_as_the_parser(self, shape: str, nonces: list[str]) -> None:
+        templates: Memo[str, ChallengeTemplate] = Memo()
+        for nonce in nonces:
+            value = shape.replace("{}", nonce)
+            try:
+                expected = parse_challenges(value)
+            except SipParseError:
+                with self.assertRaises(SipParseError):
+                    parse_challenges(value, templates=templates)
+                continue
+            got = parse_challenges(value, templates=templates)
+            self.assertEqual([(c.scheme, list(c.params.items())) for c in got], [(c.scheme, list(c.params.items())) for c in expected])
+
+    def test_second_header_from_the_template(self) -> None:
+        """A registrar's next 401 (another nonce) is answered from the template: the same values, new objects."""
+        templates: Memo[str, ChallengeTemplate] = Memo()
+        first = parse_challenges('Digest realm="r", nonce="n1", qop="auth"', templates=templates)
+        self.assertEqual(len(templates), 1)
+        self.patch(digest_module, "_parse_challenges", boom)
+        second = parse_challenges('Digest realm="r", nonce="n2", qop="auth"', templates=templates)
+        self.assertEqual((second[0].params["nonce"], second[0].params["realm"]), ("n2", "r"))
+        self.assertEqual(first[0].params["nonce"], "n1")
+        self.assertIsNot(first[0].params, second[0].params)
+
+    def test_only_plain_headers_kept(self) -> None:
+        """Headers with a backslash, two nonces, or over the length are parsed each time and never kept."""
+        templates: Memo[str, ChallengeTemplate] = Memo()
+        for value in (
+            'Digest realm="a\\\\b", nonce="n"',
+            'Digest nonce="n1", Digest nonce="n2"',
+            'Digest realm="' + "r" * TEMPLATE_LENGTH_MAX + '", nonce="n"',
+        ):
+            parse_challenges(value, templates=templates)
+        self.assertEqual(len(templates), 0)

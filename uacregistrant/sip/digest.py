@@ -143,26 +143,28 @@ _SHARED_LENGTH_MAX: Final = 256
 
 class ChallengeTemplate:
     """
-    What a challenge header parsed to, kept to answer the same header
-    with another nonce (L{parse_challenges}' C{templates}): the
-    challenges, and which one holds the nonce.
+    What a challenge header of one challenge parsed to, kept to answer the
+    same header with another nonce (L{parse_challenges}' C{templates}).
     """
 
-    __slots__ = ("challenges", "holder")
+    __slots__ = ("scheme", "params")
 
-    def __init__(self, challenges: list[Challenge], holder: int) -> None:
-        self.challenges = challenges
-        self.holder = holder
+    def __init__(self, scheme: str, params: dict[str, str]) -> None:
+        self.scheme = scheme
+        self.params = params
 
     def fill(self, nonce: str) -> list[Challenge]:
-        """The challenges again (new objects), the holder's nonce C{nonce}."""
-        challenges = [Challenge(challenge.scheme, dict(challenge.params)) for challenge in self.challenges]
-        challenges[self.holder].params["nonce"] = nonce
-        return challenges
+        """The challenge again (a new object, its own parameters), with C{nonce}."""
+        params = dict(self.params)
+        params["nonce"] = nonce
+        return [Challenge(self.scheme, params)]
 
 
 #: A longer challenge header is parsed each time, never kept as a template.
 TEMPLATE_LENGTH_MAX: Final = 1024
+#: Nor one with more parameters (or more than one challenge): what a
+#: template holds stays within a few KB, 1024 of them within a few MB.
+TEMPLATE_PARAMS_MAX: Final = 16
 
 
 def _nonce_span(value: str) -> tuple[int, int] | None:
@@ -205,7 +207,9 @@ def parse_challenges(
         (a service's C{SharedTables.challenges}): a registrar's 401s
         repeat all but the nonce, and a header found there is not parsed
         again (see L{_nonce_span} for which headers qualify; a template is
-        kept only if the parser read the nonce where L{_nonce_span} did).
+        kept only for a header of one challenge of at most
+        L{TEMPLATE_PARAMS_MAX} parameters, whose nonce the parser read
+        where L{_nonce_span} did).
     """
     span = _nonce_span(value) if templates is not None else None
     if span is None or templates is None:
@@ -216,9 +220,10 @@ def parse_challenges(
     if template is not None:
         return template.fill(value[start:end])
     challenges = _parse_challenges(value, shared)
-    holders = [i for i, challenge in enumerate(challenges) if "nonce" in challenge.params]
-    if len(holders) == 1 and challenges[holders[0]].params["nonce"] == value[start:end]:
-        templates.keep(key, ChallengeTemplate([Challenge(c.scheme, dict(c.params)) for c in challenges], holders[0]))
+    if len(challenges) == 1:
+        only = challenges[0]
+        if len(only.params) <= TEMPLATE_PARAMS_MAX and only.params.get("nonce") == value[start:end]:
+            templates.keep(key, ChallengeTemplate(only.scheme, dict(only.params)))
     return challenges
 
 

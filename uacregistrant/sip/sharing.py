@@ -177,7 +177,10 @@ class SharedTables:
         L{uacregistrant.sip.message}); 1024 each.
       - C{challenges}: parsed challenge headers by their text without the
         nonce (L{uacregistrant.sip.digest.parse_challenges}: a registrar's
-        401s differ only there); 1024, none over 1024 characters.
+        401s differ only there); 1024, each a header of one challenge of at
+        most 1024 characters and 16 parameters (a few KB each).  Kept
+        first come, like every table here: a registrar sending ever new
+        headers uses them up, which costs the others speed, never answers.
     """
 
     __slots__ = ("text", "replies", "expiries", "layouts", "uris", "names", "challenges")

@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from uacregistrant.sip import digest as digest_module
 from uacregistrant.sip.digest import (
     TEMPLATE_LENGTH_MAX,
+    TEMPLATE_PARAMS_MAX,
     _AUTH_ITEM,
     Challenge,
     ChallengeTemplate,
@@ -296,12 +297,14 @@ class ChallengeTemplateTests(SynchronousTestCase):
         self.assertIsNot(first[0].params, second[0].params)
 
     def test_only_plain_headers_kept(self) -> None:
-        """Headers with a backslash, two nonces, or over the length are parsed each time and never kept."""
+        """Headers with a backslash, two nonces, several challenges, or over the length or parameter count are parsed, never kept."""
         templates: Memo[str, ChallengeTemplate] = Memo()
         for value in (
             'Digest realm="a\\\\b", nonce="n"',
             'Digest nonce="n1", Digest nonce="n2"',
             'Digest realm="' + "r" * TEMPLATE_LENGTH_MAX + '", nonce="n"',
+            "A," * 500 + 'Digest nonce="x"',  # 501 challenges: a template would hold them all
+            "Digest " + ", ".join(f"p{i}=v" for i in range(TEMPLATE_PARAMS_MAX)) + ', nonce="n"',
         ):
             parse_challenges(value, templates=templates)
         self.assertEqual(len(templates), 0)

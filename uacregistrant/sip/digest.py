@@ -24,10 +24,6 @@ _HASHES: Final[dict[str, Callable[[bytes], str]]] = {
     "SHA-512-256": lambda data: hashlib.new("sha512_256", data).hexdigest(),
 }
 _HEX_LENGTH: Final = {"MD5": 32, "SHA-256": 64, "SHA-512-256": 64}
-#: Every algorithm name the client answers, upper-cased.
-SUPPORTED_ALGORITHMS: Final = frozenset(
-    [name for name in _HASHES] + [name + "-SESS" for name in _HASHES]
-)
 
 
 @dataclass(slots=True, init=False)
@@ -289,15 +285,19 @@ class Credentials:
 
     def can_answer(self, algorithm: str) -> bool:
         """Whether these credentials can answer a challenge of C{algorithm}."""
-        algorithm = algorithm.upper()
-        if algorithm not in SUPPORTED_ALGORITHMS:
-            return False
-        ha1 = self.ha1_hex
-        return ha1 is None or len(ha1) == _HEX_LENGTH[_base(algorithm)]
+        return _hash_for(_base(algorithm.upper()), self.ha1_hex) is not None
 
 
 def _base(algorithm: str) -> str:
     return algorithm[:-5] if algorithm.endswith("-SESS") else algorithm
+
+
+def _hash_for(base: str, ha1: str | None) -> Callable[[bytes], str] | None:
+    """The hash of algorithm C{base} (upper-case, without -SESS), if credentials with this HA1 (or none) can answer it."""
+    digest = _HASHES.get(base)
+    if digest is None or (ha1 is not None and len(ha1) != _HEX_LENGTH[base]):
+        return None
+    return digest
 
 
 def choose_challenge(challenges: list[Challenge], credentials: Credentials) -> Challenge | None:
@@ -320,8 +320,8 @@ def compute_response(
     """
     Compute the digest response.
 
-    (Written for the compiled build: the challenge's properties and
-    L{Credentials.can_answer} inline, each looked at once.)
+    (Written for the compiled build: the challenge's properties inline,
+    the HA1 looked at once.)
 
     @return: C{(response, qop)}, qop being C{None} for an RFC 2069 answer.
     @raise SipParseError: if these credentials cannot answer the algorithm.
@@ -329,10 +329,9 @@ def compute_response(
     params = challenge.params
     algorithm = params.get("algorithm", "MD5").upper()
     session = algorithm.endswith("-SESS")
-    base = algorithm[:-5] if session else algorithm
-    digest = _HASHES.get(base)
     ha1 = credentials.ha1_hex
-    if digest is None or (ha1 is not None and len(ha1) != _HEX_LENGTH[base]):
+    digest = _hash_for(algorithm[:-5] if session else algorithm, ha1)
+    if digest is None:
         raise SipParseError(f"cannot answer algorithm {algorithm}")
     nonce = params.get("nonce", "")
     if ha1 is None:

@@ -25,6 +25,13 @@ AWKWARD = [
 ]
 
 
+def opened(db: sqlite3.Connection, table: str, columns: list[str], size: int) -> PagedReader:
+    """A reader of the table, which must be one it can page."""
+    reader = PagedReader.open(db, table, columns, size)
+    assert reader is not None
+    return reader
+
+
 def read_all(reader: PagedReader) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
     while not reader.done:
@@ -41,6 +48,13 @@ class PagedReaderTests(SynchronousTestCase):
         self.addCleanup(db.close)
         return db
 
+    def numbers(self, count: int, journal: str = "wal") -> sqlite3.Connection:
+        """A database whose table C{t} holds the numbers 0 to C{count} - 1 in its column C{a}."""
+        db = self.connect(journal)
+        db.execute("CREATE TABLE t (a)")
+        db.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(count)])
+        return db
+
     def test_values_as_sqlite3_returns_them(self) -> None:
         """Text, integers, NULL, REAL and BLOB come back exactly as a plain SELECT returns them, over several pages."""
         db = self.connect()
@@ -48,8 +62,7 @@ class PagedReaderTests(SynchronousTestCase):
         db.executemany("INSERT INTO t VALUES (?, ?, ?)", AWKWARD * 5)
         db.execute("INSERT INTO t VALUES (CAST(x'41ff42' AS TEXT), 7, 8)")  # text that is not UTF-8
         expected = db.execute("SELECT a, b, c FROM t ORDER BY rowid").fetchall()
-        reader = PagedReader.open(db, "t", ["a", "b", "c"], 4)
-        assert reader is not None
+        reader = opened(db, "t", ["a", "b", "c"], 4)
         got = read_all(reader)
         self.assertEqual(len(got), len(expected))
         for mine, theirs in zip(got, expected):
@@ -58,11 +71,8 @@ class PagedReaderTests(SynchronousTestCase):
 
     def test_pages_of_the_given_size_then_done(self) -> None:
         """Each page holds C{size} rows; the one after the last row is short and ends the read."""
-        db = self.connect()
-        db.execute("CREATE TABLE t (a)")
-        db.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(10)])
-        reader = PagedReader.open(db, "t", ["a"], 5)
-        assert reader is not None
+        db = self.numbers(10)
+        reader = opened(db, "t", ["a"], 5)
         self.assertEqual(reader.next_page(), [(i,) for i in range(5)])
         self.assertFalse(reader.done)
         self.assertEqual(reader.next_page(), [(i,) for i in range(5, 10)])
@@ -72,11 +82,8 @@ class PagedReaderTests(SynchronousTestCase):
 
     def test_one_snapshot(self) -> None:
         """Rows deleted, changed or added by another connection while the pages are read are not seen: one consistent read."""
-        db = self.connect()
-        db.execute("CREATE TABLE t (a)")
-        db.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(6)])
-        reader = PagedReader.open(db, "t", ["a"], 2)
-        assert reader is not None
+        db = self.numbers(6)
+        reader = opened(db, "t", ["a"], 2)
         first = reader.next_page()
         other = sqlite3.connect(db.execute("PRAGMA database_list").fetchone()[2], isolation_level=None)
         self.addCleanup(other.close)
@@ -85,27 +92,22 @@ class PagedReaderTests(SynchronousTestCase):
         other.execute("INSERT INTO t VALUES (99)")
         self.assertEqual(first + read_all(reader), [(i,) for i in range(6)])
         # Let go after the last page: the next read sees the changes.
-        again = PagedReader.open(db, "t", ["a"], 2)
-        assert again is not None
+        again = opened(db, "t", ["a"], 2)
         self.assertEqual(read_all(again), [(0,), (1,), (40,), (5,), (99,)])
 
     def test_lets_go_of_the_lock(self) -> None:
         """In rollback-journal mode another connection can write once the last page is read, or the reader closed."""
-        db = self.connect(journal="delete")
-        db.execute("CREATE TABLE t (a)")
-        db.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(3)])
+        db = self.numbers(3, journal="delete")
         other = sqlite3.connect(db.execute("PRAGMA database_list").fetchone()[2], isolation_level=None, timeout=0)
         self.addCleanup(other.close)
-        reader = PagedReader.open(db, "t", ["a"], 2)
-        assert reader is not None
+        reader = opened(db, "t", ["a"], 2)
         reader.next_page()
         with self.assertRaises(sqlite3.OperationalError):
             other.execute("INSERT INTO t VALUES (10)")  # the read holds its shared lock
         reader.next_page()
         self.assertTrue(reader.done)
         other.execute("INSERT INTO t VALUES (11)")
-        reader = PagedReader.open(db, "t", ["a"], 2)
-        assert reader is not None
+        reader = opened(db, "t", ["a"], 2)
         reader.next_page()
         reader.close()
         other.execute("INSERT INTO t VALUES (12)")
@@ -115,8 +117,7 @@ class PagedReaderTests(SynchronousTestCase):
         db = self.connect()
         db.execute("CREATE TABLE t (rowid, _ROWID_, a)")
         db.executemany("INSERT INTO t VALUES (?, ?, ?)", [(5, 5, "x"), (5, 5, "y"), (1, 1, "z")])
-        reader = PagedReader.open(db, "t", ["a", "rowid"], 1)
-        assert reader is not None
+        reader = opened(db, "t", ["a", "rowid"], 1)
         self.assertEqual(read_all(reader), [("x", 5), ("y", 5), ("z", 1)])
         db.execute("CREATE TABLE u (rowid, _rowid_, oid, a)")
         self.assertIsNone(PagedReader.open(db, "u", ["a"], 1))
@@ -132,8 +133,7 @@ class PagedReaderTests(SynchronousTestCase):
         db = self.connect()
         db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a)")
         db.executemany("INSERT INTO t VALUES (?, ?)", [(-(1 << 63), "first"), (0, "zero"), ((1 << 63) - 1, "last")])
-        reader = PagedReader.open(db, "t", ["a"], 1)
-        assert reader is not None
+        reader = opened(db, "t", ["a"], 1)
         self.assertEqual(read_all(reader), [("first",), ("zero",), ("last",)])
 
     def test_generated_column_named_rowid(self) -> None:
@@ -141,8 +141,7 @@ class PagedReaderTests(SynchronousTestCase):
         db = self.connect()
         db.execute("CREATE TABLE t (a, rowid AS (7))")
         db.executemany("INSERT INTO t (a) VALUES (?)", [(i,) for i in range(5)])
-        reader = PagedReader.open(db, "t", ["a"], 2)
-        assert reader is not None
+        reader = opened(db, "t", ["a"], 2)
         self.assertEqual(read_all(reader), [(i,) for i in range(5)])
 
     def test_long_rows_read_on_their_own(self) -> None:
@@ -153,16 +152,14 @@ class PagedReaderTests(SynchronousTestCase):
         db.execute("CREATE TABLE t (a, b)")
         rows = [("x", 1), ("\x01" * 20000, 2), ("y" * PAGED_ROW_CHARS, 3), ("z", 4)]
         db.executemany("INSERT INTO t VALUES (?, ?)", rows)
-        reader = PagedReader.open(db, "t", ["a", "b"], 3)
-        assert reader is not None
+        reader = opened(db, "t", ["a", "b"], 3)
         self.assertEqual(read_all(reader), rows)
 
     def test_pages_seek_by_rowid(self) -> None:
         """Each page starts with a search by rowid, not a scan: the load stays linear in the rows."""
         db = self.connect()
         db.execute("CREATE TABLE t (a)")
-        reader = PagedReader.open(db, "t", ["a"], 10)
-        assert reader is not None
+        reader = opened(db, "t", ["a"], 10)
         for sql in (reader._first_sql, reader._next_sql):
             plan = " ".join(str(row[3]) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", (0,)))
             self.assertIn("SEARCH", plan)

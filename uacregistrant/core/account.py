@@ -246,20 +246,12 @@ def _account_from_row(
 ) -> Account:
     uris = shared.uris if shared is not None else None
     row_id = row.get("id")
-    aor = _uri_text(row, "aor", key=True)
-    registrar = _uri_text(row, "registrar", key=True)
-    binding = _uri_text(row, "binding_URI", key=True)
-    if not aor:
-        raise RowError("empty aor", "set aor to the account's SIP URI, e.g. sip:alice@example.com")
-    if not registrar:
-        raise RowError("empty registrar", "set registrar to the registrar's URI, e.g. sip:example.com")
-    if not binding:
-        raise RowError("empty binding_URI", "set binding_URI to the Contact to register, e.g. sip:alice@192.0.2.1:5060")
-    registrar_uri = _parse_column("registrar", registrar, uris)
-    # AORs and bindings are one per account: parsed without the memo,
+    # AORs and bindings are one per account: checked without the memo,
     # which they would only fill.
-    _parse_column("aor", aor, None)
-    _parse_column("binding_URI", binding, None)
+    aor = _key_uri(row, "aor", "set aor to the account's SIP URI, e.g. sip:alice@example.com")
+    binding = _key_uri(row, "binding_URI", "set binding_URI to the Contact to register, e.g. sip:alice@192.0.2.1:5060")
+    registrar = _key_uri(row, "registrar", "set registrar to the registrar's URI, e.g. sip:example.com", parse=False)
+    registrar_uri = _parse_column("registrar", registrar, uris)
     if registrar_uri.user is not None:
         raise RowError(
             f"registrar {registrar!r} has a user part",
@@ -327,6 +319,33 @@ def _account_from_row(
         forced_socket=_shared(forced),
         next_hop=next_hop,
     )
+
+
+def _key_uri(row: Mapping[str, Any], name: str, hint: str, parse: bool = True) -> str:
+    """
+    A key column's URI, as stored: checked by L{_uri_text} and (unless the
+    caller parses it itself) the URI parser, or at once if it is a
+    L{_PLAIN_URI}, which both accept.
+    """
+    value = row.get(name)
+    if type(value) is str and _PLAIN_URI.fullmatch(value) is not None:
+        return value
+    text = _uri_text(row, name, key=True)
+    if not text:
+        raise RowError(f"empty {name}", hint)
+    if parse:
+        _parse_column(name, text, None)
+    return text
+
+
+#: The URIs most rows hold (C{sip:user@host:port}, no parameters), in a
+#: form whose every match L{parse_uri} accepts and no key check refuses:
+#: a user part of RFC 3261 unreserved characters, a host name of letters,
+#: digits, dots and dashes, a port of 1 to 59999.  Others take the full
+#: checks.
+_PLAIN_URI: Final = re.compile(
+    r"sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$,%]+@)?[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?(?::(?:[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
+)
 
 
 def _parse_column(column: str, text: str, uris: Memo[str, SipUri] | None) -> SipUri:

@@ -2,11 +2,16 @@
 
 import dataclasses
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.build import COMPILED
+from uacregistrant.core import account as account_module
 from uacregistrant.core.account import Account, RowError, account_from_row
+from uacregistrant.sip.errors import SipParseError
 from uacregistrant.sip.sharing import SharedTables
+from uacregistrant.sip.uri import parse_uri_uncached
 
 
 def row(**kw: object) -> dict:
@@ -182,3 +187,40 @@ class HostileRowTests(SynchronousTestCase):
         self.refused("username", username=Weird())
         if not COMPILED:  # compiled code calls str's own strip, never the subclass's: nothing raises
             self.refused("unusable row", id=1, forced_socket=WeirdText("udp:127.0.0.1"))
+
+
+class PlainUriTests(SynchronousTestCase):
+    """The shortcut for plain key URIs accepts only what the full checks accept."""
+
+    @settings(max_examples=3000, deadline=None)
+    @given(st.from_regex(account_module._PLAIN_URI, fullmatch=True))
+    def test_plain_uris_pass_the_full_checks(self, text: str) -> None:
+        """Every text the shortcut takes, the key checks and the URI parser take too, unchanged."""
+        self.assertEqual(account_module._uri_text({"aor": text}, "aor", key=True), text)
+        parse_uri_uncached(text)
+
+    @settings(max_examples=3000, deadline=None)
+    @given(st.text(alphabet="sipSIP:@u.-_0123456789<>\" ;\t\r\n%²٣é[]", max_size=24))
+    def test_other_texts_get_the_full_checks(self, text: str) -> None:
+        """Near misses load exactly as the full checks decide: the same text, or a RowError."""
+        try:
+            expected = account_module._uri_text({"aor": text}, "aor", key=True)
+            if expected:
+                parse_uri_uncached(expected)
+        except (RowError, SipParseError):
+            expected = None
+        try:
+            loaded: str | None = account_from_row(
+                row(aor=text), default_expires=3600, timer_interval=100, sockets=["udp:127.0.0.1:5060"]
+            ).aor
+        except RowError:
+            loaded = None
+        self.assertEqual(loaded, expected or None)
+
+    def test_ports_beyond_the_shortcut(self) -> None:
+        """Ports the shortcut leaves to the parser still load, or not, as the parser says."""
+        load = RowTests.load
+        self.assertEqual(load(self, binding_URI="sip:a@192.0.2.1:65535").binding_uri, "sip:a@192.0.2.1:65535")
+        for bad in ("sip:a@192.0.2.1:65536", "sip:a@192.0.2.1:0", "sip:a@192.0.2.1:٣", "sip:a@192.0.2.1:05060x"):
+            with self.assertRaises(RowError, msg=bad):
+                load(self, binding_URI=bad)

@@ -223,7 +223,7 @@ class RegistrantService(MultiService):
         self.state_log = StateLog(clock)
         self.events = EventHub()
         #: Every state change goes to the state log and the console's followers.
-        self.changes = StateChanges([self.state_log, self.events.publish])
+        self.changes = StateChanges([self.state_log, self.events])
         self.client = RegistrationClient(
             clock,
             self.transactions,

@@ -505,10 +505,7 @@ def parse_message(data: bytes, names: Names | None = None) -> Request | Response
         if end == -1:
             raise SipParseError("truncated message: no end of headers")
         head, body = data[:end], data[end + 2 :]
-    text = head.decode("utf-8", errors="replace").replace("\r\n", "\n")
-    if "\r" in text:
-        raise SipParseError("a bare CR in the header section")
-    lines = text.split("\n")
+    lines = _head_lines(head.decode("utf-8", errors="replace"))
     start_line = lines[0]
     headers = _parse_header_lines(lines[1:], names)
     index: dict[str, list[str]] = {}
@@ -546,6 +543,26 @@ def parse_message(data: bytes, names: Names | None = None) -> Request | Response
     _validate(message, names)
     return message
 
+
+def _head_lines(text: str) -> list[str]:
+    """
+    The lines of a header section: each ended by CRLF, or by a bare LF;
+    a bare CR is refused.
+    """
+    lines = text.splitlines()
+    if text.count("\r\n") == len(lines) - 1 and text[-1:] not in _LINE_BREAKS:
+        # Every break a CRLF (splitlines drops only a break that ends the
+        # text): the usual case, at half the cost.
+        return lines
+    # A bare LF or CR, or another character splitlines breaks at: the strict way.
+    text = text.replace("\r\n", "\n")
+    if "\r" in text:
+        raise SipParseError("a bare CR in the header section")
+    return text.split("\n")
+
+
+#: What str.splitlines breaks at (one of them ending a text adds no line; "" ends every text).
+_LINE_BREAKS: Final = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 
 #: Headers a message must carry exactly once (Via at least once).
 _REQUIRED_ONCE: Final = ("to", "from", "call-id", "cseq")

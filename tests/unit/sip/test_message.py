@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from uacregistrant.sip import message as message_module
 from uacregistrant.sip.errors import SipParseError, SipRenderError
 from uacregistrant.sip.message import (
     MAX_MESSAGE_SIZE,
@@ -296,6 +297,19 @@ class FastPathTests(SynchronousTestCase):
             except SipParseError:
                 outcomes.append(None)
         self.assertEqual(outcomes[0], outcomes[1])
+
+    @settings(max_examples=3000, deadline=None)
+    @given(st.text(alphabet="ab: \r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029", max_size=30))
+    def test_head_lines_as_replace_and_split(self, text: str) -> None:
+        """The header section's lines: exactly as CRLF-to-LF and a split at LF make them, a bare CR refused."""
+        expected: list[str] | None = text.replace("\r\n", "\n").split("\n")
+        if "\r" in text.replace("\r\n", "\n"):
+            expected = None
+        try:
+            lines: list[str] | None = message_module._head_lines(text)
+        except SipParseError:
+            lines = None
+        self.assertEqual(lines, expected)
 
     def test_first_item_of_a_list_header(self) -> None:
         """get() of a list header is the first item of all its values, empty items skipped."""

@@ -42,6 +42,17 @@ class VectorTests(SynchronousTestCase):
         response, qop = compute_response(challenge, MUFASA, "GET", "/dir/index.html", RFC_CNONCE, 1)
         self.assertEqual((response, qop), ("8ca523f5e9506fed4657c9700eebdbec", "auth"))
 
+    def test_builtin_md5_is_md5(self) -> None:
+        """The MD5 used (CPython's own where it has one) gives hashlib's digest, for empty to long inputs."""
+        import importlib.util
+
+        from uacregistrant.sip import digest
+
+        if importlib.util.find_spec("_md5") is not None:
+            self.assertIsNot(digest._MD5, hashlib.md5)
+        for data in (b"", b"u:r:p", bytes(range(256)) * 5):
+            self.assertEqual(digest._MD5(data).hexdigest(), hashlib.md5(data).hexdigest())
+
     def test_rfc7616_sha256(self) -> None:
         """The RFC 7616 SHA-256 example response."""
         challenge = Challenge("Digest", dict(RFC_CHALLENGE, algorithm="SHA-256"))

@@ -15,6 +15,14 @@ collection out of the collector's reach (C{gc.freeze()}, a constant-time
 list splice), so full collections only ever see young objects.  Cycles
 that are still alive at that point and die later are no longer collected;
 refcounting still frees everything that is not in a cycle.
+
+It also collects generation 0 after 20,000 net allocations instead of
+700: almost every young object (a parsed response, a transaction) is
+freed by refcounting within a few milliseconds, but one still alive at a
+collection is scanned again in generation 1 and then frozen for good.
+Measured with C{bench/core_cycle.py --accounts 100000}: 38.8-40.3 ->
+37.5-37.7 µs per registration, collector time 0.12 -> 0.04 s, the
+longest pause 0.9 -> 1.9-4.7 ms.
 """
 
 from __future__ import annotations
@@ -26,19 +34,29 @@ from twisted.application.service import Service
 
 
 class FreezeSurvivors(Service):
-    """While running, freeze what survives each generation-1 or -2 collection."""
+    """
+    While running, freeze what survives each generation-1 or -2
+    collection, and collect generation 0 every C{young} net allocations.
+    """
 
-    def __init__(self, freeze: Callable[[], None] = gc.freeze) -> None:
+    def __init__(self, freeze: Callable[[], None] = gc.freeze, young: int = 20_000) -> None:
         self._freeze = freeze
+        self._young = young
+        self._thresholds: tuple[int, int, int] | None = None
         self.freezes = 0
 
     def startService(self) -> None:
         self.running = True
         gc.callbacks.append(self._after_collection)
+        self._thresholds = gc.get_threshold()
+        gc.set_threshold(self._young, *self._thresholds[1:])
 
     def stopService(self) -> None:
         if self._after_collection in gc.callbacks:
             gc.callbacks.remove(self._after_collection)
+        if self._thresholds is not None:
+            gc.set_threshold(*self._thresholds)
+            self._thresholds = None
         self.running = False
 
     def _after_collection(self, phase: str, info: dict[str, Any]) -> None:

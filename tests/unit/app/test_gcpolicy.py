@@ -24,3 +24,14 @@ class FreezeSurvivorsTests(SynchronousTestCase):
         self.assertNotIn(policy._after_collection, gc.callbacks)
         gc.collect(2)
         self.assertEqual(len(frozen), 2)
+
+    def test_young_generation_threshold_only_while_running(self) -> None:
+        """Generation 0 is collected every 20,000 allocations while running; the thresholds before come back at stop."""
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        policy = FreezeSurvivors(freeze=lambda: None)
+        policy.startService()
+        self.addCleanup(lambda: policy.running and policy.stopService())
+        self.assertEqual(gc.get_threshold(), (20_000, *before[1:]))
+        policy.stopService()
+        self.assertEqual(gc.get_threshold(), before)

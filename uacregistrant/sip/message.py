@@ -550,9 +550,14 @@ def _head_lines(text: str) -> list[str]:
     a bare CR is refused.
     """
     lines = text.splitlines()
-    if text.count("\r\n") == len(lines) - 1 and text[-1:] not in _LINE_BREAKS:
-        # Every break a CRLF (splitlines drops only a break that ends the
-        # text): the usual case, at half the cost.
+    # Every break a CRLF exactly when the lines and two characters per
+    # break make the whole text, no break ending it (splitlines drops that
+    # one): the usual case, at half the cost (a sum of lengths, where
+    # counting CRLFs scans every character).
+    size = 2 * len(lines) - 2
+    for line in lines:
+        size += len(line)
+    if size == len(text) and text[-1:] not in _LINE_BREAKS:
         return lines
     # A bare LF or CR, or another character splitlines breaks at: the strict way.
     text = text.replace("\r\n", "\n")

@@ -507,16 +507,7 @@ def parse_message(data: bytes, names: Names | None = None) -> Request | Response
         head, body = data[:end], data[end + 2 :]
     lines = _head_lines(head.decode("utf-8", errors="replace"))
     start_line = lines[0]
-    headers = _parse_header_lines(lines[1:], names)
-    index: dict[str, list[str]] = {}
-    for name, value in headers:
-        values = index.get(name)
-        if values is None:
-            index[name] = [value]
-        else:
-            if name in _SINGLE:
-                raise SipParseError(f"more than one {name} header")
-            values.append(value)
+    headers, index = _parse_header_lines(lines, names)
     length_values = index.get("content-length")
     if length_values:
         length = parse_delta_seconds(length_values[0], "Content-Length")
@@ -602,19 +593,32 @@ def _validate(message: SipMessage, names: Names | None) -> None:
         raise SipParseError(f"invalid Max-Forwards {forwards[0][:20]!r}")
 
 
-def _parse_header_lines(lines: list[str], names: Names | None) -> list[tuple[str, str]]:
+def _parse_header_lines(lines: list[str], names: Names | None) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+    """
+    The header fields of a message's lines (the start line, C{lines[0]},
+    skipped): in order, and by canonical name.
+
+    @raise SipParseError: for a line that is no header field, a repeated
+        single header, more than C{MAX_HEADERS} fields.
+    """
     headers: list[tuple[str, str]] = []
+    index: dict[str, list[str]] = {}
     known = _HEADER_SPELLINGS
-    for line in lines:
-        if line[:1] in (" ", "\t"):
+    for number in range(1, len(lines)):
+        line = lines[number]
+        first = line[:1]
+        if first == " " or first == "\t":
             if not headers:
                 raise SipParseError("continuation line before any header")
             previous, value = headers[-1]
-            headers[-1] = (previous, value + " " + line.strip())
+            value = value + " " + line.strip()
+            headers[-1] = (previous, value)
+            index[previous][-1] = value
             continue
-        raw, colon, value = line.partition(":")
-        if not colon:  # (not even a known name alone)
+        colon = line.find(":")
+        if colon == -1:  # (not even a known name alone)
             raise SipParseError(f"invalid header line {line[:80]!r}")
+        raw = line[:colon]
         name: str | None = known.get(raw)
         if name is None and names is not None:
             name = names.headers.get(raw)
@@ -622,10 +626,18 @@ def _parse_header_lines(lines: list[str], names: Names | None) -> list[tuple[str
             name = _header_name(line)
             if names is not None:
                 names.remember(names.headers, raw, name)
-        headers.append((name, value.strip()))
+        value = line[colon + 1 :].strip()
+        headers.append((name, value))
+        values = index.get(name)
+        if values is None:
+            index[name] = [value]
+        elif name in _SINGLE:
+            raise SipParseError(f"more than one {name} header")
+        else:
+            values.append(value)
     if len(headers) > MAX_HEADERS:
         raise SipParseError(f"more than {MAX_HEADERS} header fields")
-    return headers
+    return headers, index
 
 
 def _header_name(line: str) -> str:

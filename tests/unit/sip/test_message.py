@@ -96,6 +96,18 @@ class ParseTests(SynchronousTestCase):
             with self.assertRaises(SipParseError, msg=data[:40]):
                 parse_message(data)
 
+    def test_single_headers_once(self) -> None:
+        """A repeated single header (however spelled) is refused; list headers may repeat, in order, folding kept."""
+        base = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nTo: <sip:a@h>\r\nFrom: <sip:a@h>;tag=1\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\n"
+        for repeated in ["i: d", "CSeq: 2 REGISTER", "t: <sip:b@h>", "Content-Length: 0\r\nl: 0", "Expires: 1\r\nexpires: 2"]:
+            with self.assertRaises(SipParseError, msg=repeated) as caught:
+                parse_message((base + repeated + "\r\n\r\n").encode())
+            self.assertIn("more than one", str(caught.exception))
+        message = parse_message((base + "v: SIP/2.0/UDP g;branch=z9hG4bK2\r\nContact: <sip:a@x>\r\n  ;expires=5\r\n\r\n").encode())
+        self.assertEqual(message.get_all("via"), ["SIP/2.0/UDP h;branch=z9hG4bK1", "SIP/2.0/UDP g;branch=z9hG4bK2"])
+        self.assertEqual(message.get("contact"), "<sip:a@x> ;expires=5")
+        self.assertEqual(message.headers[-1], ("contact", "<sip:a@x> ;expires=5"))
+
     def test_bad_header_values(self) -> None:
         """The dialog headers are checked eagerly; others when used; always with the codec's error."""
         base = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nTo: <sip:a@h>\r\nFrom: <sip:a@h>;tag=1\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\n"

@@ -40,7 +40,15 @@ class RegState(enum.IntEnum):
 
 
 class Event(enum.Enum):
-    """What moves a registrant from one state to another."""
+    """
+    What moves a registrant from one state to another.
+
+    Hashed by identity, in C (members are singletons, equal only to
+    themselves): L{enum.Enum}'s C{__hash__} is a Python function, run at
+    every state change (a L{TRANSITIONS} lookup).
+    """
+
+    __hash__ = object.__hash__
 
     #: A new attempt begins with a REGISTER (the account is enabled).
     SEND_REGISTER = "send REGISTER"

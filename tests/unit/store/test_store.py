@@ -6,7 +6,7 @@ import sqlite3
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from uacregistrant.store import COLUMNS, StoreError, TableLayout, schema_sql
+from uacregistrant.store import COLUMNS, StoreError, TableLayout, make_row, schema_sql
 from uacregistrant.store.sqlite import SqliteStore, run_synchronously, sqlite_path
 
 
@@ -258,3 +258,15 @@ class RedactTests(SynchronousTestCase):
         }
         for url, expected in cases.items():
             self.assertEqual(redact(url), expected, url)
+
+
+class MakeRowTests(SynchronousTestCase):
+    def test_every_column_and_rows_independent(self) -> None:
+        """A row holds every logical column (absent ones None); changing one row changes no other."""
+        first = make_row(["aor", "expiry"], ("sip:a@h", 60))
+        self.assertEqual(list(first), list(COLUMNS))
+        self.assertEqual((first["aor"], first["expiry"], first["registrar"]), ("sip:a@h", 60, None))
+        first["registrar"] = "sip:h"
+        second = make_row(["id"], (2,))
+        self.assertIsNone(second["registrar"])
+        self.assertIsNot(first, second)

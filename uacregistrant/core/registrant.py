@@ -182,10 +182,15 @@ class Policy:
         return float(min(self.retry_max, max(self.retry_base / 4, seconds)))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Outgoing:
     """
-    A REGISTER the registrant wants sent.
+    A REGISTER the registrant wants sent (never changed once made).
+
+    Not frozen, C{__init__} written out: compiled, a dataclass's generated
+    C{__init__} stays interpreted, and a frozen one sets each field through
+    C{object.__setattr__} (336 against 77 ns; two are made per
+    registration).
 
     @ivar expires: the Contact's expires value (0 un-registers).
     @ivar authorization: C{(header name, value)} pairs to include.
@@ -193,7 +198,12 @@ class Outgoing:
 
     cseq: int
     expires: int
-    authorization: tuple[tuple[str, str], ...] = ()
+    authorization: tuple[tuple[str, str], ...]
+
+    def __init__(self, cseq: int, expires: int, authorization: tuple[tuple[str, str], ...] = ()) -> None:
+        self.cseq = cseq
+        self.expires = expires
+        self.authorization = authorization
 
 
 #: Characters of last_error kept.

@@ -11,22 +11,25 @@ import os
 
 
 class RandomTokens:
-    """Hex tokens cut from a buffer of C{os.urandom} bytes."""
+    """
+    Hex tokens cut from a buffer of C{os.urandom} bytes, hex-encoded
+    once per block (a token is then one slice of text).
+    """
 
     def __init__(self, block: int = 4096) -> None:
         self._block = block
-        self._buffer = b""
+        self._hex = ""
         self._position = 0
 
     def hex(self, nbytes: int) -> str:
         """C{nbytes} fresh random bytes as hex (like L{secrets.token_hex})."""
         start = self._position
-        end = start + nbytes
-        if end > len(self._buffer):
-            self._buffer = os.urandom(max(self._block, nbytes))
-            start, end = 0, nbytes
+        end = start + 2 * nbytes
+        if end > len(self._hex):
+            self._hex = os.urandom(max(self._block, nbytes)).hex()
+            start, end = 0, 2 * nbytes
         self._position = end
-        return self._buffer[start:end].hex()
+        return self._hex[start:end]
 
 
 #: The process-wide token source.

@@ -25,8 +25,14 @@ def _builtin_md5() -> Callable[[bytes], Any]:
     """
     CPython's own MD5 where it has one: on a short input (every digest
     input is one) it takes half the time of OpenSSL's, which sets up a
-    context for each hash.  The same digest either way.
+    context for each hash.  The same digest either way.  Where hashlib
+    refuses MD5 (an OpenSSL in FIPS mode), hashlib's, which refuses it
+    still: that policy is not for this module to get around.
     """
+    try:
+        hashlib.md5(b"")
+    except ValueError:
+        return hashlib.md5
     try:
         md5: Callable[[bytes], Any] = importlib.import_module("_md5").md5
     except (ImportError, AttributeError):

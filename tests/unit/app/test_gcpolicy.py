@@ -35,3 +35,16 @@ class FreezeSurvivorsTests(SynchronousTestCase):
         self.assertEqual(gc.get_threshold(), (20_000, *before[1:]))
         policy.stopService()
         self.assertEqual(gc.get_threshold(), before)
+
+    def test_started_twice_restores_the_first_thresholds(self) -> None:
+        """A second start neither saves the raised thresholds as the ones to restore nor adds a second callback."""
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        policy = FreezeSurvivors(freeze=lambda: None)
+        policy.startService()
+        policy.startService()
+        self.addCleanup(lambda: policy.running and policy.stopService())
+        self.assertEqual(gc.callbacks.count(policy._after_collection), 1)
+        policy.stopService()
+        self.assertEqual(gc.get_threshold(), before)
+        self.assertNotIn(policy._after_collection, gc.callbacks)

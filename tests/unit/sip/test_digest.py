@@ -53,6 +53,16 @@ class VectorTests(SynchronousTestCase):
         for data in (b"", b"u:r:p", bytes(range(256)) * 5):
             self.assertEqual(digest._MD5(data).hexdigest(), hashlib.md5(data).hexdigest())
 
+    def test_md5_refused_by_hashlib_stays_refused(self) -> None:
+        """Where hashlib refuses MD5 (OpenSSL in FIPS mode), the digest does not get around it with CPython's own."""
+        from uacregistrant.sip import digest
+
+        def refused(data: bytes = b"") -> object:
+            raise ValueError("[digital envelope routines] unsupported")
+
+        self.patch(hashlib, "md5", refused)
+        self.assertIs(digest._builtin_md5(), refused)
+
     def test_rfc7616_sha256(self) -> None:
         """The RFC 7616 SHA-256 example response."""
         challenge = Challenge("Digest", dict(RFC_CHALLENGE, algorithm="SHA-256"))

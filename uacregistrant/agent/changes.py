@@ -31,11 +31,12 @@ class QuietObserver(Protocol):
     """
     An observer that can say it has no use, for now, for a change into a
     healthy state (the state log while nothing fails, the event hub while
-    no one watches): the common change then costs one attribute read.
+    no one watches): the common change then costs one look at each.
     """
 
-    #: True while changes into healthy states are of no interest.
-    quiet: bool
+    @property
+    def quiet(self) -> bool:
+        """True while changes into healthy states are of no interest."""
 
     def __call__(self, change: StateChange) -> None: ...
 

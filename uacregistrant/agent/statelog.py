@@ -28,8 +28,6 @@ class StateLog:
         self.interval = interval
         #: Failing records and the failure last logged (or counted) for each.
         self._failing: dict[Registrant, RegState] = {}
-        #: Nothing failing: a change into a healthy state is not news (L{QuietObserver}).
-        self.quiet = True
         self._window_start = clock.seconds()
         self._lines = 0
         self._held: Counter[str] = Counter()
@@ -42,7 +40,6 @@ class StateLog:
             if self._failing.get(registrant) == new:
                 return  # the same failure again: a retry, not news
             self._failing[registrant] = new
-            self.quiet = False
             if self._take():
                 _log_failure(change)
             else:
@@ -52,19 +49,21 @@ class StateLog:
         elif new == RegState.REGISTERED_STATE:
             if self._failing.pop(registrant, None) is None:
                 return
-            self.quiet = not self._failing
             if self._take():
                 _log_recovery(change)
             else:
                 self._hold("recovered")
         elif new == RegState.NOT_REGISTERED_STATE:
             self._failing.pop(registrant, None)
-            self.quiet = not self._failing
 
     def forget(self, registrant: Registrant) -> None:
         """A record is gone."""
         self._failing.pop(registrant, None)
-        self.quiet = not self._failing
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing failing: a change into a healthy state is not news (L{QuietObserver})."""
+        return not self._failing
 
     @property
     def failing(self) -> int:
@@ -97,7 +96,6 @@ class StateLog:
         held, self._held = self._held, Counter()
         for registrant in [r for r in self._failing if r.removed]:
             del self._failing[registrant]
-        self.quiet = not self._failing
         if not held:
             return
         _log.warn(

@@ -84,20 +84,21 @@ class EventHub:
     def __init__(self) -> None:
         self._subscribers: set[Callable[[str], None]] = set()
         self._json_subscribers: set[Callable[[str], None]] = set()
-        #: No one watching: no change is of interest (L{QuietObserver}).
-        self.quiet = True
 
     def subscribe(self, subscriber: Callable[[str], None], as_json: bool = False) -> None:
         """Start sending lines to C{subscriber}: text, or (C{as_json}) OpenSIPS's events in JSON."""
         self.unsubscribe(subscriber)
         (self._json_subscribers if as_json else self._subscribers).add(subscriber)
-        self.quiet = False
 
     def unsubscribe(self, subscriber: Callable[[str], None]) -> None:
         """Stop sending lines to C{subscriber}."""
         self._subscribers.discard(subscriber)
         self._json_subscribers.discard(subscriber)
-        self.quiet = not (self._subscribers or self._json_subscribers)
+
+    @property
+    def quiet(self) -> bool:
+        """No one watching: no change is of interest (L{QuietObserver})."""
+        return not (self._subscribers or self._json_subscribers)
 
     def __call__(self, change: StateChange) -> None:
         """As L{publish}: the hub is a L{QuietObserver} of the state changes."""

@@ -58,9 +58,11 @@ from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
 
 from common import TWISTD, cpu_seconds, free_udp_port, group_cpu, group_members, report, start_daemon, write_accounts  # noqa: E402
 
+from tests.integration.forklocals import preload_environment  # noqa: E402
 from uacregistrant.control.ctl import request  # noqa: E402
 
 MODULES = next(iter(glob.glob("/usr/lib/*/kamailio/modules")), "/usr/lib/kamailio/modules")
@@ -192,6 +194,7 @@ class Kamailio:
             self.process = subprocess.Popen(
                 ["kamailio", "-f", config, "-DD", "-E", "-m", str(shm_mb), "-M", "16", "-b", "4194304", "-Y", directory, "-P", f"{directory}/kamailio.pid"],
                 cwd=directory, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=preload_environment(),  # Kamailio 5.6's TLS workers corrupt shared memory without it
             )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:

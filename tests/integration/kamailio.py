@@ -9,7 +9,8 @@ TLS uses a test CA of its own (L{KamailioRegistrar.ca}, written to
 L{KamailioRegistrar.ca_file} for the daemon's C{--tls-ca}) and a server
 certificate with the names a test chooses; C{require_client_cert} makes
 Kamailio ask for, verify (against that CA) and require a client
-certificate, which C{ca.issue(..., client=True)} makes.
+certificate, which C{ca.issue(..., client=True)} makes. A Kamailio on TLS
+runs with the at-fork fix of L{tests.integration.forklocals} preloaded.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from twisted.trial.unittest import SkipTest
 
 from tests.certs import Authority, make_ca
 
+from .forklocals import preload_environment
 from .helpers import PATIENCE, ServerProcess, require_binary
 
 MODULE_DIRS = glob.glob("/usr/lib/*/kamailio/modules") + ["/usr/lib/kamailio/modules"]
@@ -190,6 +192,17 @@ class KamailioRegistrar(ServerProcess):
             if os.environ.get("UACREG_REQUIRE_PEERS") == "1":
                 raise AssertionError(message + " (UACREG_REQUIRE_PEERS=1)")
             raise SkipTest(message)
+        #: Kamailio's environment: with TLS, the at-fork fix preloaded (L{preload_environment}).
+        self.environment: dict[str, str] | None = None
+        if tls:
+            try:
+                self.environment = preload_environment()
+            except LookupError as e:
+                if os.environ.get("UACREG_REQUIRE_PEERS") == "1":
+                    raise AssertionError(f"{e} (UACREG_REQUIRE_PEERS=1)") from None
+                raise SkipTest(str(e)) from None
+            except subprocess.CalledProcessError as e:
+                raise AssertionError(f"building the at-fork fix failed: {e.stderr.decode(errors='replace')}") from None
         super().__init__(tempfile.mkdtemp(prefix="uacreg-kam-"))
         os.mkdir(os.path.join(self.directory, "db"))
         with open(os.path.join(self.directory, "db", "subscriber"), "w") as f:
@@ -255,7 +268,14 @@ class KamailioRegistrar(ServerProcess):
             [self.kamailio, "-f", self.config, "-DD", "-E", "-P", os.path.join(self.directory, "kamailio.pid"),
              "-Y", self.directory, "-m", "64", "-M", "8"],
             lambda: self.rpc("core.version"),
+            env=self.environment,
         )
+
+    def assert_not_crashed(self) -> None:
+        """Fail if a Kamailio process died of a signal or its memory manager caught corruption (the registrar's fault, not the daemon's)."""
+        faults = [line for line in self.log().splitlines() if "exited by a signal" in line or "qm_free(): BUG" in line]
+        if faults:
+            raise AssertionError("kamailio crashed or corrupted its memory: " + " | ".join(faults[:3]))
 
     def restart(self) -> None:
         """Stop and start again: same ports and configuration, an empty location table, no connections."""

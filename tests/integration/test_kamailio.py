@@ -25,6 +25,7 @@ class KamailioTests(ProcessTestCase):
         kamailio = KamailioRegistrar({(user, DOMAIN): pw for user, pw in subscribers.items()}, **options)  # type: ignore[arg-type]
         self.addCleanup(kamailio.destroy)
         kamailio.start()
+        self.addCleanup(kamailio.assert_not_crashed)
         return kamailio
 
     def daemon(self, kamailio: KamailioRegistrar, rows: list[dict[str, object]]) -> tuple[str, int]:

@@ -47,6 +47,7 @@ class TransportTests(ProcessTestCase):
         kamailio = KamailioRegistrar({(user, DOMAIN): f"{user}-pw" for user in users}, **options)
         self.addCleanup(kamailio.destroy)
         kamailio.start()
+        self.addCleanup(kamailio.assert_not_crashed)
         self.addCleanup(lambda: print(kamailio.log()[-3000:]))
         return kamailio
 

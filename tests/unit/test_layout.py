@@ -1,7 +1,8 @@
-"""The package's housekeeping: every test-case-name marker names test modules that exist."""
+"""The package's housekeeping: test-case-name markers name test modules that exist; module loggers carry their modules' names."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import re
 from pathlib import Path
@@ -34,3 +35,22 @@ class MarkerTests(SynchronousTestCase):
             if path.stat().st_size > 1024 and not MARKER.match(path.read_text(encoding="utf-8").split("\n", 1)[0])
         ]
         self.assertEqual(unmarked, [])
+
+
+class LoggerNamespaceTests(SynchronousTestCase):
+    def test_module_loggers_are_named_after_their_modules(self) -> None:
+        """
+        Each module's C{_log} logs under the module's name, compiled or not: a
+        bare C{Logger()} takes its name from the calling frame, which in a
+        module compiled by mypyc is importlib's (the log said
+        C{importlib._bootstrap}).
+        """
+        wrong = {}
+        for path in sorted(PACKAGE.rglob("*.py")):
+            if "_log = Logger(" not in path.read_text(encoding="utf-8"):
+                continue
+            name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+            namespace = importlib.import_module(name)._log.namespace
+            if namespace != name:
+                wrong[name] = namespace
+        self.assertEqual(wrong, {})

@@ -9,7 +9,7 @@ from twisted.logger import Logger
 
 from uacregistrant.core.registrant import FAILURE_STATES, RegState, Registrant
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 
 class StateChange(NamedTuple):

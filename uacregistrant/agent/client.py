@@ -35,7 +35,7 @@ from uacregistrant.sip.sharing import Memo
 from uacregistrant.sip.tokens import token_hex
 from uacregistrant.sip.uri import transport_of
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 
 class Clock(Protocol):

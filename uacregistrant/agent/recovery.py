@@ -19,7 +19,7 @@ from uacregistrant.core.registrant import RegState, Registrant
 from uacregistrant.net.resolver import Address
 from uacregistrant.schedule.slices import in_slices
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 
 class OutageRecovery:

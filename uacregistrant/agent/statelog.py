@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from uacregistrant.agent.changes import StateChange
 from uacregistrant.core.registrant import FAILURE_STATES, RegState, Registrant
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 class StateLog:
     """A state-change observer that logs failures and recoveries, bounded."""

@@ -27,7 +27,7 @@ from uacregistrant.core.registrant import Registrant
 from uacregistrant.core.registry import Registry
 from uacregistrant.store.coordinator import CoordinatorError, ICoordinator, Member, RecordKey, slot_of
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 #: CSeq numbers reserved per record at a time (a record uses about two
 #: per refresh: some weeks of refreshes between two database writes).

@@ -34,7 +34,7 @@ from twisted.logger import Logger
 
 from uacregistrant.store.coordinator import HAND_OVER, SLOTS, CoordinatorError, ICoordinator, Member
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 #: Seconds between joining and the first claim.
 JOIN_SETTLE = 2.0

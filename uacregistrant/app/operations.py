@@ -25,7 +25,7 @@ from uacregistrant import __version__
 from uacregistrant.app.logs import DaemonLog, on_signal
 from uacregistrant.app.systemd import SystemdNotifier, SystemdService, watchdog_interval
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 
 class OperationsService(MultiService):

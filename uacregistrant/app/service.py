@@ -71,7 +71,7 @@ from uacregistrant.store.sync import TableSync
 if TYPE_CHECKING:
     from uacregistrant.control.metrics import MetricsPage
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 
 def open_store(settings: Settings, reactor: Any) -> IRegistrantStore:

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 #: Seconds between two STATUS= lines.
 STATUS_INTERVAL = 10.0

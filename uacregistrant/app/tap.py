@@ -28,7 +28,7 @@ from uacregistrant.app.settings import (
     url_has_password,
 )
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 _DESCRIPTIONS = {
     "db_url": (

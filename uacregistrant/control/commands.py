@@ -27,7 +27,7 @@ from uacregistrant.schedule.slices import in_slices
 from uacregistrant.store import StoreError, StoreValueError
 from uacregistrant.store.coordinator import CoordinatorError
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from uacregistrant.agent.changes import StateChange
 from uacregistrant.core.registrant import RegState
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 #: The event OpenSIPS raises on entering each state (none for NOT_REGISTERED).
 EVENT_NAMES: dict[RegState, str] = {

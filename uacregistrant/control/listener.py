@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStrea
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 
 class ControlListener(Service):

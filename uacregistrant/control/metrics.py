@@ -76,7 +76,7 @@ __all__ = [
     "metrics_site",
 ]
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 #: Buckets of C{uacregistrant_reactor_lag_seconds}.
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

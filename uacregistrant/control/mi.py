@@ -64,7 +64,7 @@ from uacregistrant.sip.numbers import parse_signed
 from uacregistrant.store import StoreError, StoreValueError
 from uacregistrant.store.coordinator import CoordinatorError
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 #: Bytes of request body accepted at most (a reg_upsert with every column is far below).
 MAX_BODY = 64 * 1024

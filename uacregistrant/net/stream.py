@@ -38,7 +38,7 @@ from uacregistrant.sip.framing import FramingError, KeepAlive, StreamFramer
 from uacregistrant.sip.message import Request, Response, parse_message
 from uacregistrant.sip.sharing import Names
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 #: Seconds to wait for a connection (and its TLS handshake) to open.
 CONNECT_TIMEOUT = 10.0

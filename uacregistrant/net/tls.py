@@ -44,7 +44,7 @@ from zope.interface import implementer
 
 from uacregistrant.sip.message import printable
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 #: The private keys OpenSSL (through pyOpenSSL) can serve a certificate with.
 _SigningKey = dsa.DSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey | rsa.RSAPrivateKey

@@ -20,7 +20,7 @@ from uacregistrant.sip.message import Response
 
 __all__ = ["Address", "DatagramSender", "TransactionLayer"]
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 
 class DatagramSender(Protocol):

@@ -31,7 +31,7 @@ from uacregistrant.sip.sharing import Names
 #: this C{maxPacketSize}, so nothing is cut short by the socket read.
 MAX_DATAGRAM = 65535
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 
 #: Socket buffer size asked for: a burst of answers must not overflow it

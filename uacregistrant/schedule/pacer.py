@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from uacregistrant.core.registrant import Registrant
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 
 #: A token, less a rounding error: (now - last) * rate for an exact wait

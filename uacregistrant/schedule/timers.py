@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 _T = TypeVar("_T")
 
 

@@ -24,7 +24,7 @@ from uacregistrant.core.registry import Registry, bucket_of
 from uacregistrant.schedule.pacer import Pacer
 from uacregistrant.schedule.timers import Timer, TimerQueue
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 
 class BucketWalker:

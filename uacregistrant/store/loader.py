@@ -23,7 +23,7 @@ from uacregistrant.core.account import AccountKey
 from uacregistrant.store import IRegistrantStore, Row, StoreError
 from uacregistrant.store.sync import TableSync
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 #: Delays (seconds) between attempts to start the store and load the
 #: table, doubling up to the last.

@@ -54,7 +54,7 @@ from uacregistrant.store import (
     where_key_sql,
 )
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 #: Seconds between liveness checks of the LISTEN connection.
 KEEPALIVE = 2.0
 #: Reconnection back-off: first delay, factor, cap (seconds).

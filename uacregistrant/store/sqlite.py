@@ -48,7 +48,7 @@ from uacregistrant.store import (
 )
 from uacregistrant.store.sqlite_pages import PagedReader
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 _T = TypeVar("_T")
 
 #: Seconds a statement waits for another connection's lock, on the store's thread.

@@ -26,7 +26,7 @@ from uacregistrant.schedule.slices import in_slices
 from uacregistrant.sip.sharing import SharedTables
 from uacregistrant.store import Row
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 
 class TableSync:

@@ -32,7 +32,7 @@ from uacregistrant.sip.message import Request, parse_delta_seconds, parse_messag
 from uacregistrant.sip.sharing import Names
 from uacregistrant.sip.uri import parse_uri
 
-_log = Logger()
+_log = Logger(namespace=__name__)
 
 
 @dataclass

@@ -236,6 +236,7 @@ _NO_TRIES: Final = _Tries(0, 0, 0, ())
 _RESEND: Final = 1
 _RETIRING: Final = 2
 _REMOVED: Final = 4
+_PACED: Final = 8
 #: The From-tag's bits, the low ones of L{Registrant._ids} (the Call-ID's are above).
 _TAG_BITS: Final = 40
 _TAG_MASK: Final = (1 << _TAG_BITS) - 1
@@ -375,7 +376,7 @@ class Registrant:
         self.failures = 0
         #: Failures that preceded the last success (0 if none).
         self.recovered_after = 0
-        # resend, retiring and removed, as bits (one field, not three).
+        # resend, retiring, removed and paced, as bits (one field, not four).
         self._flags = 0
         # Challenges kept for credentials sent up front (nc counting up):
         # see _Kept, _kept() and _keep().
@@ -439,6 +440,19 @@ class Registrant:
     def mark_removed(self) -> None:
         """The registry forgot this record (called by the registry only)."""
         self._flags |= _REMOVED
+
+    @property
+    def paced(self) -> bool:
+        """
+        Waiting in the pacer's first-request queue (set and cleared by the
+        pacer only): a flag here, not a set of 100,000 records there, whose
+        lookups missed the cache at every push.
+        """
+        return self._flags & _PACED != 0
+
+    @paced.setter
+    def paced(self, value: bool) -> None:
+        self._flags = self._flags | _PACED if value else self._flags & ~_PACED
 
     @property
     def resend(self) -> bool:

@@ -65,9 +65,8 @@ class Pacer:
         self._burst = max(1.0, rate * quantum * 2)
         self._tokens = self._burst
         self._last = clock.seconds()
+        # Each record in it has its paced flag set, which push() asks.
         self._queue: deque[Registrant] = deque()
-        # The records in _queue (membership is what push() asks).
-        self._queued: set[Registrant] = set()
         self._follow_ups: deque[Registrant] = deque()
         self._call: IDelayedCall | None = None
 
@@ -76,16 +75,15 @@ class Pacer:
 
     def push(self, registrant: Registrant) -> None:
         """Queue a registrant unless it is queued already."""
-        queued = self._queued
-        if registrant in queued:
+        if registrant.paced:
             return
-        queued.add(registrant)
+        registrant.paced = True
         self._queue.append(registrant)
         self._wake()
 
     def queued(self, registrant: Registrant) -> bool:
         """Whether a registrant waits in the first-request queue."""
-        return registrant in self._queued
+        return registrant.paced
 
     def push_follow_up(self, registrant: Registrant) -> None:
         """Queue a registrant whose follow-up request is ready (served first)."""
@@ -117,9 +115,7 @@ class Pacer:
             if window is not None and self._in_flight() >= window:
                 break  # congestion: wait for answers before starting more
             registrant = queue.popleft()
-            self._queued.discard(registrant)
-            if not self._queued:
-                self._queued = set()
+            registrant.paced = False
             if registrant.removed or not registrant.due(now):
                 continue
             self._tokens -= 1

@@ -111,7 +111,7 @@ class TableSync:
 
     def _apply(self, account: Account, immediate: bool) -> str:
         now = self._clock.seconds()
-        if account.key in self.deleted:
+        if self.deleted and account.key in self.deleted:
             if not account.enabled:
                 return "unchanged"
             self.deleted.discard(account.key)
@@ -189,30 +189,36 @@ class FullSync:
 
     def feed(self, rows: list[Row]) -> None:
         """Apply a batch of rows."""
+        seen, touched, counts = self.seen, self.touched, self.counts
         for row in rows:
             account = self._sync.account(row)
             if account is None:
-                self.counts["skipped"] += 1
+                counts["skipped"] += 1
                 # A record whose row turned unusable keeps running on its
                 # last good configuration (as after a NOTIFY for that row):
                 # an edit mistake must not un-register the account.
-                key = _raw_key(row)
-                if key is not None:
-                    self.unusable.add(key)
+                raw = _raw_key(row)
+                if raw is not None:
+                    self.unusable.add(raw)
                 continue
-            if account.key in self.touched:
-                self.seen.add(account.key)
+            key = account.key  # (a new tuple at each access)
+            if touched and key in touched:
+                seen.add(key)
                 continue  # changed since this pass's snapshot: the newer change stands
-            if account.key in self.seen:
+            # One lookup in the set of every key so far (100,000 at a
+            # cold start, beyond the cache), not two: a key already there
+            # leaves its size as it was.
+            before = len(seen)
+            seen.add(key)
+            if len(seen) == before:
                 _log.error(
                     "skipping row id={row_id}: duplicate of (aor, binding_URI, registrar) {key}",
                     row_id=row.get("id"),
-                    key=account.key,
+                    key=key,
                 )
-                self.counts["skipped"] += 1
+                counts["skipped"] += 1
                 continue
-            self.seen.add(account.key)
-            self.counts[self._sync._apply(account, immediate=not self._initial)] += 1
+            counts[self._sync._apply(account, immediate=not self._initial)] += 1
 
     def finish(self, clock: IReactorTime, slice_size: int = 10000) -> defer.Deferred[dict[str, int]]:
         """

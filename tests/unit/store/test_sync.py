@@ -3,6 +3,7 @@
 import random
 
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from uacregistrant.core.registrant import Policy
@@ -126,6 +127,26 @@ class SingleRowChangesDuringPassTests(SynchronousTestCase):
         self.assertEqual((counts["skipped"], counts["removed"]), (1, 0))
         self.assertIsNotNone(self.registry.get(("sip:u2@test.invalid", "sip:u2@127.0.0.1:5060", "sip:127.0.0.1:5080")))
         self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_duplicate_key_skipped(self) -> None:
+        """
+        In a table without a unique key, a second row of a key read in the
+        same pass is skipped and logged with its id; the first row stands.
+        """
+        events: list = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        full = self.sync.full()
+        full.feed([row(i) for i in range(5)] + [dict(row(2), id=77, expiry=1800), dict(row(3), id=78)])
+        counts = self.successResultOf(full.finish(self.clock))
+        self.assertEqual((counts["skipped"], counts["unchanged"], counts["changed"]), (2, 5, 0))
+        registrant = self.registry.get(("sip:u2@test.invalid", "sip:u2@127.0.0.1:5060", "sip:127.0.0.1:5080"))
+        assert registrant is not None
+        self.assertEqual(registrant.account.expiry, 3600)
+        skipped = [formatEvent(e) for e in events if "duplicate" in formatEvent(e)]
+        self.assertEqual(len(skipped), 2, skipped)
+        self.assertIn("skipping row id=77: duplicate of (aor, binding_URI, registrar)", skipped[0])
+        self.assertIn("skipping row id=78:", skipped[1])
 
     def test_unusable_row_does_not_shadow_a_good_one(self) -> None:
         """In a table without a unique key, an unusable copy of a key does not hide the good row after it."""

@@ -232,16 +232,16 @@ class _Tries:
 
 #: No follow-up, no stale nonce, no 423, nothing answered.
 _NO_TRIES: Final = _Tries(0, 0, 0, ())
-#: Bits of L{Registrant._flags}.
+#: Bits of L{Registrant._flags}, all here (one bit each).
 _RESEND: Final = 1
 _RETIRING: Final = 2
 _REMOVED: Final = 4
-_PACED: Final = 8
+#: The kept challenge in compact form is answered with Proxy-Authorization.
+_PROXY: Final = 8
+_PACED: Final = 16
 #: The From-tag's bits, the low ones of L{Registrant._ids} (the Call-ID's are above).
 _TAG_BITS: Final = 40
 _TAG_MASK: Final = (1 << _TAG_BITS) - 1
-#: The kept challenge in compact form is answered with Proxy-Authorization.
-_PROXY: Final = 8
 _HEADER: Final = "Authorization"
 _PROXY_HEADER: Final = "Proxy-Authorization"
 
@@ -376,7 +376,7 @@ class Registrant:
         self.failures = 0
         #: Failures that preceded the last success (0 if none).
         self.recovered_after = 0
-        # resend, retiring, removed and paced, as bits (one field, not four).
+        # resend, retiring, removed, proxy and paced, as bits (one field, not five).
         self._flags = 0
         # Challenges kept for credentials sent up front (nc counting up):
         # see _Kept, _kept() and _keep().

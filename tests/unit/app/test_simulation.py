@@ -112,9 +112,10 @@ class SimulationTests(SynchronousTestCase):
         self.assertEqual({round(t) for u, t in first_sent.items() if u not in bucket0}, {50})
 
     def test_no_lapse_over_hours(self) -> None:
-        """Over three simulated hours no binding expires at the registrar, even grants shorter than a walk."""
+        """Over three simulated hours no binding expires at the registrar, even grants shorter than a walk, or behind a 407."""
         users = {
             "long": UserPolicy(password="p"),
+            "proxied": UserPolicy(password="p", challenge=407),
             "short": UserPolicy(password="p", max_expires=30),
             "tiny": UserPolicy(max_expires=7),
         }
@@ -135,10 +136,11 @@ class SimulationTests(SynchronousTestCase):
         assert sim.service is not None
         self.assertEqual(sim.service.counters.lapsed_registrations, 0)
         # Refreshes at 90% of 3600 s carry credentials up front: one request each.
-        self.assertEqual(counts["long"], 2 + 3)
-        refreshes = [r for r in sim.registrar.received if r.user == "long"][2:]
-        self.assertTrue(all(r.authorized for r in refreshes))
-        self.assertEqual([b"nc=0000000%d" % n in r.raw for n, r in zip((2, 3, 4), refreshes)], [True] * 3)
+        for user, header in (("long", b"\r\nAuthorization: Digest "), ("proxied", b"\r\nProxy-Authorization: Digest ")):
+            self.assertEqual(counts[user], 2 + 3, user)
+            refreshes = [r for r in sim.registrar.received if r.user == user][2:]
+            self.assertTrue(all(r.authorized and header in r.raw for r in refreshes), user)
+            self.assertEqual([b"nc=0000000%d" % n in r.raw for n, r in zip((2, 3, 4), refreshes)], [True] * 3, user)
         self.assertLess(counts["tiny"], 3 * 3600 / 3.5 + 40)
 
     def test_pacing_spreads_a_big_bucket(self) -> None:

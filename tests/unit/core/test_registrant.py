@@ -166,6 +166,30 @@ class RegistrantTests(SynchronousTestCase):
         self.assertIsInstance(r._auth, ChallengeLayout)
         self.assertEqual([name for name, _ in r.start(5000).authorization], ["Authorization"])
 
+    def test_flags_are_independent(self) -> None:
+        """
+        The pacer's mark, resend and retiring neither read nor change which
+        header a kept challenge is answered with, and a kept 407 does not
+        read as queued in the pacer (they share one field of bits; a shared
+        bit once left 407-challenged records never refreshed).
+        """
+        for status, header in ((407, "Proxy-Authorization"), (401, "Authorization")):
+            r = self.registrant()
+            r.start(0)
+            name = "Proxy" if status == 407 else "WWW"
+            r.on_response(response(status, "Challenge", CHALLENGE.replace("WWW", name)), 1)
+            r.on_response(response(200, "OK"), 2)
+            self.assertEqual((r.paced, r.resend, r.retiring, r.removed), (False, False, False, False), status)
+            for flag in ("paced", "resend", "retiring"):
+                setattr(r, flag, True)
+                self.assertEqual([f for f in ("paced", "resend", "retiring") if getattr(r, f)], [flag], status)
+                self.assertFalse(r.removed)
+                setattr(r, flag, False)
+            r.paced = True
+            out = r.start(3000)
+            self.assertEqual([n for n, _ in out.authorization], [header], status)
+            self.assertTrue(r.paced)
+
     def test_proxy_and_registrar_challenges_both_kept(self) -> None:
         """A 407 then a 401 in one attempt: the refresh carries both answers, each with its own nonce count."""
         r = self.registrant()

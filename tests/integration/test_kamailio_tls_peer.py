@@ -57,6 +57,7 @@ class KamailioTlsPeerTests(ProcessTestCase):
             answers = list(pool.map(lambda i: _register_over_tls(context, port, i), range(CONNECTIONS)))
         time.sleep(0.5)  # a worker's crash is logged by the main process a moment later
         kamailio.assert_not_crashed()
-        self.assertEqual(kamailio.process.poll() if kamailio.process else "gone", None)
+        assert kamailio.process is not None
+        self.assertIsNone(kamailio.process.poll(), "kamailio exited")
         unanswered = [i for i, answer in enumerate(answers) if not answer.startswith(b"SIP/2.0 401 ")]
         self.assertEqual(unanswered, [], f"{len(unanswered)} of {CONNECTIONS} connections not challenged")

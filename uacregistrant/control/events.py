@@ -100,10 +100,6 @@ class EventHub:
         """No one watching: no change is of interest (L{QuietObserver})."""
         return not (self._subscribers or self._json_subscribers)
 
-    def __call__(self, change: StateChange) -> None:
-        """As L{publish}: the hub is a L{QuietObserver} of the state changes."""
-        self.publish(change)
-
     def publish(self, change: StateChange) -> None:
         """Format once per form, send to every subscriber (one failing does not starve the others)."""
         if self._subscribers:
@@ -112,6 +108,9 @@ class EventHub:
             line = event_json(change)
             if line is not None:
                 self._send(self._json_subscribers, line)
+
+    #: The hub is a L{QuietObserver} of the state changes: called, it publishes.
+    __call__ = publish
 
     def _send(self, subscribers: set[Callable[[str], None]], line: str) -> None:
         for subscriber in list(subscribers):

@@ -20,7 +20,6 @@ from uacregistrant.sip.numbers import is_hex
 from uacregistrant.sip.sharing import Memo, SharedValues
 
 
-
 def _builtin_md5() -> Callable[[bytes], Any]:
     """
     CPython's own MD5 where it has one: on a short input (every digest

@@ -46,7 +46,10 @@ class SimulationTests(SynchronousTestCase):
                                ("multi", "p6"), ("nocreds", None)]:
             sim.add(user, password=password, expiry=600 if user == "brief" else 3600)
         sim.start()
-        sim.run(20)
+        # Every first attempt has ended by then (the walk sends within 4 s,
+        # Timer F is 64 x 0.1 s), and no retry has begun: the first back-off
+        # is 15-30 s. (At 20 s, a retry drawn 15-20 s could be in flight.)
+        sim.run(12)
         self.assertEqual(
             sim.states(),
             {
